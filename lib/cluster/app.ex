@@ -1,0 +1,24 @@
+defmodule Cluster.App do
+  @moduledoc false
+  # The :libcluster_rs application: the event server, the registry of memberships, and (opt-in)
+  # the topologies of `config :libcluster_rs, topologies: [...]`.
+  use Application
+
+  @impl true
+  def start(_type, _args) do
+    topologies = Application.get_env(:libcluster_rs, :topologies, [])
+
+    children =
+      [
+        {Registry, keys: :unique, name: Cluster.Registry},
+        Cluster.Events
+      ] ++
+        if topologies == [] do
+          []
+        else
+          [{Cluster.Supervisor, [topologies, [name: Cluster.AppSupervisor]]}]
+        end
+
+    Supervisor.start_link(children, strategy: :rest_for_one, name: Cluster.AppRoot)
+  end
+end

@@ -1,0 +1,222 @@
+defmodule Cluster.Config do
+  @moduledoc false
+  # Config resolution and validation shared by the supervisor and every built-in strategy.
+  #
+  # `{:system, "VAR", default}` (string), `{:system, :integer | :atom | :string | :boolean, "VAR",
+  # default}` and `{:system, "VAR"}` values are resolved at start. A value that cannot be converted
+  # raises an ArgumentError naming the variable. Validation raises ArgumentError messages of the form
+  # "expected :port to be an integer in 1..65535, got: 0".
+
+  @type validator :: (term() -> {:ok, term()} | {:error, String.t()})
+  @type schema :: [{atom(), default :: term(), validator()}]
+
+  @doc "Resolves every `{:system, ...}` value in a keyword list (top level only)."
+  @spec resolve_system!(Keyword.t()) :: Keyword.t()
+  def resolve_system!(config) when is_list(config) do
+    Enum.map(config, fn
+      {key, value} -> {key, resolve_value!(value)}
+      other -> other
+    end)
+  end
+
+  @spec resolve_value!(term()) :: term()
+  def resolve_value!({:system, var}) when is_binary(var), do: System.get_env(var)
+  def resolve_value!({:system, var, default}) when is_binary(var), do: System.get_env(var) || default
+
+  def resolve_value!({:system, type, var, default}) when is_binary(var) do
+    case System.get_env(var) do
+      nil -> default
+      "" -> default
+      raw -> convert!(type, var, raw)
+    end
+  end
+
+  def resolve_value!(value), do: value
+
+  defp convert!(:string, _var, raw), do: raw
+
+  defp convert!(:integer, var, raw) do
+    case Integer.parse(String.trim(raw)) do
+      {int, ""} ->
+        int
+
+      _ ->
+        raise ArgumentError, "expected environment variable #{var} to hold an integer, got: #{inspect(raw)}"
+    end
+  end
+
+  defp convert!(:boolean, var, raw) do
+    case String.downcase(String.trim(raw)) do
+      v when v in ["true", "1", "yes"] -> true
+      v when v in ["false", "0", "no"] -> false
+      _ -> raise ArgumentError, "expected environment variable #{var} to hold a boolean, got: #{inspect(raw)}"
+    end
+  end
+
+  defp convert!(:atom, var, raw) do
+    trimmed = String.trim(raw)
+
+    if trimmed != "" and String.length(trimmed) <= 255 do
+      String.to_atom(trimmed)
+    else
+      raise ArgumentError, "expected environment variable #{var} to hold an atom name, got: #{inspect(raw)}"
+    end
+  end
+
+  defp convert!(type, var, _raw) do
+    raise ArgumentError,
+          "expected the type of {:system, type, #{inspect(var)}, default} to be one of " <>
+            ":string, :integer, :atom, :boolean, got: #{inspect(type)}"
+  end
+
+  @doc """
+  Validates `config` against `schema`: returns a map of every schema key, with defaults filled in
+  and values normalized by their validators. Unknown keys are logged as a warning, naming the key.
+  """
+  @spec validate!(Keyword.t(), schema(), atom(), module(), [atom()]) :: map()
+  def validate!(config, schema, topology, strategy, aliases \\ []) do
+    unless Keyword.keyword?(config) do
+      raise ArgumentError,
+            "expected the config of topology #{inspect(topology)} to be a keyword list, got: #{inspect(config)}"
+    end
+
+    known = Enum.map(schema, &elem(&1, 0)) ++ aliases
+
+    for {key, _} <- config, key not in known do
+      Cluster.Logger.warn(
+        topology,
+        "unknown config key #{inspect(key)} for #{inspect(strategy)} is ignored; known keys: " <>
+          Enum.map_join(known, ", ", &inspect/1)
+      )
+    end
+
+    Map.new(schema, fn {key, default, validator} ->
+      case Keyword.fetch(config, key) do
+        :error -> {key, default}
+        {:ok, value} -> {key, check!(topology, key, value, validator)}
+      end
+    end)
+  end
+
+  @doc "Runs one validator, raising the standard ArgumentError on failure."
+  @spec check!(atom(), atom(), term(), validator()) :: term()
+  def check!(topology, key, value, validator) do
+    case validator.(value) do
+      {:ok, normalized} ->
+        normalized
+
+      {:error, expected} ->
+        raise ArgumentError,
+              "invalid config for topology #{inspect(topology)}: expected #{inspect(key)} to be " <>
+                "#{expected}, got: #{inspect(value)}"
+    end
+  end
+
+  @doc "A required key: raises when it is missing or nil."
+  @spec required!(map(), atom(), atom(), String.t()) :: term()
+  def required!(validated, key, topology, expected) do
+    case Map.fetch!(validated, key) do
+      nil ->
+        raise ArgumentError,
+              "invalid config for topology #{inspect(topology)}: expected #{inspect(key)} to be " <>
+                "#{expected}, got: nil (the key is required)"
+
+      value ->
+        value
+    end
+  end
+
+  ## Validators
+
+  def pos_integer, do: &if(is_integer(&1) and &1 > 0, do: {:ok, &1}, else: {:error, "a positive integer"})
+
+  def non_neg_integer,
+    do: &if(is_integer(&1) and &1 >= 0, do: {:ok, &1}, else: {:error, "a non-negative integer"})
+
+  def interval do
+    fn
+      :infinity -> {:ok, :infinity}
+      ms when is_integer(ms) and ms > 0 -> {:ok, ms}
+      _ -> {:error, "a positive integer (milliseconds) or :infinity"}
+    end
+  end
+
+  def port,
+    do: &if(is_integer(&1) and &1 in 1..65535, do: {:ok, &1}, else: {:error, "an integer in 1..65535"})
+
+  def boolean, do: &if(is_boolean(&1), do: {:ok, &1}, else: {:error, "a boolean"})
+
+  def atom, do: &if(is_atom(&1) and &1 not in [nil, true, false], do: {:ok, &1}, else: {:error, "an atom"})
+
+  def string do
+    fn
+      s when is_binary(s) and s != "" ->
+        {:ok, s}
+
+      s when is_list(s) and s != [] ->
+        if List.ascii_printable?(s), do: {:ok, List.to_string(s)}, else: {:error, "a non-empty string"}
+
+      _ ->
+        {:error, "a non-empty string"}
+    end
+  end
+
+  def nullable(validator) do
+    fn
+      nil -> {:ok, nil}
+      value -> validator.(value)
+    end
+  end
+
+  def one_of(values) do
+    expected = "one of " <> Enum.map_join(values, ", ", &inspect/1)
+    &if &1 in values, do: {:ok, &1}, else: {:error, expected}
+  end
+
+  def list_of(validator, what) do
+    fn
+      list when is_list(list) ->
+        Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
+          case validator.(item) do
+            {:ok, v} -> {:cont, {:ok, [v | acc]}}
+            {:error, _} -> {:halt, {:error, "a list of #{what}"}}
+          end
+        end)
+        |> case do
+          {:ok, acc} -> {:ok, Enum.reverse(acc)}
+          error -> error
+        end
+
+      _ ->
+        {:error, "a list of #{what}"}
+    end
+  end
+
+  def fun(arity) do
+    &if is_function(&1, arity), do: {:ok, &1}, else: {:error, "a function of arity #{arity}"}
+  end
+
+  def mfa do
+    fn
+      {m, f, a} = mfa when is_atom(m) and is_atom(f) and is_list(a) -> {:ok, mfa}
+      _ -> {:error, "an MFA tuple {module, function, args}"}
+    end
+  end
+
+  @doc "An IP address given as a tuple or a string (v4 or v6)."
+  def ip_address do
+    fn
+      ip when is_tuple(ip) ->
+        if :inet.ntoa(ip) |> is_list(), do: {:ok, ip}, else: {:error, "an IP address (tuple or string)"}
+
+      s when is_binary(s) or is_list(s) ->
+        case :inet.parse_strict_address(to_charlist(s)) do
+          {:ok, ip} -> {:ok, ip}
+          _ -> {:error, "an IP address (tuple or string)"}
+        end
+
+      _ ->
+        {:error, "an IP address (tuple or string)"}
+    end
+  end
+end

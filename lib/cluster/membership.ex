@@ -1,0 +1,437 @@
+defmodule Cluster.Membership do
+  @moduledoc """
+  Applies discovery results for one topology: the single path through which every built-in
+  strategy connects and disconnects nodes.
+
+  A strategy tells its membership what it found; the membership works out what to do:
+
+    * `discovered/3` - the complete set a successful discovery returned. Nodes in it that are not
+      connected (per `list_nodes`) are connected; nodes that an earlier discovery returned and this
+      one does not are pruned according to the `:prune` policy.
+    * `seen/2` - nodes sighted by a source that is not a complete list (a gossip heartbeat). They are
+      connected if needed, and never pruned.
+    * `discovery_failed/2` - a failed discovery. It is recorded and logged; it never prunes anything.
+
+  Connects run concurrently in processes of their own, never in the strategy process, at most
+  `:max_concurrency` at a time and each within `:connect_timeout`. A node that fails is retried with
+  exponential backoff with jitter (from `:backoff_min` to `:backoff_max`) for as long as discovery
+  keeps returning it; a discovered node that goes down is redialled the same way. A node that hangs
+  therefore never delays another.
+
+  ## Options
+
+  Given under `membership:` in a topology (`[strategy: ..., config: ..., membership: [...]]`) or in
+  the strategy's `config`:
+
+    * `:prune` - what happens to a node that a successful discovery no longer returns:
+      * `:immediate` (default, libcluster's behaviour) - it is disconnected at once
+      * `{:grace_period, ms}` - it is disconnected if it is still missing `ms` later; a discovery that
+        returns it again in the meantime cancels that. Use it for DNS services that return partial
+        or rotating answers.
+      * `:never` - it is no longer redialled, but never disconnected
+    * `:connect_timeout` - the deadline of one connect attempt in ms (default `10_000`)
+    * `:max_concurrency` - connect attempts in flight at once (default `64`); more wait their turn,
+      nodes never tried before first
+    * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
+      failure up to the maximum, ±25% jitter (defaults `250` / `10_000` ms)
+
+  Errors never prune: a failed discovery leaves the last known set in place.
+  """
+  use GenServer
+
+  alias Cluster.Config
+  alias Cluster.Strategy.State
+
+  @type prune :: :immediate | :never | {:grace_period, pos_integer()}
+
+  @defaults %{
+    prune: :immediate,
+    connect_timeout: 10_000,
+    max_concurrency: 64,
+    backoff_min: 250,
+    backoff_max: 10_000
+  }
+
+  defstruct topology: nil,
+            connect: nil,
+            disconnect: nil,
+            list_nodes: nil,
+            opts: @defaults,
+            # the last successful complete discovery (libcluster's `meta`)
+            known: MapSet.new(),
+            known_at: nil,
+            # nodes to keep connected: `known` minus pruned ones
+            desired: MapSet.new(),
+            # node => %{failures, next_at, last_error}
+            peers: %{},
+            # pid => {node, started_at, timer}
+            inflight: %{},
+            queue: [],
+            # nodes in flight or queued, for O(1) lookups with large discoveries
+            busy: MapSet.new(),
+            # node => monotonic ms when it went missing (grace-period prune)
+            missing: %{},
+            retry_timer: nil,
+            last_error: nil,
+            discoveries: 0,
+            errors: 0
+
+  ## API
+
+  @doc """
+  Starts a membership for the topology of `state`, linked to the caller. `opts` are the options
+  above; `state.meta`, when a `MapSet`, is taken as the last known set.
+  """
+  @spec start_link(State.t(), Keyword.t()) :: GenServer.on_start()
+  def start_link(%State{} = state, opts \\ []) do
+    GenServer.start_link(__MODULE__, {state, opts})
+  end
+
+  @doc "A complete successful discovery. `prune: false` stops redialling dropped nodes but never disconnects."
+  @spec discovered(pid(), Enumerable.t(), Keyword.t()) :: :ok
+  def discovered(membership, nodes, opts \\ []) do
+    GenServer.cast(membership, {:discovered, MapSet.new(nodes), Keyword.get(opts, :prune, true)})
+  end
+
+  @doc "Nodes sighted by a partial source: connected if needed, never pruned."
+  @spec seen(pid(), [node()]) :: :ok
+  def seen(membership, nodes), do: GenServer.cast(membership, {:seen, nodes})
+
+  @doc "A failed discovery: recorded, never prunes."
+  @spec discovery_failed(pid(), term()) :: :ok
+  def discovery_failed(membership, error), do: GenServer.cast(membership, {:failed, error})
+
+  @doc "A snapshot of the membership: known, desired, connected, pending and backoff state."
+  @spec status(pid()) :: map()
+  def status(membership), do: GenServer.call(membership, :status)
+
+  @doc "Validates membership options; raises ArgumentError naming the key."
+  @spec validate_opts!(atom(), Keyword.t()) :: map()
+  def validate_opts!(topology, opts) do
+    schema = [
+      {:prune, @defaults.prune, &validate_prune/1},
+      {:connect_timeout, @defaults.connect_timeout, Config.pos_integer()},
+      {:max_concurrency, @defaults.max_concurrency, Config.pos_integer()},
+      {:backoff_min, @defaults.backoff_min, Config.pos_integer()},
+      {:backoff_max, @defaults.backoff_max, Config.pos_integer()}
+    ]
+
+    validated = Config.validate!(opts, schema, topology, __MODULE__)
+
+    if validated.backoff_max < validated.backoff_min do
+      raise ArgumentError,
+            "invalid config for topology #{inspect(topology)}: expected :backoff_max to be >= :backoff_min " <>
+              "(#{validated.backoff_min}), got: #{validated.backoff_max}"
+    end
+
+    validated
+  end
+
+  defp validate_prune(:immediate), do: {:ok, :immediate}
+  defp validate_prune(:never), do: {:ok, :never}
+  defp validate_prune({:grace_period, ms} = p) when is_integer(ms) and ms > 0, do: {:ok, p}
+  defp validate_prune(_), do: {:error, ":immediate, :never or {:grace_period, milliseconds}"}
+
+  ## Server
+
+  @impl true
+  def init({state, opts}) do
+    topology = state.topology
+    _ = Registry.register(Cluster.Registry, {:membership, topology}, self())
+
+    known =
+      case state.meta do
+        %MapSet{} = set -> set
+        _ -> MapSet.new()
+      end
+
+    m = %__MODULE__{
+      topology: topology,
+      connect: state.connect,
+      disconnect: state.disconnect,
+      list_nodes: state.list_nodes,
+      opts: validate_opts!(topology, opts),
+      known: known,
+      desired: known
+    }
+
+    :ok = :net_kernel.monitor_nodes(true)
+    {:ok, m}
+  end
+
+  @impl true
+  def handle_cast({:discovered, nodes, prune?}, m) do
+    nodes = MapSet.delete(nodes, Node.self())
+    dropped = MapSet.difference(m.known, nodes)
+    m = %{m | known: nodes, known_at: System.system_time(:millisecond), discoveries: m.discoveries + 1}
+    m = %{m | missing: Map.drop(m.missing, MapSet.to_list(nodes))}
+
+    m =
+      if prune? do
+        prune(m, dropped)
+      else
+        m
+      end
+
+    m = %{m | desired: nodes, peers: Map.take(m.peers, MapSet.to_list(nodes) ++ inflight_nodes(m))}
+    {:noreply, reconcile(m)}
+  end
+
+  def handle_cast({:seen, nodes}, m) do
+    connected = connected(m)
+
+    fresh =
+      Enum.filter(nodes, fn n ->
+        n != Node.self() and not MapSet.member?(connected, n) and due?(m, n, now()) and
+          not attempting?(m, n)
+      end)
+
+    {:noreply, m |> enqueue(fresh) |> start_attempts()}
+  end
+
+  def handle_cast({:failed, error}, m) do
+    {:noreply, %{m | last_error: {error, System.system_time(:millisecond)}, errors: m.errors + 1}}
+  end
+
+  @impl true
+  def handle_call(:status, _from, m) do
+    now = now()
+    connected = connected(m)
+
+    pending =
+      for {node, peer} <- m.peers, not MapSet.member?(connected, node), into: %{} do
+        {node,
+         %{
+           failures: peer.failures,
+           last_error: peer.last_error,
+           next_attempt_in: max(peer.next_at - now, 0),
+           in_flight: attempting?(m, node)
+         }}
+      end
+
+    status = %{
+      topology: m.topology,
+      known: m.known,
+      known_at: m.known_at,
+      desired: m.desired,
+      connected: MapSet.intersection(connected, MapSet.union(m.desired, m.known)),
+      pending: pending,
+      missing: Map.keys(m.missing),
+      last_error: m.last_error,
+      discoveries: m.discoveries,
+      errors: m.errors,
+      opts: m.opts
+    }
+
+    {:reply, status, m}
+  end
+
+  @impl true
+  def handle_info({:attempt_deadline, pid}, m) do
+    if Map.has_key?(m.inflight, pid), do: Process.exit(pid, :kill)
+    {:noreply, m}
+  end
+
+  def handle_info({:DOWN, _ref, :process, pid, reason}, m) do
+    case Map.pop(m.inflight, pid) do
+      {nil, _} ->
+        {:noreply, m}
+
+      {{node, _started, timer}, inflight} ->
+        Process.cancel_timer(timer)
+        m = %{m | inflight: inflight, busy: MapSet.delete(m.busy, node)}
+
+        result =
+          case reason do
+            {:connect_result, :ok} -> :ok
+            {:connect_result, {:error, r}} -> {:error, r}
+            :killed -> {:error, :timeout}
+            other -> {:error, {:crashed, other}}
+          end
+
+        {:noreply, m |> record(node, result) |> start_attempts() |> schedule_retry()}
+    end
+  end
+
+  def handle_info(:retry, m), do: {:noreply, reconcile(%{m | retry_timer: nil})}
+
+  def handle_info({:grace_expired, node, since}, m) do
+    case Map.fetch(m.missing, node) do
+      {:ok, ^since} ->
+        m = %{m | missing: Map.delete(m.missing, node)}
+        disconnect_async(m, [node])
+        {:noreply, m}
+
+      :error ->
+        {:noreply, m}
+    end
+  end
+
+  def handle_info({:nodedown, node}, m) do
+    if MapSet.member?(m.desired, node), do: {:noreply, reconcile(m)}, else: {:noreply, m}
+  end
+
+  def handle_info({:nodeup, node}, m) do
+    # Connected by someone else (e.g. the peer dialled us): forget its failures.
+    {:noreply, %{m | peers: Map.delete(m.peers, node)}}
+  end
+
+  def handle_info(_other, m), do: {:noreply, m}
+
+  ## Reconciling
+
+  defp reconcile(m) do
+    connected = connected(m)
+    now = now()
+
+    todo =
+      Enum.filter(m.desired, fn n ->
+        not MapSet.member?(connected, n) and not attempting?(m, n) and due?(m, n, now)
+      end)
+
+    m |> enqueue(todo) |> start_attempts() |> schedule_retry()
+  end
+
+  # Never-tried nodes go first, so a newcomer is not queued behind peers that keep failing.
+  defp enqueue(m, nodes) do
+    new = nodes |> Enum.uniq() |> Enum.reject(&MapSet.member?(m.busy, &1))
+    {fresh, retries} = Enum.split_with(new, &(not Map.has_key?(m.peers, &1)))
+    %{m | queue: fresh ++ m.queue ++ retries, busy: Enum.into(new, m.busy)}
+  end
+
+  defp start_attempts(%{queue: []} = m), do: m
+
+  defp start_attempts(m) do
+    if map_size(m.inflight) >= m.opts.max_concurrency do
+      m
+    else
+      [node | rest] = m.queue
+      start_attempts(start_attempt(%{m | queue: rest}, node))
+    end
+  end
+
+  defp start_attempt(m, node) do
+    topology = m.topology
+    connect = m.connect
+    quiet = Map.get(m.peers, node, %{failures: 0}).failures > 0
+
+    {pid, _ref} =
+      spawn_monitor(fn ->
+        exit({:connect_result, Cluster.Strategy.connect_node(topology, connect, node, quiet_failure: quiet)})
+      end)
+
+    timer = Process.send_after(self(), {:attempt_deadline, pid}, m.opts.connect_timeout)
+    %{m | inflight: Map.put(m.inflight, pid, {node, now(), timer})}
+  end
+
+  defp record(m, node, :ok), do: %{m | peers: Map.delete(m.peers, node)}
+
+  defp record(m, node, {:error, reason}) do
+    if MapSet.member?(m.desired, node) do
+      peer = Map.get(m.peers, node, %{failures: 0, next_at: 0, last_error: nil})
+      failures = peer.failures + 1
+      delay = backoff(m.opts, failures)
+
+      if failures == 1 do
+        Cluster.Logger.warn(
+          m.topology,
+          "cannot connect to #{inspect(node)} (#{inspect(reason)}); retrying with backoff, next in #{delay} ms"
+        )
+      end
+
+      if reason == :timeout do
+        Cluster.Telemetry.execute(
+          [:libcluster, :connect_node, :error],
+          %{duration: System.convert_time_unit(m.opts.connect_timeout, :millisecond, :native)},
+          %{node: node, topology: m.topology, reason: :timeout}
+        )
+      end
+
+      peers = Map.put(m.peers, node, %{failures: failures, next_at: now() + delay, last_error: reason})
+      %{m | peers: peers}
+    else
+      %{m | peers: Map.delete(m.peers, node)}
+    end
+  end
+
+  defp backoff(opts, failures) do
+    base = min(opts.backoff_max, opts.backoff_min * Integer.pow(2, min(failures - 1, 30)))
+    jitter = :rand.uniform() * 0.5 + 0.75
+    max(1, round(base * jitter))
+  end
+
+  defp schedule_retry(m) do
+    if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
+    connected = connected(m)
+
+    next =
+      m.desired
+      |> Enum.reject(&(MapSet.member?(connected, &1) or attempting?(m, &1)))
+      |> Enum.map(fn n -> m.peers |> Map.get(n, %{next_at: 0}) |> Map.fetch!(:next_at) end)
+      |> Enum.min(fn -> nil end)
+
+    case next do
+      nil -> %{m | retry_timer: nil}
+      at -> %{m | retry_timer: Process.send_after(self(), :retry, max(at - now(), 0))}
+    end
+  end
+
+  ## Pruning
+
+  defp prune(m, dropped) do
+    dropped = MapSet.delete(dropped, Node.self())
+
+    case m.opts.prune do
+      _ when map_size(dropped) == 0 ->
+        m
+
+      :immediate ->
+        disconnect_async(m, MapSet.to_list(dropped))
+        m
+
+      :never ->
+        m
+
+      {:grace_period, ms} ->
+        now = now()
+
+        missing =
+          Enum.reduce(dropped, m.missing, fn node, acc ->
+            if Map.has_key?(acc, node) do
+              acc
+            else
+              Process.send_after(self(), {:grace_expired, node, now}, ms)
+              Map.put(acc, node, now)
+            end
+          end)
+
+        %{m | missing: missing}
+    end
+  end
+
+  # Disconnects run outside the membership process too.
+  defp disconnect_async(m, nodes) do
+    %{topology: topology, disconnect: disconnect, list_nodes: list_nodes} = m
+
+    spawn(fn ->
+      Cluster.Strategy.disconnect_nodes(topology, disconnect, list_nodes, nodes)
+    end)
+  end
+
+  ## Helpers
+
+  defp connected(m), do: Cluster.Strategy.list_nodes!(m.list_nodes)
+
+  defp attempting?(m, node), do: MapSet.member?(m.busy, node)
+
+  defp inflight_nodes(m), do: Enum.map(m.inflight, fn {_pid, {n, _, _}} -> n end)
+
+  defp due?(m, node, now) do
+    case Map.fetch(m.peers, node) do
+      {:ok, %{next_at: at}} -> at <= now
+      :error -> true
+    end
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
+end

@@ -1,0 +1,54 @@
+defmodule Cluster.Native do
+  @moduledoc false
+  # The NIF's Elixir face: stubs only. Every function returns within microseconds; discovery work
+  # runs on the NIF's tokio runtime and answers the calling process by message:
+  #
+  #     {:libcluster_rs, tag, event}
+  #
+  # `tag` is the term the caller passed to the `*_start` function (a `make_ref()`), and `event` is one of:
+  #
+  #   * `{:nodes, [binary]}` - a complete successful discovery: all node names right now
+  #   * `{:epmd_names, host, {:ok, [name]} | {:error, {kind, message}}}` - one host's epmd answer
+  #   * `{:discovery_error, kind, message}` - a failed round; keep the last known membership
+  #   * `:done` - a one-shot task has sent everything it will send
+  #
+  # `kind` is one of `:timeout, :refused, :unreachable, :nxdomain, :servfail, :unauthorized,
+  # :forbidden, :not_found, :http_status, :tls, :malformed, :io, :config, :panic`.
+  #
+  # A `*_start` function returns a handle (a resource). The task stops when `discovery_stop/1` is
+  # called, when the calling process dies, or when the handle is garbage-collected: keep the handle
+  # for as long as you want the events. Upgrading the NIF needs a node restart (hot code loading
+  # of the .so is not supported).
+
+  @compile {:autoload, false}
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:libcluster_rs), ~c"native/libcluster_nif")
+
+    case :erlang.load_nif(path, 0) do
+      :ok ->
+        :ok
+
+      {:error, {reason, text}} ->
+        IO.warn("libcluster_rs: cannot load its NIF #{path}.so (#{reason}): #{text}", [])
+        :abort
+    end
+  end
+
+  @typedoc "A running discovery task. Keep it referenced for as long as you want its events."
+  @type handle :: reference()
+
+  @doc "Ask the epmd of every host for its node names, concurrently, each within `timeout_ms`."
+  @spec epmd_names_start(term(), [String.t()], 1..65535, pos_integer()) :: handle()
+  def epmd_names_start(_tag, _hosts, _port, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Stop a discovery task. Idempotent."
+  @spec discovery_stop(handle()) :: :ok
+  def discovery_stop(_handle), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Whether a discovery task has been stopped (by `discovery_stop/1`, owner death or GC)."
+  @spec discovery_stopped(handle()) :: boolean()
+  def discovery_stopped(_handle), do: :erlang.nif_error(:nif_not_loaded)
+end

@@ -1,0 +1,103 @@
+defmodule Cluster.Strategy.ErlangHosts do
+  @moduledoc """
+  Connects to the nodes running on the hosts listed in `.hosts.erlang` (as found by
+  `:net_adm.host_file/0`: the current directory, then the home directory).
+
+  Every host's epmd is asked concurrently, each with its own deadline, so a host that is down or
+  never answers delays no other (libcluster 3.5 asked them one after another). The strategy never
+  disconnects. Without a `.hosts.erlang` file it logs a warning and returns `:ignore`.
+
+  ## Options
+
+    * `:timeout` - `:infinity` (default: look once, like libcluster) or the ms between looks
+    * `:polling_interval` - an alias of `:timeout`
+    * `:epmd_timeout` - the deadline for one host's epmd answer in ms (default `5_000`)
+    * `:epmd_port` - default `4369` (or `ERL_EPMD_PORT` when set)
+    * `:hosts_file` - read hosts from this file instead of `.hosts.erlang` (same format)
+
+  ## Example
+
+      # .hosts.erlang
+      'db1.example.com'.
+      'db2.example.com'.
+
+      config :libcluster,
+        topologies: [
+          hosts: [strategy: Cluster.Strategy.ErlangHosts, config: [timeout: 30_000]]
+        ]
+  """
+  use Cluster.Discovery
+
+  alias Cluster.Config
+
+  @impl Cluster.Discovery
+  def init(%{topology: topology, config: config}) do
+    schema = [
+      {:timeout, :infinity, Config.interval()},
+      {:polling_interval, nil, Config.nullable(Config.interval())},
+      {:epmd_timeout, 5_000, Config.pos_integer()},
+      {:epmd_port, Cluster.Strategy.LocalEpmd.default_epmd_port(), Config.port()}
+    ]
+
+    opts = Config.validate!(config, schema, topology, __MODULE__, [:membership, :hosts_file])
+
+    case hosts(config) do
+      {:ok, hosts} ->
+        impl = Map.merge(opts, %{topology: topology, hosts: hosts, found: %{}, failed: %{}})
+        {:ok, impl, interval: opts.polling_interval || opts.timeout, prune: false}
+
+      {:error, reason} ->
+        Cluster.Logger.warn(
+          topology,
+          "couldn't find .hosts.erlang file (#{inspect(reason)}); not joining any cluster"
+        )
+
+        :ignore
+    end
+  end
+
+  defp hosts(config) do
+    result =
+      case Keyword.get(config, :hosts_file) do
+        nil -> :net_adm.host_file()
+        path -> :file.consult(to_charlist(path))
+      end
+
+    case result do
+      {:error, reason} -> {:error, reason}
+      hosts when is_list(hosts) -> {:ok, Enum.map(hosts, &to_string/1)}
+      {:ok, hosts} when is_list(hosts) -> {:ok, Enum.map(hosts, &to_string/1)}
+    end
+  end
+
+  @impl Cluster.Discovery
+  def discover(impl, tag) do
+    handle = Cluster.Native.epmd_names_start(tag, impl.hosts, impl.epmd_port, impl.epmd_timeout)
+    {{:async, handle}, %{impl | found: %{}, failed: %{}}}
+  end
+
+  @impl Cluster.Discovery
+  def handle_event({:epmd_names, host, {:ok, names}}, impl) do
+    {nodes, _} = Cluster.NodeName.to_nodes(Enum.map(names, &"#{&1}@#{host}"))
+    # Connect each host's nodes as soon as that host answers.
+    {[{:seen, nodes}], %{impl | found: Map.put(impl.found, host, nodes)}}
+  end
+
+  def handle_event({:epmd_names, host, {:error, {kind, message}}}, impl) do
+    Cluster.Logger.debug(impl.topology, "cannot ask epmd on #{host}: #{kind}: #{message}")
+    {[], %{impl | failed: Map.put(impl.failed, host, {kind, message})}}
+  end
+
+  # Every host failed: that is an error, not "no nodes".
+  def handle_event(:done, %{found: found, failed: failed} = impl)
+      when map_size(found) == 0 and map_size(failed) > 0 do
+    summary = Enum.map_join(failed, "; ", fn {host, {kind, msg}} -> "#{host}: #{kind} (#{msg})" end)
+    {[{:error, :unreachable, "no host in .hosts.erlang answered: " <> summary}], impl}
+  end
+
+  def handle_event(:done, impl) do
+    {[{:discovered, impl.found |> Map.values() |> List.flatten()}], impl}
+  end
+
+  def handle_event(event, impl), do: {[Cluster.Discovery.default_event(event)], impl}
+end

@@ -1,0 +1,139 @@
+defmodule Cluster.Supervisor do
+  @moduledoc """
+  Starts one strategy process per topology, as in libcluster 3.5.
+
+      # config/runtime.exs
+      config :libcluster,
+        topologies: [
+          example: [
+            strategy: Cluster.Strategy.Epmd,
+            config: [hosts: [:"a@127.0.0.1", :"b@127.0.0.1"]]
+          ]
+        ]
+
+      # application.ex
+      children = [
+        {Cluster.Supervisor, [Application.get_env(:libcluster, :topologies), [name: MyApp.ClusterSupervisor]]},
+        # ...
+      ]
+
+  ## Topology keys
+
+    * `:strategy` - the strategy module (required)
+    * `:config` - the strategy's keyword list (default `[]`); values may be `{:system, "VAR", default}`
+      or `{:system, :integer | :atom | :boolean | :string, "VAR", default}`, resolved at start
+    * `:connect` - `{m, f, a}` called with the node appended (default `{:net_kernel, :connect_node, []}`)
+    * `:disconnect` - default `{:erlang, :disconnect_node, []}`
+    * `:list_nodes` - default `{:erlang, :nodes, [:connected]}`
+    * `:membership` - options for `Cluster.Membership` (built-in strategies only): `:prune`,
+      `:connect_timeout`, `:max_concurrency`, `:backoff_min`, `:backoff_max`
+
+  Each child's id is the topology name; the supervisor is `:one_for_one`. Bad topology specs raise
+  an `ArgumentError` naming the topology and the key.
+
+  Instead of starting this supervisor yourself you may let the application start it:
+  `config :libcluster_rs, topologies: [...]` (opt-in; the explicit supervisor stays the default).
+  """
+  use Supervisor
+
+  alias Cluster.Strategy.State
+
+  @topology_keys [:strategy, :config, :connect, :disconnect, :list_nodes, :membership, :child_spec]
+
+  @spec start_link([Keyword.t() | Keyword.t()]) :: Supervisor.on_start()
+  def start_link([topologies]), do: start_link([topologies, []])
+
+  def start_link([topologies, opts]) when is_list(opts) do
+    Supervisor.start_link(__MODULE__, topologies || [], opts)
+  end
+
+  @impl true
+  def init(topologies) do
+    children = get_configured_topologies(topologies)
+    Supervisor.init(children, strategy: :one_for_one)
+  end
+
+  @doc false
+  @spec get_configured_topologies(Keyword.t()) :: [Supervisor.child_spec()]
+  def get_configured_topologies(topologies) do
+    unless Keyword.keyword?(topologies) do
+      raise ArgumentError,
+            "expected topologies to be a keyword list of name: [strategy: ..., config: ...], got: #{inspect(topologies)}"
+    end
+
+    for {topology, spec} <- topologies do
+      child_spec(topology, spec)
+    end
+  end
+
+  defp child_spec(topology, spec) do
+    unless Keyword.keyword?(spec) do
+      raise ArgumentError,
+            "expected topology #{inspect(topology)} to be a keyword list, got: #{inspect(spec)}"
+    end
+
+    for {key, _} <- spec, key not in @topology_keys do
+      Cluster.Logger.warn(topology, "unknown topology key #{inspect(key)} is ignored")
+    end
+
+    strategy = fetch_strategy!(topology, spec)
+    config = Keyword.get(spec, :config, [])
+
+    unless Keyword.keyword?(config) do
+      raise ArgumentError,
+            "invalid topology #{inspect(topology)}: expected :config to be a keyword list, got: #{inspect(config)}"
+    end
+
+    config = Cluster.Config.resolve_system!(config)
+    config = if m = spec[:membership], do: Keyword.put_new(config, :membership, m), else: config
+
+    state = %State{
+      topology: topology,
+      connect: mfa!(topology, spec, :connect, {:net_kernel, :connect_node, []}),
+      disconnect: mfa!(topology, spec, :disconnect, {:erlang, :disconnect_node, []}),
+      list_nodes: mfa!(topology, spec, :list_nodes, {:erlang, :nodes, [:connected]}),
+      config: config,
+      meta: nil
+    }
+
+    base = Supervisor.child_spec({strategy, [state]}, id: topology)
+
+    case Keyword.get(spec, :child_spec) do
+      nil -> base
+      overrides when is_list(overrides) -> Supervisor.child_spec(base, overrides)
+    end
+  end
+
+  defp fetch_strategy!(topology, spec) do
+    case Keyword.fetch(spec, :strategy) do
+      {:ok, mod} when is_atom(mod) and mod != nil ->
+        unless Code.ensure_loaded?(mod) do
+          raise ArgumentError,
+                "invalid topology #{inspect(topology)}: expected :strategy to be a strategy module, " <>
+                  "got: #{inspect(mod)} (module not available)"
+        end
+
+        mod
+
+      {:ok, other} ->
+        raise ArgumentError,
+              "invalid topology #{inspect(topology)}: expected :strategy to be a strategy module, got: #{inspect(other)}"
+
+      :error ->
+        raise ArgumentError,
+              "invalid topology #{inspect(topology)}: expected :strategy to be a strategy module, got: nil (the key is required)"
+    end
+  end
+
+  defp mfa!(topology, spec, key, default) do
+    case Keyword.get(spec, key, default) do
+      {m, f, a} = mfa when is_atom(m) and is_atom(f) and is_list(a) ->
+        mfa
+
+      other ->
+        raise ArgumentError,
+              "invalid topology #{inspect(topology)}: expected #{inspect(key)} to be an MFA tuple " <>
+                "{module, function, args}, got: #{inspect(other)}"
+    end
+  end
+end

@@ -1,0 +1,29 @@
+//! `epmd_names_start/4`: ask many hosts' epmd for their node names, concurrently.
+use std::time::Duration;
+
+use libcluster_core::epmd;
+use rustler::{Env, Error, NifResult, ResourceArc, Term};
+
+use crate::handle::{spawn, Discovery};
+
+/// `epmd_names_start(tag, hosts, port, timeout_ms)`: one `{:epmd_names, host, result}` message per
+/// host as it answers, then `:done`.
+#[rustler::nif]
+fn epmd_names_start<'a>(
+    env: Env<'a>,
+    tag: Term<'a>,
+    hosts: Vec<String>,
+    port: u16,
+    timeout_ms: u64,
+) -> NifResult<ResourceArc<Discovery>> {
+    if port == 0 {
+        return Err(Error::BadArg);
+    }
+    if timeout_ms == 0 || timeout_ms > 3_600_000 {
+        return Err(Error::BadArg);
+    }
+    let timeout = Duration::from_millis(timeout_ms);
+    Ok(spawn(env, tag, move |sink, _cancel| {
+        epmd::query_hosts(hosts, port, timeout, sink)
+    }))
+}

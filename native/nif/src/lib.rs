@@ -1,0 +1,9 @@
+//! rustler glue for libcluster_rs: the runtime, discovery handles, option decoding and message
+//! encoding. All discovery logic lives in `libcluster_core`.
+mod atoms;
+mod epmd;
+mod handle;
+mod runtime;
+mod sink;
+
+rustler::init!("Elixir.Cluster.Native");

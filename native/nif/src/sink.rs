@@ -1,0 +1,94 @@
+//! The process sink: turns core [`Event`]s into `{:libcluster_rs, tag, event}` messages.
+use std::sync::Mutex;
+
+use libcluster_core::event::{Error, ErrorKind, Event, Sink};
+use rustler::env::SavedTerm;
+use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
+
+use crate::atoms;
+
+pub struct ProcessSink {
+    pid: LocalPid,
+    /// Holds the caller's tag term; never cleared, so the saved term stays valid.
+    tag_env: Mutex<(OwnedEnv, SavedTerm)>,
+}
+
+impl ProcessSink {
+    pub fn new(pid: LocalPid, tag: Term<'_>) -> Self {
+        let env = OwnedEnv::new();
+        let saved = env.save(tag);
+        ProcessSink {
+            pid,
+            tag_env: Mutex::new((env, saved)),
+        }
+    }
+}
+
+impl Sink for ProcessSink {
+    fn send(&self, event: Event) -> bool {
+        let guard = match self.tag_env.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let (tag_env, saved) = &*guard;
+        let mut msg_env = OwnedEnv::new();
+        tag_env.run(|env| {
+            let tag = saved.load(env);
+            msg_env
+                .send_and_clear(&self.pid, |menv| {
+                    (
+                        atoms::libcluster_rs(),
+                        tag.in_env(menv),
+                        encode(menv, &event),
+                    )
+                        .encode(menv)
+                })
+                .is_ok()
+        })
+    }
+}
+
+pub fn kind_atom(kind: ErrorKind) -> Atom {
+    match kind {
+        ErrorKind::Timeout => atoms::timeout(),
+        ErrorKind::Refused => atoms::refused(),
+        ErrorKind::Unreachable => atoms::unreachable(),
+        ErrorKind::NxDomain => atoms::nxdomain(),
+        ErrorKind::ServFail => atoms::servfail(),
+        ErrorKind::Unauthorized => atoms::unauthorized(),
+        ErrorKind::Forbidden => atoms::forbidden(),
+        ErrorKind::NotFound => atoms::not_found(),
+        ErrorKind::HttpStatus => atoms::http_status(),
+        ErrorKind::Tls => atoms::tls(),
+        ErrorKind::Malformed => atoms::malformed(),
+        ErrorKind::Io => atoms::io(),
+        ErrorKind::Config => atoms::config(),
+        ErrorKind::Panic => atoms::panic(),
+    }
+}
+
+fn encode_error<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
+    (kind_atom(error.kind), error.message.as_str()).encode(env)
+}
+
+fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
+    match event {
+        Event::Nodes(nodes) => (atoms::nodes(), nodes).encode(env),
+        Event::EpmdNames { host, names } => {
+            (atoms::epmd_names(), host.as_str(), (atoms::ok(), names)).encode(env)
+        }
+        Event::EpmdError { host, error } => (
+            atoms::epmd_names(),
+            host.as_str(),
+            (atoms::error(), encode_error(env, error)),
+        )
+            .encode(env),
+        Event::Error(error) => (
+            atoms::discovery_error(),
+            kind_atom(error.kind),
+            error.message.as_str(),
+        )
+            .encode(env),
+        Event::Done => atoms::done().encode(env),
+    }
+}
