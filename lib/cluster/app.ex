@@ -21,4 +21,12 @@ defmodule Cluster.App do
 
     Supervisor.start_link(children, strategy: :rest_for_one, name: Cluster.AppRoot)
   end
+
+  # Graceful leave: before the tree stops, every topology still running stops discovering and
+  # dialling, so this node is not re-dialled by its own topologies while it goes down.
+  @impl true
+  def prep_stop(state) do
+    Cluster.leave()
+    state
+  end
 end

@@ -45,7 +45,15 @@ defmodule Cluster.Discovery do
               {outcome() | {:async, Cluster.Native.handle()} | {:stream, Cluster.Native.handle()},
                impl :: term()}
   @callback handle_event(event :: term(), impl :: term()) :: {[outcome()], impl :: term()}
-  @optional_callbacks handle_event: 2
+
+  @doc """
+  Strategy-specific details for `Cluster.status/1`, returned under its `:extra` key. A gossip
+  strategy reports its datagram counters here (`%{gossip: %{accepted: n, rejected: %{reason => n}}}`),
+  a watching strategy its resource version, and so on. Called in the discovery process; must be
+  cheap and must not block.
+  """
+  @callback status_extra(impl :: term()) :: map()
+  @optional_callbacks handle_event: 2, status_extra: 1
 
   defmacro __using__(_opts) do
     quote do
@@ -63,8 +71,27 @@ defmodule Cluster.Discovery do
   end
 
   @doc "The discovery's view: strategy, last result, error streak, and the membership's status."
-  @spec status(pid()) :: map()
-  def status(pid), do: GenServer.call(pid, :status)
+  @spec status(pid(), timeout()) :: map()
+  def status(pid, timeout \\ 5_000), do: GenServer.call(pid, :status, timeout)
+
+  @doc """
+  Stops discovery and reconnection for good (graceful leave): no further rounds, the native task
+  stops, and the membership stops dialling (see `Cluster.Membership.leave/1`). Nothing is
+  disconnected. Idempotent.
+  """
+  @spec leave(pid()) :: :ok
+  def leave(pid), do: GenServer.call(pid, :leave)
+
+  @doc false
+  # The outcomes of one native event, as the discovery process computes them (used by the dry run).
+  @spec translate(module(), term(), term()) :: {[outcome()], term()}
+  def translate(module, event, impl) do
+    if function_exported?(module, :handle_event, 2) do
+      module.handle_event(event, impl)
+    else
+      {[default_event(event)], impl}
+    end
+  end
 
   @doc "Runs a round now (if none is in flight)."
   @spec refresh(pid()) :: :ok
@@ -90,6 +117,9 @@ defmodule Cluster.Discovery do
         :ignore
 
       {:ok, impl, opts} ->
+        register(state.topology)
+        warn_unless_distributed(state.topology)
+
         membership_opts =
           Keyword.merge(Keyword.get(state.config, :membership, []), Keyword.get(opts, :membership, []))
 
@@ -115,7 +145,11 @@ defmodule Cluster.Discovery do
           last_nodes: if(match?(%MapSet{}, state.meta), do: state.meta, else: MapSet.new()),
           last_ok_at: nil,
           last_error: nil,
-          rounds: 0
+          rounds: 0,
+          # the open telemetry span of the current round: {monotonic start, metadata}
+          span: nil,
+          round_counts: %{discovered: 0, seen: 0},
+          name_mode_warned: false
         }
 
         {:ok, s, {:continue, :discover}}
@@ -126,15 +160,11 @@ defmodule Cluster.Discovery do
   def handle_continue(:discover, s), do: {:noreply, run_round(s)}
 
   @impl true
+  def handle_info(:discover, %{mode: :left} = s), do: {:noreply, s}
   def handle_info(:discover, s), do: {:noreply, run_round(%{s | timer: nil})}
 
-  def handle_info({:libcluster_rs, tag, event}, %{tag: tag} = s) do
-    {outcomes, impl} =
-      if function_exported?(s.module, :handle_event, 2) do
-        s.module.handle_event(event, s.impl)
-      else
-        {[default_event(event)], s.impl}
-      end
+  def handle_info({:libcluster_rs, tag, event}, %{tag: tag} = s) when tag != nil do
+    {outcomes, impl} = guarded(s, fn -> translate(s.module, event, s.impl) end)
 
     {:noreply, Enum.reduce(outcomes, %{s | impl: impl}, &apply_outcome/2)}
   end
@@ -157,6 +187,111 @@ defmodule Cluster.Discovery do
 
   def handle_cast(:refresh, s), do: {:noreply, s}
 
+  defp register(topology) do
+    supervisor =
+      case Process.get(:"$ancestors") do
+        [parent | _] when is_pid(parent) -> parent
+        _ -> nil
+      end
+
+    _ = Registry.register(Cluster.Registry, {:discovery, topology}, %{supervisor: supervisor})
+    :ok
+  end
+
+  defp warn_unless_distributed(topology) do
+    unless Node.alive?() do
+      Cluster.Logger.warn(
+        topology,
+        "this node is not running distributed Erlang, so no node can be connected until it is " <>
+          "(start it with --name or --sname, or in a release set RELEASE_DISTRIBUTION=name and RELEASE_NODE)"
+      )
+    end
+  end
+
+  defp status_extra(s) do
+    if function_exported?(s.module, :status_extra, 1), do: s.module.status_extra(s.impl), else: %{}
+  end
+
+  # Runs strategy code; an exception closes the round's span with an :exception event and is re-raised.
+  defp guarded(s, fun) do
+    fun.()
+  rescue
+    e ->
+      emit_exception(s, :error, e, __STACKTRACE__)
+      reraise e, __STACKTRACE__
+  catch
+    kind, reason ->
+      emit_exception(s, kind, reason, __STACKTRACE__)
+      :erlang.raise(kind, reason, __STACKTRACE__)
+  end
+
+  defp emit_exception(%{span: {started, meta}}, kind, reason, stacktrace) do
+    Cluster.Telemetry.execute(
+      [:libcluster, :discovery, :exception],
+      %{duration: System.monotonic_time() - started, monotonic_time: System.monotonic_time()},
+      Map.merge(meta, %{kind: kind, reason: reason, stacktrace: stacktrace})
+    )
+  end
+
+  defp emit_exception(_s, _kind, _reason, _stacktrace), do: :ok
+
+  defp open_span(s) do
+    meta = %{topology: s.state.topology, strategy: s.module, round: s.rounds}
+    now = System.monotonic_time()
+
+    Cluster.Telemetry.execute(
+      [:libcluster, :discovery, :start],
+      %{system_time: System.system_time(), monotonic_time: now},
+      meta
+    )
+
+    %{s | span: {now, meta}, round_counts: %{discovered: 0, seen: 0}}
+  end
+
+  defp close_span(%{span: nil} = s, _result), do: s
+
+  defp close_span(%{span: {started, meta}} = s, result) do
+    now = System.monotonic_time()
+
+    error =
+      case {result, s.last_error} do
+        {:error, {kind, message, _at}} -> {kind, message}
+        _ -> nil
+      end
+
+    Cluster.Telemetry.execute(
+      [:libcluster, :discovery, :stop],
+      Map.merge(%{duration: now - started, monotonic_time: now}, s.round_counts),
+      Map.merge(meta, %{result: result, error: error})
+    )
+
+    %{s | span: nil}
+  end
+
+  # A node name whose host part cannot work with this node's name mode is logged once per topology.
+  defp check_name_mode(%{name_mode_warned: true} = s, _nodes), do: s
+
+  defp check_name_mode(s, nodes) do
+    if Node.alive?() do
+      longnames? = :net_kernel.longnames()
+
+      case Enum.flat_map(nodes, &List.wrap(NodeName.mode_problem(&1, longnames?))) do
+        [] ->
+          s
+
+        [first | _] = problems ->
+          Cluster.Logger.warn(
+            s.state.topology,
+            "#{length(problems)} discovered node name(s) cannot be connected from this node: #{first}"
+          )
+
+          %{s | name_mode_warned: true}
+      end
+    else
+      s
+    end
+  end
+
   @impl true
   def handle_call(:status, _from, s) do
     status = %{
@@ -168,10 +303,29 @@ defmodule Cluster.Discovery do
       last_ok_at: s.last_ok_at,
       last_error: s.last_error,
       error_streak: s.error_streak,
+      next_round_in: s.timer && Process.read_timer(s.timer),
+      extra: status_extra(s),
       membership: Membership.status(s.membership)
     }
 
     {:reply, status, s}
+  end
+
+  def handle_call(:leave, _from, %{mode: :left} = s), do: {:reply, :ok, s}
+
+  def handle_call(:leave, _from, s) do
+    for t <- [s.timer, s.round_timer], t != nil, do: Process.cancel_timer(t)
+    if s.handle, do: Cluster.Native.discovery_stop(s.handle)
+    s = close_span(s, :left)
+    :ok = Membership.leave(s.membership)
+    Cluster.Logger.info(s.state.topology, "leaving: discovery and reconnection stopped")
+
+    Cluster.Telemetry.execute([:libcluster, :topology, :leave], %{}, %{
+      topology: s.state.topology,
+      strategy: s.module
+    })
+
+    {:reply, :ok, %{s | mode: :left, timer: nil, round_timer: nil, handle: nil, tag: nil}}
   end
 
   @impl true
@@ -182,11 +336,13 @@ defmodule Cluster.Discovery do
 
   ## Rounds
 
+  defp run_round(%{mode: :left} = s), do: s
+
   defp run_round(s) do
     tag = make_ref()
-    s = %{s | tag: tag, rounds: s.rounds + 1}
+    s = open_span(%{s | tag: tag, rounds: s.rounds + 1})
 
-    case s.module.discover(s.impl, tag) do
+    case guarded(s, fn -> s.module.discover(s.impl, tag) end) do
       {{:async, handle}, impl} ->
         timer = Process.send_after(self(), {:round_timeout, tag}, s.round_timeout)
         %{s | impl: impl, handle: handle, mode: :round, round_timer: timer}
@@ -203,11 +359,13 @@ defmodule Cluster.Discovery do
 
   defp apply_outcome({:seen, nodes}, s) do
     Membership.seen(s.membership, nodes)
-    s
+    s = update_in(s.round_counts.seen, &(&1 + length(nodes)))
+    check_name_mode(s, nodes)
   end
 
   defp apply_outcome({:discovered, nodes}, s) do
     nodes = MapSet.new(nodes)
+    s = check_name_mode(%{s | round_counts: %{s.round_counts | discovered: MapSet.size(nodes)}}, nodes)
 
     s =
       cond do
@@ -258,12 +416,14 @@ defmodule Cluster.Discovery do
 
   defp apply_outcome(:done, s), do: s
 
-  # A stream keeps running after each outcome; a round ends and the next one is scheduled.
-  defp finish_round(%{mode: :stream} = s, _result), do: s
+  # A stream keeps running after each outcome (its span closes at its first result); a round ends
+  # and the next one is scheduled.
+  defp finish_round(%{mode: :stream} = s, result), do: close_span(s, result)
 
-  defp finish_round(%{mode: :idle} = s, _result), do: s
+  defp finish_round(%{mode: mode} = s, _result) when mode in [:idle, :left], do: s
 
   defp finish_round(s, result) do
+    s = close_span(s, result)
     if s.round_timer, do: Process.cancel_timer(s.round_timer)
     if s.handle, do: Cluster.Native.discovery_stop(s.handle)
     s = %{s | mode: :idle, handle: nil, round_timer: nil, tag: nil}

@@ -36,6 +36,17 @@ defmodule Cluster.Membership do
       failure up to the maximum, ±25% jitter (defaults `250` / `10_000` ms)
 
   Errors never prune: a failed discovery leaves the last known set in place.
+
+  ## Leaving
+
+  `leave/1` stops all dialling for good: attempts in flight are abandoned, no retry is scheduled,
+  and later discoveries, sightings and `nodedown`s connect nothing. Nothing is disconnected. A
+  membership also stops dialling by itself once the system is shutting down (`:init.get_status/0`
+  reports `:stopping`, e.g. after `System.stop/0` or SIGTERM), so a draining node is not re-dialled by
+  its own discovery while the rest of the application stops.
+
+  Membership changes are reported as telemetry events (`added`, `removed`, `pruned`, `backoff`);
+  see `Cluster.Telemetry`.
   """
   use GenServer
 
@@ -74,7 +85,8 @@ defmodule Cluster.Membership do
             retry_timer: nil,
             last_error: nil,
             discoveries: 0,
-            errors: 0
+            errors: 0,
+            leaving: false
 
   ## API
 
@@ -101,9 +113,13 @@ defmodule Cluster.Membership do
   @spec discovery_failed(pid(), term()) :: :ok
   def discovery_failed(membership, error), do: GenServer.cast(membership, {:failed, error})
 
+  @doc "Stops dialling for good (see \"Leaving\" above). Idempotent."
+  @spec leave(pid()) :: :ok
+  def leave(membership), do: GenServer.call(membership, :leave)
+
   @doc "A snapshot of the membership: known, desired, connected, pending and backoff state."
-  @spec status(pid()) :: map()
-  def status(membership), do: GenServer.call(membership, :status)
+  @spec status(pid(), timeout()) :: map()
+  def status(membership, timeout \\ 5_000), do: GenServer.call(membership, :status, timeout)
 
   @doc "Validates membership options; raises ArgumentError naming the key."
   @spec validate_opts!(atom(), Keyword.t()) :: map()
@@ -160,9 +176,15 @@ defmodule Cluster.Membership do
   end
 
   @impl true
+  def handle_cast({:discovered, _, _}, %{leaving: true} = m), do: {:noreply, m}
+  def handle_cast({:seen, _}, %{leaving: true} = m), do: {:noreply, m}
+
   def handle_cast({:discovered, nodes, prune?}, m) do
     nodes = MapSet.delete(nodes, Node.self())
     dropped = MapSet.difference(m.known, nodes)
+    added = MapSet.difference(nodes, m.known)
+    emit(m, :added, added, %{source: :discovered})
+    emit(m, :removed, dropped, %{prune: if(prune?, do: m.opts.prune, else: :never)})
     m = %{m | known: nodes, known_at: System.system_time(:millisecond), discoveries: m.discoveries + 1}
     m = %{m | missing: Map.drop(m.missing, MapSet.to_list(nodes))}
 
@@ -186,6 +208,7 @@ defmodule Cluster.Membership do
           not attempting?(m, n)
       end)
 
+    emit(m, :added, Enum.reject(fresh, &MapSet.member?(m.known, &1)), %{source: :seen})
     {:noreply, m |> enqueue(fresh) |> start_attempts()}
   end
 
@@ -220,11 +243,14 @@ defmodule Cluster.Membership do
       last_error: m.last_error,
       discoveries: m.discoveries,
       errors: m.errors,
+      leaving: m.leaving,
       opts: m.opts
     }
 
     {:reply, status, m}
   end
+
+  def handle_call(:leave, _from, m), do: {:reply, :ok, stop_dialling(m)}
 
   @impl true
   def handle_info({:attempt_deadline, pid}, m) do
@@ -253,12 +279,14 @@ defmodule Cluster.Membership do
     end
   end
 
+  def handle_info(:retry, %{leaving: true} = m), do: {:noreply, m}
   def handle_info(:retry, m), do: {:noreply, reconcile(%{m | retry_timer: nil})}
 
   def handle_info({:grace_expired, node, since}, m) do
     case Map.fetch(m.missing, node) do
       {:ok, ^since} ->
         m = %{m | missing: Map.delete(m.missing, node)}
+        emit(m, :pruned, [node], %{prune: m.opts.prune})
         disconnect_async(m, [node])
         {:noreply, m}
 
@@ -268,7 +296,7 @@ defmodule Cluster.Membership do
   end
 
   def handle_info({:nodedown, node}, m) do
-    if MapSet.member?(m.desired, node), do: {:noreply, reconcile(m)}, else: {:noreply, m}
+    if MapSet.member?(m.desired, node) and not m.leaving, do: {:noreply, reconcile(m)}, else: {:noreply, m}
   end
 
   def handle_info({:nodeup, node}, m) do
@@ -279,6 +307,8 @@ defmodule Cluster.Membership do
   def handle_info(_other, m), do: {:noreply, m}
 
   ## Reconciling
+
+  defp reconcile(%{leaving: true} = m), do: m
 
   defp reconcile(m) do
     connected = connected(m)
@@ -300,14 +330,41 @@ defmodule Cluster.Membership do
   end
 
   defp start_attempts(%{queue: []} = m), do: m
+  defp start_attempts(%{leaving: true} = m), do: m
 
   defp start_attempts(m) do
+    if system_stopping?() do
+      Cluster.Logger.info(m.topology, "the system is stopping: no more connects")
+      stop_dialling(m)
+    else
+      start_queued(m)
+    end
+  end
+
+  defp start_queued(%{queue: []} = m), do: m
+
+  defp start_queued(m) do
     if map_size(m.inflight) >= m.opts.max_concurrency do
       m
     else
       [node | rest] = m.queue
-      start_attempts(start_attempt(%{m | queue: rest}, node))
+      start_queued(start_attempt(%{m | queue: rest}, node))
     end
+  end
+
+  defp system_stopping? do
+    match?({:stopping, _}, :init.get_status())
+  end
+
+  # Graceful leave: abandon attempts in flight, forget queued ones, schedule nothing again.
+  defp stop_dialling(m) do
+    for {pid, {_node, _started, timer}} <- m.inflight do
+      Process.cancel_timer(timer)
+      Process.exit(pid, :kill)
+    end
+
+    if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
+    %{m | leaving: true, inflight: %{}, queue: [], busy: MapSet.new(), retry_timer: nil}
   end
 
   defp start_attempt(m, node) do
@@ -347,6 +404,12 @@ defmodule Cluster.Membership do
         )
       end
 
+      Cluster.Telemetry.execute(
+        [:libcluster, :membership, :backoff],
+        %{failures: failures, delay: delay},
+        %{topology: m.topology, node: node, reason: reason}
+      )
+
       peers = Map.put(m.peers, node, %{failures: failures, next_at: now() + delay, last_error: reason})
       %{m | peers: peers}
     else
@@ -359,6 +422,8 @@ defmodule Cluster.Membership do
     jitter = :rand.uniform() * 0.5 + 0.75
     max(1, round(base * jitter))
   end
+
+  defp schedule_retry(%{leaving: true} = m), do: m
 
   defp schedule_retry(m) do
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
@@ -386,6 +451,7 @@ defmodule Cluster.Membership do
         m
 
       :immediate ->
+        emit(m, :pruned, dropped, %{prune: :immediate})
         disconnect_async(m, MapSet.to_list(dropped))
         m
 
@@ -419,6 +485,20 @@ defmodule Cluster.Membership do
   end
 
   ## Helpers
+
+  defp emit(m, event, nodes, meta) do
+    nodes = Enum.to_list(nodes)
+
+    if nodes != [] do
+      Cluster.Telemetry.execute(
+        [:libcluster, :membership, event],
+        %{count: length(nodes)},
+        Map.merge(meta, %{topology: m.topology, nodes: nodes})
+      )
+    end
+
+    :ok
+  end
 
   defp connected(m), do: Cluster.Strategy.list_nodes!(m.list_nodes)
 

@@ -34,6 +34,33 @@ defmodule Cluster.NodeName do
     |> then(fn {ok, bad} -> {Enum.reverse(ok), Enum.reverse(bad)} end)
   end
 
+  @doc """
+  Why `node` cannot be connected from a node using long names (`longnames? = true`, `--name`) or
+  short names (`--sname`), as a sentence naming the node; `nil` when its name suits the mode.
+  Erlang refuses to dial a host part without dots (that is not an IP address) under long names,
+  and a host part with dots or an IP address under short names.
+  """
+  @spec mode_problem(node() | String.t(), boolean()) :: String.t() | nil
+  def mode_problem(node, longnames?) do
+    host = host(node)
+    ip? = match?({:ok, _}, :inet.parse_strict_address(String.to_charlist(host)))
+    dotted? = String.contains?(host, ".")
+
+    cond do
+      longnames? and not dotted? and not ip? ->
+        "#{node}: its host part #{inspect(host)} is a short name, but this node uses long names " <>
+          "(--name); use a fully qualified host or an IP address in the node names, or start every " <>
+          "node with --sname"
+
+      not longnames? and (dotted? or ip?) ->
+        "#{node}: its host part #{inspect(host)} is a fully qualified name or an IP address, but this " <>
+          "node uses short names (--sname); start every node with --name (RELEASE_DISTRIBUTION=name)"
+
+      true ->
+        nil
+    end
+  end
+
   @doc "The host part of a node name."
   @spec host(node() | String.t()) :: String.t()
   def host(node) do

@@ -27,6 +27,18 @@ defmodule Cluster.Supervisor do
     * `:list_nodes` - default `{:erlang, :nodes, [:connected]}`
     * `:membership` - options for `Cluster.Membership` (built-in strategies only): `:prune`,
       `:connect_timeout`, `:max_concurrency`, `:backoff_min`, `:backoff_max`
+    * `:await` - `[min_nodes: n, timeout: ms]`: after starting this topology, the supervisor's start
+      waits (at most `timeout`) until the topology has `n` connected nodes, so that children started
+      after `Cluster.Supervisor` find peers. On timeout it logs a warning and goes on. See
+      `Cluster.await/1`.
+
+  ## Graceful leave
+
+  The supervisor's last child is a small `Cluster.Leave` process: when the supervisor shuts down, it
+  terminates first and tells every topology of this supervisor to stop discovering and dialling
+  (`Cluster.leave/1`) before any of them stops, so a shutting-down node is not re-dialled by its own
+  topologies. Independently, every built-in topology stops dialling once the system is stopping
+  (`System.stop/0`, SIGTERM).
 
   Each child's id is the topology name; the supervisor is `:one_for_one`. Bad topology specs raise
   an `ArgumentError` naming the topology and the key.
@@ -38,7 +50,7 @@ defmodule Cluster.Supervisor do
 
   alias Cluster.Strategy.State
 
-  @topology_keys [:strategy, :config, :connect, :disconnect, :list_nodes, :membership, :child_spec]
+  @topology_keys [:strategy, :config, :connect, :disconnect, :list_nodes, :membership, :child_spec, :await]
 
   @spec start_link([Keyword.t() | Keyword.t()]) :: Supervisor.on_start()
   def start_link([topologies]), do: start_link([topologies, []])
@@ -50,23 +62,45 @@ defmodule Cluster.Supervisor do
   @impl true
   def init(topologies) do
     children = get_configured_topologies(topologies)
-    Supervisor.init(children, strategy: :one_for_one)
+    register(topologies)
+
+    awaits =
+      for {topology, spec} <- topologies, opts = Keyword.get(spec, :await), into: %{} do
+        {topology, Cluster.Await.child_spec(topology, opts)}
+      end
+
+    children =
+      Enum.flat_map(children, fn %{id: id} = child ->
+        if await = awaits[id], do: [child, await], else: [child]
+      end)
+
+    leave = Cluster.Leave.child_spec(Keyword.keys(topologies))
+    Supervisor.init(children ++ [leave], strategy: :one_for_one)
+  end
+
+  # Lets Cluster.status/0 find this supervisor's topologies, including custom strategies.
+  defp register(topologies) do
+    info =
+      for {topology, spec} <- topologies do
+        {topology,
+         %{
+           strategy: Keyword.get(spec, :strategy),
+           list_nodes: Keyword.get(spec, :list_nodes, {:erlang, :nodes, [:connected]})
+         }}
+      end
+
+    _ = Registry.register(Cluster.Registry, {:supervisor, self()}, info)
+    :ok
+  rescue
+    # Cluster.Registry is started by the :libcluster_rs application; without it, status is unavailable.
+    ArgumentError -> :ok
   end
 
   @doc false
-  @spec get_configured_topologies(Keyword.t()) :: [Supervisor.child_spec()]
-  def get_configured_topologies(topologies) do
-    unless Keyword.keyword?(topologies) do
-      raise ArgumentError,
-            "expected topologies to be a keyword list of name: [strategy: ..., config: ...], got: #{inspect(topologies)}"
-    end
-
-    for {topology, spec} <- topologies do
-      child_spec(topology, spec)
-    end
-  end
-
-  defp child_spec(topology, spec) do
+  # The strategy and the initial `%State{}` of a topology spec, validated as at start (shared with
+  # the `libcluster.discover` dry run).
+  @spec topology_state!(atom(), Keyword.t()) :: {module(), State.t()}
+  def topology_state!(topology, spec) do
     unless Keyword.keyword?(spec) do
       raise ArgumentError,
             "expected topology #{inspect(topology)} to be a keyword list, got: #{inspect(spec)}"
@@ -96,6 +130,24 @@ defmodule Cluster.Supervisor do
       meta: nil
     }
 
+    {strategy, state}
+  end
+
+  @doc false
+  @spec get_configured_topologies(Keyword.t()) :: [Supervisor.child_spec()]
+  def get_configured_topologies(topologies) do
+    unless Keyword.keyword?(topologies) do
+      raise ArgumentError,
+            "expected topologies to be a keyword list of name: [strategy: ..., config: ...], got: #{inspect(topologies)}"
+    end
+
+    for {topology, spec} <- topologies do
+      child_spec(topology, spec)
+    end
+  end
+
+  defp child_spec(topology, spec) do
+    {strategy, state} = topology_state!(topology, spec)
     base = Supervisor.child_spec({strategy, [state]}, id: topology)
 
     case Keyword.get(spec, :child_spec) do

@@ -1,0 +1,312 @@
+defmodule Cluster do
+  @moduledoc """
+  Looking into and steering the running topologies: `status/0,1`, `await/1` and `leave/0,1`.
+
+  Topologies are found wherever they run: under any `Cluster.Supervisor` (your own, or the one the
+  application starts for `config :libcluster_rs, topologies: [...]`), and built-in strategy
+  processes started by hand.
+
+      iex> Cluster.status(:k8s)
+      {:ok,
+       %{
+         topology: :k8s,
+         strategy: Cluster.Strategy.Kubernetes,
+         state: :running,
+         last_discovered: [:"app@10.0.0.7", :"app@10.0.0.9"],
+         last_discovered_at: ~U[2026-11-22 23:59:58.123Z],
+         connected: [:"app@10.0.0.7"],
+         pending: %{:"app@10.0.0.9" => %{failures: 3, last_error: false, next_attempt_in: 1840, in_flight: false}},
+         last_error: nil,
+         ...
+       }}
+
+  ## Status
+
+  `status/1` returns, for a built-in strategy (one built on `Cluster.Discovery`):
+
+    * `:topology`, `:strategy`, `:pid`
+    * `:state` - `:running`, `:leaving` (after `leave/1` or while the system stops), `:ignored` (the
+      strategy's config disabled it, e.g. `Epmd` with no hosts), `:not_running` (its supervisor is
+      restarting it) or `:unresponsive` (it did not answer within a second)
+    * `:last_discovered` - the nodes of the last successful discovery (sorted), or `nil` before the first
+    * `:last_discovered_at` - when, as a UTC `DateTime`
+    * `:connected` - the discovered nodes that are connected (per the topology's `list_nodes`)
+    * `:pending` - the discovered nodes that are not connected: `%{node => %{failures: n,
+      last_error: reason, next_attempt_in: ms, in_flight: boolean}}`; `failures > 0` means the node is
+      in backoff and `next_attempt_in` is when it is dialled again
+    * `:last_error` - the last failed discovery: `%{kind: atom, message: string, at: DateTime}`, or `nil`
+    * `:error_streak` - consecutive failed rounds (0 when the last round succeeded)
+    * `:rounds`, `:interval`, `:next_round_in` (ms, or `nil` when no round is scheduled)
+    * `:extra` - strategy-specific details from the optional `c:Cluster.Discovery.status_extra/1`
+      callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
+      strategy reports nothing.
+
+  A custom strategy (a libcluster-style GenServer) is shown with what is known about it: `:topology`,
+  `:strategy`, `:pid`, `:state` and `:connected` (everything its `list_nodes` MFA reports); the other
+  keys are `nil`.
+  """
+
+  alias Cluster.{Discovery, Membership}
+
+  @type topology :: atom()
+  @type status :: %{required(atom()) => term()}
+
+  @call_timeout 1_000
+
+  @doc "The status of every running topology, by name. See the moduledoc for the keys."
+  @spec status() :: %{topology() => status()}
+  def status do
+    Map.new(topologies(), fn {topology, info} -> {topology, build_status(topology, info)} end)
+  end
+
+  @doc "The status of one topology, or `{:error, :not_found}` when no topology of that name runs."
+  @spec status(topology()) :: {:ok, status()} | {:error, :not_found}
+  def status(topology) do
+    case Map.fetch(topologies(), topology) do
+      {:ok, info} -> {:ok, build_status(topology, info)}
+      :error -> {:error, :not_found}
+    end
+  end
+
+  @doc """
+  Waits until this node is connected to at least `min_nodes` other nodes, for at most `timeout` ms.
+  Returns `:ok`, or `{:error, :timeout}`. It never blocks forever: `timeout` must be an integer.
+
+      # application.ex: start the children that need peers after the cluster has formed
+      def start(_type, _args) do
+        children = [{Cluster.Supervisor, [topologies(), [name: MyApp.ClusterSupervisor]]}]
+        {:ok, sup} = Supervisor.start_link(children, strategy: :one_for_one, name: MyApp.Supervisor)
+        _ = Cluster.await(min_nodes: 2, timeout: 10_000)
+        # ...
+      end
+
+  The same wait can be declared on a topology (`await: [min_nodes: 2, timeout: 10_000]`, see
+  `Cluster.Supervisor`).
+
+  ## Options
+
+    * `:min_nodes` - the number of connected nodes, not counting this one (as `Node.list/0`
+      counts). Default `1`.
+    * `:timeout` - ms, default `10_000`
+    * `:topology` - count only the nodes this topology discovered and connected (a topology that
+      is not running yet counts as none). Without it, every connected visible node counts.
+  """
+  @spec await(Keyword.t()) :: :ok | {:error, :timeout}
+  def await(opts \\ []) do
+    opts = validate_await!(opts)
+    deadline = System.monotonic_time(:millisecond) + opts[:timeout]
+    wait(opts[:topology], opts[:min_nodes], deadline)
+  end
+
+  @doc false
+  @spec validate_await!(Keyword.t()) :: Keyword.t()
+  def validate_await!(opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError, "expected await options to be a keyword list, got: #{inspect(opts)}"
+    end
+
+    for {key, _} <- opts, key not in [:min_nodes, :timeout, :topology] do
+      raise ArgumentError,
+            "unknown await option #{inspect(key)}; expected :min_nodes, :timeout or :topology"
+    end
+
+    min = Keyword.get(opts, :min_nodes, 1)
+    timeout = Keyword.get(opts, :timeout, 10_000)
+    topology = Keyword.get(opts, :topology)
+
+    unless is_integer(min) and min >= 0 do
+      raise ArgumentError, "expected :min_nodes to be a non-negative integer, got: #{inspect(min)}"
+    end
+
+    unless is_integer(timeout) and timeout >= 0 do
+      raise ArgumentError,
+            "expected :timeout to be a non-negative integer (milliseconds; waiting forever is not " <>
+              "supported), got: #{inspect(timeout)}"
+    end
+
+    unless is_atom(topology) do
+      raise ArgumentError, "expected :topology to be a topology name (an atom), got: #{inspect(topology)}"
+    end
+
+    [min_nodes: min, timeout: timeout, topology: topology]
+  end
+
+  defp wait(topology, min, deadline) do
+    remaining = deadline - System.monotonic_time(:millisecond)
+
+    cond do
+      count(topology, max(remaining, 1)) >= min ->
+        :ok
+
+      remaining <= 0 ->
+        {:error, :timeout}
+
+      true ->
+        Process.sleep(min(50, remaining))
+        wait(topology, min, deadline)
+    end
+  end
+
+  defp count(nil, _timeout), do: length(Node.list())
+
+  defp count(topology, timeout) do
+    case Registry.lookup(Cluster.Registry, {:membership, topology}) do
+      [{pid, _}] ->
+        case safe_call(fn -> Membership.status(pid, min(timeout, @call_timeout)) end) do
+          {:ok, %{connected: connected}} -> MapSet.size(connected)
+          _ -> 0
+        end
+
+      [] ->
+        case Map.fetch(topologies(), topology) do
+          {:ok, %{list_nodes: mfa}} -> mfa |> list_nodes() |> length()
+          _ -> 0
+        end
+    end
+  end
+
+  @doc """
+  Graceful leave: stops discovery and dialling in every topology (or in `topology`), for good.
+  Nothing is disconnected: the node keeps its connections while it drains, and its own topologies
+  no longer re-dial a peer that drops. Custom (non-built-in) strategies are not affected.
+
+  It is called for you when a `Cluster.Supervisor` shuts down and when the `:libcluster_rs`
+  application stops; built-in topologies also stop dialling by themselves once the system is
+  stopping. Call it yourself to start draining earlier, e.g. first thing in your application's
+  `prep_stop/1`.
+  """
+  @spec leave() :: :ok
+  def leave do
+    for {{:discovery, _}, pid, _} <- registry_entries(), do: leave_pid(pid)
+    :ok
+  end
+
+  @spec leave(topology()) :: :ok | {:error, :not_found}
+  def leave(topology) do
+    case Registry.lookup(Cluster.Registry, {:discovery, topology}) do
+      [{pid, _}] -> leave_pid(pid)
+      [] -> {:error, :not_found}
+    end
+  end
+
+  @doc false
+  def leave_pid(pid) do
+    case safe_call(fn -> Discovery.leave(pid) end) do
+      {:ok, :ok} -> :ok
+      _ -> :ok
+    end
+  end
+
+  ## Finding topologies
+
+  # topology => %{strategy, list_nodes, supervisor, discovery}
+  defp topologies do
+    entries = registry_entries()
+
+    from_supervisors =
+      for {{:supervisor, sup}, _pid, topologies} <- entries,
+          {topology, info} <- topologies,
+          into: %{},
+          do: {topology, Map.put(info, :supervisor, sup)}
+
+    from_discoveries =
+      for {{:discovery, topology}, pid, _} <- entries, into: %{}, do: {topology, %{discovery: pid}}
+
+    Map.merge(from_supervisors, from_discoveries, fn _topology, a, b -> Map.merge(a, b) end)
+  end
+
+  defp registry_entries do
+    Registry.select(Cluster.Registry, [{{:"$1", :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}])
+  rescue
+    ArgumentError -> []
+  end
+
+  ## Building a status
+
+  defp build_status(topology, %{discovery: pid} = info) do
+    case safe_call(fn -> Discovery.status(pid, @call_timeout) end) do
+      {:ok, d} ->
+        m = d.membership
+
+        %{
+          topology: topology,
+          strategy: d.strategy,
+          pid: pid,
+          state: if(d.mode == :left or m.leaving, do: :leaving, else: :running),
+          last_discovered: if(d.last_ok_at, do: Enum.sort(d.last_discovered)),
+          last_discovered_at: datetime(d.last_ok_at),
+          connected: Enum.sort(m.connected),
+          pending: m.pending,
+          last_error: last_error(d.last_error),
+          error_streak: d.error_streak,
+          rounds: d.rounds,
+          interval: d.interval,
+          next_round_in: d.next_round_in || nil,
+          extra: d.extra
+        }
+
+      :error ->
+        unknown(topology, Map.get(info, :strategy), pid, :unresponsive)
+    end
+  end
+
+  defp build_status(topology, %{supervisor: sup, strategy: strategy} = info) do
+    child =
+      case safe_call(fn -> GenServer.call(sup, :which_children, @call_timeout) end) do
+        {:ok, children} -> Enum.find_value(children, fn {id, pid, _, _} -> if id == topology, do: pid end)
+        :error -> nil
+      end
+
+    case child do
+      pid when is_pid(pid) ->
+        # A running child not registered as a discovery: a custom strategy.
+        Map.merge(unknown(topology, strategy, pid, :running), %{
+          connected: info.list_nodes |> list_nodes() |> Enum.sort()
+        })
+
+      :undefined ->
+        unknown(topology, strategy, nil, :ignored)
+
+      _ ->
+        unknown(topology, strategy, nil, :not_running)
+    end
+  end
+
+  defp unknown(topology, strategy, pid, state) do
+    %{
+      topology: topology,
+      strategy: strategy,
+      pid: pid,
+      state: state,
+      last_discovered: nil,
+      last_discovered_at: nil,
+      connected: [],
+      pending: %{},
+      last_error: nil,
+      error_streak: nil,
+      rounds: nil,
+      interval: nil,
+      next_round_in: nil,
+      extra: %{}
+    }
+  end
+
+  defp last_error(nil), do: nil
+  defp last_error({kind, message, at}), do: %{kind: kind, message: message, at: datetime(at)}
+
+  defp datetime(nil), do: nil
+  defp datetime(ms), do: DateTime.from_unix!(ms, :millisecond)
+
+  defp list_nodes({m, f, a}) do
+    apply(m, f, a)
+  rescue
+    _ -> []
+  end
+
+  # Late replies after a timeout are dropped by the runtime (process aliases), so nothing leaks.
+  defp safe_call(fun) do
+    {:ok, fun.()}
+  catch
+    :exit, _ -> :error
+  end
+end
