@@ -14,7 +14,7 @@ defmodule LibclusterRs.MixProject do
       deps: [],
       description: description(),
       package: package(),
-      docs: [main: "readme", extras: ["README.md"]],
+      docs: [main: "readme", extras: ["README.md" | Path.wildcard("docs/*.md")]],
       test_coverage: [ignore_modules: [~r/^Cluster\.Test\./]]
     ]
   end

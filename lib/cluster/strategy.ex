@@ -25,17 +25,8 @@ defmodule Cluster.Strategy do
 
   ## Telemetry
 
-  When `:telemetry` is loaded:
-
-    * `[:libcluster, :connect_node, :ok]` - `%{duration}` - `%{node, topology}`
-    * `[:libcluster, :connect_node, :error]` - `%{duration}` - `%{node, topology, reason}`, reason
-      `:unreachable` (connect returned `false`), `:not_part_of_network` (`:ignored`), `:timeout`
-      (the attempt passed its deadline, Membership only) or any other value the MFA returned
-    * `[:libcluster, :disconnect_node, :ok]` - `%{duration}` - `%{node, topology}`
-    * `[:libcluster, :disconnect_node, :error]` - `%{duration}` - `%{node, topology, reason}`, reason
-      `:already_disconnected`, `:not_part_of_network` or the value the MFA returned
-
-  Durations are in native time units.
+  libcluster's `[:libcluster, :connect_node | :disconnect_node, :ok | :error]` events are emitted
+  by these helpers as in libcluster; see `Cluster.Telemetry` for every event and its metadata.
   """
 
   alias Cluster.Strategy.State

@@ -1,6 +1,8 @@
 defmodule Cluster.Telemetry do
-  @moduledoc false
-  # `:telemetry` is optional: events are emitted only when it is loaded.
+  # `:telemetry` is optional: events are emitted only when it is loaded. The one list of events is
+  # docs/telemetry.md, included here.
+  @external_resource Path.expand("../../docs/telemetry.md", __DIR__)
+  @moduledoc File.read!(Path.expand("../../docs/telemetry.md", __DIR__))
   @compile {:no_warn_undefined, :telemetry}
 
   @spec execute([atom()], map(), map()) :: :ok
