@@ -81,7 +81,13 @@ defmodule Cluster.TelemetryTest do
       outcome({:raise, "boom"})
 
       assert_receive {:telemetry, [:libcluster, :discovery, :exception], %{duration: _},
-                      %{topology: ^t, strategy: ScriptedStrategy, kind: :error, reason: %RuntimeError{}, stacktrace: [_ | _]}}
+                      %{
+                        topology: ^t,
+                        strategy: ScriptedStrategy,
+                        kind: :error,
+                        reason: %RuntimeError{},
+                        stacktrace: [_ | _]
+                      }}
     end)
   end
 

@@ -33,7 +33,11 @@ defmodule Cluster.Test.DrainApp do
 
     children = [
       {Cluster.Supervisor, [topologies]},
-      %{id: :drainer, start: {GenServer, :start_link, [__MODULE__.Drainer, {path, drain_ms}]}, shutdown: 10_000}
+      %{
+        id: :drainer,
+        start: {GenServer, :start_link, [__MODULE__.Drainer, {path, drain_ms}]},
+        shutdown: 10_000
+      }
     ]
 
     Supervisor.start_link(children, strategy: :one_for_one)

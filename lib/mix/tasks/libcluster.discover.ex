@@ -1,0 +1,259 @@
+defmodule Mix.Tasks.Libcluster.Discover do
+  @shortdoc "Runs one discovery round of a topology, connecting nothing"
+
+  @moduledoc """
+  A discovery dry run: runs one round of a topology's discovery from the project's config, prints
+  the nodes it found and, in plain words, what is wrong. Nothing is connected or disconnected, and
+  the `:libcluster_rs` application is not started.
+
+      $ mix libcluster.discover            # every configured topology
+      $ mix libcluster.discover k8s        # one topology
+      $ MIX_ENV=prod mix libcluster.discover dns --timeout 5000 --shortnames
+
+  Topologies are read from `config :libcluster, topologies: [...]` and
+  `config :libcluster_rs, topologies: [...]` (runtime config included), with `{:system, ...}` values
+  resolved as at start.
+
+  For each topology it prints:
+
+    * the nodes found (for a streaming strategy such as gossip: the nodes seen until `--timeout`)
+    * the error the strategy reported, e.g. the DNS name that does not resolve and the server asked,
+      or the RBAC rule a Kubernetes service account is missing
+    * node names whose host part cannot work with the distribution's name mode: a host without dots
+      under long names (`--name`), a fully qualified host or an IP address under short names
+      (`--sname`). The mode is this VM's when it is distributed, else the one given with
+      `--longnames`/`--shortnames`; without either, long names (what releases use with
+      `RELEASE_DISTRIBUTION=name`) are assumed and the mismatch is only a warning.
+
+  ## Options
+
+    * `--timeout MS` - how long to wait for the round (default `10000`)
+    * `--longnames` / `--shortnames` - the name mode the nodes will run with
+
+  ## Exit status
+
+    * `0` - every topology's discovery succeeded (possibly finding no nodes: that is printed)
+    * `1` - a discovery failed or timed out, the strategy disabled itself (`:ignore`), or node names
+      do not suit the name mode given
+    * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
+      (one not built on `Cluster.Discovery` cannot run without connecting)
+
+  Only built-in strategies (and custom ones built on `Cluster.Discovery`) can be dry-run.
+  """
+  use Mix.Task
+
+  alias Cluster.Discovery
+
+  @switches [timeout: :integer, longnames: :boolean, shortnames: :boolean]
+
+  @impl Mix.Task
+  def run(args) do
+    {opts, argv, invalid} = OptionParser.parse(args, strict: @switches)
+
+    status =
+      cond do
+        invalid != [] ->
+          Mix.shell().error("unknown option(s): #{Enum.map_join(invalid, ", ", &elem(&1, 0))}")
+          2
+
+        length(argv) > 1 ->
+          Mix.shell().error(
+            "usage: mix libcluster.discover [topology] [--timeout MS] [--longnames | --shortnames]"
+          )
+
+          2
+
+        true ->
+          Mix.Task.run("app.config")
+          _ = Application.ensure_all_started(:crypto)
+          main(List.first(argv), opts)
+      end
+
+    if status != 0, do: exit({:shutdown, status})
+    :ok
+  end
+
+  @doc false
+  # Returns the exit status.
+  @spec main(String.t() | nil, Keyword.t()) :: non_neg_integer()
+  def main(name, opts) do
+    topologies =
+      Keyword.merge(
+        Application.get_env(:libcluster, :topologies) || [],
+        Application.get_env(:libcluster_rs, :topologies) || []
+      )
+
+    selected =
+      case name do
+        nil -> topologies
+        name -> Enum.filter(topologies, fn {t, _} -> Atom.to_string(t) == name end)
+      end
+
+    cond do
+      topologies == [] ->
+        Mix.shell().error(
+          "no topologies configured: expected `config :libcluster, topologies: [...]` or " <>
+            "`config :libcluster_rs, topologies: [...]` (for MIX_ENV=#{Mix.env()})"
+        )
+
+        2
+
+      selected == [] ->
+        Mix.shell().error(
+          "unknown topology #{inspect(name)}; configured: " <>
+            Enum.map_join(topologies, ", ", fn {t, _} -> Atom.to_string(t) end)
+        )
+
+        2
+
+      true ->
+        selected |> Enum.map(fn {t, spec} -> dry_run(t, spec, opts) end) |> Enum.max()
+    end
+  end
+
+  defp dry_run(topology, spec, opts) do
+    Mix.shell().info("topology #{inspect(topology)}")
+
+    try do
+      {strategy, state} = Cluster.Supervisor.topology_state!(topology, spec)
+      Mix.shell().info("  strategy: #{inspect(strategy)}")
+
+      if discovery?(strategy) do
+        run_round(strategy, state, opts)
+      else
+        fail(
+          2,
+          "#{inspect(strategy)} is a custom strategy (not built on Cluster.Discovery): it cannot be " <>
+            "run without connecting"
+        )
+      end
+    rescue
+      e in ArgumentError -> fail(2, "invalid config: " <> Exception.message(e))
+    end
+  end
+
+  defp discovery?(strategy) do
+    behaviours = strategy.module_info(:attributes) |> Keyword.get_values(:behaviour) |> List.flatten()
+    Code.ensure_loaded?(strategy) and function_exported?(strategy, :discover, 2) and Discovery in behaviours
+  end
+
+  defp run_round(strategy, state, opts) do
+    timeout = Keyword.get(opts, :timeout, 10_000)
+    started = System.monotonic_time(:millisecond)
+
+    case strategy.init(state) do
+      :ignore ->
+        fail(1, "the strategy returned :ignore: its config or environment disables it (see the log above)")
+
+      {:ok, impl, _discovery_opts} ->
+        tag = make_ref()
+        {first, impl} = strategy.discover(impl, tag)
+
+        acc = %{discovered: nil, seen: MapSet.new(), errors: [], done: false, timed_out: false}
+
+        acc =
+          case first do
+            {:async, handle} -> collect(strategy, impl, tag, :round, handle, acc, started + timeout)
+            {:stream, handle} -> collect(strategy, impl, tag, :stream, handle, acc, started + timeout)
+            :pending -> collect(strategy, impl, tag, :round, nil, acc, started + timeout)
+            outcome -> apply_outcome(outcome, acc)
+          end
+
+        report(acc, System.monotonic_time(:millisecond) - started, timeout, opts)
+    end
+  rescue
+    # Config is validated in the strategy's init: a bad value raises an ArgumentError naming the key.
+    e in ArgumentError -> fail(2, "invalid config: " <> Exception.message(e))
+    e -> fail(1, "the strategy raised: " <> Exception.format(:error, e, __STACKTRACE__))
+  end
+
+  defp collect(strategy, impl, tag, mode, handle, acc, deadline) do
+    wait = max(deadline - System.monotonic_time(:millisecond), 0)
+
+    receive do
+      {:libcluster_rs, ^tag, event} ->
+        {outcomes, impl} = Discovery.translate(strategy, event, impl)
+        acc = Enum.reduce(outcomes, acc, &apply_outcome/2)
+
+        if acc.done and (mode == :round or acc.errors != [] or acc.discovered != nil) do
+          stop(handle)
+          acc
+        else
+          collect(strategy, impl, tag, mode, handle, %{acc | done: false}, deadline)
+        end
+    after
+      wait ->
+        stop(handle)
+        %{acc | timed_out: mode == :round}
+    end
+  end
+
+  defp stop(nil), do: :ok
+  defp stop(handle), do: Cluster.Native.discovery_stop(handle)
+
+  defp apply_outcome({:discovered, nodes}, acc),
+    do: %{acc | discovered: MapSet.union(acc.discovered || MapSet.new(), MapSet.new(nodes)), done: true}
+
+  defp apply_outcome({:seen, nodes}, acc), do: %{acc | seen: MapSet.union(acc.seen, MapSet.new(nodes))}
+
+  defp apply_outcome({:error, kind, message}, acc),
+    do: %{acc | errors: acc.errors ++ [{kind, message}], done: true}
+
+  defp apply_outcome(:done, acc), do: %{acc | done: true}
+  defp apply_outcome(_pending, acc), do: acc
+
+  defp report(acc, elapsed, timeout, opts) do
+    nodes = MapSet.union(acc.discovered || MapSet.new(), acc.seen) |> Enum.sort()
+
+    cond do
+      acc.errors != [] ->
+        for {kind, message} <- acc.errors, do: Mix.shell().error("  discovery failed (#{kind}): #{message}")
+        Mix.shell().error("  nothing would be pruned: a failed round keeps the last known nodes")
+        1
+
+      acc.timed_out ->
+        fail(1, "discovery did not finish within #{timeout} ms")
+
+      true ->
+        Mix.shell().info("  found #{length(nodes)} node(s) in #{elapsed} ms")
+        for node <- nodes, do: Mix.shell().info("    #{node}")
+        if nodes == [], do: Mix.shell().info("  (discovery succeeded but returned no nodes)")
+        name_mode(nodes, opts)
+    end
+  end
+
+  defp name_mode(nodes, opts) do
+    {longnames?, source} =
+      cond do
+        Node.alive?() -> {:net_kernel.longnames(), :vm}
+        opts[:shortnames] -> {false, :given}
+        opts[:longnames] -> {true, :given}
+        true -> {true, :assumed}
+      end
+
+    problems = Enum.flat_map(nodes, &List.wrap(Cluster.NodeName.mode_problem(&1, longnames?)))
+
+    cond do
+      problems == [] ->
+        Mix.shell().info("  OK")
+        0
+
+      source == :assumed ->
+        Mix.shell().info(
+          "  warning: assuming long names (--name); pass --shortnames if the nodes use --sname"
+        )
+
+        for p <- problems, do: Mix.shell().info("  warning: " <> p)
+        0
+
+      true ->
+        for p <- problems, do: Mix.shell().error("  cannot connect to " <> p)
+        1
+    end
+  end
+
+  defp fail(status, message) do
+    Mix.shell().error("  " <> message)
+    status
+  end
+end
