@@ -37,6 +37,9 @@ defmodule Cluster do
     * `:last_error` - the last failed discovery: `%{kind: atom, message: string, at: DateTime}`, or `nil`
     * `:error_streak` - consecutive failed rounds (0 when the last round succeeded)
     * `:rounds`, `:interval`, `:next_round_in` (ms, or `nil` when no round is scheduled)
+    * `:name_problems` - discovered node names that cannot be connected with this node's name
+      mode (a short host under `--name`, a fully qualified host or an IP under `--sname`), as
+      sentences; at most 10
     * `:extra` - strategy-specific details from the optional `c:Cluster.Discovery.status_extra/1`
       callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
       strategy reports nothing.
@@ -241,7 +244,8 @@ defmodule Cluster do
           error_streak: d.error_streak,
           rounds: d.rounds,
           interval: d.interval,
-          next_round_in: d.next_round_in || nil,
+          next_round_in: d.next_round_in,
+          name_problems: d.name_problems,
           extra: d.extra
         }
 
@@ -287,6 +291,7 @@ defmodule Cluster do
       rounds: nil,
       interval: nil,
       next_round_in: nil,
+      name_problems: [],
       extra: %{}
     }
   end

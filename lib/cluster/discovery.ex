@@ -149,7 +149,8 @@ defmodule Cluster.Discovery do
           # the open telemetry span of the current round: {monotonic start, metadata}
           span: nil,
           round_counts: %{discovered: 0, seen: 0},
-          name_mode_warned: false
+          name_mode_warned: false,
+          name_problems: []
         }
 
         {:ok, s, {:continue, :discover}}
@@ -268,28 +269,29 @@ defmodule Cluster.Discovery do
     %{s | span: nil}
   end
 
-  # A node name whose host part cannot work with this node's name mode is logged once per topology.
-  defp check_name_mode(%{name_mode_warned: true} = s, _nodes), do: s
-
+  # Node names whose host part cannot work with this node's name mode: kept for status (at most
+  # 10), logged once per topology.
   defp check_name_mode(s, nodes) do
-    if Node.alive?() do
-      longnames? = :net_kernel.longnames()
+    problems =
+      if Node.alive?() do
+        longnames? = :net_kernel.longnames()
 
-      case Enum.flat_map(nodes, &List.wrap(NodeName.mode_problem(&1, longnames?))) do
-        [] ->
-          s
-
-        [first | _] = problems ->
-          Cluster.Logger.warn(
-            s.state.topology,
-            "#{length(problems)} discovered node name(s) cannot be connected from this node: #{first}"
-          )
-
-          %{s | name_mode_warned: true}
+        nodes
+        |> Stream.map(&NodeName.mode_problem(&1, longnames?))
+        |> Stream.reject(&is_nil/1)
+        |> Enum.take(10)
+      else
+        []
       end
-    else
-      s
+
+    if problems != [] and not s.name_mode_warned do
+      Cluster.Logger.warn(
+        s.state.topology,
+        "discovered node names that cannot be connected from this node, e.g. #{hd(problems)}"
+      )
     end
+
+    %{s | name_problems: problems, name_mode_warned: s.name_mode_warned or problems != []}
   end
 
   @impl true
@@ -305,6 +307,7 @@ defmodule Cluster.Discovery do
       error_streak: s.error_streak,
       next_round_in: s.timer && Process.read_timer(s.timer),
       extra: status_extra(s),
+      name_problems: s.name_problems,
       membership: Membership.status(s.membership)
     }
 
