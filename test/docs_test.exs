@@ -1,0 +1,47 @@
+defmodule Cluster.DocsTest do
+  # The `config :libcluster` snippets of the guides evaluate, and each topology in them passes the
+  # validation done at start (for the strategies available in this build).
+  use ExUnit.Case, async: false
+  import ExUnit.CaptureLog
+
+  @guides Path.wildcard("docs/*.md")
+
+  defp config_snippets do
+    for path <- @guides,
+        [block] <- Regex.scan(~r/```elixir\n(.*?)```/s, File.read!(path), capture: :all_but_first),
+        block =~ ~r/^config :libcluster/m,
+        do: {path, block}
+  end
+
+  test "the guides exist" do
+    for guide <- ~w(kubernetes dns gossip erlang migrating telemetry) do
+      assert "docs/#{guide}.md" in @guides
+    end
+  end
+
+  test "every config snippet evaluates and its topologies validate" do
+    snippets = config_snippets()
+    assert length(snippets) >= 6
+
+    for {path, block} <- snippets do
+      config = Config.Reader.eval!(path, "import Config\n" <> block)
+      topologies = get_in(config, [:libcluster, :topologies])
+      assert Keyword.keyword?(topologies) and topologies != [], "#{path}: no topologies in\n#{block}"
+
+      # Strategies of other issues may not be in this build yet; validate those that are.
+      for {name, spec} <- topologies, Code.ensure_loaded?(spec[:strategy]) do
+        {strategy, state} = Cluster.Supervisor.topology_state!(name, spec)
+
+        if function_exported?(strategy, :discover, 2) do
+          capture_log(fn ->
+            try do
+              strategy.init(state)
+            rescue
+              e in ArgumentError -> flunk("#{path}: topology #{inspect(name)}: #{Exception.message(e)}")
+            end
+          end)
+        end
+      end
+    end
+  end
+end
