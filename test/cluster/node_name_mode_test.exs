@@ -43,7 +43,6 @@ defmodule Cluster.NodeNameModeTest do
         mixed: [strategy: Cluster.Strategy.Epmd, config: [hosts: [:a@shorthost, :"b@127.0.0.1"]]]
       )
 
-
     Peer.wait_until(fn ->
       match?({:ok, %{name_problems: [_]}}, Peer.call(peer, Cluster, :status, [:mixed]))
     end)
