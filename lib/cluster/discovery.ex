@@ -270,8 +270,8 @@ defmodule Cluster.Discovery do
   end
 
   # Node names whose host part cannot work with this node's name mode: kept for status (at most
-  # 10), logged once per topology.
-  defp check_name_mode(s, nodes) do
+  # 10; a complete discovery replaces them, sightings add to them), logged once per topology.
+  defp check_name_mode(s, nodes, source) do
     problems =
       if Node.alive?() do
         longnames? = :net_kernel.longnames()
@@ -291,6 +291,7 @@ defmodule Cluster.Discovery do
       )
     end
 
+    problems = if source == :seen, do: Enum.take(Enum.uniq(problems ++ s.name_problems), 10), else: problems
     %{s | name_problems: problems, name_mode_warned: s.name_mode_warned or problems != []}
   end
 
@@ -305,7 +306,7 @@ defmodule Cluster.Discovery do
       last_ok_at: s.last_ok_at,
       last_error: s.last_error,
       error_streak: s.error_streak,
-      next_round_in: s.timer && Process.read_timer(s.timer),
+      next_round_in: (s.timer && Process.read_timer(s.timer)) || nil,
       extra: status_extra(s),
       name_problems: s.name_problems,
       membership: Membership.status(s.membership)
@@ -363,12 +364,18 @@ defmodule Cluster.Discovery do
   defp apply_outcome({:seen, nodes}, s) do
     Membership.seen(s.membership, nodes)
     s = update_in(s.round_counts.seen, &(&1 + length(nodes)))
-    check_name_mode(s, nodes)
+    check_name_mode(s, nodes, :seen)
   end
 
   defp apply_outcome({:discovered, nodes}, s) do
     nodes = MapSet.new(nodes)
-    s = check_name_mode(%{s | round_counts: %{s.round_counts | discovered: MapSet.size(nodes)}}, nodes)
+
+    s =
+      check_name_mode(
+        %{s | round_counts: %{s.round_counts | discovered: MapSet.size(nodes)}},
+        nodes,
+        :discovered
+      )
 
     s =
       cond do
