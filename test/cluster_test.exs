@@ -229,6 +229,30 @@ defmodule ClusterTest do
     end
   end
 
+  describe "the application stopping" do
+    test "prep_stop makes every running topology leave" do
+      t = unique(:app)
+      dialer = Dialer.start(self(), [])
+
+      capture_log(fn ->
+        start_topologies([
+          {t,
+           Dialer.topology(dialer, ScriptedStrategy,
+             result: {:discovered, [:"z@h.example"]},
+             membership: @fast
+           )}
+        ])
+
+        assert_receive {:dial, :"z@h.example"}, 1_000
+        assert Cluster.App.prep_stop(:state) == :state
+      end)
+
+      assert {:ok, %{state: :leaving}} = Cluster.status(t)
+      flush_dials()
+      refute_receive {:dial, _}, 200
+    end
+  end
+
   defp flush_dials do
     receive do
       {:dial, _} -> flush_dials()
