@@ -38,7 +38,10 @@ defmodule Mix.Tasks.Libcluster.Discover do
     * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
       (one not built on `Cluster.Discovery` cannot run without connecting)
 
-  Only built-in strategies (and custom ones built on `Cluster.Discovery`) can be dry-run.
+  Only built-in strategies (and custom ones built on `Cluster.Discovery`) can be dry-run. The task's
+  VM is not distributed; strategies that need this node's own name (`LocalEpmd`) need it to be:
+
+      $ elixir --sname dryrun -S mix libcluster.discover local
   """
   use Mix.Task
 
@@ -203,12 +206,22 @@ defmodule Mix.Tasks.Libcluster.Discover do
   defp apply_outcome(_pending, acc), do: acc
 
   defp report(acc, elapsed, timeout, opts) do
-    nodes = MapSet.union(acc.discovered || MapSet.new(), acc.seen) |> Enum.sort()
+    # This node itself is never connected to; leave it out.
+    nodes =
+      MapSet.union(acc.discovered || MapSet.new(), acc.seen) |> MapSet.delete(Node.self()) |> Enum.sort()
 
     cond do
       acc.errors != [] ->
         for {kind, message} <- acc.errors, do: Mix.shell().error("  discovery failed (#{kind}): #{message}")
         Mix.shell().error("  nothing would be pruned: a failed round keeps the last known nodes")
+
+        unless Node.alive?() do
+          Mix.shell().error(
+            "  (this VM is not distributed; if the strategy needs this node's name, run " <>
+              "`elixir --sname dryrun -S mix libcluster.discover`)"
+          )
+        end
+
         1
 
       acc.timed_out ->
