@@ -4,6 +4,8 @@ defmodule LibclusterRs.MixProject do
   @version "0.1.0"
 
   def project do
+    load_libcluster_app()
+
     [
       app: :libcluster_rs,
       version: @version,
@@ -24,6 +26,30 @@ defmodule LibclusterRs.MixProject do
       extra_applications: [:logger, :crypto],
       mod: {Cluster.App, []}
     ]
+  end
+
+  # Existing users keep `config :libcluster, ...`. Mix warns about configuration for an application
+  # that is not loaded, so load an empty application named :libcluster (from an inline spec, nothing
+  # on disk) whenever Mix reads this project, including as a dependency of the user's project.
+  @libcluster_app {:application, :libcluster,
+                   [
+                     description:
+                       ~c"libcluster_rs: holds `config :libcluster` for libcluster 3.5 compatibility",
+                     vsn: ~c"3.5.0-libcluster_rs",
+                     modules: [],
+                     registered: [],
+                     applications: [:kernel, :stdlib]
+                   ]}
+
+  @doc false
+  def libcluster_app, do: @libcluster_app
+
+  defp load_libcluster_app do
+    case :application.load(@libcluster_app) do
+      :ok -> :ok
+      {:error, {:already_loaded, :libcluster}} -> :ok
+      {:error, _} -> :ok
+    end
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]
@@ -68,6 +94,7 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
     end
 
     install!(Path.join([target_dir, profile, library_file()]))
+    write_libcluster_app!()
     {:ok, []}
   end
 
@@ -97,6 +124,17 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
 
     # After priv/ exists, so that _build links (or, embedded, copies) it.
     Mix.Project.build_structure()
+  end
+
+  # An empty application named :libcluster, so that existing `config :libcluster, ...` works
+  # unchanged: Mix does not warn that the application is missing, and a release applies that config
+  # from sys.config (OTP applies an application's env only when the application is loaded).
+  defp write_libcluster_app! do
+    ebin = Mix.Project.compile_path()
+    File.mkdir_p!(ebin)
+
+    spec = LibclusterRs.MixProject.libcluster_app()
+    File.write!(Path.join(ebin, "libcluster.app"), :io_lib.format(~c"~p.~n", [spec]))
   end
 
   defp stale?(built, dest) do
