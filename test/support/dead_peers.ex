@@ -97,7 +97,7 @@ defmodule Cluster.Test.DeadPeers do
   # Runs on the observer: how long a plain `net_kernel.connect_node/1` to `node` takes, and its result.
   def connect_here(node) do
     {us, result} = :timer.tc(:net_kernel, :connect_node, [node])
-    {div(us, 1000), result}
+    {us / 1000, result}
   end
 
   defp silent_listener(ns) do
