@@ -1,9 +1,10 @@
 # The NIF's cost: start/stop cycles per second, the longest NIF call, and the VM's OS threads, open
-# file descriptors and memory before and after 10,000 start/stop cycles and 1,000 owner deaths.
+# file descriptors and memory before and after rounds of 10,000 start/stop cycles and 1,000 owner
+# deaths (3 rounds; the timings are those of the first).
 #
 #     mix run bench/native.exs                  (debug build of the NIF)
 #     MIX_ENV=prod mix run bench/native.exs     (release build, what users run)
-#     CYCLES=100000 DEATHS=10000 mix run bench/native.exs
+#     CYCLES=100000 DEATHS=10000 ROUNDS=5 mix run bench/native.exs
 #
 # Each cycle starts an epmd NAMES query against a loopback port that accepts nothing (a listen
 # socket that is never accepted from), so the task is in flight, holding a socket, when it is
@@ -18,6 +19,7 @@ defmodule NativeBench do
   def run do
     cycles = String.to_integer(System.get_env("CYCLES", "10000"))
     deaths = String.to_integer(System.get_env("DEATHS", "1000"))
+    rounds = String.to_integer(System.get_env("ROUNDS", "3"))
 
     # Connects complete in the kernel backlog (or wait for room in it) and the query then waits for
     # a NAMES answer that never comes.
@@ -41,9 +43,18 @@ defmodule NativeBench do
     Process.sleep(1_000)
     long = GenServer.call(monitor, :report)
     after_ = snapshot()
-    :gen_tcp.close(listen)
 
-    report(cycles, total_us, deaths, deaths_us, timings, long, before, after_)
+    # More rounds of the same: a leak grows with every round, allocator caches do not.
+    later =
+      for r <- 2..rounds//1 do
+        for _ <- 1..cycles, do: cycle(port)
+        for _ <- 1..deaths, do: owner_death(port)
+        Process.sleep(1_000)
+        {r, snapshot()}
+      end
+
+    :gen_tcp.close(listen)
+    report(cycles, total_us, deaths, deaths_us, timings, long, [{0, before}, {1, after_} | later])
   end
 
   # Starts and stops one task, timing each NIF call.
@@ -116,10 +127,15 @@ defmodule NativeBench do
     end
   end
 
-  defp report(cycles, total_us, deaths, deaths_us, [starts, stops, controls], long, before, after_) do
+  defp report(cycles, total_us, deaths, deaths_us, [starts, stops, controls], long, snapshots) do
     {:ok, loadavg} = File.read("/proc/loadavg")
     profile = if Mix.env() == :prod, do: "release", else: "debug"
-    row = fn label, a, b -> "#{String.pad_trailing(label, 13)}#{String.pad_trailing(a, 12)}#{b}" end
+
+    row = fn label, cells ->
+      Enum.map_join([label | cells], &String.pad_trailing(&1, 13)) |> String.trim_trailing()
+    end
+
+    cells = fn f -> Enum.map(snapshots, fn {_, snap} -> f.(snap) end) end
 
     # A NIF that blocked a scheduler would show up with a Cluster.Native function as its location.
     nif_long = Enum.filter(long, fn {_pid, info} -> inspect(info) =~ "Cluster.Native" end)
@@ -139,11 +155,16 @@ defmodule NativeBench do
     control:            #{controls}
     long_schedule (≥ 1 ms) events during the run: #{long_text}
 
-    #{row.("", "before", "after")}
-    #{row.("threads", "#{before.threads}", "#{after_.threads}")}
-    #{row.("fds", "#{before.fds}", "#{after_.fds}")}
-    #{row.("RSS", "#{before.rss_kb} kB", "#{after_.rss_kb} kB")}
-    #{row.("BEAM memory", "#{before.beam_kb} kB", "#{after_.beam_kb} kB")}
+    Snapshots before the run, and after each round of #{cycles} cycles + #{deaths} owner deaths:
+
+    #{row.("", Enum.map(snapshots, fn
+      {0, _} -> "before"
+      {r, _} -> "round #{r}"
+    end))}
+    #{row.("threads", cells.(&"#{&1.threads}"))}
+    #{row.("fds", cells.(&"#{&1.fds}"))}
+    #{row.("RSS", cells.(&"#{&1.rss_kb} kB"))}
+    #{row.("BEAM memory", cells.(&"#{&1.beam_kb} kB"))}
     """)
   end
 end
