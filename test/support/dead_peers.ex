@@ -4,7 +4,9 @@ defmodule Cluster.Test.DeadPeers do
   # (198.18.<subnet>.0/24). Used by test/cluster/dead_peers_test.exs and bench/dead_peers.exs.
   #
   #   * host 1 runs the observer (a fresh BEAM per measurement, so that no half-open connection of an
-  #     earlier run is left in its net_kernel), host 2 the live peer `app@<ip>`
+  #     earlier run is left in its net_kernel), host 2 the live peer `live@<ip>`: its name sorts
+  #     after every dead peer's `app@...`, so a membership that tries nodes in sorted order tries
+  #     it last (the worst case)
   #   * silent peers: hosts 3.. whose port 4369 accepts and never says anything. The listen socket is
   #     opened in the namespace (gen_tcp's `netns` option) by a process of this VM and closed with it,
   #     so no OS process has to be found and killed afterwards
@@ -33,7 +35,7 @@ defmodule Cluster.Test.DeadPeers do
       net: net,
       observer_host: observer,
       live_host: live,
-      live_node: :"app@#{live.ip}",
+      live_node: :"live@#{live.ip}",
       silent: Enum.map(silent_hosts, &:"app@#{&1.ip}"),
       unreachable: for(i <- 1..unreachable_count//1, do: :"app@198.18.#{subnet}.#{200 + i}"),
       listeners: listeners
@@ -48,7 +50,7 @@ defmodule Cluster.Test.DeadPeers do
 
   @doc "Starts the live peer; returns its :peer pid."
   def start_live(%__MODULE__{live_host: h}) do
-    {pid, _node} = Peer.start("app", h.ip, netns: h.ns)
+    {pid, _node} = Peer.start("live", h.ip, netns: h.ns)
     pid
   end
 
@@ -70,12 +72,33 @@ defmodule Cluster.Test.DeadPeers do
   `join_ms` is measured on the observer from the start of `Cluster.Supervisor` to the live peer's
   nodeup. The caller stops the observer.
   """
-  def join(%__MODULE__{} = dp, dead, name, timeout \\ 15_000) do
-    h = dp.observer_host
-    {obs, _node} = Peer.start(name, h.ip, netns: h.ns)
+  def join(%__MODULE__{} = dp, dead, name, opts \\ []) do
+    timeout = Keyword.get(opts, :timeout, 15_000)
+    obs = start_observer(dp, name, opts)
     topologies = [bench: [strategy: Cluster.Strategy.Epmd, config: [hosts: dead ++ [dp.live_node]]]]
     us = Peer.call(obs, __MODULE__, :join_here, [topologies, dp.live_node, timeout], timeout + 5_000)
     {us / 1000, obs}
+  end
+
+  @doc """
+  Starts a fresh observer node. `preload: true` loads every module of kernel, stdlib, elixir and
+  libcluster_rs first, as a release (embedded mode) does at boot, so that the measurement does not
+  include loading modules from disk on first use (interactive mode).
+  """
+  def start_observer(%__MODULE__{observer_host: h}, name, opts \\ []) do
+    {obs, _node} = Peer.start(name, h.ip, netns: h.ns)
+    if Keyword.get(opts, :preload, false), do: :ok = Peer.call(obs, __MODULE__, :preload_here, [], 60_000)
+    obs
+  end
+
+  @doc false
+  def preload_here do
+    for app <- [:kernel, :stdlib, :elixir, :libcluster_rs],
+        {:ok, modules} = :application.get_key(app, :modules),
+        module <- modules,
+        do: Code.ensure_loaded(module)
+
+    :ok
   end
 
   @doc false
