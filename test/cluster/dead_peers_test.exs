@@ -1,0 +1,52 @@
+defmodule Cluster.DeadPeersTest do
+  # A topology whose host list holds dead and silent peers next to a live one: the live one joins
+  # as fast as when it is alone, well before any dead peer's connect could have failed.
+  use ExUnit.Case, async: false
+  alias Cluster.Test.{DeadPeers, Peer}
+
+  @moduletag :root
+  @moduletag timeout: 120_000
+
+  setup_all do
+    dp = DeadPeers.setup(50, 4)
+    live = DeadPeers.start_live(dp)
+
+    on_exit(fn ->
+      Peer.stop(live)
+      DeadPeers.teardown(dp)
+    end)
+
+    %{dp: dp}
+  end
+
+  test "the live peer joins in well under a second with 2 unreachable and 2 silent peers listed first",
+       %{dp: dp} do
+    dead = DeadPeers.dead(dp, 4)
+    {alone_ms, obs0} = DeadPeers.join(dp, [], "alone")
+    Peer.stop(obs0)
+
+    {join_ms, obs} = DeadPeers.join(dp, dead, "observer")
+    on_exit(fn -> Peer.stop(obs) end)
+
+    assert join_ms < 1_000,
+           "live peer joined after #{join_ms} ms with dead peers (#{alone_ms} ms alone)"
+
+    # The dead peers are really dead: a plain connect to one of each kind fails, and only after
+    # seconds, which is what a sequential connector would have waited for each of them.
+    [unreachable, silent | _] = dead
+
+    checks =
+      for node <- [unreachable, silent] do
+        Task.async(fn -> {node, Peer.call(obs, DeadPeers, :connect_here, [node], 30_000)} end)
+      end
+
+    for {node, {ms, result}} <- Task.await_many(checks, 35_000) do
+      assert result == false, "#{inspect(node)} should not be connectable"
+      assert ms >= 2_500, "#{inspect(node)} failed after only #{ms} ms: it is not a slow dead peer"
+    end
+
+    # Meanwhile the live peer stayed connected, and no dead peer is.
+    assert dp.live_node in Peer.nodes(obs)
+    refute Enum.any?(dead, &(&1 in Peer.nodes(obs)))
+  end
+end
