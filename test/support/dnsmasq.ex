@@ -46,8 +46,10 @@ defmodule Cluster.Test.Dnsmasq do
     if restart? do
       server |> stop() |> launch(5, false)
     else
+      log = Path.join(server.dir, "log")
+      before = count_reads(log)
       {_, 0} = System.cmd("kill", ["-HUP", Integer.to_string(server.os_pid)])
-      wait_reloaded(server)
+      wait_reloaded(log, before)
       server
     end
   end
@@ -64,9 +66,22 @@ defmodule Cluster.Test.Dnsmasq do
   @doc "Starts a stopped server again on the same address and port."
   def restart(%__MODULE__{os_pid: nil} = server), do: launch(server, 20, false)
 
-  @doc "Stops the server and removes its files."
+  @doc """
+  Stops the server and removes its files. Also stops a dnsmasq that a restart started (the caller
+  may hold an older struct): the PID in this server's own pid file, if that process is a
+  dnsmasq running with this server's directory.
+  """
   def cleanup(%__MODULE__{} = server) do
     stop(server)
+
+    with {:ok, text} <- File.read(Path.join(server.dir, "dnsmasq.pid")),
+         {pid, _} <- Integer.parse(String.trim(text)),
+         {:ok, cmdline} <- File.read("/proc/#{pid}/cmdline"),
+         true <- String.starts_with?(Path.basename(hd(String.split(cmdline, <<0>>))), "dnsmasq"),
+         true <- String.contains?(cmdline, server.dir) do
+      stop(%{server | os_pid: pid})
+    end
+
     File.rm_rf!(server.dir)
     :ok
   end
@@ -146,6 +161,7 @@ defmodule Cluster.Test.Dnsmasq do
 
     case :inet_res.resolve(~c"probe.test", :in, :a, nameservers: [{ip, server.port}], timeout: 200, retry: 1) do
       {:ok, _} -> :ok
+      {:error, :nxdomain} -> :ok
       {:error, {:nxdomain, _}} -> :ok
       {:error, {:refused, _}} -> :ok
       _ -> :error
@@ -153,9 +169,7 @@ defmodule Cluster.Test.Dnsmasq do
   end
 
   # After SIGHUP, dnsmasq re-reads the file; wait until the log says so.
-  defp wait_reloaded(server) do
-    log = Path.join(server.dir, "log")
-    before = count_reads(log)
+  defp wait_reloaded(log, before) do
     deadline = System.monotonic_time(:millisecond) + 2_000
     do_wait_reloaded(log, before, deadline)
   end

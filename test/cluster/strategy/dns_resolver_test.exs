@@ -43,12 +43,17 @@ defmodule Cluster.Strategy.DNSResolverTest do
 
     test "poll_interval is an alias of polling_interval, and there is one poll per interval" do
       table = FakeNodes.new()
-      test = self()
-      resolver = fn _ -> send(test, {:poll, System.monotonic_time(:millisecond)}) && [] end
+      {:ok, times} = Agent.start_link(fn -> [] end)
+
+      resolver = fn _ ->
+        Agent.update(times, &[System.monotonic_time(:millisecond) | &1])
+        []
+      end
+
       pid = start(table, DNSPoll, query: "a", node_basename: "app", poll_interval: 200, resolver: resolver)
       assert Discovery.status(pid).interval == 200
       Process.sleep(1_100)
-      times = for {:poll, t} <- Process.info(self(), :messages) |> elem(1), do: t
+      times = times |> Agent.get(& &1) |> Enum.reverse()
       gaps = times |> Enum.zip(tl(times)) |> Enum.map(fn {a, b} -> b - a end)
       # One timer chain with ±10% jitter: every gap is about 200 ms, never two polls per interval.
       assert length(times) >= 4, inspect(times)
