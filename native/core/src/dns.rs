@@ -298,6 +298,8 @@ mod tests {
     use hickory_resolver::proto::rr::rdata::{A, AAAA, CNAME, SRV};
     use hickory_resolver::proto::rr::Name;
     use std::str::FromStr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
     use std::time::Instant;
 
     fn ok(names: &[&str]) -> Answer {
@@ -493,4 +495,82 @@ mod tests {
         }
         drop(sock);
     }
+
+    /// A server on loopback that answers UDP with an empty truncated reply (TC=1) and TCP with
+    /// `count` A records behind a CNAME: the resolver must retry over TCP and follow the CNAME.
+    async fn truncating_server(count: u32) -> (SocketAddr, Arc<AtomicUsize>) {
+        use hickory_resolver::proto::op::{Message, OpCode};
+        use hickory_resolver::proto::rr::Record;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let tcp_queries = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, from)) = udp.recv_from(&mut buf).await {
+                let query = Message::from_vec(&buf[..n]).unwrap();
+                let mut reply = Message::response(query.metadata.id, OpCode::Query);
+                reply.metadata.truncation = true;
+                reply.add_queries(query.queries.clone());
+                udp.send_to(&reply.to_vec().unwrap(), from).await.unwrap();
+            }
+        });
+        let counter = tcp_queries.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = tcp.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut len = [0u8; 2];
+                    while sock.read_exact(&mut len).await.is_ok() {
+                        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+                        sock.read_exact(&mut buf).await.unwrap();
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let query = Message::from_vec(&buf).unwrap();
+                        let name = query.queries[0].name().clone();
+                        let real = Name::from_str("real.cluster.test.").unwrap();
+                        let mut reply = Message::response(query.metadata.id, OpCode::Query);
+                        reply.add_queries(query.queries.clone());
+                        if query.queries[0].query_type() == RecordType::A {
+                            reply.add_answer(Record::from_rdata(name, 0, RData::CNAME(CNAME(real.clone()))));
+                            for i in 0..count {
+                                let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+                                reply.add_answer(Record::from_rdata(real.clone(), 0, RData::A(A(ip))));
+                            }
+                        }
+                        let bytes = reply.to_vec().unwrap();
+                        sock.write_all(&(bytes.len() as u16).to_be_bytes()).await.unwrap();
+                        sock.write_all(&bytes).await.unwrap();
+                    }
+                });
+            }
+        });
+        (addr, tcp_queries)
+    }
+
+    #[tokio::test]
+    async fn a_truncated_answer_is_retried_over_tcp_and_cnames_are_followed() {
+        let (addr, tcp_queries) = truncating_server(2_000).await;
+        let settings = Settings {
+            nameservers: vec![addr],
+            timeout: Duration::from_secs(2),
+            attempts: 1,
+            ..Settings::default()
+        };
+        let questions = [Question {
+            basename: "app".into(),
+            name: "app.cluster.test.".into(),
+            kinds: vec![Kind::A],
+        }];
+        match lookup(&settings, &questions).await {
+            Event::Nodes(nodes) => {
+                assert_eq!(nodes.len(), 2_000);
+                assert!(nodes.contains(&"app@10.0.0.1".to_string()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(tcp_queries.load(Ordering::SeqCst) >= 1);
+    }
 }
+
