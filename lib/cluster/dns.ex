@@ -89,9 +89,14 @@ defmodule Cluster.DNS do
         )
         |> Enum.zip(lookups)
         |> Enum.map(fn
-          {{:ok, result}, {what, _}} -> {what, result}
-          {{:exit, :timeout}, {what, _}} -> {what, {:error, :timeout, "the resolver did not answer within #{timeout} ms"}}
-          {{:exit, reason}, {what, _}} -> {what, {:error, :io, "the resolver exited: #{inspect(reason)}"}}
+          {{:ok, result}, {what, _}} ->
+            {what, result}
+
+          {{:exit, :timeout}, {what, _}} ->
+            {what, {:error, :timeout, "the resolver did not answer within #{timeout} ms"}}
+
+          {{:exit, reason}, {what, _}} ->
+            {what, {:error, :io, "the resolver exited: #{inspect(reason)}"}}
         end)
 
       send(owner, {:libcluster_rs, tag, combine(results)})

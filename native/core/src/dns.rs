@@ -177,30 +177,26 @@ pub async fn lookup(settings: &Settings, questions: &[Question]) -> Event {
     let deadline = settings.timeout * (settings.attempts.max(1) as u32) * 4;
     let (resolver, servers) = (&resolver, servers.as_str());
     let asks = questions.iter().flat_map(|q| {
-        q.kinds.iter().map(move |&kind| {
-            async move {
-                let answer = match tokio::time::timeout(
-                    deadline,
-                    resolver.lookup(q.name.as_str(), kind.record_type()),
-                )
-                .await
-                {
-                    Err(_) => Answer::Failed(Error::new(
-                        ErrorKind::Timeout,
-                        format!("no answer within {deadline:?}"),
-                    )),
-                    Ok(Ok(lookup)) => names_from_records(
-                        &q.basename,
-                        kind,
-                        lookup.answers().iter().map(|r| &r.data),
-                    ),
-                    Ok(Err(e)) => classify(&e),
-                };
-                (
-                    format!("{} {} via {servers}", kind.as_str(), q.name),
-                    answer,
-                )
-            }
+        q.kinds.iter().map(move |&kind| async move {
+            let answer = match tokio::time::timeout(
+                deadline,
+                resolver.lookup(q.name.as_str(), kind.record_type()),
+            )
+            .await
+            {
+                Err(_) => Answer::Failed(Error::new(
+                    ErrorKind::Timeout,
+                    format!("no answer within {deadline:?}"),
+                )),
+                Ok(Ok(lookup)) => {
+                    names_from_records(&q.basename, kind, lookup.answers().iter().map(|r| &r.data))
+                }
+                Ok(Err(e)) => classify(&e),
+            };
+            (
+                format!("{} {} via {servers}", kind.as_str(), q.name),
+                answer,
+            )
         })
     });
     let answers = join_all(asks).await;
@@ -262,7 +258,10 @@ pub fn combine(answers: Vec<(String, Answer)>) -> Event {
     let mut dropped = 0;
     for (question, answer) in answers {
         match answer {
-            Answer::Names { names: n, dropped: d } => {
+            Answer::Names {
+                names: n,
+                dropped: d,
+            } => {
                 answered += 1;
                 dropped += d;
                 names.extend(n);
@@ -272,7 +271,10 @@ pub fn combine(answers: Vec<(String, Answer)>) -> Event {
         }
     }
     if dropped > 0 {
-        tracing::debug!(dropped, "DNS records that make no valid node name were dropped");
+        tracing::debug!(
+            dropped,
+            "DNS records that make no valid node name were dropped"
+        );
     }
     let nodes: Vec<String> = names.into_iter().collect();
     if failures.is_empty() {
@@ -341,7 +343,12 @@ mod tests {
     fn drops_names_that_are_not_node_names() {
         let srv = [
             RData::SRV(SRV::new(0, 0, 1, Name::from_str("ok.example.").unwrap())),
-            RData::SRV(SRV::new(0, 0, 1, Name::from_labels(vec![&b"b@d x"[..], b"example"]).unwrap())),
+            RData::SRV(SRV::new(
+                0,
+                0,
+                1,
+                Name::from_labels(vec![&b"b@d x"[..], b"example"]).unwrap(),
+            )),
         ];
         assert_eq!(
             names_from_records("app", Kind::Srv, srv.iter()),
@@ -533,14 +540,24 @@ mod tests {
                         let mut reply = Message::response(query.metadata.id, OpCode::Query);
                         reply.add_queries(query.queries.clone());
                         if query.queries[0].query_type() == RecordType::A {
-                            reply.add_answer(Record::from_rdata(name, 0, RData::CNAME(CNAME(real.clone()))));
+                            reply.add_answer(Record::from_rdata(
+                                name,
+                                0,
+                                RData::CNAME(CNAME(real.clone())),
+                            ));
                             for i in 0..count {
                                 let ip = std::net::Ipv4Addr::from(0x0a00_0000 + i);
-                                reply.add_answer(Record::from_rdata(real.clone(), 0, RData::A(A(ip))));
+                                reply.add_answer(Record::from_rdata(
+                                    real.clone(),
+                                    0,
+                                    RData::A(A(ip)),
+                                ));
                             }
                         }
                         let bytes = reply.to_vec().unwrap();
-                        sock.write_all(&(bytes.len() as u16).to_be_bytes()).await.unwrap();
+                        sock.write_all(&(bytes.len() as u16).to_be_bytes())
+                            .await
+                            .unwrap();
                         sock.write_all(&bytes).await.unwrap();
                     }
                 });
@@ -573,4 +590,3 @@ mod tests {
         assert!(tcp_queries.load(Ordering::SeqCst) >= 1);
     }
 }
-

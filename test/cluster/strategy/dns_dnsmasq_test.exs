@@ -62,7 +62,9 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
     assert_receive {:connect, :"app@10.0.0.1"}, 2_000
     assert_receive {:connect, :"app@10.0.0.2"}, 2_000
 
-    dns = Dnsmasq.set_records(dns, [{:a, "app.cluster.test", "10.0.0.2"}, {:a, "app.cluster.test", "10.0.0.3"}])
+    dns =
+      Dnsmasq.set_records(dns, [{:a, "app.cluster.test", "10.0.0.2"}, {:a, "app.cluster.test", "10.0.0.3"}])
+
     assert_receive {:connect, :"app@10.0.0.3"}, 2_000
     assert_receive {:disconnect, :"app@10.0.0.1"}, 2_000
     assert FakeNodes.connected(table) == [:"app@10.0.0.2", :"app@10.0.0.3"]
@@ -71,7 +73,9 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
 
   test "AAAA records give IPv6 node names; A and AAAA are both asked by default", %{dns: dns} do
     Dnsmasq.set_records(dns, [{:a, "app.cluster.test", "10.0.0.1"}, {:aaaa, "app.cluster.test", "fd00::1:2"}])
-    assert {:nodes, ["app@10.0.0.1", "app@fd00::1:2"]} = one_poll(dns, [{"app", "app.cluster.test", [:a, :aaaa]}])
+
+    assert {:nodes, ["app@10.0.0.1", "app@fd00::1:2"]} =
+             one_poll(dns, [{"app", "app.cluster.test", [:a, :aaaa]}])
 
     table = FakeNodes.new()
     start(table, DNSPoll, poll_config(dns, resource_types: [:aaaa]))
@@ -80,7 +84,11 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   end
 
   test "Kubernetes.DNS asks A and AAAA for the service", %{dns: dns} do
-    Dnsmasq.set_records(dns, [{:a, "myapp-headless.default.svc.cluster.local", "10.8.0.1"}, {:aaaa, "myapp-headless.default.svc.cluster.local", "fd00::8"}])
+    Dnsmasq.set_records(dns, [
+      {:a, "myapp-headless.default.svc.cluster.local", "10.8.0.1"},
+      {:aaaa, "myapp-headless.default.svc.cluster.local", "fd00::8"}
+    ])
+
     table = FakeNodes.new()
 
     start(table, Kubernetes.DNS,
@@ -151,7 +159,13 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
 
     # Back, with a new node: found at the next retry (backoff from 1 s).
     dns = Dnsmasq.restart(dns)
-    Dnsmasq.set_records(dns, [{:a, "app.cluster.test", "10.0.0.1"}, {:a, "app.cluster.test", "10.0.0.2"}, {:a, "app.cluster.test", "10.0.0.4"}])
+
+    Dnsmasq.set_records(dns, [
+      {:a, "app.cluster.test", "10.0.0.1"},
+      {:a, "app.cluster.test", "10.0.0.2"},
+      {:a, "app.cluster.test", "10.0.0.4"}
+    ])
+
     assert_receive {:connect, :"app@10.0.0.4"}, 4_000
     assert Discovery.status(pid).error_streak == 0
   end
@@ -227,12 +241,32 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
     questions = for n <- 1..4, do: {"app", "big#{n}.cluster.test", [:a]}
     tag = make_ref()
 
-    opts = %{questions: questions, nameservers: [Dnsmasq.nameserver(dns)], resolv_conf: "", timeout_ms: 2_000, attempts: 1}
+    opts = %{
+      questions: questions,
+      nameservers: [Dnsmasq.nameserver(dns)],
+      resolv_conf: "",
+      timeout_ms: 2_000,
+      attempts: 1
+    }
+
     {start_us, _handle} = :timer.tc(fn -> Cluster.Native.dns_lookup_start(tag, opts) end)
     assert start_us < 5_000
     assert_receive {:libcluster_rs, ^tag, {:nodes, nodes}}, 10_000
     assert length(nodes) == 10_000
     {nodes, []} = Cluster.NodeName.to_nodes(nodes)
     assert length(nodes) == 10_000
+  end
+
+  test "DNSPoll.lookup_all_ips/1 answers A and AAAA for a charlist (:inet_res)", %{dns: dns} do
+    Dnsmasq.set_records(dns, [{:a, "app.cluster.test", "10.0.0.1"}, {:aaaa, "app.cluster.test", "fd00::1"}])
+    # Point :inet_res at the test's server (never at the machine's resolver), then restore it.
+    saved = :inet_db.res_option(:nameservers)
+    :inet_db.res_option(:nameservers, [{{127, 0, 0, 1}, dns.port}])
+
+    try do
+      assert DNSPoll.lookup_all_ips(~c"app.cluster.test.") == [{10, 0, 0, 1}, {0xFD00, 0, 0, 0, 0, 0, 0, 1}]
+    after
+      :inet_db.res_option(:nameservers, saved)
+    end
   end
 end

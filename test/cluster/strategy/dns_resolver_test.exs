@@ -35,7 +35,13 @@ defmodule Cluster.Strategy.DNSResolverTest do
         [{10, 0, 0, 1}, {0xFD00, 0, 0, 0, 0, 0, 0, 1}]
       end
 
-      start(table, DNSPoll, query: "app.internal", node_basename: "app", resolver: resolver, polling_interval: 100)
+      start(table, DNSPoll,
+        query: "app.internal",
+        node_basename: "app",
+        resolver: resolver,
+        polling_interval: 100
+      )
+
       assert_receive {:asked, ~c"app.internal"}, 1_000
       assert_receive {:connect, :"app@10.0.0.1"}, 1_000
       assert_receive {:connect, :"app@fd00::1"}, 1_000
@@ -111,10 +117,18 @@ defmodule Cluster.Strategy.DNSResolverTest do
     end
 
     test "other invalid options raise ArgumentError naming the key" do
-      for {key, value} <- [nameservers: ["nope"], resource_types: [:mx], query_timeout: 0, polling_interval: -1] do
+      for {key, value} <- [
+            nameservers: ["nope"],
+            resource_types: [:mx],
+            query_timeout: 0,
+            polling_interval: -1
+          ] do
         error =
           assert_raise ArgumentError, fn ->
-            DNSPoll.init(%Cluster.Strategy.State{topology: :t, config: [{key, value}, query: "a", node_basename: "b"]})
+            DNSPoll.init(%Cluster.Strategy.State{
+              topology: :t,
+              config: [{key, value}, query: "a", node_basename: "b"]
+            })
           end
 
         assert error.message =~ inspect(key)
@@ -171,7 +185,14 @@ defmodule Cluster.Strategy.DNSResolverTest do
         end
       end
 
-      start(table, DNSPoll, query: "a", node_basename: "app", resolver: resolver, polling_interval: 50, membership: [prune: :immediate])
+      start(table, DNSPoll,
+        query: "a",
+        node_basename: "app",
+        resolver: resolver,
+        polling_interval: 50,
+        membership: [prune: :immediate]
+      )
+
       assert_receive {:connect, :"app@10.0.0.1"}, 1_000
 
       log =
@@ -191,7 +212,12 @@ defmodule Cluster.Strategy.DNSResolverTest do
       {:ok, script} = Agent.start_link(fn -> [[{10, 0, 0, 1}], [], [{10, 0, 0, 1}], [], []] end)
 
       resolver = fn _ ->
-        ips = Agent.get_and_update(script, fn [h] -> {h, [h]}; [h | t] -> {h, t} end)
+        ips =
+          Agent.get_and_update(script, fn
+            [h] -> {h, [h]}
+            [h | t] -> {h, t}
+          end)
+
         send(test, {:answered, ips})
         ips
       end
@@ -235,6 +261,7 @@ defmodule Cluster.Strategy.DNSResolverTest do
       table = FakeNodes.new()
       agent = answers({:ok, [{10, 0, 0, 1}, {10, 0, 0, 2}]})
       resolver = fn _ -> elem(answer(agent), 1) end
+
       start(table, DNSPoll,
         query: "a",
         node_basename: "app",
@@ -253,13 +280,27 @@ defmodule Cluster.Strategy.DNSResolverTest do
 
     test "an explicit prune policy wins over the DNS default" do
       table = FakeNodes.new()
-      pid = start(table, DNSPoll, query: "a", node_basename: "b", resolver: fn _ -> [] end, membership: [prune: :never])
+
+      pid =
+        start(table, DNSPoll,
+          query: "a",
+          node_basename: "b",
+          resolver: fn _ -> [] end,
+          membership: [prune: :never]
+        )
+
       assert Discovery.status(pid).membership.opts.prune == :never
     end
 
     test "answers that are not IP tuples are dropped" do
       table = FakeNodes.new()
-      start(table, DNSPoll, query: "a", node_basename: "app", resolver: fn _ -> [:junk, {300, 0, 0, 1}, "x", {10, 0, 0, 9}] end)
+
+      start(table, DNSPoll,
+        query: "a",
+        node_basename: "app",
+        resolver: fn _ -> [:junk, {300, 0, 0, 1}, "x", {10, 0, 0, 9}] end
+      )
+
       assert_receive {:connect, :"app@10.0.0.9"}, 1_000
       refute_receive {:connect, _}, 200
     end
@@ -314,8 +355,11 @@ defmodule Cluster.Strategy.DNSResolverTest do
     test "missing service or application_name connects nothing" do
       log =
         capture_log(fn ->
-          assert :ignore = Kubernetes.DNS.init(%Cluster.Strategy.State{topology: :t, config: [service: "svc"]})
-          assert :ignore = Kubernetes.DNS.init(%Cluster.Strategy.State{topology: :t, config: [application_name: "a"]})
+          assert :ignore =
+                   Kubernetes.DNS.init(%Cluster.Strategy.State{topology: :t, config: [service: "svc"]})
+
+          assert :ignore =
+                   Kubernetes.DNS.init(%Cluster.Strategy.State{topology: :t, config: [application_name: "a"]})
         end)
 
       assert log =~ ":application_name"
@@ -407,11 +451,5 @@ defmodule Cluster.Strategy.DNSResolverTest do
       refute_received {:disconnect, _}
       assert FakeNodes.connected(table) == [:"app@10.0.0.1", :"app@10.0.0.2"]
     end
-  end
-
-  test "lookup_all_ips/1 is public and answers A and AAAA for a charlist" do
-    ips = DNSPoll.lookup_all_ips(~c"localhost")
-    assert is_list(ips)
-    assert Enum.all?(ips, &(is_tuple(&1) and tuple_size(&1) in [4, 8]))
   end
 end

@@ -61,7 +61,12 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
       ] ++ DNS.schema()
 
     opts =
-      Config.validate!(config, schema, topology, __MODULE__, [:service, :namespace, :application_name, :membership])
+      Config.validate!(config, schema, topology, __MODULE__, [
+        :service,
+        :namespace,
+        :application_name,
+        :membership
+      ])
 
     interval = opts.polling_interval || opts.poll_interval || 5_000
 
