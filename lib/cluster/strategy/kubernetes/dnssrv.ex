@@ -44,8 +44,18 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
           ]
         ]
 
-  Fly.io publishes SRV-style names only for its own services; for `<app>.internal` address
-  records use `Cluster.Strategy.DNSPoll` with `query: "myapp.internal"`.
+  Fly.io's internal DNS serves address records (`<app>.internal` has one AAAA record per
+  machine), not SRV records, so for Fly use `Cluster.Strategy.DNSPoll` (or
+  `Cluster.Strategy.Kubernetes.DNS`) instead:
+
+      config :libcluster,
+        topologies: [
+          fly: [
+            strategy: Cluster.Strategy.DNSPoll,
+            config: [query: "myapp.internal", node_basename: "myapp", resource_types: [:aaaa]]
+          ]
+        ]
+
   """
   use Cluster.Discovery
 
