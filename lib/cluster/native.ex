@@ -9,6 +9,8 @@ defmodule Cluster.Native do
   #
   #   * `{:nodes, [binary]}` - a complete successful discovery: all node names right now
   #   * `{:epmd_names, host, {:ok, [name]} | {:error, {kind, message}}}` - one host's epmd answer
+  #   * `{:partial_nodes, [binary], {kind, message}}` - some of a round's questions failed: these
+  #     nodes exist, but the list is incomplete, so nothing may be pruned because of it
   #   * `{:discovery_error, kind, message}` - a failed round; keep the last known membership
   #   * `:done` - a one-shot task has sent everything it will send
   #
@@ -43,6 +45,22 @@ defmodule Cluster.Native do
   @doc "Ask the epmd of every host for its node names, concurrently, each within `timeout_ms`."
   @spec epmd_names_start(term(), [String.t()], 1..65535, pos_integer()) :: handle()
   def epmd_names_start(_tag, _hosts, _port, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  One DNS poll: every `{basename, name, types}` question (types among `:a`, `:aaaa`, `:srv`) is
+  asked concurrently, then exactly one `{:nodes, names}`, `{:partial_nodes, names, {kind, msg}}`
+  or `{:discovery_error, kind, msg}` arrives. `opts` is a map with `:questions`, `:nameservers`
+  (`["ip:port"]`, empty for the system configuration), `:resolv_conf` (path), `:timeout_ms` (per
+  query) and `:attempts`.
+  """
+  @spec dns_lookup_start(term(), %{
+          questions: [{String.t(), String.t(), [:a | :aaaa | :srv]}],
+          nameservers: [String.t()],
+          resolv_conf: String.t(),
+          timeout_ms: pos_integer(),
+          attempts: pos_integer()
+        }) :: handle()
+  def dns_lookup_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Stop a discovery task. Idempotent."
   @spec discovery_stop(handle()) :: :ok

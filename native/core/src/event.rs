@@ -115,6 +115,10 @@ pub enum Event {
     /// One host's epmd could not be asked; the other hosts are unaffected.
     /// `{:epmd_names, host, {:error, {kind, message}}}`
     EpmdError { host: String, error: Error },
+    /// A round where some questions were answered and others failed: these nodes exist, but the
+    /// list is not complete, so nothing may be pruned because of it.
+    /// `{:partial_nodes, [binary], {kind, message}}`
+    Partial { nodes: Vec<String>, error: Error },
     /// A discovery round failed. The owner keeps its last known membership.
     /// `{:discovery_error, kind, message}`
     Error(Error),

@@ -1,6 +1,7 @@
 //! rustler glue for libcluster_rs: the runtime, discovery handles, option decoding and message
 //! encoding. All discovery logic lives in `libcluster_core`.
 mod atoms;
+mod dns;
 mod epmd;
 mod handle;
 mod runtime;

@@ -83,6 +83,9 @@ fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
             (atoms::error(), encode_error(env, error)),
         )
             .encode(env),
+        Event::Partial { nodes, error } => {
+            (atoms::partial_nodes(), nodes, encode_error(env, error)).encode(env)
+        }
         Event::Error(error) => (
             atoms::discovery_error(),
             kind_atom(error.kind),

@@ -1,0 +1,242 @@
+defmodule Cluster.DNS do
+  @moduledoc false
+  # What the DNS strategies (DNSPoll, Kubernetes.DNS, Kubernetes.DNSSRV) share: the resolver
+  # options, one poll (native, or a user `resolver` fun run outside the strategy process with a
+  # deadline), the translation of answers into Cluster.Discovery outcomes, and the DNS defaults:
+  #
+  #   * `confirm_empty: 2` - an empty answer (NXDOMAIN or no records) after a non-empty one is
+  #     applied only when the next poll is empty too; one empty poll is ignored
+  #   * prune `{:grace_period, max(3 * polling_interval, 30_000)}` - a node missing from the
+  #     answer is disconnected only if no poll returns it again within that time, so DNS services
+  #     that return rotating or partial answers (a random subset of the records, capped answers)
+  #     do not make nodes flap. A node that leaves DNS is usually shutting down and drops its
+  #     connections itself, so a late prune costs little; a flap costs every node a
+  #     disconnect/reconnect (global, :pg, Horde...). At least 30 s, so that a node absent from
+  #     several consecutive random-subset answers is still kept.
+  #   * a poll where some questions fail and others answer connects what was found and prunes
+  #     nothing (`{:partial_nodes, ...}`), then counts as a failed round
+
+  alias Cluster.{Config, NodeName}
+
+  @confirm_empty 2
+  @grace_polls 3
+  @grace_min 30_000
+
+  @doc "Schema entries for the resolver options every DNS strategy takes."
+  def schema do
+    [
+      {:resolver, nil, Config.nullable(Config.fun(1))},
+      {:nameservers, [], &nameservers/1},
+      {:query_timeout, 2_000, Config.pos_integer()},
+      {:query_attempts, 2, &attempts/1},
+      {:resolver_timeout, 5_000, Config.pos_integer()},
+      {:resolv_conf, "/etc/resolv.conf", Config.string()}
+    ]
+  end
+
+  @doc "Options for `Cluster.Discovery` with the DNS defaults; a `membership: [prune: ...]` in config wins."
+  def discovery_opts(interval, config) do
+    user_prune = config |> Keyword.get(:membership, []) |> Keyword.get(:prune)
+
+    [
+      interval: interval,
+      jitter: 0.1,
+      confirm_empty: @confirm_empty,
+      membership: [prune: user_prune || default_prune(interval)]
+    ]
+  end
+
+  @doc "The default prune policy for a DNS strategy polling every `interval` ms."
+  def default_prune(:infinity), do: {:grace_period, @grace_min}
+  def default_prune(interval), do: {:grace_period, max(@grace_polls * interval, @grace_min)}
+
+  @doc "How many consecutive empty polls it takes to apply an empty answer."
+  def confirm_empty, do: @confirm_empty
+
+  @doc """
+  Starts one poll. `questions` are `{basename, name, types}`. Returns what
+  `Cluster.Discovery.discover/2` returns for it (with `impl` unchanged).
+  """
+  def poll(opts, questions, tag) do
+    handle =
+      Cluster.Native.dns_lookup_start(tag, %{
+        questions: questions,
+        nameservers: opts.nameservers,
+        resolv_conf: opts.resolv_conf,
+        timeout_ms: opts.query_timeout,
+        attempts: opts.query_attempts
+      })
+
+    {:async, handle}
+  end
+
+  @doc """
+  Runs `lookups` (a list of `{description, fun}`, each fun returning `{:ok, [name]}`, `:nothing` or
+  `{:error, kind, message}`) concurrently in processes of their own, each within `timeout` ms,
+  and sends the combined result to the caller as a native event under `tag`. Returns at once.
+  """
+  def run_resolver(lookups, timeout, tag) do
+    owner = self()
+
+    spawn(fn ->
+      results =
+        lookups
+        |> Task.async_stream(fn {_, fun} -> safely(fun) end,
+          timeout: timeout,
+          on_timeout: :kill_task,
+          max_concurrency: max(length(lookups), 1),
+          ordered: true
+        )
+        |> Enum.zip(lookups)
+        |> Enum.map(fn
+          {{:ok, result}, {what, _}} ->
+            {what, result}
+
+          {{:exit, :timeout}, {what, _}} ->
+            {what, {:error, :timeout, "the resolver did not answer within #{timeout} ms"}}
+
+          {{:exit, reason}, {what, _}} ->
+            {what, {:error, :io, "the resolver exited: #{inspect(reason)}"}}
+        end)
+
+      send(owner, {:libcluster_rs, tag, combine(results)})
+    end)
+
+    :pending
+  end
+
+  defp safely(fun) do
+    fun.()
+  rescue
+    e -> {:error, :io, "the resolver raised: " <> Exception.message(e)}
+  catch
+    kind, reason -> {:error, :io, "the resolver failed: #{inspect({kind, reason})}"}
+  end
+
+  @doc "The same rule as the native lookup: all answered → nodes; some failed → partial; all failed → error."
+  def combine(results) do
+    {names, failures} =
+      Enum.reduce(results, {[], []}, fn
+        {_what, {:ok, names}}, {acc, bad} -> {acc ++ names, bad}
+        {_what, :nothing}, acc -> acc
+        {what, {:error, kind, msg}}, {acc, bad} -> {acc, [{what, kind, msg} | bad]}
+      end)
+
+    names = Enum.uniq(names)
+    failures = Enum.reverse(failures)
+
+    case failures do
+      [] ->
+        {:nodes, names}
+
+      [{_, kind, _} | _] ->
+        message = Enum.map_join(failures, "; ", fn {what, _, msg} -> "#{what}: #{msg}" end)
+
+        if length(failures) == length(results),
+          do: {:discovery_error, kind, message},
+          else: {:partial_nodes, names, {kind, message}}
+    end
+  end
+
+  @doc "Turns a DNS event into Discovery outcomes."
+  def handle_event({:partial_nodes, names, {kind, message}}) do
+    {nodes, _rejected} = NodeName.to_nodes(names)
+    [{:seen, nodes}, {:error, kind, "some queries failed, nothing pruned: " <> to_string(message)}]
+  end
+
+  def handle_event(event), do: [Cluster.Discovery.default_event(event)]
+
+  @doc "`basename@<ip>` for each IP tuple; anything that is not an IP address is dropped."
+  def names_from_ips(basename, ips) when is_list(ips) do
+    Enum.flat_map(ips, fn ip ->
+      case ip_text(ip) do
+        {:ok, text} -> ["#{basename}@#{text}"]
+        :error -> []
+      end
+    end)
+  end
+
+  def names_from_ips(_basename, _other), do: []
+
+  defp ip_text(ip) when is_tuple(ip) and tuple_size(ip) in [4, 8] do
+    case :inet.ntoa(ip) do
+      {:error, _} -> :error
+      text -> {:ok, List.to_string(text)}
+    end
+  rescue
+    _ -> :error
+  end
+
+  defp ip_text(_), do: :error
+
+  @doc "What a resolver's `{:error, reason}` means: NXDOMAIN is an answer, the rest are failures."
+  def resolver_error(:nxdomain), do: :nothing
+  def resolver_error(:timeout), do: {:error, :timeout, "the resolver timed out"}
+  def resolver_error(:servfail), do: {:error, :servfail, "the server failed (servfail)"}
+  def resolver_error(:refused), do: {:error, :servfail, "the server refused (refused)"}
+  def resolver_error(reason), do: {:error, :io, "the resolver returned #{inspect(reason)}"}
+
+  ## Validators
+
+  # "ip:port", "[v6]:port", "ip" (port 53), or {ip_tuple, port}.
+  defp nameservers(list) when is_list(list) do
+    Enum.reduce_while(list, {:ok, []}, fn server, {:ok, acc} ->
+      case nameserver(server) do
+        {:ok, text} -> {:cont, {:ok, [text | acc]}}
+        :error -> {:halt, {:error, expected_nameservers()}}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
+  defp nameservers(_), do: {:error, expected_nameservers()}
+
+  defp expected_nameservers, do: ~S|a list of "ip:port" strings (e.g. ["127.0.0.1:5353", "[::1]:53"])|
+
+  defp nameserver({ip, port}) when is_tuple(ip) and is_integer(port) and port in 1..65535 do
+    case ip_text(ip) do
+      {:ok, text} -> {:ok, format_server(ip, text, port)}
+      :error -> :error
+    end
+  end
+
+  defp nameserver(text) when is_binary(text) or is_list(text) do
+    text = to_string(text)
+
+    {host, port} =
+      case Regex.run(~r/\A\[(.+)\]:(\d+)\z/, text) do
+        [_, host, port] ->
+          {host, port}
+
+        nil ->
+          case String.split(text, ":") do
+            [host, port] -> {host, port}
+            _ -> {text, "53"}
+          end
+      end
+
+    with {:ok, ip} <- :inet.parse_strict_address(to_charlist(host)),
+         {port, ""} when port in 1..65535 <- Integer.parse(port) do
+      {:ok, format_server(ip, List.to_string(:inet.ntoa(ip)), port)}
+    else
+      _ -> :error
+    end
+  end
+
+  defp nameserver(_), do: :error
+
+  defp format_server(ip, text, port) when tuple_size(ip) == 8, do: "[#{text}]:#{port}"
+  defp format_server(_ip, text, port), do: "#{text}:#{port}"
+
+  defp attempts(n) when is_integer(n) and n in 1..10, do: {:ok, n}
+  defp attempts(_), do: {:error, "an integer in 1..10"}
+
+  @doc "Logs a configuration problem that COMPAT says must not crash, and opts the strategy out."
+  def ignore(topology, message) do
+    Cluster.Logger.error(topology, message <> "; this topology will not connect any node")
+    :ignore
+  end
+end

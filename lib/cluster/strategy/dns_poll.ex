@@ -1,0 +1,226 @@
+defmodule Cluster.Strategy.DNSPoll do
+  @moduledoc """
+  Connects to the nodes behind DNS names: every interval, asks for the names' records and
+  connects to `<node_basename>@<address>` for each address (IPv6 in `:inet.ntoa/1` form), or
+  `<node_basename>@<target>` for each SRV target.
+
+  The lookup runs natively (hickory-resolver on the NIF's runtime, never in the strategy
+  process): it reads `/etc/resolv.conf` (nameservers, search domains, `ndots`) unless
+  `:nameservers` is given, has a per-query timeout, retries truncated answers over TCP and
+  follows CNAME chains. A `:resolver` fun, when given, is used instead (in a process of its own,
+  with a deadline).
+
+  ## How answers are trusted
+
+    * Exactly one poll per interval, with ±10% jitter so that a fleet does not poll in lockstep.
+    * A timeout, SERVFAIL, REFUSED or network error is an error: it is logged once per streak
+      (naming the query and the server) and nothing is pruned. The poll is retried with backoff.
+    * NXDOMAIN or an empty answer after a non-empty one is applied only if the next poll is empty
+      too (two consecutive empty polls).
+    * When several names are queried and some fail while others answer, the nodes found are
+      connected and nothing is pruned.
+    * A node missing from an answer is disconnected only if no poll returns it again within
+      `max(3 * polling_interval, 30_000)` ms (`prune: {:grace_period, ms}`), so DNS services that
+      return rotating or partial answers (random subsets, capped record counts) do not make
+      nodes flap. A node that leaves DNS is usually shutting down and drops its connections
+      itself, so a late prune costs little, while a flap costs every node a disconnect and
+      reconnect. Set `membership: [prune: :immediate]` for libcluster's behaviour, or any
+      `{:grace_period, ms}`.
+
+  ## Options
+
+    * `:query` (required) - the name to look up: a string, a list of strings, or a list of
+      `{node_basename, query}` pairs (the dns_cluster forms; pairs carry their own basename)
+    * `:node_basename` (required unless every query is a pair) - the part before `@`
+    * `:polling_interval` (alias `:poll_interval`) - ms between polls, default `5_000`
+    * `:resource_types` - any of `[:a, :aaaa, :srv]`, default `[:a, :aaaa]`
+    * `:resolver` - a 1-arity fun given the query as a charlist and returning a list of IP
+      tuples (v4 and v6), as libcluster's; see `lookup_all_ips/1`
+    * `:resolver_timeout` - deadline for one call of `:resolver` in ms, default `5_000`
+    * `:nameservers` - ask these servers (`["10.0.0.2:53", "[fd00::2]:53"]`) instead of the
+      system configuration
+    * `:query_timeout` - ms one query may take at one server, default `2_000`
+    * `:query_attempts` - tries per server, default `2`
+    * `:resolv_conf` - the resolver configuration file, default `"/etc/resolv.conf"`
+
+  A missing or invalid `:query` or `:node_basename` is logged and the topology connects nothing
+  (like libcluster, it does not crash the application). Other invalid options raise
+  `ArgumentError`.
+
+  ## Examples
+
+  A Kubernetes headless service (one A/AAAA record per ready pod), nodes named `myapp@<pod ip>`:
+
+      config :libcluster,
+        topologies: [
+          k8s: [
+            strategy: Cluster.Strategy.DNSPoll,
+            config: [
+              polling_interval: 5_000,
+              query: "myapp-headless.default.svc.cluster.local",
+              node_basename: "myapp"
+            ]
+          ]
+        ]
+
+  Fly.io, where `<app>.internal` has an AAAA record per machine (nodes named `myapp@<ipv6>`):
+
+      config :libcluster,
+        topologies: [
+          fly: [
+            strategy: Cluster.Strategy.DNSPoll,
+            config: [
+              query: System.get_env("FLY_APP_NAME", "myapp") <> ".internal",
+              node_basename: "myapp",
+              resource_types: [:aaaa]
+            ]
+          ]
+        ]
+
+  Several services at once, each with its own basename (the dns_cluster form):
+
+      config :libcluster,
+        topologies: [
+          mixed: [
+            strategy: Cluster.Strategy.DNSPoll,
+            config: [query: [{"web", "web.internal"}, {"worker", "worker.internal"}]]
+          ]
+        ]
+  """
+  use Cluster.Discovery
+
+  alias Cluster.{Config, DNS}
+
+  @default_types [:a, :aaaa]
+
+  @impl Cluster.Discovery
+  def init(%{topology: topology, config: config}) do
+    schema =
+      [
+        {:polling_interval, nil, Config.nullable(Config.interval())},
+        {:poll_interval, nil, Config.nullable(Config.interval())},
+        {:resource_types, @default_types, &resource_types/1}
+      ] ++ DNS.schema()
+
+    opts = Config.validate!(config, schema, topology, __MODULE__, [:query, :node_basename, :membership])
+    interval = opts.polling_interval || opts.poll_interval || 5_000
+
+    case questions(Keyword.get(config, :query), Keyword.get(config, :node_basename), opts.resource_types) do
+      {:ok, questions} ->
+        impl = Map.merge(opts, %{topology: topology, questions: questions})
+        {:ok, impl, DNS.discovery_opts(interval, config)}
+
+      {:error, message} ->
+        DNS.ignore(topology, "DNSPoll: " <> message)
+    end
+  end
+
+  @impl Cluster.Discovery
+  def discover(%{resolver: nil} = impl, tag) do
+    {DNS.poll(impl, impl.questions, tag), impl}
+  end
+
+  def discover(%{resolver: resolver} = impl, tag) do
+    # libcluster's resolver gives IPs, so it answers the address questions; SRV has no fun form.
+    lookups =
+      for {basename, query, _types} <- impl.questions do
+        {"resolver(#{inspect(query)})",
+         fn ->
+           case resolver.(String.to_charlist(query)) do
+             ips when is_list(ips) -> {:ok, DNS.names_from_ips(basename, ips)}
+             {:error, reason} -> DNS.resolver_error(reason)
+             other -> {:error, :malformed, "the resolver returned #{inspect(other, limit: 5)}"}
+           end
+         end}
+      end
+
+    {DNS.run_resolver(lookups, impl.resolver_timeout, tag), impl}
+  end
+
+  @impl Cluster.Discovery
+  def handle_event(event, impl), do: {DNS.handle_event(event), impl}
+
+  @doc """
+  The IPv4 and IPv6 addresses of `name` (a charlist), from `:inet_res` (A, then AAAA), as
+  libcluster's `DNSPoll.lookup_all_ips/1`. It runs in the caller and blocks it; the strategy
+  itself does not use it unless it is given as `:resolver`.
+  """
+  @spec lookup_all_ips(charlist()) :: [:inet.ip_address()]
+  def lookup_all_ips(name) do
+    Enum.flat_map([:a, :aaaa], fn type -> :inet_res.lookup(name, :in, type) end)
+  end
+
+  ## Config
+
+  @doc false
+  # {:ok, [{basename, query, types}]} or {:error, message}
+  def questions(query, basename, types) do
+    with {:ok, queries} <- queries(query),
+         {:ok, questions} <- with_basenames(queries, basename) do
+      {:ok, Enum.map(questions, fn {b, q} -> {b, q, types} end)}
+    end
+  end
+
+  defp queries(nil), do: {:error, "expected :query to be a non-empty string, got: nil (the key is required)"}
+
+  defp queries(query) when is_binary(query) or (is_list(query) and query != [] and is_integer(hd(query))),
+    do: queries([query])
+
+  defp queries(list) when is_list(list) and list != [] do
+    Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
+      case query_item(item) do
+        {:ok, q} -> {:cont, {:ok, [q | acc]}}
+        :error -> {:halt, {:error, bad_query(list)}}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      error -> error
+    end
+  end
+
+  defp queries(other), do: {:error, bad_query(other)}
+
+  defp query_item({basename, query}) do
+    with {:ok, b} <- Config.string().(basename),
+         {:ok, q} <- Config.string().(query) do
+      {:ok, {b, q}}
+    else
+      _ -> :error
+    end
+  end
+
+  defp query_item(query) do
+    case Config.string().(query) do
+      {:ok, q} -> {:ok, {nil, q}}
+      _ -> :error
+    end
+  end
+
+  defp bad_query(value) do
+    "expected :query to be a non-empty string, a list of them, or a list of {node_basename, query} " <>
+      "pairs, got: #{inspect(value)}"
+  end
+
+  defp with_basenames(queries, basename) do
+    if Enum.any?(queries, &match?({nil, _}, &1)) do
+      case Config.string().(basename) do
+        {:ok, b} ->
+          {:ok, Enum.map(queries, fn {q_base, q} -> {q_base || b, q} end)}
+
+        _ ->
+          {:error, "expected :node_basename to be a non-empty string, got: #{inspect(basename)}"}
+      end
+    else
+      {:ok, queries}
+    end
+  end
+
+  defp resource_types(types) when is_list(types) and types != [] do
+    if Enum.all?(types, &(&1 in [:a, :aaaa, :srv])),
+      do: {:ok, Enum.uniq(types)},
+      else: {:error, "a non-empty list of :a, :aaaa, :srv"}
+  end
+
+  defp resource_types(_), do: {:error, "a non-empty list of :a, :aaaa, :srv"}
+end

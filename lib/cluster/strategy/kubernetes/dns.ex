@@ -1,0 +1,115 @@
+defmodule Cluster.Strategy.Kubernetes.DNS do
+  @moduledoc """
+  Connects to the pods behind a Kubernetes headless service: every interval, looks up the
+  service's A and AAAA records (dual-stack clusters) and connects to `<application_name>@<ip>`
+  for each.
+
+  The lookup runs natively (hickory-resolver, never in the strategy process), with the pod's
+  resolver configuration (`/etc/resolv.conf`: the cluster DNS server, search domains such as
+  `<namespace>.svc.cluster.local`, `ndots:5`), a per-query timeout, TCP on truncation, and CNAME
+  chains followed (an answer carrying CNAME aliases works; libcluster 3.5 crashed on it). A
+  `:resolver` fun, when given, is used instead.
+
+  It polls once per interval with jitter (libcluster 3.5 polled twice). Errors never prune; an
+  empty answer is applied only after two consecutive empty polls; a pod missing from the answer
+  is disconnected only after a grace period of `max(3 * polling_interval, 30_000)` ms (see `Cluster.Strategy.DNSPoll` for why).
+
+  ## Options
+
+    * `:service` (required) - the headless service's DNS name, e.g. `"myapp-headless"` or
+      `"myapp-headless.default.svc.cluster.local"`
+    * `:application_name` (required) - the node basename, the part before `@`
+    * `:polling_interval` (alias `:poll_interval`) - ms between polls, default `5_000`
+    * `:resolver` - a 1-arity fun given the service as a charlist, returning what
+      `:inet_res.getbyname(name, :a)` returns: `{:ok, {:hostent, name, aliases, :inet, 4, ips}}`
+      or `{:error, reason}`; with it, only what the fun returns is used
+    * `:resolver_timeout`, `:nameservers`, `:query_timeout`, `:query_attempts`, `:resolv_conf` -
+      as in `Cluster.Strategy.DNSPoll`
+
+  A missing `:service` or `:application_name` is logged and the topology connects nothing.
+
+  ## Examples
+
+  A headless service selecting the app's pods (`clusterIP: None`), with the release's node
+  name set to `myapp@$(POD_IP)`:
+
+      config :libcluster,
+        topologies: [
+          k8s: [
+            strategy: Cluster.Strategy.Kubernetes.DNS,
+            config: [
+              service: "myapp-headless",
+              application_name: "myapp",
+              polling_interval: 5_000
+            ]
+          ]
+        ]
+
+  The same strategy works for any name with one address record per node, such as Fly.io's
+  `<app>.internal` (AAAA records, node names `myapp@<ipv6>`):
+
+      config :libcluster,
+        topologies: [
+          fly: [
+            strategy: Cluster.Strategy.Kubernetes.DNS,
+            config: [service: "myapp.internal", application_name: "myapp"]
+          ]
+        ]
+  """
+  use Cluster.Discovery
+
+  alias Cluster.{Config, DNS}
+
+  @impl Cluster.Discovery
+  def init(%{topology: topology, config: config}) do
+    schema =
+      [
+        {:polling_interval, nil, Config.nullable(Config.interval())},
+        {:poll_interval, nil, Config.nullable(Config.interval())}
+      ] ++ DNS.schema()
+
+    opts = Config.validate!(config, schema, topology, __MODULE__, [:service, :application_name, :membership])
+    interval = opts.polling_interval || opts.poll_interval || 5_000
+
+    with {:ok, service} <- required(config, :service),
+         {:ok, app} <- required(config, :application_name) do
+      impl = Map.merge(opts, %{topology: topology, service: service, app: app})
+      {:ok, impl, DNS.discovery_opts(interval, config)}
+    else
+      {:error, message} -> DNS.ignore(topology, "Kubernetes.DNS: " <> message)
+    end
+  end
+
+  @doc false
+  def required(config, key) do
+    value = Keyword.get(config, key)
+
+    case Config.string().(value) do
+      {:ok, s} -> {:ok, s}
+      _ -> {:error, "expected #{inspect(key)} to be a non-empty string, got: #{inspect(value)}"}
+    end
+  end
+
+  @impl Cluster.Discovery
+  def discover(%{resolver: nil} = impl, tag) do
+    {DNS.poll(impl, [{impl.app, impl.service, [:a, :aaaa]}], tag), impl}
+  end
+
+  def discover(%{resolver: resolver} = impl, tag) do
+    %{service: service, app: app} = impl
+
+    lookup = fn ->
+      case resolver.(String.to_charlist(service)) do
+        # Any hostent: aliases (CNAMEs) are fine, and v6 hostents too.
+        {:ok, {:hostent, _name, _aliases, _type, _len, ips}} -> {:ok, DNS.names_from_ips(app, ips)}
+        {:error, reason} -> DNS.resolver_error(reason)
+        other -> {:error, :malformed, "the resolver returned #{inspect(other, limit: 5)}"}
+      end
+    end
+
+    {DNS.run_resolver([{"resolver(#{inspect(service)})", lookup}], impl.resolver_timeout, tag), impl}
+  end
+
+  @impl Cluster.Discovery
+  def handle_event(event, impl), do: {DNS.handle_event(event), impl}
+end

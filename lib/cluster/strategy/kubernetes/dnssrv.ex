@@ -1,0 +1,130 @@
+defmodule Cluster.Strategy.Kubernetes.DNSSRV do
+  @moduledoc """
+  Connects to the pods of a StatefulSet through the SRV records of its headless service: every
+  interval, looks up `<service>.<namespace>.svc.<cluster domain>` (the domain is `CLUSTER_DOMAIN`
+  when set, else `cluster.local.`) and connects to `<application_name>@<srv target>` for each
+  record, e.g. `myapp@myapp-0.myapp-headless.default.svc.cluster.local`.
+
+  The lookup runs natively (hickory-resolver, never in the strategy process), with a per-query
+  timeout, TCP on truncation and CNAME chains followed; a `:resolver` fun, when given, is used
+  instead. It polls once per interval with jitter (libcluster 3.5 polled twice). Errors never
+  prune; an empty answer is applied only after two consecutive empty polls; a pod missing from
+  the answer is disconnected only after a grace period of `max(3 * polling_interval, 30_000)` ms (see `Cluster.Strategy.DNSPoll`).
+
+  ## Options
+
+    * `:service` (required) - the headless service's name
+    * `:namespace` (required) - its namespace
+    * `:application_name` (required) - the node basename, the part before `@`
+    * `:polling_interval` (alias `:poll_interval`) - ms between polls, default `5_000`
+    * `:resolver` - a 1-arity fun given the query as a charlist, returning what
+      `:inet_res.getbyname(name, :srv)` returns: `{:ok, {:hostent, name, aliases, :srv, n,
+      [{priority, weight, port, target}]}}` or `{:error, reason}`
+    * `:resolver_timeout`, `:nameservers`, `:query_timeout`, `:query_attempts`, `:resolv_conf` -
+      as in `Cluster.Strategy.DNSPoll`
+
+  A missing `:service`, `:namespace` or `:application_name` is logged and the topology connects
+  nothing.
+
+  ## Examples
+
+  A StatefulSet `myapp` with `serviceName: myapp-headless` in namespace `default`, its nodes named
+  `myapp@$(POD_NAME).myapp-headless.default.svc.cluster.local`:
+
+      config :libcluster,
+        topologies: [
+          k8s: [
+            strategy: Cluster.Strategy.Kubernetes.DNSSRV,
+            config: [
+              service: "myapp-headless",
+              namespace: "default",
+              application_name: "myapp",
+              polling_interval: 5_000
+            ]
+          ]
+        ]
+
+  Fly.io's internal DNS serves address records (`<app>.internal` has one AAAA record per
+  machine), not SRV records, so for Fly use `Cluster.Strategy.DNSPoll` (or
+  `Cluster.Strategy.Kubernetes.DNS`) instead:
+
+      config :libcluster,
+        topologies: [
+          fly: [
+            strategy: Cluster.Strategy.DNSPoll,
+            config: [query: "myapp.internal", node_basename: "myapp", resource_types: [:aaaa]]
+          ]
+        ]
+
+  """
+  use Cluster.Discovery
+
+  alias Cluster.{Config, DNS}
+  alias Cluster.Strategy.Kubernetes.DNS, as: K8sDNS
+
+  @impl Cluster.Discovery
+  def init(%{topology: topology, config: config}) do
+    schema =
+      [
+        {:polling_interval, nil, Config.nullable(Config.interval())},
+        {:poll_interval, nil, Config.nullable(Config.interval())}
+      ] ++ DNS.schema()
+
+    opts =
+      Config.validate!(config, schema, topology, __MODULE__, [
+        :service,
+        :namespace,
+        :application_name,
+        :membership
+      ])
+
+    interval = opts.polling_interval || opts.poll_interval || 5_000
+
+    with {:ok, service} <- K8sDNS.required(config, :service),
+         {:ok, namespace} <- K8sDNS.required(config, :namespace),
+         {:ok, app} <- K8sDNS.required(config, :application_name) do
+      impl = Map.merge(opts, %{topology: topology, query: query(service, namespace), app: app})
+      {:ok, impl, DNS.discovery_opts(interval, config)}
+    else
+      {:error, message} -> DNS.ignore(topology, "Kubernetes.DNSSRV: " <> message)
+    end
+  end
+
+  @doc false
+  def query(service, namespace) do
+    "#{service}.#{namespace}.svc.#{System.get_env("CLUSTER_DOMAIN", "cluster.local.")}"
+  end
+
+  @impl Cluster.Discovery
+  def discover(%{resolver: nil} = impl, tag) do
+    {DNS.poll(impl, [{impl.app, impl.query, [:srv]}], tag), impl}
+  end
+
+  def discover(%{resolver: resolver} = impl, tag) do
+    %{query: query, app: app} = impl
+
+    lookup = fn ->
+      case resolver.(String.to_charlist(query)) do
+        {:ok, {:hostent, _name, _aliases, _type, _len, records}} when is_list(records) ->
+          {:ok, for({_prio, _weight, _port, target} <- records, do: "#{app}@#{target_text(target)}")}
+
+        {:error, reason} ->
+          DNS.resolver_error(reason)
+
+        other ->
+          {:error, :malformed, "the resolver returned #{inspect(other, limit: 5)}"}
+      end
+    end
+
+    {DNS.run_resolver([{"resolver(#{inspect(query)})", lookup}], impl.resolver_timeout, tag), impl}
+  end
+
+  @impl Cluster.Discovery
+  def handle_event(event, impl), do: {DNS.handle_event(event), impl}
+
+  defp target_text(target) do
+    target |> to_string() |> String.trim_trailing(".")
+  rescue
+    _ -> ""
+  end
+end

@@ -1,0 +1,455 @@
+defmodule Cluster.Strategy.DNSResolverTest do
+  # The DNS strategies with user `resolver` funs (libcluster's seam) and fake connect/list_nodes
+  # MFAs: no DNS server, no real nodes.
+  use ExUnit.Case, async: true
+  import ExUnit.CaptureLog
+
+  alias Cluster.Discovery
+  alias Cluster.Strategy.{DNSPoll, Kubernetes}
+  alias Cluster.Test.FakeNodes
+
+  defp start(table, strategy, config) do
+    topology = :"dns_#{System.unique_integer([:positive])}"
+    spec = {Cluster.Supervisor, [[{topology, FakeNodes.topology(table, strategy, config)}]]}
+    sup = start_supervised!(Supervisor.child_spec(spec, id: topology))
+    [{^topology, pid, _, _}] = Supervisor.which_children(sup)
+    pid
+  end
+
+  # A resolver whose answers the test changes: an Agent holding the current answer.
+  defp answers(initial) do
+    {:ok, agent} = Agent.start_link(fn -> initial end)
+    agent
+  end
+
+  defp answer(agent), do: Agent.get(agent, & &1)
+  defp set_answer(agent, value), do: Agent.update(agent, fn _ -> value end)
+
+  describe "DNSPoll" do
+    test "connects base@ip for IPv4 and IPv6 answers, with the query as a charlist" do
+      table = FakeNodes.new()
+      test = self()
+
+      resolver = fn q ->
+        send(test, {:asked, q})
+        [{10, 0, 0, 1}, {0xFD00, 0, 0, 0, 0, 0, 0, 1}]
+      end
+
+      start(table, DNSPoll,
+        query: "app.internal",
+        node_basename: "app",
+        resolver: resolver,
+        polling_interval: 100
+      )
+
+      assert_receive {:asked, ~c"app.internal"}, 1_000
+      assert_receive {:connect, :"app@10.0.0.1"}, 1_000
+      assert_receive {:connect, :"app@fd00::1"}, 1_000
+    end
+
+    test "poll_interval is an alias of polling_interval, and there is one poll per interval" do
+      table = FakeNodes.new()
+      {:ok, times} = Agent.start_link(fn -> [] end)
+
+      resolver = fn _ ->
+        Agent.update(times, &[System.monotonic_time(:millisecond) | &1])
+        []
+      end
+
+      pid = start(table, DNSPoll, query: "a", node_basename: "app", poll_interval: 200, resolver: resolver)
+      assert Discovery.status(pid).interval == 200
+      Process.sleep(1_100)
+      times = times |> Agent.get(& &1) |> Enum.reverse()
+      gaps = times |> Enum.zip(tl(times)) |> Enum.map(fn {a, b} -> b - a end)
+      # One timer chain with ±10% jitter: every gap is about 200 ms, never two polls per interval.
+      assert length(times) >= 4, inspect(times)
+      assert Enum.all?(gaps, &(&1 >= 175)), inspect(gaps)
+    end
+
+    test "takes a list of queries and {basename, query} pairs" do
+      table = FakeNodes.new()
+
+      resolver = fn
+        ~c"web.internal" -> [{10, 0, 0, 1}]
+        ~c"worker.internal" -> [{10, 0, 0, 2}]
+        ~c"db.internal" -> [{10, 0, 0, 3}]
+      end
+
+      start(table, DNSPoll,
+        query: ["web.internal", {"worker", "worker.internal"}, {"db", "db.internal"}],
+        node_basename: "web",
+        resolver: resolver
+      )
+
+      assert_receive {:connect, :"web@10.0.0.1"}, 1_000
+      assert_receive {:connect, :"worker@10.0.0.2"}, 1_000
+      assert_receive {:connect, :"db@10.0.0.3"}, 1_000
+    end
+
+    test "only pairs need no node_basename" do
+      table = FakeNodes.new()
+      start(table, DNSPoll, query: [{"w", "w.internal"}], resolver: fn _ -> [{10, 0, 0, 7}] end)
+      assert_receive {:connect, :"w@10.0.0.7"}, 1_000
+    end
+
+    test "a missing or invalid query or node_basename is logged and connects nothing" do
+      for config <- [
+            [node_basename: "app"],
+            [query: "", node_basename: "app"],
+            [query: 42, node_basename: "app"],
+            [query: "app.internal"],
+            [query: "app.internal", node_basename: ""]
+          ] do
+        table = FakeNodes.new()
+
+        log =
+          capture_log(fn ->
+            topology = :"dns_#{System.unique_integer([:positive])}"
+            entry = FakeNodes.topology(table, DNSPoll, [{:resolver, fn _ -> [{10, 0, 0, 1}] end} | config])
+            {:ok, sup} = Cluster.Supervisor.start_link([[{topology, entry}]])
+            assert [{^topology, :undefined, _, _}] = Supervisor.which_children(sup)
+            Supervisor.stop(sup)
+          end)
+
+        assert log =~ "will not connect any node", inspect(config)
+        refute_received {:connect, _}
+      end
+    end
+
+    test "other invalid options raise ArgumentError naming the key" do
+      for {key, value} <- [
+            nameservers: ["nope"],
+            resource_types: [:mx],
+            query_timeout: 0,
+            polling_interval: -1
+          ] do
+        error =
+          assert_raise ArgumentError, fn ->
+            DNSPoll.init(%Cluster.Strategy.State{
+              topology: :t,
+              config: [{key, value}, query: "a", node_basename: "b"]
+            })
+          end
+
+        assert error.message =~ inspect(key)
+      end
+    end
+
+    test "a slow resolver does not stall the strategy, and its timeout prunes nothing" do
+      table = FakeNodes.new()
+      agent = answers({:ok, [{10, 0, 0, 1}]})
+
+      resolver = fn _ ->
+        case answer(agent) do
+          {:ok, ips} -> ips
+          :hang -> Process.sleep(:infinity)
+        end
+      end
+
+      pid =
+        start(table, DNSPoll,
+          query: "a",
+          node_basename: "app",
+          resolver: resolver,
+          polling_interval: 100,
+          resolver_timeout: 300,
+          membership: [prune: :immediate]
+        )
+
+      assert_receive {:connect, :"app@10.0.0.1"}, 1_000
+
+      log =
+        capture_log(fn ->
+          set_answer(agent, :hang)
+          # The strategy answers while the resolver hangs.
+          {time, status} = :timer.tc(fn -> Discovery.status(pid) end)
+          assert time < 50_000
+          assert status.mode in [:idle, :round]
+          Process.sleep(1_000)
+          assert Discovery.status(pid).error_streak >= 1
+        end)
+
+      assert log =~ "did not answer within 300 ms"
+      refute_received {:disconnect, _}
+      assert FakeNodes.connected(table) == [:"app@10.0.0.1"]
+    end
+
+    test "a resolver that raises is an error, not zero nodes" do
+      table = FakeNodes.new()
+      agent = answers({:ok, [{10, 0, 0, 1}]})
+
+      resolver = fn _ ->
+        case answer(agent) do
+          {:ok, ips} -> ips
+          :raise -> raise "boom"
+        end
+      end
+
+      start(table, DNSPoll,
+        query: "a",
+        node_basename: "app",
+        resolver: resolver,
+        polling_interval: 50,
+        membership: [prune: :immediate]
+      )
+
+      assert_receive {:connect, :"app@10.0.0.1"}, 1_000
+
+      log =
+        capture_log(fn ->
+          set_answer(agent, :raise)
+          Process.sleep(500)
+        end)
+
+      assert log =~ "boom"
+      refute_received {:disconnect, _}
+    end
+
+    test "an empty answer is applied only after two consecutive empty polls" do
+      table = FakeNodes.new()
+      test = self()
+      # A scripted sequence of answers, one per poll; the last one repeats.
+      {:ok, script} = Agent.start_link(fn -> [[{10, 0, 0, 1}], [], [{10, 0, 0, 1}], [], []] end)
+
+      resolver = fn _ ->
+        ips =
+          Agent.get_and_update(script, fn
+            [h] -> {h, [h]}
+            [h | t] -> {h, t}
+          end)
+
+        send(test, {:answered, ips})
+        ips
+      end
+
+      start(table, DNSPoll,
+        query: "a",
+        node_basename: "app",
+        resolver: resolver,
+        polling_interval: 100,
+        membership: [prune: :immediate]
+      )
+
+      assert_receive {:connect, :"app@10.0.0.1"}, 1_000
+      assert_receive {:answered, []}, 1_000
+      assert_receive {:answered, [_]}, 1_000
+      refute_received {:disconnect, _}
+      assert_receive {:answered, []}, 1_000
+      assert_receive {:answered, []}, 1_000
+      assert_receive {:disconnect, :"app@10.0.0.1"}, 1_000
+    end
+
+    test "rotating answers do not make nodes flap (default prune policy)" do
+      table = FakeNodes.new()
+      {:ok, counter} = Agent.start_link(fn -> 0 end)
+      all = for i <- 1..6, do: {10, 0, 0, i}
+
+      # Each poll returns 3 of the 6 records, rotating, as some DNS services do.
+      resolver = fn _ ->
+        n = Agent.get_and_update(counter, &{&1, &1 + 1})
+        Enum.map(0..2, &Enum.at(all, rem(n + &1, 6)))
+      end
+
+      pid = start(table, DNSPoll, query: "a", node_basename: "app", resolver: resolver, polling_interval: 50)
+      assert Discovery.status(pid).membership.opts.prune == {:grace_period, 30_000}
+      Process.sleep(1_200)
+      assert length(FakeNodes.connected(table)) == 6
+      refute_received {:disconnect, _}
+    end
+
+    test "a node really gone is pruned after the grace period" do
+      table = FakeNodes.new()
+      agent = answers({:ok, [{10, 0, 0, 1}, {10, 0, 0, 2}]})
+      resolver = fn _ -> elem(answer(agent), 1) end
+
+      start(table, DNSPoll,
+        query: "a",
+        node_basename: "app",
+        resolver: resolver,
+        polling_interval: 50,
+        membership: [prune: {:grace_period, 150}]
+      )
+
+      assert_receive {:connect, :"app@10.0.0.2"}, 1_000
+      set_answer(agent, {:ok, [{10, 0, 0, 1}]})
+      gone_at = System.monotonic_time(:millisecond)
+      assert_receive {:disconnect, :"app@10.0.0.2"}, 1_000
+      assert System.monotonic_time(:millisecond) - gone_at >= 140
+      assert FakeNodes.connected(table) == [:"app@10.0.0.1"]
+    end
+
+    test "an explicit prune policy wins over the DNS default" do
+      table = FakeNodes.new()
+
+      pid =
+        start(table, DNSPoll,
+          query: "a",
+          node_basename: "b",
+          resolver: fn _ -> [] end,
+          membership: [prune: :never]
+        )
+
+      assert Discovery.status(pid).membership.opts.prune == :never
+    end
+
+    test "answers that are not IP tuples are dropped" do
+      table = FakeNodes.new()
+
+      start(table, DNSPoll,
+        query: "a",
+        node_basename: "app",
+        resolver: fn _ -> [:junk, {300, 0, 0, 1}, "x", {10, 0, 0, 9}] end
+      )
+
+      assert_receive {:connect, :"app@10.0.0.9"}, 1_000
+      refute_receive {:connect, _}, 200
+    end
+  end
+
+  describe "Kubernetes.DNS" do
+    test "uses the resolver's hostent, CNAME aliases and all" do
+      table = FakeNodes.new()
+
+      resolver = fn ~c"myapp-headless" ->
+        {:ok, {:hostent, ~c"real.svc", [~c"myapp-headless"], :inet, 4, [{10, 1, 0, 1}, {10, 1, 0, 2}]}}
+      end
+
+      start(table, Kubernetes.DNS, service: "myapp-headless", application_name: "myapp", resolver: resolver)
+      assert_receive {:connect, :"myapp@10.1.0.1"}, 1_000
+      assert_receive {:connect, :"myapp@10.1.0.2"}, 1_000
+    end
+
+    test "an IPv6 hostent gives IPv6 node names" do
+      table = FakeNodes.new()
+      resolver = fn _ -> {:ok, {:hostent, ~c"svc", [], :inet6, 16, [{0xFD00, 0, 0, 0, 0, 0, 0, 0x10}]}} end
+      start(table, Kubernetes.DNS, service: "svc", application_name: "myapp", resolver: resolver)
+      assert_receive {:connect, :"myapp@fd00::10"}, 1_000
+    end
+
+    test "a resolver error is an error; nxdomain is an (unconfirmed) empty answer" do
+      table = FakeNodes.new()
+      agent = answers({:ok, {:hostent, ~c"svc", [], :inet, 4, [{10, 1, 0, 1}]}})
+
+      pid =
+        start(table, Kubernetes.DNS,
+          service: "svc",
+          application_name: "myapp",
+          resolver: fn _ -> answer(agent) end,
+          polling_interval: 50,
+          membership: [prune: :immediate]
+        )
+
+      assert_receive {:connect, :"myapp@10.1.0.1"}, 1_000
+
+      capture_log(fn ->
+        set_answer(agent, {:error, :timeout})
+        Process.sleep(300)
+        assert Discovery.status(pid).error_streak >= 1
+        refute_received {:disconnect, _}
+      end)
+
+      set_answer(agent, {:error, :nxdomain})
+      assert_receive {:disconnect, :"myapp@10.1.0.1"}, 3_000
+    end
+
+    test "missing service or application_name connects nothing" do
+      log =
+        capture_log(fn ->
+          assert :ignore =
+                   Kubernetes.DNS.init(%Cluster.Strategy.State{topology: :t, config: [service: "svc"]})
+
+          assert :ignore =
+                   Kubernetes.DNS.init(%Cluster.Strategy.State{topology: :t, config: [application_name: "a"]})
+        end)
+
+      assert log =~ ":application_name"
+      assert log =~ ":service"
+    end
+  end
+
+  describe "Kubernetes.DNSSRV" do
+    test "connects app@<srv target> from the resolver's SRV hostent" do
+      table = FakeNodes.new()
+      test = self()
+
+      resolver = fn q ->
+        send(test, {:asked, q})
+
+        {:ok,
+         {:hostent, q, [], :srv, 2,
+          [
+            {10, 50, 4000, ~c"myapp-0.myapp-headless.default.svc.cluster.local"},
+            {10, 50, 4000, ~c"myapp-1.myapp-headless.default.svc.cluster.local"}
+          ]}}
+      end
+
+      start(table, Kubernetes.DNSSRV,
+        service: "myapp-headless",
+        namespace: "default",
+        application_name: "myapp",
+        resolver: resolver
+      )
+
+      assert_receive {:asked, query}, 1_000
+      assert query == String.to_charlist(Kubernetes.DNSSRV.query("myapp-headless", "default"))
+      assert_receive {:connect, :"myapp@myapp-0.myapp-headless.default.svc.cluster.local"}, 1_000
+      assert_receive {:connect, :"myapp@myapp-1.myapp-headless.default.svc.cluster.local"}, 1_000
+    end
+
+    test "the query uses CLUSTER_DOMAIN or cluster.local." do
+      if System.get_env("CLUSTER_DOMAIN") do
+        assert Kubernetes.DNSSRV.query("s", "ns") == "s.ns.svc." <> System.get_env("CLUSTER_DOMAIN")
+      else
+        assert Kubernetes.DNSSRV.query("s", "ns") == "s.ns.svc.cluster.local."
+      end
+    end
+
+    test "missing namespace connects nothing" do
+      assert capture_log(fn ->
+               assert :ignore =
+                        Kubernetes.DNSSRV.init(%Cluster.Strategy.State{
+                          topology: :t,
+                          config: [service: "s", application_name: "a"]
+                        })
+             end) =~ ":namespace"
+    end
+  end
+
+  describe "combining several queries" do
+    test "some failing: found nodes are connected, nothing is pruned, the round is an error" do
+      assert {:partial_nodes, ["a@1"], {:timeout, msg}} =
+               Cluster.DNS.combine([{"q1", {:ok, ["a@1"]}}, {"q2", {:error, :timeout, "slow"}}])
+
+      assert msg == "q2: slow"
+      assert {:nodes, ["a@1"]} = Cluster.DNS.combine([{"q1", {:ok, ["a@1", "a@1"]}}, {"q2", :nothing}])
+      assert {:discovery_error, :io, _} = Cluster.DNS.combine([{"q1", {:error, :io, "x"}}])
+    end
+
+    test "with a resolver fun: the other queries' nodes still connect, and nothing is disconnected" do
+      table = FakeNodes.new()
+      agent = answers(:ok)
+
+      resolver = fn
+        ~c"good" -> [{10, 0, 0, 1}]
+        ~c"flaky" -> if answer(agent) == :ok, do: [{10, 0, 0, 2}], else: {:error, :timeout}
+      end
+
+      capture_log(fn ->
+        start(table, DNSPoll,
+          query: ["good", "flaky"],
+          node_basename: "app",
+          resolver: resolver,
+          polling_interval: 50,
+          membership: [prune: :immediate]
+        )
+
+        assert_receive {:connect, :"app@10.0.0.2"}, 1_000
+        set_answer(agent, :fail)
+        Process.sleep(400)
+      end)
+
+      refute_received {:disconnect, _}
+      assert FakeNodes.connected(table) == [:"app@10.0.0.1", :"app@10.0.0.2"]
+    end
+  end
+end
