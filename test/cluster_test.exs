@@ -160,7 +160,7 @@ defmodule ClusterTest do
       assert Dialer.list(dialer) == [:"a@h1.example"]
       # The await child leaves nothing behind.
       ids = for {id, _, _, _} <- Supervisor.which_children(sup), do: id
-      assert ids == [t, Cluster.Leave] or ids == [Cluster.Leave, t]
+      assert ids == [t]
     end
 
     test "the topology option gives up after its timeout and starts anyway" do
@@ -179,53 +179,6 @@ defmodule ClusterTest do
         end)
 
       assert log =~ "await: fewer than 1 connected node(s) after 200 ms; starting anyway"
-    end
-  end
-
-  describe "graceful leave" do
-    test "a supervisor shutting down makes every topology leave before any of them stops" do
-      [t1, t2] = [unique(:gl), unique(:gl)]
-      dialer = Dialer.start(self(), [])
-      test = self()
-      handler = {:leave, t1}
-
-      :telemetry.attach(
-        handler,
-        [:libcluster, :topology, :leave],
-        fn _, _, %{topology: t}, _ ->
-          alive = for x <- [t1, t2], do: {x, Registry.lookup(Cluster.Registry, {:discovery, x}) != []}
-          send(test, {:left, t, alive})
-        end,
-        nil
-      )
-
-      on_exit(fn -> :telemetry.detach(handler) end)
-
-      capture_log(fn ->
-        sup =
-          start_topologies([
-            {t1,
-             Dialer.topology(dialer, ScriptedStrategy,
-               result: {:discovered, [:"x@h1.example"]},
-               membership: @fast
-             )},
-            {t2,
-             Dialer.topology(dialer, ScriptedStrategy,
-               result: {:discovered, [:"y@h2.example"]},
-               membership: @fast
-             )}
-          ])
-
-        assert_receive {:dial, :"x@h1.example"}, 1_000
-        assert_receive {:dial, :"y@h2.example"}, 1_000
-        Supervisor.stop(sup)
-      end)
-
-      assert_receive {:left, first, [{^t1, true}, {^t2, true}]}
-      assert_receive {:left, second, [{^t1, true}, {^t2, true}]}
-      assert Enum.sort([first, second]) == Enum.sort([t1, t2])
-      flush_dials()
-      refute_receive {:dial, _}, 200
     end
   end
 

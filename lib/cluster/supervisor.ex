@@ -34,11 +34,11 @@ defmodule Cluster.Supervisor do
 
   ## Graceful leave
 
-  The supervisor's last child is a small `Cluster.Leave` process: when the supervisor shuts down, it
-  terminates first and tells every topology of this supervisor to stop discovering and dialling
-  (`Cluster.leave/1`) before any of them stops, so a shutting-down node is not re-dialled by its own
-  topologies. Independently, every built-in topology stops dialling once the system is stopping
-  (`System.stop/0`, SIGTERM).
+  Every built-in topology stops dialling once the system is stopping (`System.stop/0`, SIGTERM), and
+  when the `:libcluster_rs` application stops (`prep_stop`), so a node that is draining is not
+  re-dialled by its own topologies. `Cluster.leave/0,1` does the same on demand, e.g. at the start of
+  a custom drain. The supervisor's children stay exactly one per topology (plus a transient `await:`
+  child that leaves nothing behind), as in libcluster.
 
   Each child's id is the topology name; the supervisor is `:one_for_one`. Bad topology specs raise
   an `ArgumentError` naming the topology and the key.
@@ -74,8 +74,7 @@ defmodule Cluster.Supervisor do
         if await = awaits[id], do: [child, await], else: [child]
       end)
 
-    leave = Cluster.Leave.child_spec(Keyword.keys(topologies))
-    Supervisor.init(children ++ [leave], strategy: :one_for_one)
+    Supervisor.init(children, strategy: :one_for_one)
   end
 
   # Lets Cluster.status/0 find this supervisor's topologies, including custom strategies.
