@@ -2,5 +2,6 @@
 //! tested with `cargo test`. The `nif` crate turns [`event::Event`]s into Erlang messages.
 pub mod epmd;
 pub mod event;
+pub mod gossip;
 pub mod node_name;
 pub mod task;
