@@ -45,7 +45,8 @@ defmodule Cluster.Discovery do
               {outcome() | {:async, Cluster.Native.handle()} | {:stream, Cluster.Native.handle()},
                impl :: term()}
   @callback handle_event(event :: term(), impl :: term()) :: {[outcome()], impl :: term()}
-  @optional_callbacks handle_event: 2
+  @callback status(impl :: term()) :: map()
+  @optional_callbacks handle_event: 2, status: 1
 
   defmacro __using__(_opts) do
     quote do
@@ -168,7 +169,8 @@ defmodule Cluster.Discovery do
       last_ok_at: s.last_ok_at,
       last_error: s.last_error,
       error_streak: s.error_streak,
-      membership: Membership.status(s.membership)
+      membership: Membership.status(s.membership),
+      strategy_status: if(function_exported?(s.module, :status, 1), do: s.module.status(s.impl), else: %{})
     }
 
     {:reply, status, s}

@@ -7,6 +7,8 @@ rustler::atoms! {
     epmd_names,
     discovery_error,
     done,
+    heartbeat,
+    gossip_stats,
     timeout,
     refused,
     unreachable,

@@ -2,6 +2,7 @@
 //! encoding. All discovery logic lives in `libcluster_core`.
 mod atoms;
 mod epmd;
+mod gossip;
 mod handle;
 mod runtime;
 mod sink;
