@@ -35,7 +35,7 @@ defmodule Cluster.Test.GossipSender do
     ]
 
     huge = for n <- [1025, 4096, 60_000], do: :binary.copy(<<0>>, n)
-    randoms ++ truncated ++ bait ++ huge
+    huge ++ randoms ++ truncated ++ bait
   end
 
   # What term_to_binary(term, [:compressed]) writes when compression pays off: tag 80.

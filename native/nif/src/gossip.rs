@@ -6,7 +6,9 @@ use std::sync::Arc;
 use libcluster_core::gossip::socket::{Interface, SocketConfig};
 use libcluster_core::gossip::wire::{self, Keys, Mode, ReplayGuard};
 use libcluster_core::gossip::{self, crypto, GossipConfig, Schedule, Stats};
-use rustler::{Atom, Binary, Encoder, Env, Error, NifMap, NifResult, OwnedBinary, Resource, ResourceArc, Term};
+use rustler::{
+    Atom, Binary, Encoder, Env, Error, NifMap, NifResult, OwnedBinary, Resource, ResourceArc, Term,
+};
 
 use crate::atoms;
 use crate::handle::{spawn, Discovery};
@@ -40,7 +42,8 @@ fn bad(message: String) -> Error {
 }
 
 fn parse_ip(key: &str, s: &str) -> NifResult<IpAddr> {
-    s.parse().map_err(|_| bad(format!("expected :{key} to be an IP address, got: {s:?}")))
+    s.parse()
+        .map_err(|_| bad(format!("expected :{key} to be an IP address, got: {s:?}")))
 }
 
 fn parse_mode(s: &str) -> NifResult<Mode> {
@@ -63,10 +66,13 @@ fn gossip_start<'a>(
     opts: GossipOpts,
     secret: Option<Binary<'a>>,
 ) -> NifResult<(ResourceArc<Discovery>, ResourceArc<GossipStats>)> {
-    let multicast_if = opts.multicast_if.as_deref().map(|s| match s.parse::<IpAddr>() {
-        Ok(ip) => Interface::Addr(ip),
-        Err(_) => Interface::Name(s.to_string()),
-    });
+    let multicast_if = opts
+        .multicast_if
+        .as_deref()
+        .map(|s| match s.parse::<IpAddr>() {
+            Ok(ip) => Interface::Addr(ip),
+            Err(_) => Interface::Name(s.to_string()),
+        });
     let cfg = GossipConfig {
         node: opts.node,
         socket: SocketConfig {
@@ -81,7 +87,11 @@ fn gossip_start<'a>(
         secret: secret.map(|b| b.as_slice().to_vec()),
         schedule: match opts.heartbeat_interval {
             None => Schedule::Random { max_ms: 5_000 },
-            Some(0) => return Err(bad("expected :heartbeat_interval to be a positive integer".into())),
+            Some(0) => {
+                return Err(bad(
+                    "expected :heartbeat_interval to be a positive integer".into()
+                ))
+            }
             Some(ms) => Schedule::Every { ms },
         },
         replay_window_ms: opts.replay_window,
@@ -90,12 +100,16 @@ fn gossip_start<'a>(
         stats_interval_ms: opts.stats_interval,
     };
     if opts.port == 0 {
-        return Err(bad("expected :port to be an integer in 1..65535, got: 0".into()));
+        return Err(bad(
+            "expected :port to be an integer in 1..65535, got: 0".into()
+        ));
     }
     cfg.validate().map_err(bad)?;
     let stats = Arc::new(Stats::default());
     let task_stats = stats.clone();
-    let handle = spawn(env, tag, move |sink, _cancel| gossip::run(cfg, task_stats, sink));
+    let handle = spawn(env, tag, move |sink, _cancel| {
+        gossip::run(cfg, task_stats, sink)
+    });
     Ok((handle, ResourceArc::new(GossipStats(stats))))
 }
 
@@ -121,13 +135,19 @@ fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> NifResult<Term<'a>> {
 
 /// A libcluster v1 heartbeat for `node` (plain, or AES-CBC with `secret`).
 #[rustler::nif]
-fn gossip_encode_v1<'a>(env: Env<'a>, node: String, secret: Option<Binary<'a>>) -> NifResult<Term<'a>> {
+fn gossip_encode_v1<'a>(
+    env: Env<'a>,
+    node: String,
+    secret: Option<Binary<'a>>,
+) -> NifResult<Term<'a>> {
     if node.len() > 255 {
         return Err(Error::BadArg);
     }
     let bytes = match secret {
         None => wire::encode_v1_plain(&node),
-        Some(s) => wire::encode_v1_secret(&node, &crypto::v1_key(s.as_slice()), crypto::random_array()),
+        Some(s) => {
+            wire::encode_v1_secret(&node, &crypto::v1_key(s.as_slice()), crypto::random_array())
+        }
     };
     binary(env, &bytes)
 }
@@ -151,8 +171,10 @@ fn gossip_decode<'a>(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    Ok(match wire::decode_heartbeat(datagram.as_slice(), mode, &keys, &mut guard, now) {
-        Ok((name, _)) => (atoms::ok(), name).encode(env),
-        Err(reason) => (atoms::error(), Atom::from_str(env, reason.as_str())?).encode(env),
-    })
+    Ok(
+        match wire::decode_heartbeat(datagram.as_slice(), mode, &keys, &mut guard, now) {
+            Ok((name, _)) => (atoms::ok(), name).encode(env),
+            Err(reason) => (atoms::error(), Atom::from_str(env, reason.as_str())?).encode(env),
+        },
+    )
 }

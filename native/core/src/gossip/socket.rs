@@ -128,6 +128,8 @@ pub fn open(cfg: &SocketConfig) -> io::Result<(std::net::UdpSocket, SocketAddr)>
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Room for bursts (a node restart storm, or a flood we must read to count and drop).
+    let _ = socket.set_recv_buffer_size(1 << 20);
     // Bound to the wildcard: on Linux a socket bound to a unicast address receives no multicast or
     // broadcast datagrams. `if_addr` selects the interface instead.
     socket.bind(&bind.into())?;
