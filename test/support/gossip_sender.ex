@@ -11,6 +11,14 @@ defmodule Cluster.Test.GossipSender do
     socket
   end
 
+  @doc "Opens a socket with `socket_opts`, sends `datagrams` to `{ip, port}`, closes it."
+  def blast(ip, port, datagrams, socket_opts) do
+    socket = open(socket_opts: socket_opts)
+    sent = send_all(socket, ip, port, datagrams)
+    :gen_udp.close(socket)
+    sent
+  end
+
   @doc "Sends every datagram in `datagrams` to `{ip, port}`; returns how many were sent."
   def send_all(socket, ip, port, datagrams) do
     Enum.count(datagrams, fn d -> :gen_udp.send(socket, ip, port, d) == :ok end)
