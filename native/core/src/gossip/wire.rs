@@ -222,7 +222,7 @@ pub fn decode_v1_secret(datagram: &[u8], key: &[u8; 32]) -> Result<String, Rejec
     if datagram.len() > MAX_DATAGRAM {
         return Err(Reject::TooLarge);
     }
-    if datagram.len() < 32 || datagram.len() % 16 != 0 {
+    if datagram.len() < 32 || datagram.len() & 15 != 0 {
         return Err(Reject::Decrypt);
     }
     let (iv, body) = datagram.split_at(16);
