@@ -26,9 +26,24 @@ runs =
     {t0, _sup} = Peer.call(p, GossipBench, :start_cluster_timed, [topology])
     t1 = Peer.call(p, GossipBench, :waiter_result, [waiter], 30_000)
     Peer.stop(p)
+    # Baseline in the same conditions: a fresh node dialling the three directly.
+    {b, _} = Peer.start("baseline#{i}", "127.0.0.1", args)
+    direct = Peer.call(b, GossipBench, :connect_timed, [base_names])
+    Peer.stop(b)
     Process.sleep(200)
-    (t1 - t0) / 1000
+    {(t1 - t0) / 1000, direct / 1000}
   end
+
+baseline = runs |> Enum.map(&elem(&1, 1)) |> Enum.sort()
+runs = Enum.map(runs, &elem(&1, 0))
+
+IO.puts(
+  "baseline: direct concurrent connect_node to the 3 (ms): #{Enum.map_join(baseline, " ", &Float.round(&1, 1))}"
+)
+
+IO.puts(
+  "median direct connect: #{Float.round(Enum.at(baseline, 4), 1)} ms; load average #{File.read!("/proc/loadavg") |> String.trim()}"
+)
 
 sorted = Enum.sort(runs)
 median = Enum.at(sorted, div(length(sorted), 2))

@@ -10,16 +10,25 @@ peers = for i <- 1..n, do: Peer.start("mesh#{i}", "127.0.0.1", args)
 rounds =
   for round <- 1..5 do
     port = 47_700 + round
-    topology = [gossip: [strategy: Cluster.Strategy.Gossip, config: [port: port, multicast_if: "lo", multicast_ttl: 0]]]
+
+    topology = [
+      gossip: [strategy: Cluster.Strategy.Gossip, config: [port: port, multicast_if: "lo", multicast_ttl: 0]]
+    ]
+
     waiters = for {p, _} <- peers, do: Peer.call(p, GossipBench, :start_waiter, [n - 1])
 
     starts =
       peers
-      |> Enum.map(fn {p, _} -> Task.async(fn -> Peer.call(p, GossipBench, :start_cluster_timed, [topology]) end) end)
+      |> Enum.map(fn {p, _} ->
+        Task.async(fn -> Peer.call(p, GossipBench, :start_cluster_timed, [topology]) end)
+      end)
       |> Task.await_many(30_000)
 
     t0 = starts |> Enum.map(&elem(&1, 0)) |> Enum.min()
-    done = for {{p, _}, w} <- Enum.zip(peers, waiters), do: Peer.call(p, GossipBench, :waiter_result, [w], 30_000)
+
+    done =
+      for {{p, _}, w} <- Enum.zip(peers, waiters), do: Peer.call(p, GossipBench, :waiter_result, [w], 30_000)
+
     ms = (Enum.max(done) - t0) / 1000
 
     # reset: stop the strategies, drop every connection

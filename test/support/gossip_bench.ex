@@ -48,6 +48,13 @@ defmodule Cluster.Test.GossipBench do
     {t0, sup}
   end
 
+  @doc "Connects to `nodes` concurrently (plain distribution, no strategy); returns elapsed µs."
+  def connect_timed(nodes) do
+    t0 = System.os_time(:microsecond)
+    nodes |> Enum.map(&Task.async(fn -> :net_kernel.connect_node(&1) end)) |> Task.await_many(10_000)
+    System.os_time(:microsecond) - t0
+  end
+
   @doc "CPU ticks (user + system) of this OS process and of its libcluster_rs runtime threads."
   def cpu_ticks do
     pid = :os.getpid() |> List.to_string()
