@@ -223,8 +223,13 @@ defmodule Cluster.Strategy.Gossip do
   @impl Cluster.Discovery
   def handle_event({:heartbeat, name}, impl) do
     case Cluster.NodeName.to_node(name) do
-      {:ok, node} -> {[{:seen, [node]}], impl}
-      :error -> {[], impl}
+      {:ok, node} ->
+        {[{:seen, [node]}], impl}
+
+      :error ->
+        # The native decoder validates names first; this only guards the two validators' drift.
+        Cluster.Logger.debug(impl.topology, "gossip heartbeat with an invalid node name dropped")
+        {[], impl}
     end
   end
 
