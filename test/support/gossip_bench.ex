@@ -40,6 +40,15 @@ defmodule Cluster.Test.GossipBench do
     receive do: ({:waited, at} -> at), after: (25_000 -> :timeout)
   end
 
+  @doc """
+  Loads every module of :libcluster_rs (and so the NIF), as a release in embedded mode does at
+  boot, so that a timing measures the strategy rather than first-use code loading.
+  """
+  def preload do
+    {:ok, modules} = :application.get_key(:libcluster_rs, :modules)
+    Enum.each(modules, &Code.ensure_loaded/1)
+  end
+
   @doc "Starts the cluster supervisor now and returns the OS time (µs) just before."
   def start_cluster_timed(topologies) do
     t0 = System.os_time(:microsecond)
