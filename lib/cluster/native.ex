@@ -51,7 +51,7 @@ defmodule Cluster.Native do
 
   @doc """
   Start gossip (see `Cluster.Strategy.Gossip`): heartbeats for `opts.node` and a stream of
-  `{:heartbeat, name}` events. Raises (an ErlangError holding a message) on options that cannot work.
+  `{:heartbeat, name}` events. Raises `ArgumentError` on options that cannot work.
   """
   @spec gossip_start(term(), map(), binary() | nil) :: {handle(), gossip_stats()}
   def gossip_start(_tag, _opts, _secret), do: :erlang.nif_error(:nif_not_loaded)

@@ -8,6 +8,7 @@ rustler::atoms! {
     discovery_error,
     done,
     heartbeat,
+    true_ = "true",
     gossip_stats,
     timeout,
     refused,

@@ -37,8 +37,34 @@ struct GossipOpts {
     stats_interval: Option<u64>,
 }
 
+/// Raised as `%ArgumentError{message: ...}`, so Elixir callers can `rescue ArgumentError`.
+struct ArgumentError(String);
+
+impl Encoder for ArgumentError {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let pairs = [
+            (
+                Atom::from_str(env, "__struct__"),
+                Atom::from_str(env, "Elixir.ArgumentError"),
+            ),
+            (Atom::from_str(env, "__exception__"), Ok(atoms::true_())),
+        ];
+        let mut map = Term::map_new(env);
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (k, v) {
+                map = map.map_put(k, v).unwrap_or(map);
+            }
+        }
+        let message = Atom::from_str(env, "message").map(|k| map.map_put(k, self.0.as_str()));
+        match message {
+            Ok(Ok(m)) => m,
+            _ => self.0.encode(env),
+        }
+    }
+}
+
 fn bad(message: String) -> Error {
-    Error::RaiseTerm(Box::new(message))
+    Error::RaiseTerm(Box::new(ArgumentError(message)))
 }
 
 fn parse_ip(key: &str, s: &str) -> NifResult<IpAddr> {

@@ -85,6 +85,34 @@ defmodule Cluster.Strategy.GossipTest do
         assert error.message =~ key, "#{inspect(config)}: #{error.message}"
       end
     end
+
+    test "the NIF itself rejects options that cannot work with an ArgumentError" do
+      opts = %{
+        node: "a@127.0.0.1",
+        port: 45892,
+        if_addr: "0.0.0.0",
+        multicast_if: nil,
+        multicast_addr: "10.0.0.1",
+        multicast_ttl: 1,
+        broadcast_only: false,
+        wire_format: "v1",
+        heartbeat_interval: nil,
+        replay_window: 30_000,
+        new_names_burst: 64,
+        new_names_per_minute: 60,
+        stats_interval: nil
+      }
+
+      error = assert_raise ArgumentError, fn -> Native.gossip_start(make_ref(), opts, nil) end
+      assert error.message =~ "multicast_addr"
+
+      error =
+        assert_raise ArgumentError, fn ->
+          Native.gossip_start(make_ref(), %{opts | multicast_addr: "ff02::1", wire_format: "both"}, nil)
+        end
+
+      assert error.message =~ "secret"
+    end
   end
 
   describe "on loopback" do
