@@ -6,6 +6,8 @@ System.cmd("epmd", ["-daemon"])
 n = 10
 args = [args: [~c"-connect_all", ~c"false"]]
 peers = for i <- 1..n, do: Peer.start("mesh#{i}", "127.0.0.1", args)
+# as a release does at boot (see GossipBench.preload/0)
+for {p, _} <- peers, do: Peer.call(p, GossipBench, :preload, [])
 
 rounds =
   for round <- 1..5 do

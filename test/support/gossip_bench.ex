@@ -41,12 +41,18 @@ defmodule Cluster.Test.GossipBench do
   end
 
   @doc """
-  Loads every module of :libcluster_rs (and so the NIF), as a release in embedded mode does at
-  boot, so that a timing measures the strategy rather than first-use code loading.
+  Loads every module of the running applications (kernel, stdlib, elixir, logger, libcluster_rs
+  and so the NIF), as a release in embedded mode does at boot, so that a timing measures the
+  strategy rather than first-use code loading of an interactive-mode node.
   """
   def preload do
-    {:ok, modules} = :application.get_key(:libcluster_rs, :modules)
-    Enum.each(modules, &Code.ensure_loaded/1)
+    for {app, _, _} <- Application.loaded_applications(),
+        {:ok, modules} = :application.get_key(app, :modules),
+        module <- modules do
+      Code.ensure_loaded(module)
+    end
+
+    :ok
   end
 
   @doc "Starts the cluster supervisor now and returns the OS time (µs) just before."
