@@ -13,6 +13,8 @@ defmodule Cluster.Native do
   #     nodes exist, but the list is incomplete, so nothing may be pruned because of it
   #   * `{:discovery_error, kind, message}` - a failed round; keep the last known membership
   #   * `:done` - a one-shot task has sent everything it will send
+  #   * `{:heartbeat, binary}` - gossip: an accepted heartbeat from another node (validated name)
+  #   * `{:gossip_stats, %{atom => non_neg_integer}}` - gossip: counters, sent when they changed
   #
   # `kind` is one of `:timeout, :refused, :unreachable, :nxdomain, :servfail, :unauthorized,
   # :forbidden, :not_found, :http_status, :tls, :malformed, :io, :config, :panic`.
@@ -61,6 +63,28 @@ defmodule Cluster.Native do
           attempts: pos_integer()
         }) :: handle()
   def dns_lookup_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)
+
+  @typedoc "The counters of a running gossip task."
+  @type gossip_stats :: reference()
+
+  @doc """
+  Start gossip (see `Cluster.Strategy.Gossip`): heartbeats for `opts.node` and a stream of
+  `{:heartbeat, name}` events. Raises `ArgumentError` on options that cannot work.
+  """
+  @spec gossip_start(term(), map(), binary() | nil) :: {handle(), gossip_stats()}
+  def gossip_start(_tag, _opts, _secret), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "The counters of a gossip task: accepted and rejected datagrams by reason, sent, errors."
+  @spec gossip_stats(gossip_stats()) :: %{atom() => non_neg_integer()}
+  def gossip_stats(_stats), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "A libcluster v1 heartbeat datagram for `node` (plain, or AES-256-CBC with `secret`)."
+  @spec gossip_encode_v1(String.t(), binary() | nil) :: binary()
+  def gossip_encode_v1(_node, _secret), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Decodes one gossip datagram as a node with `wire_format` and `secret` would."
+  @spec gossip_decode(binary(), String.t(), binary() | nil) :: {:ok, String.t()} | {:error, atom()}
+  def gossip_decode(_datagram, _wire_format, _secret), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Stop a discovery task. Idempotent."
   @spec discovery_stop(handle()) :: :ok

@@ -124,6 +124,12 @@ pub enum Event {
     Error(Error),
     /// A one-shot task has sent everything it will send. `:done`
     Done,
+    /// Gossip: an accepted heartbeat from another node (a partial sighting, never a full set).
+    /// `{:heartbeat, binary}`
+    Heartbeat(String),
+    /// Gossip: the task's counters (accepted/rejected by reason, sent...), sent periodically when
+    /// they changed. `{:gossip_stats, %{atom => non_neg_integer}}`
+    GossipStats(Vec<(&'static str, u64)>),
 }
 
 /// Where a task's events go. `send` returns `false` when nobody is listening any more (the owner

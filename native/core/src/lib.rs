@@ -3,5 +3,6 @@
 pub mod dns;
 pub mod epmd;
 pub mod event;
+pub mod gossip;
 pub mod node_name;
 pub mod task;

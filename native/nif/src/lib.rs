@@ -3,6 +3,7 @@
 mod atoms;
 mod dns;
 mod epmd;
+mod gossip;
 mod handle;
 mod runtime;
 mod sink;

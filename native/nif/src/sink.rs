@@ -93,5 +93,11 @@ fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
         )
             .encode(env),
         Event::Done => atoms::done().encode(env),
+        Event::Heartbeat(node) => (atoms::heartbeat(), node.as_str()).encode(env),
+        Event::GossipStats(counters) => {
+            let map =
+                crate::gossip::encode_stats(env, counters).unwrap_or_else(|_| Term::map_new(env));
+            (atoms::gossip_stats(), map).encode(env)
+        }
     }
 }

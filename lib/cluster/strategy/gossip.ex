@@ -1,0 +1,248 @@
+defmodule Cluster.Strategy.Gossip do
+  @moduledoc """
+  Forms a cluster with no infrastructure: every node sends a heartbeat to a UDP multicast group
+  (IPv4 or IPv6) or to a broadcast address, and connects to every node it hears. A heartbeat from
+  an unknown node goes straight to `Cluster.Membership`, so a newcomer is connected within
+  milliseconds of its first heartbeat (sent at start). Gossip never disconnects a node that goes
+  quiet: the distribution's own failure detection (`net_ticktime`) handles that.
+
+  The socket work runs natively (Rust, socket2 on tokio). Several nodes on one host share the port
+  (SO_REUSEADDR and SO_REUSEPORT are set with the host's constants). If the configured interface or
+  address does not exist (yet), the strategy stays up, logs it once and retries with backoff.
+
+  Untrusted datagrams are parsed by a bounded, hand-written decoder (never `binary_to_term`), node
+  names are validated before an atom is made, and new names from unauthenticated (v1) datagrams are
+  rate-limited in the native task (a token bucket: `:new_names_burst`, then
+  `:new_names_per_minute`), so a flood of fresh names cannot exhaust the atom table. Rejected
+  datagrams are counted by reason and logged at debug level only.
+
+  ## Options
+
+    * `:port` - UDP port (default `45892`)
+    * `:if_addr` - the local address to use, a tuple or string (default `{0, 0, 0, 0}`: any). A
+      specific address selects the interface for the group; the socket itself is bound to the
+      wildcard address, because on Linux a socket bound to a unicast address receives no
+      multicast or broadcast datagrams
+    * `:multicast_if` - the multicast interface, by address (`{192, 168, 1, 10}`, `"fe80::1"`) or by
+      name (`"eth0"`); default `nil` (the kernel's choice, or `:if_addr`)
+    * `:multicast_addr` - the group, IPv4 or IPv6 (`"ff02::4c43"`, `"ff05::4c43"`), default
+      `{233, 252, 1, 32}`; with `broadcast_only: true` the broadcast address (default
+      `{255, 255, 255, 255}`)
+    * `:multicast_ttl` - multicast TTL, or hop limit for IPv6 (default `1`)
+    * `:broadcast_only` - send to a broadcast address instead of a group (default `false`)
+    * `:secret` - a shared secret (string). Without `:wire_format` it selects libcluster's v1
+      AES-256-CBC format, which has no integrity check and no replay protection (logged once)
+    * `:wire_format` - `:v1` (default: libcluster 3.5's format, plain or with `:secret`),
+      `:authenticated` (ChaCha20-Poly1305 with a key derived from `:secret` by HKDF, a sender
+      timestamp and nonce checked against a replay window; needs `:secret`) or `:both` (sends both,
+      accepts both: the migration step)
+    * `:heartbeat_interval` - ms between heartbeats (±10 %); default `nil`: a random 1..5000 ms
+      like libcluster
+    * `:replay_window` - authenticated datagrams older or newer than this many ms are rejected
+      (default `30_000`; node clocks must agree within it)
+    * `:new_names_burst`, `:new_names_per_minute` - the rate limit on names never heard before from
+      unauthenticated datagrams (defaults `64` and `60`; at most that many atoms a hostile LAN host
+      can make)
+    * `:stats_interval` - ms between `[:libcluster, :gossip, :stats]` telemetry events (only sent
+      when the counters changed; default `10_000`, `nil` for none). The counters are also in
+      `Cluster.status(topology)` under `extra`
+
+  ## Examples
+
+  An existing libcluster config keeps working and interoperates with libcluster 3.5 nodes:
+
+      config :libcluster,
+        topologies: [
+          gossip: [strategy: Cluster.Strategy.Gossip, config: [port: 45892, secret: "s3cret"]]
+        ]
+
+  A new cluster should use the authenticated format:
+
+      config :libcluster,
+        topologies: [
+          gossip: [
+            strategy: Cluster.Strategy.Gossip,
+            config: [secret: System.fetch_env!("GOSSIP_SECRET"), wire_format: :authenticated]
+          ]
+        ]
+
+  IPv6, link-local group on a named interface:
+
+      config: [multicast_addr: "ff02::4c43", multicast_if: "eth0"]
+
+  ## Migrating a fleet from v1 to the authenticated format without a split
+
+    1. All nodes run v1 (libcluster 3.5 or libcluster_rs with `secret: s`).
+    2. Roll every node to `secret: s, wire_format: :both`, one at a time. A `:both` node sends a v1
+       and an authenticated heartbeat and accepts both, so it hears and is heard by v1 nodes and
+       by the other `:both` nodes.
+    3. When no v1 node is left, roll every node to `wire_format: :authenticated`. `:both` nodes
+       accept authenticated heartbeats, so the cluster stays whole during this step too.
+
+  With the same secret, v1 and authenticated keys differ (SHA-256 vs HKDF), so keeping the secret
+  is safe; changing it at step 3 is fine as well if every node gets the new one.
+  """
+  use Cluster.Discovery
+
+  alias Cluster.Config
+
+  @default_multicast {233, 252, 1, 32}
+  @default_broadcast {255, 255, 255, 255}
+
+  @impl Cluster.Discovery
+  def init(%{topology: topology, config: config}) do
+    schema = [
+      {:port, 45892, Config.port()},
+      {:if_addr, {0, 0, 0, 0}, Config.ip_address()},
+      {:multicast_if, nil, Config.nullable(interface())},
+      {:multicast_addr, nil, Config.nullable(Config.ip_address())},
+      {:multicast_ttl, 1, ttl()},
+      {:broadcast_only, false, Config.boolean()},
+      {:secret, nil, Config.nullable(secret())},
+      {:wire_format, nil, Config.nullable(Config.one_of([:v1, :both, :authenticated]))},
+      {:heartbeat_interval, nil, Config.nullable(Config.pos_integer())},
+      {:replay_window, 30_000, Config.pos_integer()},
+      {:new_names_burst, 64, Config.pos_integer()},
+      {:new_names_per_minute, 60, Config.non_neg_integer()},
+      {:stats_interval, 10_000, Config.nullable(Config.pos_integer())}
+    ]
+
+    opts = Config.validate!(config, schema, topology, __MODULE__, [:membership])
+    opts = check_combinations!(opts, topology)
+
+    if Node.alive?() do
+      if opts.secret && opts.wire_format == :v1, do: warn_v1_once(topology)
+
+      {:ok, Map.merge(opts, %{topology: topology, stats: nil, last_stats: %{}}),
+       interval: :infinity, prune: false}
+    else
+      Cluster.Logger.warn(topology, "gossip needs a distributed node (start it with --name); not starting")
+      :ignore
+    end
+  end
+
+  defp check_combinations!(opts, topology) do
+    wire_format = opts.wire_format || :v1
+
+    if wire_format != :v1 and is_nil(opts.secret) do
+      raise ArgumentError,
+            "invalid config for topology #{inspect(topology)}: expected :secret to be a non-empty string " <>
+              "with wire_format: #{inspect(wire_format)}, got: nil"
+    end
+
+    multicast_addr =
+      opts.multicast_addr || if(opts.broadcast_only, do: @default_broadcast, else: @default_multicast)
+
+    cond do
+      opts.broadcast_only and tuple_size(multicast_addr) != 4 ->
+        raise ArgumentError,
+              "invalid config for topology #{inspect(topology)}: expected :multicast_addr to be an IPv4 " <>
+                "broadcast address with broadcast_only: true, got: #{inspect(multicast_addr)}"
+
+      not opts.broadcast_only and not multicast?(multicast_addr) ->
+        raise ArgumentError,
+              "invalid config for topology #{inspect(topology)}: expected :multicast_addr to be a multicast " <>
+                "address (224.0.0.0/4 or ff00::/8; or set broadcast_only: true), got: #{inspect(multicast_addr)}"
+
+      true ->
+        %{opts | wire_format: wire_format, multicast_addr: multicast_addr}
+    end
+  end
+
+  defp multicast?({a, _, _, _}), do: a in 224..239
+  defp multicast?({a, _, _, _, _, _, _, _}), do: Bitwise.band(a, 0xFF00) == 0xFF00
+
+  defp warn_v1_once(topology) do
+    key = {__MODULE__, :v1_warned, topology}
+
+    unless :persistent_term.get(key, false) do
+      :persistent_term.put(key, true)
+
+      Cluster.Logger.warn(
+        topology,
+        "gossip secret uses libcluster's v1 format (AES-CBC): it is not authenticated, so anyone on the " <>
+          "network can forge or replay heartbeats. Use wire_format: :authenticated (or :both while migrating)"
+      )
+    end
+  end
+
+  defp interface do
+    fn value ->
+      case Config.ip_address().(value) do
+        {:ok, ip} ->
+          {:ok, ip}
+
+        {:error, _} ->
+          case value do
+            name when is_binary(name) and byte_size(name) in 1..15 ->
+              if name =~ ~r/\A[A-Za-z0-9_.:\-]+\z/, do: {:ok, name}, else: {:error, interface_expected()}
+
+            _ ->
+              {:error, interface_expected()}
+          end
+      end
+    end
+  end
+
+  defp interface_expected, do: "an IP address (tuple or string) or an interface name such as \"eth0\""
+
+  defp ttl, do: &if(is_integer(&1) and &1 in 0..255, do: {:ok, &1}, else: {:error, "an integer in 0..255"})
+
+  defp secret do
+    fn
+      s when is_binary(s) and s != "" -> {:ok, s}
+      _ -> {:error, "a non-empty string"}
+    end
+  end
+
+  @impl Cluster.Discovery
+  def discover(impl, tag) do
+    native_opts = %{
+      node: Atom.to_string(Node.self()),
+      port: impl.port,
+      if_addr: ip_string(impl.if_addr),
+      multicast_if: impl.multicast_if && ip_string(impl.multicast_if),
+      multicast_addr: ip_string(impl.multicast_addr),
+      multicast_ttl: impl.multicast_ttl,
+      broadcast_only: impl.broadcast_only,
+      wire_format: Atom.to_string(impl.wire_format),
+      heartbeat_interval: impl.heartbeat_interval,
+      replay_window: impl.replay_window,
+      new_names_burst: impl.new_names_burst,
+      new_names_per_minute: impl.new_names_per_minute,
+      stats_interval: impl.stats_interval
+    }
+
+    {handle, stats} = Cluster.Native.gossip_start(tag, native_opts, impl.secret)
+    {{:stream, handle}, %{impl | stats: stats}}
+  end
+
+  defp ip_string(name) when is_binary(name), do: name
+  defp ip_string(ip) when is_tuple(ip), do: ip |> :inet.ntoa() |> List.to_string()
+
+  @impl Cluster.Discovery
+  def handle_event({:heartbeat, name}, impl) do
+    case Cluster.NodeName.to_node(name) do
+      {:ok, node} ->
+        {[{:seen, [node]}], impl}
+
+      :error ->
+        # The native decoder validates names first; this only guards the two validators' drift.
+        Cluster.Logger.debug(impl.topology, "gossip heartbeat with an invalid node name dropped")
+        {[], impl}
+    end
+  end
+
+  def handle_event({:gossip_stats, counters}, impl) do
+    Cluster.Telemetry.execute([:libcluster, :gossip, :stats], counters, %{topology: impl.topology})
+    {[], %{impl | last_stats: counters}}
+  end
+
+  def handle_event(event, impl), do: {[Cluster.Discovery.default_event(event)], impl}
+
+  @impl Cluster.Discovery
+  def status_extra(impl) do
+    counters = if impl.stats, do: Cluster.Native.gossip_stats(impl.stats), else: impl.last_stats
+    %{wire_format: impl.wire_format, multicast_addr: impl.multicast_addr, port: impl.port, counters: counters}
+  end
+end

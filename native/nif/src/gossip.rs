@@ -1,0 +1,206 @@
+//! `gossip_start/3`, `gossip_stats/1`, and the pure wire helpers `gossip_encode_v1/2` and
+//! `gossip_decode/3` (used by tests to prove libcluster 3.5 compatibility from the BEAM side).
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use libcluster_core::gossip::socket::{Interface, SocketConfig};
+use libcluster_core::gossip::wire::{self, Keys, Mode, ReplayGuard};
+use libcluster_core::gossip::{self, crypto, GossipConfig, Schedule, Stats};
+use rustler::{
+    Atom, Binary, Encoder, Env, Error, NifMap, NifResult, OwnedBinary, Resource, ResourceArc, Term,
+};
+
+use crate::atoms;
+use crate::handle::{spawn, Discovery};
+
+/// The counters of one gossip task, readable while it runs.
+pub struct GossipStats(Arc<Stats>);
+
+#[rustler::resource_impl]
+impl Resource for GossipStats {}
+
+/// Options as `Cluster.Strategy.Gossip` passes them (already validated there; checked again here).
+#[derive(NifMap)]
+struct GossipOpts {
+    node: String,
+    port: u16,
+    if_addr: String,
+    multicast_if: Option<String>,
+    multicast_addr: String,
+    multicast_ttl: u32,
+    broadcast_only: bool,
+    wire_format: String,
+    heartbeat_interval: Option<u64>,
+    replay_window: u64,
+    new_names_burst: u32,
+    new_names_per_minute: u32,
+    stats_interval: Option<u64>,
+}
+
+/// Raised as `%ArgumentError{message: ...}`, so Elixir callers can `rescue ArgumentError`.
+struct ArgumentError(String);
+
+impl Encoder for ArgumentError {
+    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
+        let pairs = [
+            (
+                Atom::from_str(env, "__struct__"),
+                Atom::from_str(env, "Elixir.ArgumentError"),
+            ),
+            (Atom::from_str(env, "__exception__"), Ok(atoms::true_())),
+        ];
+        let mut map = Term::map_new(env);
+        for (k, v) in pairs {
+            if let (Ok(k), Ok(v)) = (k, v) {
+                map = map.map_put(k, v).unwrap_or(map);
+            }
+        }
+        let message = Atom::from_str(env, "message").map(|k| map.map_put(k, self.0.as_str()));
+        match message {
+            Ok(Ok(m)) => m,
+            _ => self.0.encode(env),
+        }
+    }
+}
+
+fn bad(message: String) -> Error {
+    Error::RaiseTerm(Box::new(ArgumentError(message)))
+}
+
+fn parse_ip(key: &str, s: &str) -> NifResult<IpAddr> {
+    s.parse()
+        .map_err(|_| bad(format!("expected :{key} to be an IP address, got: {s:?}")))
+}
+
+fn parse_mode(s: &str) -> NifResult<Mode> {
+    match s {
+        "v1" => Ok(Mode::V1),
+        "both" => Ok(Mode::Both),
+        "authenticated" => Ok(Mode::Authenticated),
+        other => Err(bad(format!(
+            "expected :wire_format to be :v1, :both or :authenticated, got: {other:?}"
+        ))),
+    }
+}
+
+/// `gossip_start(tag, opts, secret | nil)` → `{handle, stats}`. Events: `{:heartbeat, name}`,
+/// `{:gossip_stats, map}`, `{:discovery_error, kind, message}` (socket cannot open yet; retried).
+#[rustler::nif]
+fn gossip_start<'a>(
+    env: Env<'a>,
+    tag: Term<'a>,
+    opts: GossipOpts,
+    secret: Option<Binary<'a>>,
+) -> NifResult<(ResourceArc<Discovery>, ResourceArc<GossipStats>)> {
+    let multicast_if = opts
+        .multicast_if
+        .as_deref()
+        .map(|s| match s.parse::<IpAddr>() {
+            Ok(ip) => Interface::Addr(ip),
+            Err(_) => Interface::Name(s.to_string()),
+        });
+    let cfg = GossipConfig {
+        node: opts.node,
+        socket: SocketConfig {
+            port: opts.port,
+            if_addr: parse_ip("if_addr", &opts.if_addr)?,
+            multicast_if,
+            multicast_addr: parse_ip("multicast_addr", &opts.multicast_addr)?,
+            multicast_ttl: opts.multicast_ttl,
+            broadcast_only: opts.broadcast_only,
+        },
+        mode: parse_mode(&opts.wire_format)?,
+        secret: secret.map(|b| b.as_slice().to_vec()),
+        schedule: match opts.heartbeat_interval {
+            None => Schedule::Random { max_ms: 5_000 },
+            Some(0) => {
+                return Err(bad(
+                    "expected :heartbeat_interval to be a positive integer".into()
+                ))
+            }
+            Some(ms) => Schedule::Every { ms },
+        },
+        replay_window_ms: opts.replay_window,
+        new_names_burst: opts.new_names_burst,
+        new_names_per_minute: opts.new_names_per_minute,
+        stats_interval_ms: opts.stats_interval,
+    };
+    if opts.port == 0 {
+        return Err(bad(
+            "expected :port to be an integer in 1..65535, got: 0".into()
+        ));
+    }
+    cfg.validate().map_err(bad)?;
+    let stats = Arc::new(Stats::default());
+    let task_stats = stats.clone();
+    let handle = spawn(env, tag, move |sink, _cancel| {
+        gossip::run(cfg, task_stats, sink)
+    });
+    Ok((handle, ResourceArc::new(GossipStats(stats))))
+}
+
+/// The counters of a gossip task as a map of atoms (a fixed set of names) to integers.
+#[rustler::nif]
+fn gossip_stats<'a>(env: Env<'a>, stats: ResourceArc<GossipStats>) -> NifResult<Term<'a>> {
+    encode_stats(env, &stats.0.snapshot())
+}
+
+pub fn encode_stats<'a>(env: Env<'a>, counters: &[(&'static str, u64)]) -> NifResult<Term<'a>> {
+    let mut map = Term::map_new(env);
+    for (name, value) in counters {
+        map = map.map_put(Atom::from_str(env, name)?, *value)?;
+    }
+    Ok(map)
+}
+
+fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> NifResult<Term<'a>> {
+    let mut out = OwnedBinary::new(bytes.len()).ok_or(Error::BadArg)?;
+    out.as_mut_slice().copy_from_slice(bytes);
+    Ok(out.release(env).encode(env))
+}
+
+/// A libcluster v1 heartbeat for `node` (plain, or AES-CBC with `secret`).
+#[rustler::nif]
+fn gossip_encode_v1<'a>(
+    env: Env<'a>,
+    node: String,
+    secret: Option<Binary<'a>>,
+) -> NifResult<Term<'a>> {
+    if node.len() > 255 {
+        return Err(Error::BadArg);
+    }
+    let bytes = match secret {
+        None => wire::encode_v1_plain(&node),
+        Some(s) => {
+            wire::encode_v1_secret(&node, &crypto::v1_key(s.as_slice()), crypto::random_array())
+        }
+    };
+    binary(env, &bytes)
+}
+
+/// Decodes one datagram as a node with `wire_format` and `secret` would (without replay state):
+/// `{:ok, name}` or `{:error, reason}`.
+#[rustler::nif]
+fn gossip_decode<'a>(
+    env: Env<'a>,
+    datagram: Binary<'a>,
+    wire_format: String,
+    secret: Option<Binary<'a>>,
+) -> NifResult<Term<'a>> {
+    let mode = parse_mode(&wire_format)?;
+    let keys = Keys::new(secret.as_ref().map(|s| s.as_slice()));
+    if mode != Mode::V1 && keys.aead.is_none() {
+        return Err(bad("the authenticated format needs a secret".into()));
+    }
+    let mut guard = ReplayGuard::new(30_000, 16);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Ok(
+        match wire::decode_heartbeat(datagram.as_slice(), mode, &keys, &mut guard, now) {
+            Ok((name, _)) => (atoms::ok(), name).encode(env),
+            Err(reason) => (atoms::error(), Atom::from_str(env, reason.as_str())?).encode(env),
+        },
+    )
+}

@@ -1,0 +1,209 @@
+defmodule Cluster.Strategy.GossipTest do
+  use ExUnit.Case, async: false
+
+  alias Cluster.Native
+  alias Cluster.Strategy.{Gossip, State}
+  alias Cluster.Test.{GossipSender, Peer}
+
+  describe "libcluster 3.5 wire compatibility" do
+    test "a heartbeat written by term_to_binary on this OTP (ATOM_EXT on OTP 25) is accepted" do
+      term = :erlang.term_to_binary(%{node: :"myapp@10.0.0.1"})
+      datagram = "heartbeat::" <> term
+
+      if :erlang.system_info(:otp_release) == ~c"25" do
+        # 131, 116, arity, then the key atom: ATOM_EXT (tag 100)
+        assert <<131, 116, 1::32, 100, _::binary>> = term
+      end
+
+      assert Native.gossip_decode(datagram, "v1", nil) == {:ok, "myapp@10.0.0.1"}
+    end
+
+    test "a Rust-encoded v1 heartbeat decodes with binary_to_term, as libcluster reads it" do
+      assert "heartbeat::" <> term = Native.gossip_encode_v1("myapp@10.0.0.1", nil)
+      assert :erlang.binary_to_term(term) == %{node: :"myapp@10.0.0.1"}
+    end
+
+    test "v1 secret: libcluster's AES-256-CBC both ways" do
+      secret = "somepassword"
+      key = :crypto.hash(:sha256, secret)
+
+      # Rust → libcluster: decrypt as libcluster does
+      <<iv::binary-16, ciphertext::binary>> = Native.gossip_encode_v1("myapp@10.0.0.1", secret)
+      padded = :crypto.crypto_one_time(:aes_256_cbc, key, iv, ciphertext, false)
+      pad = :binary.last(padded)
+      plain = binary_part(padded, 0, byte_size(padded) - pad)
+      assert "heartbeat::" <> term = plain
+      assert :erlang.binary_to_term(term) == %{node: :"myapp@10.0.0.1"}
+
+      # libcluster → Rust: encrypt as libcluster does (PKCS#7 pad, random IV)
+      plain = "heartbeat::" <> :erlang.term_to_binary(%{node: :"other@10.0.0.2"})
+      pad = 16 - rem(byte_size(plain), 16)
+      iv = :crypto.strong_rand_bytes(16)
+      ct = :crypto.crypto_one_time(:aes_256_cbc, key, iv, plain <> :binary.copy(<<pad>>, pad), true)
+      assert Native.gossip_decode(iv <> ct, "v1", secret) == {:ok, "other@10.0.0.2"}
+      assert {:error, _} = Native.gossip_decode(iv <> ct, "v1", "wrong")
+      assert {:error, _} = Native.gossip_decode(iv <> ct, "authenticated", secret)
+      assert Native.gossip_decode(iv <> ct, "both", secret) == {:ok, "other@10.0.0.2"}
+    end
+
+    test "hostile datagrams are rejected without creating atoms" do
+      # warm up (module loading makes atoms of its own)
+      for d <- GossipSender.garbage(10), do: Native.gossip_decode(d, "v1", nil)
+      before = :erlang.system_info(:atom_count)
+
+      for d <- GossipSender.garbage(200) do
+        assert {:error, reason} = Native.gossip_decode(d, "v1", nil)
+        assert is_atom(reason)
+      end
+
+      assert :erlang.system_info(:atom_count) == before
+
+      # valid heartbeats of unknown names make no atom either: only Cluster.NodeName does, later
+      flood = GossipSender.fresh_names(50, "127.0.0.1")
+      for {_, d} <- flood, do: assert({:ok, _} = Native.gossip_decode(d, "v1", nil))
+      assert GossipSender.existing_atoms(Enum.map(flood, &elem(&1, 0))) == 0
+    end
+  end
+
+  describe "config" do
+    defp init(config), do: Gossip.init(%State{topology: :gossip_test, config: config})
+
+    test "bad values raise ArgumentError naming the key" do
+      for {config, key} <- [
+            {[port: 0], ":port"},
+            {[multicast_addr: "10.0.0.1"], ":multicast_addr"},
+            {[multicast_addr: "nonsense"], ":multicast_addr"},
+            {[multicast_ttl: 300], ":multicast_ttl"},
+            {[wire_format: :authenticated], ":secret"},
+            {[wire_format: :v3, secret: "x"], ":wire_format"},
+            {[broadcast_only: true, multicast_addr: "ff02::1"], ":multicast_addr"},
+            {[heartbeat_interval: 0], ":heartbeat_interval"},
+            {[multicast_if: "has space"], ":multicast_if"},
+            {[secret: ""], ":secret"}
+          ] do
+        error = assert_raise ArgumentError, fn -> init(config) end
+        assert error.message =~ key, "#{inspect(config)}: #{error.message}"
+      end
+    end
+
+    test "the NIF itself rejects options that cannot work with an ArgumentError" do
+      opts = %{
+        node: "a@127.0.0.1",
+        port: 45892,
+        if_addr: "0.0.0.0",
+        multicast_if: nil,
+        multicast_addr: "10.0.0.1",
+        multicast_ttl: 1,
+        broadcast_only: false,
+        wire_format: "v1",
+        heartbeat_interval: nil,
+        replay_window: 30_000,
+        new_names_burst: 64,
+        new_names_per_minute: 60,
+        stats_interval: nil
+      }
+
+      error = assert_raise ArgumentError, fn -> Native.gossip_start(make_ref(), opts, nil) end
+      assert error.message =~ "multicast_addr"
+
+      error =
+        assert_raise ArgumentError, fn ->
+          Native.gossip_start(make_ref(), %{opts | multicast_addr: "ff02::1", wire_format: "both"}, nil)
+        end
+
+      assert error.message =~ "secret"
+    end
+  end
+
+  describe "on loopback" do
+    setup do
+      System.cmd("epmd", ["-daemon"])
+      :ok
+    end
+
+    @tag timeout: 60_000
+    test "several peers share the port and mesh; foreign datagrams do not hurt" do
+      port = 47_100 + rem(System.unique_integer([:positive]), 500)
+
+      topology = [
+        gossip: [
+          strategy: Gossip,
+          config: [
+            port: port,
+            multicast_if: "lo",
+            multicast_ttl: 0,
+            heartbeat_interval: 300,
+            stats_interval: 200
+          ]
+        ]
+      ]
+
+      # A libcluster-style socket (reuseaddr only) shares the port with the nodes.
+      listener =
+        GossipSender.open(port: port, socket_opts: [add_membership: {{233, 252, 1, 32}, {127, 0, 0, 1}}])
+
+      on_exit(fn -> :gen_udp.close(listener) end)
+
+      # :peer links to the caller, so peers are started from the test process.
+      peers = for i <- 1..3, do: Peer.start("gossip#{i}", "127.0.0.1", args: [~c"-connect_all", ~c"false"])
+
+      on_exit(fn -> Enum.each(peers, fn {p, _} -> Peer.stop(p) end) end)
+      names = Enum.map(peers, &elem(&1, 1))
+      sups = for {p, _} <- peers, do: elem(Peer.start_cluster(p, topology), 1)
+
+      for {p, node} <- peers do
+        Peer.wait_until(fn -> Enum.sort(Peer.nodes(p)) == Enum.sort(names -- [node]) end, 10_000)
+      end
+
+      # The libcluster-style listener heard heartbeats too, and can read them with binary_to_term.
+      assert {:ok, {_, _, "heartbeat::" <> term}} = :gen_udp.recv(listener, 0, 2_000)
+      assert %{node: node} = :erlang.binary_to_term(term)
+      assert node in names
+
+      # Foreign and hostile datagrams, sent to the group on loopback only (TTL 0).
+      {p1, _} = hd(peers)
+      atoms_before = Peer.call(p1, :erlang, :system_info, [:atom_count])
+      sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
+      GossipSender.send_all(sender, {233, 252, 1, 32}, port, GossipSender.garbage(300))
+      Process.sleep(100)
+      flood = GossipSender.fresh_names(500, "127.0.0.1")
+      GossipSender.send_all(sender, {233, 252, 1, 32}, port, Enum.map(flood, &elem(&1, 1)))
+      :gen_udp.close(sender)
+
+      [{_, pid, _, _}] = Peer.call(p1, Supervisor, :which_children, [hd(sups)])
+      Process.sleep(500)
+      status = Peer.call(p1, Cluster.Discovery, :status, [pid])
+      counters = status.extra.counters
+      assert counters.rejected_malformed > 0
+      assert counters.rejected_too_large > 0
+      assert counters.rejected_rate_limited > 0
+      assert counters.accepted > 0
+      # at most the burst of new names (64, +1 per second) became atoms
+      flood_atoms = Peer.call(p1, GossipSender, :existing_atoms, [Enum.map(flood, &elem(&1, 0))])
+      assert flood_atoms <= 64 + 3
+      # and the atom table as a whole grew by far less than the flood (code loading adds a few)
+      assert Peer.call(p1, :erlang, :system_info, [:atom_count]) - atoms_before < 250
+
+      # still meshed, the strategy still the same process
+      assert Peer.call(p1, Process, :alive?, [pid])
+      assert length(Peer.nodes(p1)) == 2
+    end
+
+    @tag timeout: 30_000
+    test "an interface that does not exist: the strategy stays alive and keeps retrying" do
+      {p, _} = Peer.start("gossipnoif", "127.0.0.1")
+      on_exit(fn -> Peer.stop(p) end)
+
+      {:ok, sup} =
+        Peer.start_cluster(p, gossip: [strategy: Gossip, config: [port: 47_999, multicast_if: "nosuchif0"]])
+
+      [{_, pid, _, _}] = Peer.call(p, Supervisor, :which_children, [sup])
+      Process.sleep(1_500)
+      assert Peer.call(p, Process, :alive?, [pid])
+      status = Peer.call(p, Cluster.Discovery, :status, [pid])
+      assert {_kind, message, _} = status.last_error
+      assert message =~ "nosuchif0"
+      assert status.extra.counters.socket_open_failed >= 2
+    end
+  end
+end
