@@ -3,6 +3,7 @@
 mod atoms;
 mod epmd;
 mod handle;
+mod kubernetes;
 mod runtime;
 mod sink;
 

@@ -274,6 +274,15 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 }
 
 fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    // hyper-util boxes connector errors in types of its own; the rustls error is not always
+    // reachable by downcasting, so its text is checked too.
+    let text = chain(e);
+    if ["invalid peer certificate", "tls handshake", "received fatal alert", "InvalidCertificate"]
+        .iter()
+        .any(|needle| text.contains(needle))
+    {
+        return true;
+    }
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cur {
         if c.downcast_ref::<rustls::Error>().is_some() {
