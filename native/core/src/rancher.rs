@@ -134,7 +134,12 @@ async fn fetch(cfg: &Config) -> Result<Vec<String>, Error> {
         }
         body.extend_from_slice(&chunk);
     }
-    names_from_body(&cfg.basename, &body)
+    names_from_body(&cfg.basename, &body).map_err(|e| {
+        Error::new(
+            e.kind,
+            format!("GET {}: {}; check rancher_metadata_url", cfg.url, e.message),
+        )
+    })
 }
 
 /// One poll: `Nodes` or `Error`.

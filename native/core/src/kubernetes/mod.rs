@@ -585,3 +585,68 @@ mod tests {
         assert!(b.next() <= Duration::from_millis(120));
     }
 }
+
+/// The RBAC manifests shipped in `priv/rbac/` grant exactly what each mode requests.
+#[cfg(test)]
+mod rbac_tests {
+    use super::Lookup;
+    use serde_json::Value;
+
+    fn manifest(lookup: Lookup) -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../priv/rbac")
+            .join(format!("{}.json", lookup.resource()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?} is not valid JSON: {e}"))
+    }
+
+    #[test]
+    fn rbac_manifests_grant_list_and_watch_for_each_mode() {
+        for lookup in [Lookup::Endpoints, Lookup::Pods, Lookup::EndpointSlices] {
+            let doc = manifest(lookup);
+            assert_eq!(doc["apiVersion"], "v1");
+            assert_eq!(doc["kind"], "List");
+            let items = doc["items"].as_array().expect("items");
+            let role = items.iter().find(|i| i["kind"] == "Role").expect("a Role");
+            let binding = items
+                .iter()
+                .find(|i| i["kind"] == "RoleBinding")
+                .expect("a RoleBinding");
+            for obj in [role, binding] {
+                assert_eq!(obj["apiVersion"], "rbac.authorization.k8s.io/v1");
+                assert!(obj["metadata"]["name"].is_string());
+                assert!(obj["metadata"]["namespace"].is_string());
+            }
+            let rule = role["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| {
+                    r["resources"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|x| x == lookup.resource())
+                })
+                .expect("a rule for the mode's resource");
+            assert!(rule["apiGroups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == lookup.group()));
+            let verbs: Vec<&str> = rule["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+            assert!(verbs.contains(&"list") && verbs.contains(&"watch"), "{verbs:?}");
+            assert_eq!(binding["roleRef"]["kind"], "Role");
+            assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+            assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+            let subject = &binding["subjects"][0];
+            assert_eq!(subject["kind"], "ServiceAccount");
+            assert!(subject["name"].is_string() && subject["namespace"].is_string());
+        }
+    }
+}
