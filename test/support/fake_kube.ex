@@ -1,6 +1,6 @@
 defmodule Cluster.Test.FakeKube do
   @moduledoc false
-  # A Kubernetes API server for tests: HTTPS on 127.0.0.1 with a CA and server certificate made for
+  # A Kubernetes API server for tests: HTTPS on 127.0.0.1 (or `ip:`, e.g. a netns bridge) with a CA and server certificate made for
   # the run (openssl CLI), bearer-token checks, list and watch (chunked JSON event stream) of
   # Endpoints, Pods and EndpointSlices in the shapes of the API reference, label and field
   # selectors, resourceVersions, bookmarks and 410 Gone, and injectable faults.
@@ -24,7 +24,8 @@ defmodule Cluster.Test.FakeKube do
   def start!(opts \\ []) do
     dir = Path.join(System.tmp_dir!(), "fake_kube_#{System.unique_integer([:positive])}")
     File.mkdir_p!(dir)
-    certs!(dir)
+    ip = Keyword.get(opts, :ip, {127, 0, 0, 1})
+    certs!(dir, ip)
     sa = Path.join(dir, "sa")
     File.mkdir_p!(sa)
     File.cp!(Path.join(dir, "ca.crt"), Path.join(sa, "ca.crt"))
@@ -36,7 +37,7 @@ defmodule Cluster.Test.FakeKube do
     File.write!(Path.join(wrong, "token"), "token-1\n")
     File.write!(Path.join(wrong, "namespace"), "default")
 
-    {:ok, pid} = GenServer.start(__MODULE__, dir)
+    {:ok, pid} = GenServer.start(__MODULE__, {dir, ip})
     port = GenServer.call(pid, :port)
 
     %__MODULE__{
@@ -44,7 +45,7 @@ defmodule Cluster.Test.FakeKube do
       port: port,
       dir: dir,
       sa_path: sa,
-      master: "127.0.0.1:#{port}",
+      master: "#{:inet.ntoa(ip)}:#{port}",
       ca: Path.join(dir, "ca.crt"),
       wrong_ca_sa_path: wrong
     }
@@ -55,10 +56,10 @@ defmodule Cluster.Test.FakeKube do
     File.rm_rf!(dir)
   end
 
-  defp certs!(dir) do
+  defp certs!(dir, ip) do
     run = fn args -> {_, 0} = System.cmd("openssl", args, cd: dir, stderr_to_stdout: true) end
     ext = Path.join(dir, "san.ext")
-    File.write!(ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    File.write!(ext, "subjectAltName=IP:#{:inet.ntoa(ip)},DNS:localhost\nbasicConstraints=CA:FALSE\n")
 
     for ca <- ["ca", "other-ca"] do
       run.(~w(req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2
@@ -245,11 +246,11 @@ defmodule Cluster.Test.FakeKube do
   ## Server
 
   @impl true
-  def init(dir) do
+  def init({dir, ip}) do
     {:ok, listen} =
       :ssl.listen(0, [
         :binary,
-        ip: {127, 0, 0, 1},
+        ip: ip,
         active: false,
         reuseaddr: true,
         certfile: to_charlist(Path.join(dir, "server.crt")),
