@@ -76,7 +76,10 @@ defmodule Cluster.Test.FakeKube do
   ## Objects
 
   def put(%__MODULE__{pid: pid}, kind, obj), do: GenServer.call(pid, {:put, kind, obj})
-  def delete(%__MODULE__{pid: pid}, kind, name, ns \\ "default"), do: GenServer.call(pid, {:delete, kind, ns, name})
+
+  def delete(%__MODULE__{pid: pid}, kind, name, ns \\ "default"),
+    do: GenServer.call(pid, {:delete, kind, ns, name})
+
   def fault(%__MODULE__{pid: pid}, verb, fault), do: GenServer.call(pid, {:fault, verb, fault})
   def requests(%__MODULE__{pid: pid}), do: GenServer.call(pid, :requests)
   def clear_requests(%__MODULE__{pid: pid}), do: GenServer.call(pid, :clear_requests)
@@ -140,7 +143,13 @@ defmodule Cluster.Test.FakeKube do
         Map.merge(meta, %{
           "generateName" => "myapp-",
           "ownerReferences" => [
-            %{"apiVersion" => "apps/v1", "kind" => "StatefulSet", "name" => "myapp", "uid" => uid(), "controller" => true}
+            %{
+              "apiVersion" => "apps/v1",
+              "kind" => "StatefulSet",
+              "name" => "myapp",
+              "uid" => uid(),
+              "controller" => true
+            }
           ],
           "annotations" => %{"kubectl.kubernetes.io/restartedAt" => "2026-11-21T10:00:00Z"}
         }),
@@ -155,16 +164,30 @@ defmodule Cluster.Test.FakeKube do
             "name" => "app",
             "image" => "registry.example/myapp:1.2.3",
             "ports" => [%{"containerPort" => 4369, "protocol" => "TCP"}],
-            "env" => [%{"name" => "RELEASE_COOKIE", "valueFrom" => %{"secretKeyRef" => %{"name" => "c", "key" => "k"}}}],
+            "env" => [
+              %{
+                "name" => "RELEASE_COOKIE",
+                "valueFrom" => %{"secretKeyRef" => %{"name" => "c", "key" => "k"}}
+              }
+            ],
             "resources" => %{"requests" => %{"cpu" => "100m", "memory" => "256Mi"}},
             "volumeMounts" => [
-              %{"name" => "kube-api-access", "mountPath" => "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly" => true}
+              %{
+                "name" => "kube-api-access",
+                "mountPath" => "/var/run/secrets/kubernetes.io/serviceaccount",
+                "readOnly" => true
+              }
             ]
           }
         ],
         "volumes" => [%{"name" => "kube-api-access", "projected" => %{"defaultMode" => 420}}],
         "tolerations" => [
-          %{"key" => "node.kubernetes.io/not-ready", "operator" => "Exists", "effect" => "NoExecute", "tolerationSeconds" => 300}
+          %{
+            "key" => "node.kubernetes.io/not-ready",
+            "operator" => "Exists",
+            "effect" => "NoExecute",
+            "tolerationSeconds" => 300
+          }
         ]
       },
       "status" => %{
@@ -177,7 +200,13 @@ defmodule Cluster.Test.FakeKube do
         "conditions" =>
           for t <- ["Initialized", "Ready", "ContainersReady", "PodScheduled"] do
             status = if t in ["Ready", "ContainersReady"], do: ready, else: "True"
-            %{"type" => t, "status" => status, "lastProbeTime" => nil, "lastTransitionTime" => "2026-11-22T00:00:00Z"}
+
+            %{
+              "type" => t,
+              "status" => status,
+              "lastProbeTime" => nil,
+              "lastTransitionTime" => "2026-11-22T00:00:00Z"
+            }
           end,
         "containerStatuses" => [
           %{
@@ -234,7 +263,9 @@ defmodule Cluster.Test.FakeKube do
       "uid" => uid(),
       "labels" => labels,
       "creationTimestamp" => "2026-11-22T00:00:00Z",
-      "managedFields" => [%{"manager" => "kube-controller-manager", "operation" => "Update", "apiVersion" => "v1"}]
+      "managedFields" => [
+        %{"manager" => "kube-controller-manager", "operation" => "Update", "apiVersion" => "v1"}
+      ]
     }
   end
 
@@ -284,7 +315,9 @@ defmodule Cluster.Test.FakeKube do
   def handle_call(:clear_requests, _from, s), do: {:reply, :ok, %{s | requests: []}}
   def handle_call(:watchers, _from, s), do: {:reply, map_size(s.watchers), s}
   def handle_call({:token, token}, _from, s), do: {:reply, :ok, %{s | token: token}}
-  def handle_call({:fault, verb, fault}, _from, s), do: {:reply, :ok, %{s | faults: s.faults ++ [{verb, fault}]}}
+
+  def handle_call({:fault, verb, fault}, _from, s),
+    do: {:reply, :ok, %{s | faults: s.faults ++ [{verb, fault}]}}
 
   def handle_call({:notify, msg}, _from, s) do
     for {pid, _} <- s.watchers, do: send(pid, msg)
@@ -369,12 +402,19 @@ defmodule Cluster.Test.FakeKube do
   end
 
   defp fault_action({:status, 404}, _req), do: {:status, 404, "NotFound", "namespaces not found"}
-  defp fault_action({:status, code}, _req), do: {:status, code, "InternalError", "etcdserver: request timed out"}
+
+  defp fault_action({:status, code}, _req),
+    do: {:status, code, "InternalError", "etcdserver: request timed out"}
+
   defp fault_action(other, _req), do: other
 
   defp answer(%{verb: :list} = req, _handler, s) do
     items =
-      for {{kind, ns, _}, obj} <- s.objects, kind == req.kind, ns == req.namespace, matches?(obj, req), do: obj
+      for {{kind, ns, _}, obj} <- s.objects,
+          kind == req.kind,
+          ns == req.namespace,
+          matches?(obj, req),
+          do: obj
 
     list = %{
       "kind" => list_kind(req.kind),
@@ -398,7 +438,9 @@ defmodule Cluster.Test.FakeKube do
         end
 
       ref = Process.monitor(handler)
-      {:reply, {:watch, Enum.map(events, &event_json/1), req}, %{s | watchers: Map.put(s.watchers, handler, {req, ref})}}
+
+      {:reply, {:watch, Enum.map(events, &event_json/1), req},
+       %{s | watchers: Map.put(s.watchers, handler, {req, ref})}}
     end
   end
 
@@ -509,7 +551,15 @@ defmodule Cluster.Test.FakeKube do
   defp parse_request(head) do
     [line | headers] = String.split(head, "\r\n")
     [method, target | _] = String.split(line, " ")
-    {path, query} = case String.split(target, "?", parts: 2), do: ([p, q] -> {p, q}; [p] -> {p, ""})
+
+    {path, query} =
+      case String.split(target, "?", parts: 2),
+        do:
+          (
+            [p, q] -> {p, q}
+            [p] -> {p, ""}
+          )
+
     query = URI.decode_query(query)
 
     headers =
@@ -566,7 +616,13 @@ defmodule Cluster.Test.FakeKube do
   end
 
   defp respond(sock, :malformed) do
-    send_response(sock, 200, "OK", ~s({"kind":"PodList","items":[{"metadata":{"name":"x"},"status":{"phase":"Run))
+    send_response(
+      sock,
+      200,
+      "OK",
+      ~s({"kind":"PodList","items":[{"metadata":{"name":"x"},"status":{"phase":"Run)
+    )
+
     :keep_alive
   end
 
@@ -593,7 +649,7 @@ defmodule Cluster.Test.FakeKube do
   end
 
   defp stream_watch(sock, events, req) do
-    :ssl.send(sock, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    :ssl.send(sock, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
     Enum.each(events, &send_chunk(sock, &1))
     timeout = String.to_integer(req.query["timeoutSeconds"] || "300") * 1000
     deadline = System.monotonic_time(:millisecond) + timeout
@@ -611,7 +667,11 @@ defmodule Cluster.Test.FakeKube do
         json =
           JSON.encode_binary(%{
             "type" => "BOOKMARK",
-            "object" => %{"kind" => "Endpoints", "apiVersion" => "v1", "metadata" => %{"resourceVersion" => Integer.to_string(rv)}}
+            "object" => %{
+              "kind" => "Endpoints",
+              "apiVersion" => "v1",
+              "metadata" => %{"resourceVersion" => Integer.to_string(rv)}
+            }
           })
 
         send_chunk(sock, json)

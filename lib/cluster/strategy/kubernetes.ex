@@ -126,7 +126,8 @@ defmodule Cluster.Strategy.Kubernetes do
       )
     end
 
-    {:ok, native, interval: opts.polling_interval, prune: true, round_timeout: opts.kubernetes_request_timeout + 5_000}
+    {:ok, native,
+     interval: opts.polling_interval, prune: true, round_timeout: opts.kubernetes_request_timeout + 5_000}
   end
 
   @impl Cluster.Discovery
@@ -172,7 +173,12 @@ defmodule Cluster.Strategy.Kubernetes do
       if lookup == :endpointslices and service != nil do
         "kubernetes.io/service-name=#{service}"
       else
-        Config.required!(opts, :kubernetes_selector, topology, "a label selector string such as \"app=myapp\"")
+        Config.required!(
+          opts,
+          :kubernetes_selector,
+          topology,
+          "a label selector string such as \"app=myapp\""
+        )
       end
 
     sa_path = opts.kubernetes_service_account_path

@@ -56,7 +56,9 @@ defmodule Cluster.Strategy.Rancher do
 
   @impl Cluster.Discovery
   def discover(opts, tag) do
-    handle = Cluster.Native.rancher_start(tag, opts.rancher_metadata_url, opts.node_basename, opts.rancher_timeout)
+    handle =
+      Cluster.Native.rancher_start(tag, opts.rancher_metadata_url, opts.node_basename, opts.rancher_timeout)
+
     {{:async, handle}, opts}
   end
 end

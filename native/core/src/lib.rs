@@ -1,8 +1,8 @@
 //! Discovery logic for libcluster_rs. No rustler here: everything is plain async Rust on tokio and is
 //! tested with `cargo test`. The `nif` crate turns [`event::Event`]s into Erlang messages.
 pub mod epmd;
-pub mod kubernetes;
-pub mod rancher;
 pub mod event;
+pub mod kubernetes;
 pub mod node_name;
+pub mod rancher;
 pub mod task;

@@ -129,7 +129,10 @@ async fn fetch(cfg: &Config) -> Result<Vec<String>, Error> {
         if body.len() + chunk.len() > MAX_BODY {
             return Err(Error::new(
                 ErrorKind::Malformed,
-                format!("GET {}: the answer is larger than {MAX_BODY} bytes", cfg.url),
+                format!(
+                    "GET {}: the answer is larger than {MAX_BODY} bytes",
+                    cfg.url
+                ),
             ));
         }
         body.extend_from_slice(&chunk);

@@ -18,11 +18,16 @@ defmodule Cluster.Strategy.KubernetesE2ETest do
     kube = FakeKube.start!(ip: {198, 18, @subnet, 1})
     on_exit(fn -> FakeKube.stop(kube) end)
     [ip1, ip2, ip3] = Enum.map(net.hosts, & &1.ip)
-    put = fn ready, not_ready -> FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ready, not_ready: not_ready)) end
+
+    put = fn ready, not_ready ->
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ready, not_ready: not_ready))
+    end
+
     put.([ip1, ip2], [ip3])
 
     peers =
-      for h <- net.hosts, do: Peer.start("k8se2e", h.ip, netns: h.ns, args: [~c"-kernel", ~c"connect_all", ~c"false"])
+      for h <- net.hosts,
+          do: Peer.start("k8se2e", h.ip, netns: h.ns, args: [~c"-kernel", ~c"connect_all", ~c"false"])
 
     on_exit(fn -> Enum.each(peers, fn {p, _} -> Peer.stop(p) end) end)
     [{p1, n1}, {p2, n2}, {p3, _n3}] = peers

@@ -117,7 +117,12 @@ defmodule Cluster.Strategy.KubernetesTest do
       ]
 
       FakeKube.put(kube, :endpointslices, FakeKube.slice("myapp-a", "myapp", "IPv4", v4))
-      FakeKube.put(kube, :endpointslices, FakeKube.slice("myapp-b", "myapp", "IPv4", [{"10.2.0.4", "p4", %{}}]))
+
+      FakeKube.put(
+        kube,
+        :endpointslices,
+        FakeKube.slice("myapp-b", "myapp", "IPv4", [{"10.2.0.4", "p4", %{}}])
+      )
 
       FakeKube.put(
         kube,
@@ -128,7 +133,11 @@ defmodule Cluster.Strategy.KubernetesTest do
         ])
       )
 
-      FakeKube.put(kube, :endpointslices, FakeKube.slice("other-a", "other", "IPv4", [{"10.9.0.1", "o", FakeKube.ready()}]))
+      FakeKube.put(
+        kube,
+        :endpointslices,
+        FakeKube.slice("other-a", "other", "IPv4", [{"10.9.0.1", "o", FakeKube.ready()}])
+      )
 
       slices = [lookup: :endpointslices, label_selector: "kubernetes.io/service-name=myapp"]
       assert {:nodes, ["app@10.2.0.1", "app@10.2.0.4", "app@fd00::5"]} = poll(kube, slices)
@@ -143,7 +152,8 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert {:nodes, [_, _, "app@fd00-0000-0000-0000-0000-0000-0000-0005.default.pod.cluster.local"]} =
                poll(kube, slices ++ [mode: :dns])
 
-      assert List.last(FakeKube.requests(kube)).path == "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+      assert List.last(FakeKube.requests(kube)).path ==
+               "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
     end
 
     test "kubernetes_use_cached_resources lists with resourceVersion=0", %{kube: kube} do
@@ -195,7 +205,11 @@ defmodule Cluster.Strategy.KubernetesTest do
       FakeKube.expire(kube)
       FakeKube.delete(kube, :endpoints, "myapp")
       assert {:nodes, []} = next(tag)
-      Cluster.Test.Peer.wait_until(fn -> Enum.map(FakeKube.requests(kube), & &1.verb) == [:list, :watch] end, 3_000)
+
+      Cluster.Test.Peer.wait_until(
+        fn -> Enum.map(FakeKube.requests(kube), & &1.verb) == [:list, :watch] end,
+        3_000
+      )
 
       Cluster.Native.discovery_stop(handle)
     end
@@ -242,6 +256,18 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert {:discovery_error, :tls, msg} = poll(kube, service_account_path: kube.wrong_ca_sa_path)
       assert msg =~ "nothing was sent"
       assert FakeKube.requests(kube) == []
+    end
+
+    test "without ca.crt the system roots are used, never no verification", %{kube: kube} do
+      File.rm!(Path.join(kube.sa_path, "ca.crt"))
+      # The run's CA is in no system store: refused, and the token was not sent.
+      assert {:discovery_error, :tls, _} = poll(kube)
+      assert FakeKube.requests(kube) == []
+    end
+
+    test "only the explicit insecure option skips verification", %{kube: kube} do
+      assert {:nodes, []} = poll(kube, service_account_path: kube.wrong_ca_sa_path, insecure_skip_tls_verify: true)
+      assert [_] = FakeKube.requests(kube)
     end
 
     test "a stale token is a 401 that says what to check", %{kube: kube} do
@@ -315,25 +341,62 @@ defmodule Cluster.Strategy.KubernetesTest do
     end
 
     test "validates its config with precise messages" do
-      state = %Cluster.Strategy.State{topology: :k8s, config: [kubernetes_selector: "app=x", kubernetes_namespace: "d"]}
-      assert_raise ArgumentError, ~r/kubernetes_node_basename/, fn -> Cluster.Strategy.Kubernetes.init(state) end
+      state = %Cluster.Strategy.State{
+        topology: :k8s,
+        config: [kubernetes_selector: "app=x", kubernetes_namespace: "d"]
+      }
 
-      state = %{state | config: [kubernetes_node_basename: "a", kubernetes_namespace: "d", mode: :fqdn, kubernetes_selector: "x"]}
-      assert_raise ArgumentError, ~r/expected :mode to be one of :ip, :dns, :hostname/, fn -> Cluster.Strategy.Kubernetes.init(state) end
+      assert_raise ArgumentError, ~r/kubernetes_node_basename/, fn ->
+        Cluster.Strategy.Kubernetes.init(state)
+      end
+
+      state = %{
+        state
+        | config: [
+            kubernetes_node_basename: "a",
+            kubernetes_namespace: "d",
+            mode: :fqdn,
+            kubernetes_selector: "x"
+          ]
+      }
+
+      assert_raise ArgumentError, ~r/expected :mode to be one of :ip, :dns, :hostname/, fn ->
+        Cluster.Strategy.Kubernetes.init(state)
+      end
 
       state = %{state | config: [kubernetes_node_basename: "a", kubernetes_namespace: "d"]}
       assert_raise ArgumentError, ~r/kubernetes_selector/, fn -> Cluster.Strategy.Kubernetes.init(state) end
 
-      state = %{state | config: [kubernetes_node_basename: "a", kubernetes_selector: "x", kubernetes_service_account_path: "/nonexistent"]}
+      state = %{
+        state
+        | config: [
+            kubernetes_node_basename: "a",
+            kubernetes_selector: "x",
+            kubernetes_service_account_path: "/nonexistent"
+          ]
+      }
+
       assert_raise ArgumentError, ~r/kubernetes_namespace/, fn -> Cluster.Strategy.Kubernetes.init(state) end
 
-      state = %{state | config: [kubernetes_node_basename: "a", kubernetes_selector: "x", kubernetes_namespace: "d", kubernetes_master: "http://x"]}
+      state = %{
+        state
+        | config: [
+            kubernetes_node_basename: "a",
+            kubernetes_selector: "x",
+            kubernetes_namespace: "d",
+            kubernetes_master: "http://x"
+          ]
+      }
+
       assert_raise ArgumentError, ~r/kubernetes_master/, fn -> Cluster.Strategy.Kubernetes.init(state) end
     end
 
     test "API address: libcluster's rule, KUBERNETES_SERVICE_HOST, per-mode defaults" do
       alias Cluster.Strategy.Kubernetes, as: K
-      assert K.api_url("kubernetes.default.svc", "cluster.local", :t) == "https://kubernetes.default.svc.cluster.local"
+
+      assert K.api_url("kubernetes.default.svc", "cluster.local", :t) ==
+               "https://kubernetes.default.svc.cluster.local"
+
       assert K.api_url("api.example.com.", "cluster.local", :t) == "https://api.example.com"
       assert K.api_url("k.svc.cluster.local", "cluster.local", :t) == "https://k.svc.cluster.local"
       assert K.api_url("127.0.0.1:6443", "cluster.local", :t) == "https://127.0.0.1:6443"
@@ -353,7 +416,12 @@ defmodule Cluster.Strategy.KubernetesTest do
 
       state = %Cluster.Strategy.State{
         topology: :k8s,
-        config: [kubernetes_node_basename: "a", kubernetes_selector: "app=a", kubernetes_namespace: "d", kubernetes_ip_lookup_mode: :pods]
+        config: [
+          kubernetes_node_basename: "a",
+          kubernetes_selector: "app=a",
+          kubernetes_namespace: "d",
+          kubernetes_ip_lookup_mode: :pods
+        ]
       }
 
       {:ok, native, opts} = K.init(state)
@@ -361,17 +429,34 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert native.watch
       assert opts[:interval] == 5_000
 
-      state = %{state | config: [kubernetes_node_basename: "a", kubernetes_ip_lookup_mode: :endpointslices, kubernetes_service_name: "svc", kubernetes_namespace: "d"]}
+      state = %{
+        state
+        | config: [
+            kubernetes_node_basename: "a",
+            kubernetes_ip_lookup_mode: :endpointslices,
+            kubernetes_service_name: "svc",
+            kubernetes_namespace: "d"
+          ]
+      }
+
       {:ok, native, _} = K.init(state)
       assert native.label_selector == "kubernetes.io/service-name=svc"
       assert native.field_selector == nil
     end
 
     test "connects what the API lists, prunes what it drops, and keeps everything on errors", %{kube: kube} do
-      start_supervised!(%{id: Recorder, start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}})
+      start_supervised!(%{
+        id: Recorder,
+        start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}
+      })
+
       test = self()
 
-      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1", "10.0.0.2"], labels: %{"app" => "myapp"}))
+      FakeKube.put(
+        kube,
+        :endpoints,
+        FakeKube.endpoints("myapp", ["10.0.0.1", "10.0.0.2"], labels: %{"app" => "myapp"})
+      )
 
       state = %Cluster.Strategy.State{
         topology: :k8s,

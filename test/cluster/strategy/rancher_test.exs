@@ -52,7 +52,11 @@ defmodule Cluster.Strategy.RancherTest do
             :garbage -> {200, "<html>Not a service</html>"}
           end
 
-        :gen_tcp.send(sock, "HTTP/1.1 #{code} X\r\nContent-Length: #{byte_size(body)}\r\nConnection: close\r\n\r\n#{body}")
+        :gen_tcp.send(
+          sock,
+          "HTTP/1.1 #{code} X\r\nContent-Length: #{byte_size(body)}\r\nConnection: close\r\n\r\n#{body}"
+        )
+
         :gen_tcp.close(sock)
         accept(listen, agent, test)
 
@@ -117,7 +121,11 @@ defmodule Cluster.Strategy.RancherTest do
       connect: {Recorder, :connect, [test]},
       disconnect: {Recorder, :disconnect, [test]},
       list_nodes: {Recorder, :list_nodes, [connected]},
-      config: [node_basename: "app", polling_interval: 100, rancher_metadata_url: "http://127.0.0.1:#{port}/latest/self/service"]
+      config: [
+        node_basename: "app",
+        polling_interval: 100,
+        rancher_metadata_url: "http://127.0.0.1:#{port}/latest/self/service"
+      ]
     }
 
     start_supervised!({Cluster.Strategy.Rancher, [state]})

@@ -4,6 +4,7 @@
 //! so a 14 MB pod list costs a scan, not a tree. Lists are bounded by the caller (body size) and
 //! every name goes through [`crate::node_name`] before it leaves Rust.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
@@ -54,39 +55,39 @@ pub(crate) struct Status {
 
 /// A BOOKMARK event's object: only its resourceVersion matters.
 #[derive(Deserialize, Default)]
-pub(crate) struct ObjectMetaOnly {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
+pub(crate) struct ObjectMetaOnly<'a> {
+    #[serde(default, borrow)]
+    pub metadata: ObjectMeta<'a>,
 }
 
 #[derive(Deserialize, Default)]
-pub(crate) struct ObjectMeta {
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub namespace: Option<String>,
+pub(crate) struct ObjectMeta<'a> {
+    #[serde(default, borrow)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub namespace: Option<Cow<'a, str>>,
     #[serde(rename = "resourceVersion", default)]
     pub resource_version: Option<String>,
     #[serde(rename = "deletionTimestamp", default)]
-    pub deletion_timestamp: Option<String>,
-    #[serde(default)]
-    pub labels: Option<Labels>,
+    pub deletion_timestamp: Option<serde::de::IgnoredAny>,
+    #[serde(default, borrow)]
+    pub labels: Option<Labels<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-pub(crate) struct Labels {
-    #[serde(rename = "kubernetes.io/service-name", default)]
-    pub service_name: Option<String>,
+pub(crate) struct Labels<'a> {
+    #[serde(rename = "kubernetes.io/service-name", default, borrow)]
+    pub service_name: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
-pub(crate) struct ObjectRef {
-    #[serde(default)]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
+pub(crate) struct ObjectRef<'a> {
+    #[serde(default, borrow)]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub namespace: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub name: Option<Cow<'a, str>>,
 }
 
 /// Accept `null` where the API reference says "list" (older servers send `"subsets": null`).
@@ -101,90 +102,90 @@ where
 // ---- core/v1 Endpoints ----
 
 #[derive(Deserialize, Default)]
-pub(crate) struct Endpoints {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
-    pub subsets: Vec<EndpointSubset>,
+pub(crate) struct Endpoints<'a> {
+    #[serde(default, borrow)]
+    pub metadata: ObjectMeta<'a>,
+    #[serde(default = "Vec::new", deserialize_with = "null_as_empty", borrow)]
+    pub subsets: Vec<EndpointSubset<'a>>,
 }
 
 #[derive(Deserialize)]
-pub(crate) struct EndpointSubset {
+pub(crate) struct EndpointSubset<'a> {
     // Only ready addresses; `notReadyAddresses` is skipped by serde.
-    #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
-    pub addresses: Vec<EndpointAddress>,
+    #[serde(default = "Vec::new", deserialize_with = "null_as_empty", borrow)]
+    pub addresses: Vec<EndpointAddress<'a>>,
 }
 
 #[derive(Deserialize)]
-pub(crate) struct EndpointAddress {
-    #[serde(default)]
-    pub ip: Option<String>,
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(rename = "targetRef", default)]
-    pub target_ref: Option<ObjectRef>,
+pub(crate) struct EndpointAddress<'a> {
+    #[serde(default, borrow)]
+    pub ip: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub hostname: Option<Cow<'a, str>>,
+    #[serde(rename = "targetRef", default, borrow)]
+    pub target_ref: Option<ObjectRef<'a>>,
 }
 
 // ---- core/v1 Pod ----
 
 #[derive(Deserialize, Default)]
-pub(crate) struct Pod {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: Option<PodSpec>,
-    #[serde(default)]
-    pub status: Option<PodStatus>,
+pub(crate) struct Pod<'a> {
+    #[serde(default, borrow)]
+    pub metadata: ObjectMeta<'a>,
+    #[serde(default, borrow)]
+    pub spec: Option<PodSpec<'a>>,
+    #[serde(default, borrow)]
+    pub status: Option<PodStatus<'a>>,
 }
 
 #[derive(Deserialize, Default)]
-pub(crate) struct PodSpec {
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(default)]
-    pub subdomain: Option<String>,
+pub(crate) struct PodSpec<'a> {
+    #[serde(default, borrow)]
+    pub hostname: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub subdomain: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize, Default)]
-pub(crate) struct PodStatus {
-    #[serde(default)]
-    pub phase: Option<String>,
-    #[serde(rename = "podIP", default)]
-    pub pod_ip: Option<String>,
-    #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
-    pub conditions: Vec<PodCondition>,
+pub(crate) struct PodStatus<'a> {
+    #[serde(default, borrow)]
+    pub phase: Option<Cow<'a, str>>,
+    #[serde(rename = "podIP", default, borrow)]
+    pub pod_ip: Option<Cow<'a, str>>,
+    #[serde(default = "Vec::new", deserialize_with = "null_as_empty", borrow)]
+    pub conditions: Vec<PodCondition<'a>>,
 }
 
 #[derive(Deserialize)]
-pub(crate) struct PodCondition {
-    #[serde(rename = "type", default)]
-    pub kind: String,
-    #[serde(default)]
-    pub status: String,
+pub(crate) struct PodCondition<'a> {
+    #[serde(rename = "type", default, borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub status: Cow<'a, str>,
 }
 
 // ---- discovery.k8s.io/v1 EndpointSlice ----
 
 #[derive(Deserialize, Default)]
-pub(crate) struct EndpointSlice {
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(rename = "addressType", default)]
-    pub address_type: Option<String>,
-    #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
-    pub endpoints: Vec<SliceEndpoint>,
+pub(crate) struct EndpointSlice<'a> {
+    #[serde(default, borrow)]
+    pub metadata: ObjectMeta<'a>,
+    #[serde(rename = "addressType", default, borrow)]
+    pub address_type: Option<Cow<'a, str>>,
+    #[serde(default = "Vec::new", deserialize_with = "null_as_empty", borrow)]
+    pub endpoints: Vec<SliceEndpoint<'a>>,
 }
 
 #[derive(Deserialize)]
-pub(crate) struct SliceEndpoint {
-    #[serde(default = "Vec::new", deserialize_with = "null_as_empty")]
-    pub addresses: Vec<String>,
+pub(crate) struct SliceEndpoint<'a> {
+    #[serde(default = "Vec::new", deserialize_with = "null_as_empty", borrow)]
+    pub addresses: Vec<Cow<'a, str>>,
     #[serde(default)]
     pub conditions: Option<SliceConditions>,
-    #[serde(default)]
-    pub hostname: Option<String>,
-    #[serde(rename = "targetRef", default)]
-    pub target_ref: Option<ObjectRef>,
+    #[serde(default, borrow)]
+    pub hostname: Option<Cow<'a, str>>,
+    #[serde(rename = "targetRef", default, borrow)]
+    pub target_ref: Option<ObjectRef<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -219,7 +220,7 @@ pub struct Skipped {
     pub bad_name: usize,
 }
 
-fn owner_key(r: &ObjectRef, fallback_ns: &str) -> Option<String> {
+fn owner_key(r: &ObjectRef<'_>, fallback_ns: &str) -> Option<String> {
     let name = r.name.as_deref()?;
     Some(format!(
         "{}/{}/{}",
@@ -239,7 +240,7 @@ fn parse_ip(s: &str, skipped: &mut Skipped) -> Option<IpAddr> {
     }
 }
 
-impl Endpoints {
+impl Endpoints<'_> {
     pub(crate) fn targets(&self, default_ns: &str, skipped: &mut Skipped) -> Vec<Target> {
         let obj_ns = self.metadata.namespace.as_deref().unwrap_or(default_ns);
         let mut out = Vec::new();
@@ -253,13 +254,14 @@ impl Endpoints {
                 let namespace = a
                     .target_ref
                     .as_ref()
-                    .and_then(|r| r.namespace.clone())
-                    .unwrap_or_else(|| obj_ns.to_string());
+                    .and_then(|r| r.namespace.as_deref())
+                    .unwrap_or(obj_ns)
+                    .to_owned();
                 out.push(Target {
                     ip,
                     namespace,
-                    hostname: a.hostname.clone(),
-                    service: self.metadata.name.clone(),
+                    hostname: a.hostname.as_deref().map(str::to_owned),
+                    service: self.metadata.name.as_deref().map(str::to_owned),
                     owner: a.target_ref.as_ref().and_then(|r| owner_key(r, obj_ns)),
                 });
             }
@@ -268,7 +270,7 @@ impl Endpoints {
     }
 }
 
-impl Pod {
+impl Pod<'_> {
     /// Running, not being deleted, and Ready: otherwise no target.
     pub(crate) fn targets(&self, default_ns: &str, skipped: &mut Skipped) -> Vec<Target> {
         if self.metadata.deletion_timestamp.is_some() {
@@ -296,16 +298,17 @@ impl Pod {
             namespace: self
                 .metadata
                 .namespace
-                .clone()
-                .unwrap_or_else(|| default_ns.to_string()),
-            hostname: spec.and_then(|s| s.hostname.clone()),
-            service: spec.and_then(|s| s.subdomain.clone()),
+                .as_deref()
+                .unwrap_or(default_ns)
+                .to_owned(),
+            hostname: spec.and_then(|s| s.hostname.as_deref().map(str::to_owned)),
+            service: spec.and_then(|s| s.subdomain.as_deref().map(str::to_owned)),
             owner: None,
         }]
     }
 }
 
-impl EndpointSlice {
+impl EndpointSlice<'_> {
     /// Endpoints that are ready (an absent `ready` falls back to `serving`, then to true, as the
     /// API reference says consumers should) and not terminating. FQDN slices carry no IPs: skipped.
     pub(crate) fn targets(&self, default_ns: &str, skipped: &mut Skipped) -> Vec<Target> {
@@ -318,14 +321,12 @@ impl EndpointSlice {
             .metadata
             .labels
             .as_ref()
-            .and_then(|l| l.service_name.clone());
+            .and_then(|l| l.service_name.as_deref());
         let mut out = Vec::new();
         for ep in &self.endpoints {
             let c = ep.conditions.as_ref();
             let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            let ready = c
-                .and_then(|c| c.ready.or(c.serving))
-                .unwrap_or(true);
+            let ready = c.and_then(|c| c.ready.or(c.serving)).unwrap_or(true);
             if !ready || terminating {
                 continue;
             }
@@ -336,13 +337,14 @@ impl EndpointSlice {
             let namespace = ep
                 .target_ref
                 .as_ref()
-                .and_then(|r| r.namespace.clone())
-                .unwrap_or_else(|| obj_ns.to_string());
+                .and_then(|r| r.namespace.as_deref())
+                .unwrap_or(obj_ns)
+                .to_owned();
             out.push(Target {
                 ip,
                 namespace,
-                hostname: ep.hostname.clone(),
-                service: service.clone(),
+                hostname: ep.hostname.as_deref().map(str::to_owned),
+                service: service.map(str::to_owned),
                 owner: ep.target_ref.as_ref().and_then(|r| owner_key(r, obj_ns)),
             });
         }
@@ -358,7 +360,7 @@ pub(crate) fn object_targets(
     default_ns: &str,
     skipped: &mut Skipped,
 ) -> serde_json::Result<(String, Option<String>, Vec<Target>)> {
-    fn key(m: &ObjectMeta) -> String {
+    fn key(m: &ObjectMeta<'_>) -> String {
         format!(
             "{}/{}",
             m.namespace.as_deref().unwrap_or(""),
@@ -369,17 +371,29 @@ pub(crate) fn object_targets(
         Lookup::Endpoints => {
             let o: WatchEvent<Endpoints> = serde_json::from_slice(json)?;
             let t = o.object.targets(default_ns, skipped);
-            (key(&o.object.metadata), o.object.metadata.resource_version, t)
+            (
+                key(&o.object.metadata),
+                o.object.metadata.resource_version,
+                t,
+            )
         }
         Lookup::Pods => {
             let o: WatchEvent<Pod> = serde_json::from_slice(json)?;
             let t = o.object.targets(default_ns, skipped);
-            (key(&o.object.metadata), o.object.metadata.resource_version, t)
+            (
+                key(&o.object.metadata),
+                o.object.metadata.resource_version,
+                t,
+            )
         }
         Lookup::EndpointSlices => {
             let o: WatchEvent<EndpointSlice> = serde_json::from_slice(json)?;
             let t = o.object.targets(default_ns, skipped);
-            (key(&o.object.metadata), o.object.metadata.resource_version, t)
+            (
+                key(&o.object.metadata),
+                o.object.metadata.resource_version,
+                t,
+            )
         }
     })
 }
@@ -396,7 +410,7 @@ pub(crate) fn parse_list(
     default_ns: &str,
     skipped: &mut Skipped,
 ) -> serde_json::Result<ParsedList> {
-    fn key(m: &ObjectMeta, i: usize) -> String {
+    fn key(m: &ObjectMeta<'_>, i: usize) -> String {
         match &m.name {
             Some(n) => format!("{}/{}", m.namespace.as_deref().unwrap_or(""), n),
             None => format!("#{i}"),
@@ -450,9 +464,12 @@ pub fn node_names<'a>(
 ) -> Vec<String> {
     let targets: Vec<&Target> = targets.collect();
     let mut has_v4: std::collections::HashSet<&str> = std::collections::HashSet::new();
-    for t in &targets {
-        if let (Some(o), IpAddr::V4(_)) = (&t.owner, t.ip) {
-            has_v4.insert(o.as_str());
+    // Only dual-stack sets need the owner index.
+    if targets.iter().any(|t| t.owner.is_some() && t.ip.is_ipv6()) {
+        for t in &targets {
+            if let (Some(o), IpAddr::V4(_)) = (&t.owner, t.ip) {
+                has_v4.insert(o.as_str());
+            }
         }
     }
     let domain = naming.cluster_domain.as_str();
@@ -626,7 +643,10 @@ mod tests {
         let mut s = Skipped::default();
         let l = parse_list(Lookup::Endpoints, ENDPOINTS.as_bytes(), "d", &mut s).unwrap();
         let got = node_names(&n, l.objects.values().flatten(), &mut s);
-        assert!(got.iter().all(|x| x.ends_with(".pod.corp.example")), "{got:?}");
+        assert!(
+            got.iter().all(|x| x.ends_with(".pod.corp.example")),
+            "{got:?}"
+        );
         n.mode = NameMode::Hostname;
         n.service_name = Some("svc".into());
         let got = node_names(&n, l.objects.values().flatten(), &mut s);
@@ -640,7 +660,11 @@ mod tests {
         let mut s = Skipped::default();
         let l = parse_list(Lookup::Endpoints, body.as_bytes(), "d", &mut s).unwrap();
         assert_eq!(s.bad_ip, 1);
-        let got = node_names(&naming(NameMode::Hostname), l.objects.values().flatten(), &mut s);
+        let got = node_names(
+            &naming(NameMode::Hostname),
+            l.objects.values().flatten(),
+            &mut s,
+        );
         assert!(got.is_empty());
         assert_eq!(s.bad_name, 1);
     }

@@ -59,7 +59,10 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, Error> {
                 store.add(cert).map_err(|e| {
                     Error::new(
                         ErrorKind::Tls,
-                        format!("the CA bundle {} holds a bad certificate: {e}", path.display()),
+                        format!(
+                            "the CA bundle {} holds a bad certificate: {e}",
+                            path.display()
+                        ),
                     )
                 })?;
             }
@@ -163,7 +166,9 @@ impl ApiClient {
             .no_proxy()
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
-            .map_err(|e| Error::new(ErrorKind::Tls, format!("cannot build the HTTP client: {e}")))?;
+            .map_err(|e| {
+                Error::new(ErrorKind::Tls, format!("cannot build the HTTP client: {e}"))
+            })?;
         Ok(ApiClient { http, token_file })
     }
 
@@ -174,7 +179,10 @@ impl ApiClient {
             Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
             Ok(_) => Err(Error::new(
                 ErrorKind::Config,
-                format!("the service account token {} is empty", self.token_file.display()),
+                format!(
+                    "the service account token {} is empty",
+                    self.token_file.display()
+                ),
             )),
             Err(e) => Err(Error::new(
                 ErrorKind::Config,
@@ -208,7 +216,9 @@ impl ApiClient {
             return Ok(resp);
         }
         let status = resp.status();
-        let body = read_limited(resp, 64 * 1024, timeout, req).await.unwrap_or_default();
+        let body = read_limited(resp, 64 * 1024, timeout, req)
+            .await
+            .unwrap_or_default();
         Err(status_error(req, status, &body))
     }
 }
@@ -277,9 +287,14 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
     // hyper-util boxes connector errors in types of its own; the rustls error is not always
     // reachable by downcasting, so its text is checked too.
     let text = chain(e);
-    if ["invalid peer certificate", "tls handshake", "received fatal alert", "InvalidCertificate"]
-        .iter()
-        .any(|needle| text.contains(needle))
+    if [
+        "invalid peer certificate",
+        "tls handshake",
+        "received fatal alert",
+        "InvalidCertificate",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
     {
         return true;
     }
@@ -401,7 +416,9 @@ pub fn status_error(req: &Request, status: StatusCode, body: &[u8]) -> Error {
         ),
         410 => Error::new(
             ErrorKind::HttpStatus,
-            format!("410 Gone for {verb} {resource}{said}: the resourceVersion expired; re-listing"),
+            format!(
+                "410 Gone for {verb} {resource}{said}: the resourceVersion expired; re-listing"
+            ),
         ),
         code @ 500..=599 => Error::new(
             ErrorKind::HttpStatus,

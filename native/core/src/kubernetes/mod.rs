@@ -144,7 +144,10 @@ impl Members {
         let mut skipped = Skipped::default();
         let names = api::node_names(naming, self.objects.values().flatten(), &mut skipped);
         if skipped.bad_name > 0 {
-            tracing::debug!(dropped = skipped.bad_name, "addresses without a valid node name");
+            tracing::debug!(
+                dropped = skipped.bad_name,
+                "addresses without a valid node name"
+            );
         }
         names
     }
@@ -177,7 +180,10 @@ pub fn names_from_list(
     let parsed = api::parse_list(lookup, body, namespace, &mut skipped).map_err(|e| {
         Error::new(
             ErrorKind::Malformed,
-            format!("the {} list is not valid JSON of the expected shape: {e}", lookup.resource()),
+            format!(
+                "the {} list is not valid JSON of the expected shape: {e}",
+                lookup.resource()
+            ),
         )
     })?;
     let names = api::node_names(naming, parsed.objects.values().flatten(), &mut skipped);
@@ -232,7 +238,8 @@ pub async fn poll_once(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
     match result {
         Ok(parsed) => {
             let mut skipped = Skipped::default();
-            let names = api::node_names(&cfg.naming, parsed.objects.values().flatten(), &mut skipped);
+            let names =
+                api::node_names(&cfg.naming, parsed.objects.values().flatten(), &mut skipped);
             sink.send(Event::Nodes(names));
         }
         Err(e) => {
@@ -310,7 +317,12 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
         };
         backoff.reset();
         loop {
+            let opened = tokio::time::Instant::now();
             match watch_once(&cfg, &client, &mut version, &mut members, &*sink).await {
+                // A server that ends every watch at once must not be asked in a tight loop.
+                Ok(WatchEnd::Closed) if opened.elapsed() < Duration::from_secs(1) => {
+                    tokio::time::sleep(backoff.next()).await
+                }
                 Ok(WatchEnd::Closed) => backoff.reset(),
                 Ok(WatchEnd::Gone) => continue 'relist,
                 Ok(WatchEnd::Stop) => return,
@@ -374,7 +386,10 @@ async fn watch_once(
             Err(_) => {
                 return Err(Error::new(
                     ErrorKind::Timeout,
-                    format!("watch {}: the stream went silent for {idle:?}; reconnecting", req.url),
+                    format!(
+                        "watch {}: the stream went silent for {idle:?}; reconnecting",
+                        req.url
+                    ),
                 ))
             }
             Ok(Ok(Some(c))) => c,
@@ -640,7 +655,10 @@ mod rbac_tests {
                 .iter()
                 .map(|v| v.as_str().unwrap())
                 .collect();
-            assert!(verbs.contains(&"list") && verbs.contains(&"watch"), "{verbs:?}");
+            assert!(
+                verbs.contains(&"list") && verbs.contains(&"watch"),
+                "{verbs:?}"
+            );
             assert_eq!(binding["roleRef"]["kind"], "Role");
             assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
             assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
