@@ -52,7 +52,8 @@ ip = fn i -> "10.#{div(i, 65536)}.#{rem(div(i, 256), 256)}.#{rem(i, 256)}" end
 
 # Server-side apply bookkeeping (managedFields) brings a pod to the ~2.8 KB of a real one.
 managed = fn ->
-  fields = Map.new(1..6, fn k -> {"f:field#{k}", %{"f:sub" => %{}, "k:{\"name\":\"c#{k}\"}" => %{"." => %{}}}} end)
+  fields =
+    Map.new(1..6, fn k -> {"f:field#{k}", %{"f:sub" => %{}, "k:{\"name\":\"c#{k}\"}" => %{"." => %{}}}} end)
 
   [
     %{

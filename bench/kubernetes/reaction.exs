@@ -78,12 +78,13 @@ measure = fn label, extra, samples, spread ->
   )
 end
 
-measure.("watch (default)", [], 15)
+measure.("watch (default)", [], 15, 300)
 
 measure.(
   "polling every 5000 ms (kubernetes_watch: false, libcluster's schedule)",
   [kubernetes_watch: false],
-  6
+  8,
+  5_000
 )
 
 # Requests per node-hour. Watch: one list, then one request per watch period (default 300 s, up to

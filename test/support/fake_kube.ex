@@ -649,7 +649,11 @@ defmodule Cluster.Test.FakeKube do
   end
 
   defp stream_watch(sock, events, req) do
-    :ssl.send(sock, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n")
+    :ssl.send(
+      sock,
+      "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
     Enum.each(events, &send_chunk(sock, &1))
     timeout = String.to_integer(req.query["timeoutSeconds"] || "300") * 1000
     deadline = System.monotonic_time(:millisecond) + timeout

@@ -36,7 +36,10 @@ fn main() {
         skip.push(t.elapsed());
     }
     skip.sort();
-    println!("baseline: serde_json skipping the body: median {:?}", skip[skip.len() / 2]);
+    println!(
+        "baseline: serde_json skipping the body: median {:?}",
+        skip[skip.len() / 2]
+    );
     times.sort();
     println!(
         "{} bytes, {count} names, median wall {:?}, mean CPU {cpu:.1} ms",
@@ -52,7 +55,12 @@ fn cpu_ms() -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // Fields after the command: state is index 0, utime 11, stime 12.
     (ticks(11) + ticks(12)) * 10.0
 }

@@ -266,7 +266,9 @@ defmodule Cluster.Strategy.KubernetesTest do
     end
 
     test "only the explicit insecure option skips verification", %{kube: kube} do
-      assert {:nodes, []} = poll(kube, service_account_path: kube.wrong_ca_sa_path, insecure_skip_tls_verify: true)
+      assert {:nodes, []} =
+               poll(kube, service_account_path: kube.wrong_ca_sa_path, insecure_skip_tls_verify: true)
+
       assert [_] = FakeKube.requests(kube)
     end
 
