@@ -446,6 +446,44 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert native.field_selector == nil
     end
 
+    test "polling: every fault keeps the last membership; a successful change prunes", %{kube: kube} do
+      start_supervised!(%{id: Recorder, start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}})
+      test = self()
+      FakeKube.put(kube, :pods, FakeKube.pod("a", "10.5.0.1"))
+      FakeKube.put(kube, :pods, FakeKube.pod("b", "10.5.0.2"))
+
+      state = %Cluster.Strategy.State{
+        topology: :k8s_poll,
+        connect: {Recorder, :connect, [test]},
+        disconnect: {Recorder, :disconnect, [test]},
+        list_nodes: {Recorder, :list_nodes, []},
+        config: [
+          kubernetes_node_basename: "app",
+          kubernetes_selector: "app=myapp",
+          kubernetes_ip_lookup_mode: :pods,
+          kubernetes_watch: false,
+          polling_interval: 100,
+          kubernetes_request_timeout: 300,
+          kubernetes_master: kube.master,
+          kubernetes_service_account_path: kube.sa_path
+        ]
+      }
+
+      start_supervised!({Cluster.Strategy.Kubernetes, [state]})
+      assert_receive {:connect, :"app@10.5.0.1"}, 3_000
+      assert_receive {:connect, :"app@10.5.0.2"}, 3_000
+
+      faults = [{:status, 401}, {:status, 403}, {:status, 404}, {:status, 500}, {:slow, 600}, :malformed, :truncate]
+      FakeKube.clear_requests(kube)
+      for f <- faults, do: FakeKube.fault(kube, :list, f)
+      # Pod b stops being ready while the API fails: only a successful answer may prune it.
+      FakeKube.put(kube, :pods, FakeKube.pod("b", "10.5.0.2", ready: false))
+      assert_receive {:disconnect, :"app@10.5.0.2"}, 10_000
+      # Every fault was served before that successful answer, and none pruned anything.
+      assert length(FakeKube.requests(kube)) >= length(faults) + 1
+      refute_received {:disconnect, :"app@10.5.0.1"}
+    end
+
     test "connects what the API lists, prunes what it drops, and keeps everything on errors", %{kube: kube} do
       start_supervised!(%{
         id: Recorder,
