@@ -447,7 +447,11 @@ defmodule Cluster.Strategy.KubernetesTest do
     end
 
     test "polling: every fault keeps the last membership; a successful change prunes", %{kube: kube} do
-      start_supervised!(%{id: Recorder, start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}})
+      start_supervised!(%{
+        id: Recorder,
+        start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}
+      })
+
       test = self()
       FakeKube.put(kube, :pods, FakeKube.pod("a", "10.5.0.1"))
       FakeKube.put(kube, :pods, FakeKube.pod("b", "10.5.0.2"))
@@ -473,7 +477,16 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert_receive {:connect, :"app@10.5.0.1"}, 3_000
       assert_receive {:connect, :"app@10.5.0.2"}, 3_000
 
-      faults = [{:status, 401}, {:status, 403}, {:status, 404}, {:status, 500}, {:slow, 600}, :malformed, :truncate]
+      faults = [
+        {:status, 401},
+        {:status, 403},
+        {:status, 404},
+        {:status, 500},
+        {:slow, 600},
+        :malformed,
+        :truncate
+      ]
+
       FakeKube.clear_requests(kube)
       for f <- faults, do: FakeKube.fault(kube, :list, f)
       # Pod b stops being ready while the API fails: only a successful answer may prune it.

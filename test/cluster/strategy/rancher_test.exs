@@ -1,6 +1,7 @@
 defmodule Cluster.Strategy.RancherTest do
-  # Against a Rancher metadata server started by the test (HTTP on 127.0.0.1): names from the
-  # service's containers, and errors that never prune.
+  # Against a Rancher metadata server started by the test (HTTP on 127.0.0.1, or on a netns bridge
+  # for the end-to-end test with real nodes): names from the service's containers, and errors that
+  # never prune.
   use ExUnit.Case, async: false
 
   alias Cluster.Test.JSON
@@ -22,9 +23,9 @@ defmodule Cluster.Strategy.RancherTest do
 
   # A metadata server answering every request with the head of its queue of answers (the last
   # answer repeats). Answers: `{:json, term}`, `{:status, code}`, `:garbage`.
-  defp metadata_server(answers) do
+  defp metadata_server(answers, ip \\ {127, 0, 0, 1}) do
     {:ok, agent} = Agent.start_link(fn -> answers end)
-    {:ok, listen} = :gen_tcp.listen(0, [:binary, ip: {127, 0, 0, 1}, active: false, reuseaddr: true])
+    {:ok, listen} = :gen_tcp.listen(0, [:binary, ip: ip, active: false, reuseaddr: true])
     {:ok, port} = :inet.port(listen)
     test = self()
 
@@ -142,5 +143,54 @@ defmodule Cluster.Strategy.RancherTest do
     assert_raise ArgumentError, ~r/node_basename/, fn -> Cluster.Strategy.Rancher.init(state) end
     state = %{state | config: [node_basename: "a", rancher_metadata_url: "ftp://x"]}
     assert_raise ArgumentError, ~r/rancher_metadata_url/, fn -> Cluster.Strategy.Rancher.init(state) end
+  end
+
+  @tag :root
+  @tag timeout: 60_000
+  test "end to end: real nodes in network namespaces connect, survive errors, and are pruned" do
+    alias Cluster.Test.{Netns, Peer}
+    net = Netns.setup(31, 3)
+    on_exit(fn -> Netns.teardown(net) end)
+    for h <- net.hosts, do: Netns.exec!(h.ns, "epmd", ["-daemon"])
+    [ip1, ip2, ip3] = Enum.map(net.hosts, & &1.ip)
+
+    # The metadata server listens on the bridge's gateway, reachable from every namespace.
+    {port, agent} = metadata_server([{:json, service([ip1, ip2])}], {198, 18, 31, 1})
+
+    peers =
+      for h <- net.hosts,
+          do: Peer.start("rancher", h.ip, netns: h.ns, args: [~c"-kernel", ~c"connect_all", ~c"false"])
+
+    on_exit(fn -> Enum.each(peers, fn {p, _} -> Peer.stop(p) end) end)
+    [{p1, n1}, {p2, n2}, {p3, _}] = peers
+
+    topology = [
+      rancher: [
+        strategy: Cluster.Strategy.Rancher,
+        config: [
+          node_basename: "rancher",
+          polling_interval: 200,
+          rancher_metadata_url: "http://198.18.31.1:#{port}/latest/self/service"
+        ]
+      ]
+    ]
+
+    # The third container runs but is not in the service yet.
+    for p <- [p1, p2], do: {:ok, _} = Peer.start_cluster(p, topology)
+    Peer.wait_until(fn -> Peer.nodes(p1) == [n2] end, 10_000)
+    assert Peer.nodes(p3) == []
+
+    Agent.update(agent, fn _ -> [{:json, service([ip1, ip2, ip3])}] end)
+    Peer.wait_until(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 5_000)
+
+    # The metadata service fails and then answers garbage: nobody is disconnected.
+    Agent.update(agent, fn _ -> [{:status, 503}, {:status, 500}, :garbage, :garbage] end)
+    Process.sleep(1_500)
+    assert Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2])
+
+    # The container leaves the service: both running strategies prune it.
+    Agent.update(agent, fn _ -> [{:json, service([ip1, ip2])}] end)
+    Peer.wait_until(fn -> Peer.nodes(p3) == [] end, 5_000)
+    assert Peer.nodes(p1) == [n2]
   end
 end
