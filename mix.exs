@@ -23,7 +23,7 @@ defmodule LibclusterRs.MixProject do
 
   def application do
     [
-      extra_applications: [:logger, :crypto],
+      extra_applications: [:logger, :crypto] ++ test_applications(Mix.env()),
       mod: {Cluster.App, []}
     ]
   end
@@ -51,6 +51,10 @@ defmodule LibclusterRs.MixProject do
       {:error, _} -> :ok
     end
   end
+
+  # The fake Kubernetes API server of the tests speaks HTTPS.
+  defp test_applications(:test), do: [:ssl]
+  defp test_applications(_), do: []
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]
   defp elixirc_paths(_), do: ["lib"]

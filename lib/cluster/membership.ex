@@ -80,6 +80,8 @@ defmodule Cluster.Membership do
             queue: [],
             # nodes in flight or queued, for O(1) lookups with large discoveries
             busy: MapSet.new(),
+            # node => monotonic ms when a prune killed its connect attempt
+            cancelled: %{},
             # node => monotonic ms when it went missing (grace-period prune)
             missing: %{},
             retry_timer: nil,
@@ -290,6 +292,10 @@ defmodule Cluster.Membership do
         disconnect_async(m, [node])
         {:noreply, m}
 
+      # Missing again since a later discovery: that one's timer decides.
+      {:ok, _later} ->
+        {:noreply, m}
+
       :error ->
         {:noreply, m}
     end
@@ -300,6 +306,15 @@ defmodule Cluster.Membership do
   end
 
   def handle_info({:nodeup, node}, m) do
+    {cancelled_at, cancelled} = Map.pop(m.cancelled, node)
+    m = %{m | cancelled: cancelled}
+
+    if cancelled_at && now() - cancelled_at < m.opts.connect_timeout and
+         not MapSet.member?(m.desired, node) do
+      # The connection of an attempt killed by a prune completed after all: undo it.
+      disconnect_async(m, [node])
+    end
+
     # Connected by someone else (e.g. the peer dialled us): forget its failures.
     {:noreply, %{m | peers: Map.delete(m.peers, node)}}
   end
@@ -446,19 +461,21 @@ defmodule Cluster.Membership do
   defp prune(m, dropped) do
     dropped = MapSet.delete(dropped, Node.self())
 
-    case m.opts.prune do
-      _ when map_size(dropped) == 0 ->
+    cond do
+      MapSet.size(dropped) == 0 ->
         m
 
-      :immediate ->
+      m.opts.prune == :immediate ->
         emit(m, :pruned, dropped, %{prune: :immediate})
+        m = cancel_attempts(m, dropped)
         disconnect_async(m, MapSet.to_list(dropped))
         m
 
-      :never ->
-        m
+      m.opts.prune == :never ->
+        cancel_attempts(m, dropped)
 
-      {:grace_period, ms} ->
+      match?({:grace_period, _}, m.opts.prune) ->
+        {:grace_period, ms} = m.opts.prune
         now = now()
 
         missing =
@@ -471,8 +488,32 @@ defmodule Cluster.Membership do
             end
           end)
 
-        %{m | missing: missing}
+        %{cancel_attempts(m, dropped) | missing: missing}
     end
+  end
+
+  # A node that discovery dropped must not be dialled by an attempt queued or in flight from before:
+  # such attempts are dropped or killed. A killed attempt may still complete the connection inside
+  # the distribution, so a nodeup from it shortly after is disconnected again (see :nodeup).
+  defp cancel_attempts(m, nodes) do
+    {cancelled, inflight} = Enum.split_with(m.inflight, fn {_pid, {n, _, _}} -> MapSet.member?(nodes, n) end)
+
+    for {pid, {_node, _, timer}} <- cancelled do
+      Process.cancel_timer(timer)
+      Process.exit(pid, :kill)
+    end
+
+    now = now()
+    killed = for {_pid, {node, _, _}} <- cancelled, into: %{}, do: {node, now}
+    recent = for {n, at} <- m.cancelled, now - at < m.opts.connect_timeout, into: %{}, do: {n, at}
+
+    %{
+      m
+      | inflight: Map.new(inflight),
+        queue: Enum.reject(m.queue, &MapSet.member?(nodes, &1)),
+        busy: MapSet.difference(m.busy, nodes),
+        cancelled: Map.merge(recent, killed)
+    }
   end
 
   # Disconnects run outside the membership process too.

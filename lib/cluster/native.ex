@@ -86,6 +86,31 @@ defmodule Cluster.Native do
   @spec gossip_decode(binary(), String.t(), binary() | nil) :: {:ok, String.t()} | {:error, atom()}
   def gossip_decode(_datagram, _wire_format, _secret), do: :erlang.nif_error(:nif_not_loaded)
 
+  @doc """
+  Start a Kubernetes discovery. `opts` is a map with every key of `Cluster.Strategy.Kubernetes`'s
+  validated config (see `Cluster.Strategy.Kubernetes.native_opts/1`). With `watch: true` it streams
+  `{:nodes, names}` on every change and reconnects by itself; otherwise it lists once.
+  """
+  @spec kubernetes_start(term(), map()) :: handle()
+  def kubernetes_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Parse a list body into node names (a dirty NIF): the path of one poll, for benchmarks and checks."
+  @spec kubernetes_parse(
+          :endpoints | :pods | :endpointslices,
+          :ip | :dns | :hostname,
+          String.t(),
+          String.t(),
+          String.t(),
+          String.t() | nil,
+          binary()
+        ) :: {:ok, [String.t()]} | {:error, {atom(), String.t()}}
+  def kubernetes_parse(_lookup, _mode, _basename, _namespace, _domain, _service, _body),
+    do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Ask the Rancher metadata service once: one `{:nodes, names}` or one error."
+  @spec rancher_start(term(), String.t(), String.t(), pos_integer()) :: handle()
+  def rancher_start(_tag, _url, _basename, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
+
   @doc "Stop a discovery task. Idempotent."
   @spec discovery_stop(handle()) :: :ok
   def discovery_stop(_handle), do: :erlang.nif_error(:nif_not_loaded)

@@ -4,5 +4,7 @@ pub mod dns;
 pub mod epmd;
 pub mod event;
 pub mod gossip;
+pub mod kubernetes;
 pub mod node_name;
+pub mod rancher;
 pub mod task;

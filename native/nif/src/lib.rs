@@ -5,6 +5,7 @@ mod dns;
 mod epmd;
 mod gossip;
 mod handle;
+mod kubernetes;
 mod runtime;
 mod sink;
 

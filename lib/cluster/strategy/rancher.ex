@@ -1,0 +1,64 @@
+defmodule Cluster.Strategy.Rancher do
+  @moduledoc """
+  Finds the containers of this container's Rancher (1.x) service through the Rancher metadata
+  service, and names each `basename@<its first IP>`.
+
+  The HTTP request runs natively. Unlike libcluster 3.5, a failed request (unreachable metadata
+  service, an HTTP error, a body that is not a service) keeps the last known membership instead of
+  disconnecting every node.
+
+  ## Options
+
+    * `:node_basename` - (required) the part before `@` in node names
+    * `:polling_interval` - ms between requests (default `5_000`)
+    * `:rancher_metadata_url` - the service metadata URL (default libcluster's
+      `"http://rancher-metadata/latest/self/service"`)
+    * `:rancher_timeout` - deadline of one request in ms (default `5_000`)
+
+  ## Example
+
+      config :libcluster,
+        topologies: [
+          rancher: [
+            strategy: Cluster.Strategy.Rancher,
+            config: [node_basename: "myapp", polling_interval: 10_000]
+          ]
+        ]
+  """
+  use Cluster.Discovery
+
+  alias Cluster.Config
+
+  @default_url "http://rancher-metadata/latest/self/service"
+
+  @impl Cluster.Discovery
+  def init(%{topology: topology, config: config}) do
+    schema = [
+      {:node_basename, nil, Config.nullable(Config.string())},
+      {:polling_interval, 5_000, Config.interval()},
+      {:rancher_metadata_url, @default_url, &url/1},
+      {:rancher_timeout, 5_000, Config.pos_integer()}
+    ]
+
+    opts = Config.validate!(config, schema, topology, __MODULE__, [:membership])
+    Config.required!(opts, :node_basename, topology, "a non-empty string")
+
+    {:ok, opts, interval: opts.polling_interval, prune: true, round_timeout: opts.rancher_timeout + 2_000}
+  end
+
+  defp url(value) do
+    case Config.string().(value) do
+      {:ok, "http://" <> _ = url} -> {:ok, url}
+      {:ok, "https://" <> _ = url} -> {:ok, url}
+      _ -> {:error, "an http:// or https:// URL"}
+    end
+  end
+
+  @impl Cluster.Discovery
+  def discover(opts, tag) do
+    handle =
+      Cluster.Native.rancher_start(tag, opts.rancher_metadata_url, opts.node_basename, opts.rancher_timeout)
+
+    {{:async, handle}, opts}
+  end
+end

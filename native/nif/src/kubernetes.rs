@@ -1,0 +1,166 @@
+//! `kubernetes_start/2`, `rancher_start/4` and the dirty `kubernetes_parse/5` (body in, names out).
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libcluster_core::kubernetes::{self, Config, Lookup, NameMode, Naming};
+use libcluster_core::rancher;
+use rustler::{Binary, Encoder, Env, Error, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
+
+use crate::handle::{spawn, Discovery};
+
+#[derive(NifUnitEnum, Clone, Copy)]
+pub enum LookupMode {
+    Endpoints,
+    Pods,
+    Endpointslices,
+}
+
+impl From<LookupMode> for Lookup {
+    fn from(m: LookupMode) -> Lookup {
+        match m {
+            LookupMode::Endpoints => Lookup::Endpoints,
+            LookupMode::Pods => Lookup::Pods,
+            LookupMode::Endpointslices => Lookup::EndpointSlices,
+        }
+    }
+}
+
+#[derive(NifUnitEnum, Clone, Copy)]
+pub enum Mode {
+    Ip,
+    Dns,
+    Hostname,
+}
+
+impl From<Mode> for NameMode {
+    fn from(m: Mode) -> NameMode {
+        match m {
+            Mode::Ip => NameMode::Ip,
+            Mode::Dns => NameMode::Dns,
+            Mode::Hostname => NameMode::Hostname,
+        }
+    }
+}
+
+/// The strategy's validated config, as a map with these atom keys.
+#[derive(NifMap)]
+pub struct KubernetesOpts {
+    api_url: String,
+    service_account_path: String,
+    namespace: String,
+    lookup: LookupMode,
+    label_selector: Option<String>,
+    field_selector: Option<String>,
+    basename: String,
+    mode: Mode,
+    service_name: Option<String>,
+    cluster_domain: String,
+    use_cached_resources: bool,
+    insecure_skip_tls_verify: bool,
+    request_timeout_ms: u64,
+    max_body_bytes: u64,
+    watch: bool,
+    watch_timeout_ms: u64,
+    backoff_min_ms: u64,
+    backoff_max_ms: u64,
+}
+
+fn ms(v: u64) -> NifResult<Duration> {
+    if v == 0 || v > 86_400_000 {
+        return Err(Error::BadArg);
+    }
+    Ok(Duration::from_millis(v))
+}
+
+/// `kubernetes_start(tag, opts)`: with `watch: true`, a stream of `{:nodes, names}` whenever the
+/// set changes and `{:discovery_error, kind, msg}` on failures (it reconnects by itself); with
+/// `watch: false`, one list: one `{:nodes, names}` or one error.
+#[rustler::nif]
+fn kubernetes_start<'a>(
+    env: Env<'a>,
+    tag: Term<'a>,
+    opts: KubernetesOpts,
+) -> NifResult<ResourceArc<Discovery>> {
+    if opts.max_body_bytes == 0 || opts.namespace.is_empty() || opts.basename.is_empty() {
+        return Err(Error::BadArg);
+    }
+    let cfg = Arc::new(Config {
+        api_url: opts.api_url,
+        service_account_path: PathBuf::from(opts.service_account_path),
+        namespace: opts.namespace,
+        lookup: opts.lookup.into(),
+        label_selector: opts.label_selector,
+        field_selector: opts.field_selector,
+        naming: Naming {
+            basename: opts.basename,
+            mode: opts.mode.into(),
+            service_name: opts.service_name,
+            cluster_domain: opts.cluster_domain,
+        },
+        use_cached_resources: opts.use_cached_resources,
+        insecure_skip_tls_verify: opts.insecure_skip_tls_verify,
+        request_timeout: ms(opts.request_timeout_ms)?,
+        max_body_bytes: opts.max_body_bytes as usize,
+        watch_timeout: ms(opts.watch_timeout_ms)?,
+        backoff_min: ms(opts.backoff_min_ms)?,
+        backoff_max: ms(opts.backoff_max_ms)?,
+    });
+    let watch = opts.watch;
+    Ok(spawn(env, tag, move |sink, _cancel| async move {
+        if watch {
+            kubernetes::watch(cfg, sink).await
+        } else {
+            kubernetes::poll_once(cfg, sink).await
+        }
+    }))
+}
+
+/// `kubernetes_parse(lookup, mode, basename, namespace, cluster_domain, service_name, body)`:
+/// `{:ok, names}` or `{:error, {kind, message}}`. Dirty: a list body can be tens of MB.
+#[rustler::nif(schedule = "DirtyCpu")]
+#[allow(clippy::too_many_arguments)]
+fn kubernetes_parse<'a>(
+    env: Env<'a>,
+    lookup: LookupMode,
+    mode: Mode,
+    basename: String,
+    namespace: String,
+    cluster_domain: String,
+    service_name: Option<String>,
+    body: Binary<'a>,
+) -> Term<'a> {
+    let naming = Naming {
+        basename,
+        mode: mode.into(),
+        service_name,
+        cluster_domain,
+    };
+    match kubernetes::names_from_list(lookup.into(), &naming, &namespace, body.as_slice()) {
+        Ok((names, _version)) => (crate::atoms::ok(), names).encode(env),
+        Err(e) => (
+            crate::atoms::error(),
+            (crate::sink::kind_atom(e.kind), e.message),
+        )
+            .encode(env),
+    }
+}
+
+/// `rancher_start(tag, url, basename, timeout_ms)`: one `{:nodes, names}` or one error.
+#[rustler::nif]
+fn rancher_start<'a>(
+    env: Env<'a>,
+    tag: Term<'a>,
+    url: String,
+    basename: String,
+    timeout_ms: u64,
+) -> NifResult<ResourceArc<Discovery>> {
+    let cfg = Arc::new(rancher::Config {
+        url,
+        basename,
+        timeout: ms(timeout_ms)?,
+    });
+    Ok(spawn(env, tag, move |sink, _cancel| {
+        rancher::poll_once(cfg, sink)
+    }))
+}

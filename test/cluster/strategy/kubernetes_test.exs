@@ -1,0 +1,551 @@
+defmodule Cluster.Strategy.KubernetesTest do
+  # Against a fake API server on 127.0.0.1 (HTTPS, a CA made for the run, bearer tokens, list and
+  # watch): every lookup mode and name form, watch semantics, token rotation, a wrong CA, each fault.
+  use ExUnit.Case, async: false
+
+  alias Cluster.Test.FakeKube
+
+  setup do
+    kube = FakeKube.start!()
+    on_exit(fn -> FakeKube.stop(kube) end)
+    {:ok, kube: kube}
+  end
+
+  defp native(kube, overrides) do
+    Map.merge(
+      %{
+        api_url: "https://#{kube.master}",
+        service_account_path: kube.sa_path,
+        namespace: "default",
+        lookup: :endpoints,
+        label_selector: "app=myapp",
+        field_selector: nil,
+        basename: "app",
+        mode: :ip,
+        service_name: nil,
+        cluster_domain: "cluster.local",
+        use_cached_resources: false,
+        insecure_skip_tls_verify: false,
+        request_timeout_ms: 1_500,
+        max_body_bytes: 4_000_000,
+        watch: false,
+        watch_timeout_ms: 300_000,
+        backoff_min_ms: 50,
+        backoff_max_ms: 200
+      },
+      Map.new(overrides)
+    )
+  end
+
+  defp poll(kube, overrides \\ []) do
+    tag = make_ref()
+    _handle = Cluster.Native.kubernetes_start(tag, native(kube, overrides))
+
+    receive do
+      {:libcluster_rs, ^tag, event} -> event
+    after
+      5_000 -> flunk("no answer from the kubernetes task")
+    end
+  end
+
+  defp next(tag, timeout \\ 3_000) do
+    receive do
+      {:libcluster_rs, ^tag, event} -> event
+    after
+      timeout -> flunk("no event within #{timeout} ms")
+    end
+  end
+
+  describe "lookup modes and node names" do
+    test ":endpoints reads ready addresses, with and without targetRef", %{kube: kube} do
+      FakeKube.put(
+        kube,
+        :endpoints,
+        FakeKube.endpoints("myapp", [{"10.0.0.1", "myapp-0"}, {"10.0.0.2", :no_target_ref}],
+          labels: %{"app" => "myapp"},
+          not_ready: ["10.0.0.3"]
+        )
+      )
+
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("other", ["10.9.9.9"], labels: %{"app" => "other"}))
+
+      assert {:nodes, ["app@10.0.0.1", "app@10.0.0.2"]} = poll(kube)
+
+      assert {:nodes, ["app@10-0-0-1.default.pod.corp.example", "app@10-0-0-2.default.pod.corp.example"]} =
+               poll(kube, mode: :dns, cluster_domain: "corp.example")
+
+      assert {:nodes, ["app@myapp-0.myapp.default.svc.corp.example"]} =
+               poll(kube, mode: :hostname, cluster_domain: "corp.example")
+
+      assert {:nodes, ["app@myapp-0.headless.default.svc.cluster.local"]} =
+               poll(kube, mode: :hostname, service_name: "headless")
+
+      [req | _] = FakeKube.requests(kube)
+      assert req.query["labelSelector"] == "app=myapp"
+      assert req.auth == "Bearer token-1"
+    end
+
+    test ":pods takes only running, ready pods that are not being deleted", %{kube: kube} do
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-0", "10.1.0.1"))
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-1", "10.1.0.2", ready: false))
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-2", "10.1.0.3", phase: "Pending", ready: false))
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-3", "10.1.0.4", deleting: true))
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-4", "fd00::4"))
+
+      assert {:nodes, ["app@10.1.0.1", "app@fd00::4"]} = poll(kube, lookup: :pods)
+
+      assert {:nodes,
+              [
+                "app@10-1-0-1.default.pod.cluster.local",
+                "app@fd00-0000-0000-0000-0000-0000-0000-0004.default.pod.cluster.local"
+              ]} = poll(kube, lookup: :pods, mode: :dns, field_selector: "status.phase=Running")
+
+      assert List.last(FakeKube.requests(kube)).query["fieldSelector"] == "status.phase=Running"
+
+      assert {:nodes,
+              [
+                "app@myapp-0.myapp-headless.default.svc.cluster.local",
+                "app@myapp-4.myapp-headless.default.svc.cluster.local"
+              ]} = poll(kube, lookup: :pods, mode: :hostname)
+    end
+
+    test ":endpointslices honours conditions, several slices and dual stack", %{kube: kube} do
+      v4 = [
+        {"10.2.0.1", "p1", FakeKube.ready()},
+        {"10.2.0.2", "p2", FakeKube.terminating()},
+        {"10.2.0.3", "p3", FakeKube.not_ready()}
+      ]
+
+      FakeKube.put(kube, :endpointslices, FakeKube.slice("myapp-a", "myapp", "IPv4", v4))
+
+      FakeKube.put(
+        kube,
+        :endpointslices,
+        FakeKube.slice("myapp-b", "myapp", "IPv4", [{"10.2.0.4", "p4", %{}}])
+      )
+
+      FakeKube.put(
+        kube,
+        :endpointslices,
+        FakeKube.slice("myapp-v6", "myapp", "IPv6", [
+          {"fd00::1", "p1", FakeKube.ready()},
+          {"fd00::5", "p5", FakeKube.ready()}
+        ])
+      )
+
+      FakeKube.put(
+        kube,
+        :endpointslices,
+        FakeKube.slice("other-a", "other", "IPv4", [{"10.9.0.1", "o", FakeKube.ready()}])
+      )
+
+      slices = [lookup: :endpointslices, label_selector: "kubernetes.io/service-name=myapp"]
+      assert {:nodes, ["app@10.2.0.1", "app@10.2.0.4", "app@fd00::5"]} = poll(kube, slices)
+
+      assert {:nodes,
+              [
+                "app@p1.myapp.default.svc.cluster.local",
+                "app@p4.myapp.default.svc.cluster.local",
+                "app@p5.myapp.default.svc.cluster.local"
+              ]} = poll(kube, slices ++ [mode: :hostname])
+
+      assert {:nodes, [_, _, "app@fd00-0000-0000-0000-0000-0000-0000-0005.default.pod.cluster.local"]} =
+               poll(kube, slices ++ [mode: :dns])
+
+      assert List.last(FakeKube.requests(kube)).path ==
+               "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices"
+    end
+
+    test "kubernetes_use_cached_resources lists with resourceVersion=0", %{kube: kube} do
+      assert {:nodes, []} = poll(kube, use_cached_resources: true)
+      assert [%{query: %{"resourceVersion" => "0"}}] = FakeKube.requests(kube)
+    end
+  end
+
+  describe "watch" do
+    test "lists, then streams changes within milliseconds; bookmarks, 410 and broken streams", %{kube: kube} do
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
+      tag = make_ref()
+      handle = Cluster.Native.kubernetes_start(tag, native(kube, watch: true))
+      assert {:nodes, ["app@10.0.0.1"]} = next(tag)
+      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+
+      [list, watch] = FakeKube.requests(kube)
+      assert list.verb == :list
+      assert watch.query["watch"] == "1"
+      assert watch.query["allowWatchBookmarks"] == "true"
+      assert watch.query["resourceVersion"] == "1001"
+
+      t0 = System.monotonic_time(:millisecond)
+
+      FakeKube.put(
+        kube,
+        :endpoints,
+        FakeKube.endpoints("myapp", ["10.0.0.1", "10.0.0.2"], labels: %{"app" => "myapp"})
+      )
+
+      assert {:nodes, ["app@10.0.0.1", "app@10.0.0.2"]} = next(tag)
+      assert System.monotonic_time(:millisecond) - t0 < 500
+
+      # A bookmark moves the resourceVersion without a change.
+      FakeKube.bookmark(kube)
+      refute_receive {:libcluster_rs, ^tag, _}, 200
+
+      # A broken stream is an error (not an empty set), then the watch resumes from the last version.
+      FakeKube.clear_requests(kube)
+      FakeKube.break_watches(kube)
+      assert {:discovery_error, kind, msg} = next(tag)
+      assert kind in [:io, :malformed]
+      assert msg =~ "watch"
+      assert {:nodes, ["app@10.0.0.1", "app@10.0.0.2"]} = next(tag)
+      assert [%{verb: :watch, query: %{"resourceVersion" => "1002"}}] = FakeKube.requests(kube)
+
+      # 410 Gone: re-list, then watch again.
+      FakeKube.clear_requests(kube)
+      FakeKube.expire(kube)
+      FakeKube.delete(kube, :endpoints, "myapp")
+      assert {:nodes, []} = next(tag)
+
+      Cluster.Test.Peer.wait_until(
+        fn -> Enum.map(FakeKube.requests(kube), & &1.verb) == [:list, :watch] end,
+        3_000
+      )
+
+      Cluster.Native.discovery_stop(handle)
+    end
+
+    test "a forbidden re-list keeps reporting errors, never an empty set", %{kube: kube} do
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
+      tag = make_ref()
+      _handle = Cluster.Native.kubernetes_start(tag, native(kube, watch: true))
+      assert {:nodes, ["app@10.0.0.1"]} = next(tag)
+      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      FakeKube.fault(kube, :watch, {:status, 403})
+      FakeKube.fault(kube, :watch, {:status, 500})
+      FakeKube.break_watches(kube)
+      assert {:discovery_error, _, _} = next(tag)
+      assert {:discovery_error, :forbidden, msg} = next(tag)
+      assert msg =~ "may not watch endpoints in namespace default"
+      assert {:discovery_error, :http_status, msg} = next(tag)
+      assert msg =~ "500"
+      assert {:nodes, ["app@10.0.0.1"]} = next(tag)
+    end
+  end
+
+  describe "credentials" do
+    test "the token is read at every request (rotation)", %{kube: kube} do
+      assert {:nodes, []} = poll(kube)
+      FakeKube.rotate_token(kube, "token-2")
+      assert {:nodes, []} = poll(kube)
+      assert Enum.map(FakeKube.requests(kube), & &1.auth) == ["Bearer token-1", "Bearer token-2"]
+    end
+
+    test "a watch reconnect picks up a rotated token", %{kube: kube} do
+      tag = make_ref()
+      _handle = Cluster.Native.kubernetes_start(tag, native(kube, watch: true))
+      assert {:nodes, []} = next(tag)
+      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      FakeKube.rotate_token(kube, "token-3")
+      FakeKube.break_watches(kube)
+      assert {:discovery_error, _, _} = next(tag)
+      assert {:nodes, []} = next(tag)
+      assert List.last(FakeKube.requests(kube)).auth == "Bearer token-3"
+    end
+
+    test "a server the CA does not vouch for is refused and receives nothing", %{kube: kube} do
+      assert {:discovery_error, :tls, msg} = poll(kube, service_account_path: kube.wrong_ca_sa_path)
+      assert msg =~ "nothing was sent"
+      assert FakeKube.requests(kube) == []
+    end
+
+    test "without ca.crt the system roots are used, never no verification", %{kube: kube} do
+      File.rm!(Path.join(kube.sa_path, "ca.crt"))
+      # The run's CA is in no system store: refused, and the token was not sent.
+      assert {:discovery_error, :tls, _} = poll(kube)
+      assert FakeKube.requests(kube) == []
+    end
+
+    test "only the explicit insecure option skips verification", %{kube: kube} do
+      assert {:nodes, []} =
+               poll(kube, service_account_path: kube.wrong_ca_sa_path, insecure_skip_tls_verify: true)
+
+      assert [_] = FakeKube.requests(kube)
+    end
+
+    test "a stale token is a 401 that says what to check", %{kube: kube} do
+      File.write!(Path.join(kube.sa_path, "token"), "stale")
+      assert {:discovery_error, :unauthorized, msg} = poll(kube)
+      assert msg =~ "token"
+    end
+
+    test "a missing token file is a config error, and nothing is sent", %{kube: kube} do
+      File.rm!(Path.join(kube.sa_path, "token"))
+      assert {:discovery_error, :config, msg} = poll(kube)
+      assert msg =~ "service account token"
+      assert FakeKube.requests(kube) == []
+    end
+  end
+
+  describe "faults are typed errors" do
+    test "403 names the verb, resource, namespace and the missing rule", %{kube: kube} do
+      FakeKube.fault(kube, :list, {:status, 403})
+      assert {:discovery_error, :forbidden, msg} = poll(kube, lookup: :endpointslices)
+      assert msg =~ "may not list endpointslices in namespace default"
+      assert msg =~ ~s(apiGroups: [discovery.k8s.io], resources: ["endpointslices"], verbs: ["list", "watch"])
+      assert msg =~ "RoleBinding"
+      assert msg =~ "cannot list resource"
+    end
+
+    test "404, 500, slow, malformed and truncated answers", %{kube: kube} do
+      FakeKube.fault(kube, :list, {:status, 404})
+      assert {:discovery_error, :not_found, msg} = poll(kube)
+      assert msg =~ "kubernetes_namespace"
+
+      FakeKube.fault(kube, :list, {:status, 500})
+      assert {:discovery_error, :http_status, msg} = poll(kube)
+      assert msg =~ "500"
+
+      FakeKube.fault(kube, :list, {:slow, 1_500})
+      assert {:discovery_error, :timeout, msg} = poll(kube, request_timeout_ms: 300)
+      assert msg =~ "kubernetes_request_timeout"
+
+      FakeKube.fault(kube, :list, :malformed)
+      assert {:discovery_error, :malformed, _} = poll(kube)
+
+      FakeKube.fault(kube, :list, :truncate)
+      assert {:discovery_error, :malformed, msg} = poll(kube)
+      assert msg =~ "truncated"
+    end
+
+    test "a body larger than kubernetes_max_body_bytes is refused", %{kube: kube} do
+      for i <- 1..50, do: FakeKube.put(kube, :pods, FakeKube.pod("p#{i}", "10.3.0.#{i}"))
+      assert {:discovery_error, :malformed, msg} = poll(kube, lookup: :pods, max_body_bytes: 10_000)
+      assert msg =~ "larger than 10000 bytes"
+    end
+  end
+
+  describe "the strategy" do
+    defmodule Recorder do
+      @moduledoc false
+      def connect(test, node) do
+        send(test, {:connect, node})
+        Agent.update(__MODULE__, &MapSet.put(&1, node))
+        true
+      end
+
+      def disconnect(test, node) do
+        send(test, {:disconnect, node})
+        Agent.update(__MODULE__, &MapSet.delete(&1, node))
+        true
+      end
+
+      def list_nodes, do: Agent.get(__MODULE__, &MapSet.to_list/1)
+    end
+
+    test "validates its config with precise messages" do
+      state = %Cluster.Strategy.State{
+        topology: :k8s,
+        config: [kubernetes_selector: "app=x", kubernetes_namespace: "d"]
+      }
+
+      assert_raise ArgumentError, ~r/kubernetes_node_basename/, fn ->
+        Cluster.Strategy.Kubernetes.init(state)
+      end
+
+      state = %{
+        state
+        | config: [
+            kubernetes_node_basename: "a",
+            kubernetes_namespace: "d",
+            mode: :fqdn,
+            kubernetes_selector: "x"
+          ]
+      }
+
+      assert_raise ArgumentError, ~r/expected :mode to be one of :ip, :dns, :hostname/, fn ->
+        Cluster.Strategy.Kubernetes.init(state)
+      end
+
+      state = %{state | config: [kubernetes_node_basename: "a", kubernetes_namespace: "d"]}
+      assert_raise ArgumentError, ~r/kubernetes_selector/, fn -> Cluster.Strategy.Kubernetes.init(state) end
+
+      state = %{
+        state
+        | config: [
+            kubernetes_node_basename: "a",
+            kubernetes_selector: "x",
+            kubernetes_service_account_path: "/nonexistent"
+          ]
+      }
+
+      assert_raise ArgumentError, ~r/kubernetes_namespace/, fn -> Cluster.Strategy.Kubernetes.init(state) end
+
+      state = %{
+        state
+        | config: [
+            kubernetes_node_basename: "a",
+            kubernetes_selector: "x",
+            kubernetes_namespace: "d",
+            kubernetes_master: "http://x"
+          ]
+      }
+
+      assert_raise ArgumentError, ~r/kubernetes_master/, fn -> Cluster.Strategy.Kubernetes.init(state) end
+    end
+
+    test "API address: libcluster's rule, KUBERNETES_SERVICE_HOST, per-mode defaults" do
+      alias Cluster.Strategy.Kubernetes, as: K
+
+      assert K.api_url("kubernetes.default.svc", "cluster.local", :t) ==
+               "https://kubernetes.default.svc.cluster.local"
+
+      assert K.api_url("api.example.com.", "cluster.local", :t) == "https://api.example.com"
+      assert K.api_url("k.svc.cluster.local", "cluster.local", :t) == "https://k.svc.cluster.local"
+      assert K.api_url("127.0.0.1:6443", "cluster.local", :t) == "https://127.0.0.1:6443"
+      assert K.api_url("[fd00::1]:6443", "cluster.local", :t) == "https://[fd00::1]:6443"
+
+      System.put_env("KUBERNETES_SERVICE_HOST", "fd00::10")
+      System.put_env("KUBERNETES_SERVICE_PORT", "8443")
+      assert K.api_url(nil, "cluster.local", :t) == "https://[fd00::10]:8443"
+      System.delete_env("KUBERNETES_SERVICE_HOST")
+      System.delete_env("KUBERNETES_SERVICE_PORT")
+      assert K.api_url(nil, "cluster.local", :t) == "https://kubernetes.default.svc.cluster.local"
+
+      System.put_env("CLUSTER_DOMAIN", "corp.example.")
+      assert K.cluster_domain("cluster") == "corp.example"
+      System.delete_env("CLUSTER_DOMAIN")
+      assert K.cluster_domain("prod") == "prod.local"
+
+      state = %Cluster.Strategy.State{
+        topology: :k8s,
+        config: [
+          kubernetes_node_basename: "a",
+          kubernetes_selector: "app=a",
+          kubernetes_namespace: "d",
+          kubernetes_ip_lookup_mode: :pods
+        ]
+      }
+
+      {:ok, native, opts} = K.init(state)
+      assert native.field_selector == "status.phase=Running"
+      assert native.watch
+      assert opts[:interval] == 5_000
+
+      state = %{
+        state
+        | config: [
+            kubernetes_node_basename: "a",
+            kubernetes_ip_lookup_mode: :endpointslices,
+            kubernetes_service_name: "svc",
+            kubernetes_namespace: "d"
+          ]
+      }
+
+      {:ok, native, _} = K.init(state)
+      assert native.label_selector == "kubernetes.io/service-name=svc"
+      assert native.field_selector == nil
+    end
+
+    test "polling: every fault keeps the last membership; a successful change prunes", %{kube: kube} do
+      start_supervised!(%{
+        id: Recorder,
+        start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}
+      })
+
+      test = self()
+      FakeKube.put(kube, :pods, FakeKube.pod("a", "10.5.0.1"))
+      FakeKube.put(kube, :pods, FakeKube.pod("b", "10.5.0.2"))
+
+      state = %Cluster.Strategy.State{
+        topology: :k8s_poll,
+        connect: {Recorder, :connect, [test]},
+        disconnect: {Recorder, :disconnect, [test]},
+        list_nodes: {Recorder, :list_nodes, []},
+        config: [
+          kubernetes_node_basename: "app",
+          kubernetes_selector: "app=myapp",
+          kubernetes_ip_lookup_mode: :pods,
+          kubernetes_watch: false,
+          polling_interval: 100,
+          kubernetes_request_timeout: 300,
+          kubernetes_master: kube.master,
+          kubernetes_service_account_path: kube.sa_path
+        ]
+      }
+
+      start_supervised!({Cluster.Strategy.Kubernetes, [state]})
+      assert_receive {:connect, :"app@10.5.0.1"}, 3_000
+      assert_receive {:connect, :"app@10.5.0.2"}, 3_000
+
+      faults = [
+        {:status, 401},
+        {:status, 403},
+        {:status, 404},
+        {:status, 500},
+        {:slow, 600},
+        :malformed,
+        :truncate
+      ]
+
+      FakeKube.clear_requests(kube)
+      for f <- faults, do: FakeKube.fault(kube, :list, f)
+      # Pod b stops being ready while the API fails: only a successful answer may prune it.
+      FakeKube.put(kube, :pods, FakeKube.pod("b", "10.5.0.2", ready: false))
+      assert_receive {:disconnect, :"app@10.5.0.2"}, 10_000
+      # Every fault was served before that successful answer, and none pruned anything.
+      assert length(FakeKube.requests(kube)) >= length(faults) + 1
+      refute_received {:disconnect, :"app@10.5.0.1"}
+    end
+
+    test "connects what the API lists, prunes what it drops, and keeps everything on errors", %{kube: kube} do
+      start_supervised!(%{
+        id: Recorder,
+        start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}
+      })
+
+      test = self()
+
+      FakeKube.put(
+        kube,
+        :endpoints,
+        FakeKube.endpoints("myapp", ["10.0.0.1", "10.0.0.2"], labels: %{"app" => "myapp"})
+      )
+
+      state = %Cluster.Strategy.State{
+        topology: :k8s,
+        connect: {Recorder, :connect, [test]},
+        disconnect: {Recorder, :disconnect, [test]},
+        list_nodes: {Recorder, :list_nodes, []},
+        config: [
+          kubernetes_node_basename: "app",
+          kubernetes_selector: "app=myapp",
+          kubernetes_master: kube.master,
+          kubernetes_service_account_path: kube.sa_path
+        ]
+      }
+
+      start_supervised!({Cluster.Strategy.Kubernetes, [state]})
+      assert_receive {:connect, :"app@10.0.0.1"}, 3_000
+      assert_receive {:connect, :"app@10.0.0.2"}, 3_000
+      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+
+      # Faults in a row: the watch ends with 410 Gone, the re-list is malformed, then forbidden,
+      # the next watch is forbidden too. Nothing is disconnected.
+      FakeKube.fault(kube, :list, :malformed)
+      FakeKube.fault(kube, :list, {:status, 403})
+      FakeKube.fault(kube, :watch, {:status, 403})
+      FakeKube.expire(kube)
+      Process.sleep(1_000)
+      refute_received {:disconnect, _}
+
+      # Recovery, then a real change prunes.
+      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 10_000)
+      refute_received {:disconnect, _}
+      verbs = kube |> FakeKube.requests() |> Enum.map(& &1.verb)
+      assert Enum.count(verbs, &(&1 == :list)) == 4
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
+      assert_receive {:disconnect, :"app@10.0.0.2"}, 3_000
+      refute_received {:disconnect, :"app@10.0.0.1"}
+    end
+  end
+end
