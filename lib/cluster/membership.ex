@@ -309,7 +309,7 @@ defmodule Cluster.Membership do
     {cancelled_at, cancelled} = Map.pop(m.cancelled, node)
     m = %{m | cancelled: cancelled}
 
-    if cancelled_at && now() - cancelled_at < m.opts.connect_timeout and
+    if is_integer(cancelled_at) and now() - cancelled_at < m.opts.connect_timeout and
          not MapSet.member?(m.desired, node) do
       # The connection of an attempt killed by a prune completed after all: undo it.
       disconnect_async(m, [node])
