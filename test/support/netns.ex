@@ -24,7 +24,9 @@ defmodule Cluster.Test.Netns do
   """
   @spec setup(0..255, pos_integer(), Keyword.t()) :: t()
   def setup(subnet, count, opts \\ []) do
-    id = Integer.to_string(:erlang.unique_integer([:positive]) |> rem(46_656), 36) |> String.downcase()
+    # Random, not a counter: a VM's counters restart from the same values, and a run that was killed
+    # may have left its namespaces behind.
+    id = :crypto.strong_rand_bytes(3) |> Base.encode32(case: :lower, padding: false)
     bridge = "lcb#{id}"
     gateway = "198.18.#{subnet}.1"
     ip!(["link", "add", bridge, "type", "bridge"])
