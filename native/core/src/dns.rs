@@ -14,6 +14,7 @@
 //!   `Partial { nodes, error }`: the names found are connected but nothing is pruned, since the
 //!   failed questions' nodes are unknown
 //! * every question failed → `Error`, naming each question and the servers asked
+//!   (`A records of "app.internal" from 10.0.0.2:53: no answer within 2s (2 attempt(s))`)
 //!
 //! Names are built and validated here ([`crate::node_name`]); an invalid one (a hostile SRV
 //! target, say) is dropped and counted, never sent.
@@ -191,10 +192,23 @@ pub async fn lookup(settings: &Settings, questions: &[Question]) -> Event {
                 Ok(Ok(lookup)) => {
                     names_from_records(&q.basename, kind, lookup.answers().iter().map(|r| &r.data))
                 }
-                Ok(Err(e)) => classify(&e),
+                Ok(Err(e)) => match classify(&e) {
+                    // hickory says only "request timed out": say what was tried.
+                    Answer::Failed(err) if err.kind == ErrorKind::Timeout => {
+                        Answer::Failed(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "no answer within {:?} ({} attempt(s))",
+                                settings.timeout,
+                                settings.attempts.max(1)
+                            ),
+                        ))
+                    }
+                    answer => answer,
+                },
             };
             (
-                format!("{} {} via {servers}", kind.as_str(), q.name),
+                format!("{} records of \"{}\" from {servers}", kind.as_str(), q.name),
                 answer,
             )
         })
@@ -495,7 +509,12 @@ mod tests {
         match event {
             Event::Error(e) => {
                 assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
-                assert!(e.message.contains("A app.cluster.test."), "{e}");
+                assert!(
+                    e.message
+                        .contains("A records of \"app.cluster.test.\" from 127.0.0.1:"),
+                    "{e}"
+                );
+                assert!(e.message.contains("no answer within 200ms"), "{e}");
                 assert!(e.message.contains(&addr.to_string()), "{e}");
             }
             other => panic!("unexpected {other:?}"),
