@@ -163,7 +163,7 @@ defmodule Cluster.DNS do
         {:ok, text} ->
           for line <- String.split(text, "\n"),
               [_, ip] <- [Regex.run(~r/^\s*nameserver\s+(\S+)/, line)],
-              do: ip <> ":53"
+              do: if(String.contains?(ip, ":"), do: "[#{ip}]:53", else: ip <> ":53")
 
         _ ->
           []

@@ -14,7 +14,7 @@
 //!   `Partial { nodes, error }`: the names found are connected but nothing is pruned, since the
 //!   failed questions' nodes are unknown
 //! * every question failed → `Error`, naming each question and the servers asked
-//!   (`A records of "app.internal" from 10.0.0.2:53: no answer within 2s (2 attempt(s))`)
+//!   (`A records of "app.internal" from 10.0.0.2:53: no answer (2 attempt(s) of 2s each)`)
 //!
 //! Names are built and validated here ([`crate::node_name`]); an invalid one (a hostile SRV
 //! target, say) is dropped and counted, never sent.
@@ -198,9 +198,9 @@ pub async fn lookup(settings: &Settings, questions: &[Question]) -> Event {
                         Answer::Failed(Error::new(
                             ErrorKind::Timeout,
                             format!(
-                                "no answer within {:?} ({} attempt(s))",
-                                settings.timeout,
-                                settings.attempts.max(1)
+                                "no answer ({} attempt(s) of {:?} each)",
+                                settings.attempts.max(1),
+                                settings.timeout
                             ),
                         ))
                     }
@@ -514,7 +514,10 @@ mod tests {
                         .contains("A records of \"app.cluster.test.\" from 127.0.0.1:"),
                     "{e}"
                 );
-                assert!(e.message.contains("no answer within 200ms"), "{e}");
+                assert!(
+                    e.message.contains("no answer (1 attempt(s) of 200ms each)"),
+                    "{e}"
+                );
                 assert!(e.message.contains(&addr.to_string()), "{e}");
             }
             other => panic!("unexpected {other:?}"),
