@@ -213,6 +213,11 @@ defmodule Mix.Tasks.Libcluster.Discover do
 
     cond do
       acc.errors != [] ->
+        if nodes != [] do
+          Mix.shell().info("  found #{length(nodes)} node(s) before the failure (an incomplete list)")
+          for node <- nodes, do: Mix.shell().info("    #{node}")
+        end
+
         for {kind, message} <- acc.errors, do: Mix.shell().error("  discovery failed (#{kind}): #{message}")
         Mix.shell().error("  nothing would be pruned: a failed round keeps the last known nodes")
 

@@ -255,7 +255,14 @@ pub fn classify(err: &NetError) -> Answer {
         NetError::Dns(DnsError::NoRecordsFound(_)) => return Answer::Nothing,
         NetError::Timeout => ErrorKind::Timeout,
         NetError::Dns(DnsError::ResponseCode(ResponseCode::NXDomain)) => return Answer::Nothing,
-        NetError::Dns(DnsError::ResponseCode(_)) => ErrorKind::ServFail,
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            let message = match code {
+                ResponseCode::Refused => "the server refused to answer (REFUSED)".to_string(),
+                ResponseCode::ServFail => "the server failed to answer (SERVFAIL)".to_string(),
+                other => format!("the server answered with an error: {other}"),
+            };
+            return Answer::Failed(Error::new(ErrorKind::ServFail, message));
+        }
         NetError::Io(io) => ErrorKind::from_io(io),
         NetError::NoConnections | NetError::Busy => ErrorKind::Unreachable,
         NetError::Proto(_) | NetError::Truncated => ErrorKind::Malformed,
@@ -449,7 +456,21 @@ mod tests {
         )));
         assert_eq!(classify(&nx), Answer::Nothing);
         let servfail = NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail));
-        assert!(matches!(classify(&servfail), Answer::Failed(e) if e.kind == ErrorKind::ServFail));
+        assert_eq!(
+            classify(&servfail),
+            Answer::Failed(Error::new(
+                ErrorKind::ServFail,
+                "the server failed to answer (SERVFAIL)"
+            ))
+        );
+        let refused = NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused));
+        assert_eq!(
+            classify(&refused),
+            Answer::Failed(Error::new(
+                ErrorKind::ServFail,
+                "the server refused to answer (REFUSED)"
+            ))
+        );
         assert!(
             matches!(classify(&NetError::Timeout), Answer::Failed(e) if e.kind == ErrorKind::Timeout)
         );

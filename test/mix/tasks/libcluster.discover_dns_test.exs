@@ -137,6 +137,23 @@ defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
     assert started < 5_000_000
   end
 
+  test "a refused name: plain words; a partial answer lists what was found and exits 1", %{dns: dns} do
+    # The test's dnsmasq refuses names outside its local domains.
+    configure(dns, query: "app.example.com")
+    {status, out} = discover(["dns"])
+    assert status == 1, out
+
+    assert out =~
+             ~s|discovery failed (servfail): A records of "app.example.com" from #{Dnsmasq.nameserver(dns)}: the server refused to answer (REFUSED)|
+
+    configure(dns, query: ["app.cluster.test", "app.example.com"])
+    {status, out} = discover(["dns", "--longnames"])
+    assert status == 1, out
+    assert out =~ "found 2 node(s) before the failure (an incomplete list)"
+    assert out =~ "app@10.0.0.1" and out =~ "app@10.0.0.2"
+    assert out =~ "some queries failed, nothing pruned"
+  end
+
   test "node names whose host part does not fit the name mode are reported", %{dns: dns} do
     # A records give IP hosts: they cannot work with short names.
     configure(dns, [])
