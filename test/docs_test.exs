@@ -44,4 +44,24 @@ defmodule Cluster.DocsTest do
       end
     end
   end
+
+  test "dns.md lists every DNS resolver option with the default in the code" do
+    guide = File.read!("docs/dns.md")
+
+    for {key, default, _validator} <- Cluster.DNS.schema() do
+      text = if is_integer(default), do: underscored(default), else: inspect(default)
+      assert guide =~ ~r/\| `#{key}` \|[^\n]*\(`#{Regex.escape(text)}`\) \|/, "#{key}: (`#{text}`)"
+    end
+
+    assert guide =~ "{:grace_period, max(3 * polling_interval, 30_000)}"
+    assert Cluster.DNS.default_prune(5_000) == {:grace_period, 30_000}
+    assert Cluster.DNS.default_prune(20_000) == {:grace_period, 60_000}
+    assert guide =~ "confirm_empty: #{Cluster.DNS.confirm_empty()}"
+  end
+
+  defp underscored(n) when n < 1000, do: Integer.to_string(n)
+
+  defp underscored(n) do
+    underscored(div(n, 1000)) <> "_" <> String.pad_leading(Integer.to_string(rem(n, 1000)), 3, "0")
+  end
 end

@@ -138,6 +138,43 @@ defmodule Cluster.DNS do
     end
   end
 
+  @doc """
+  For the dry run: what an empty answer to `questions` means, naming each DNS name, the record
+  types asked and the servers (explicit `nameservers`, those of `resolv_conf`, or the `resolver` fun).
+  """
+  def empty_message(opts, questions) do
+    asked = servers_text(opts)
+
+    names =
+      Enum.map_join(questions, "; ", fn {_basename, name, types} ->
+        types = Enum.map_join(types, "/", &(&1 |> Atom.to_string() |> String.upcase()))
+        "the DNS name #{inspect(name)} does not exist (NXDOMAIN) or has no #{types} records"
+      end)
+
+    names <> ", asked of " <> asked
+  end
+
+  defp servers_text(%{resolver: fun}) when is_function(fun), do: "the :resolver fun"
+  defp servers_text(%{nameservers: [_ | _] = servers}), do: Enum.join(servers, ", ")
+
+  defp servers_text(%{resolv_conf: path}) do
+    servers =
+      case File.read(path) do
+        {:ok, text} ->
+          for line <- String.split(text, "\n"),
+              [_, ip] <- [Regex.run(~r/^\s*nameserver\s+(\S+)/, line)],
+              do: if(String.contains?(ip, ":"), do: "[#{ip}]:53", else: ip <> ":53")
+
+        _ ->
+          []
+      end
+
+    case servers do
+      [] -> "the servers of #{path}"
+      servers -> Enum.join(servers, ", ") <> " (from #{path})"
+    end
+  end
+
   @doc "Turns a DNS event into Discovery outcomes."
   def handle_event({:partial_nodes, names, {kind, message}}) do
     {nodes, _rejected} = NodeName.to_nodes(names)

@@ -140,6 +140,10 @@ defmodule Cluster.Strategy.DNSPoll do
   @impl Cluster.Discovery
   def handle_event(event, impl), do: {DNS.handle_event(event), impl}
 
+  @doc false
+  # `mix libcluster.discover`: why a round found no node.
+  def dry_run_empty(impl), do: DNS.empty_message(impl, impl.questions)
+
   @doc """
   The IPv4 and IPv6 addresses of `name` (a charlist), from `:inet_res` (A, then AAAA), as
   libcluster's `DNSPoll.lookup_all_ips/1`. It runs in the caller and blocks it; the strategy

@@ -33,8 +33,9 @@ defmodule Mix.Tasks.Libcluster.Discover do
   ## Exit status
 
     * `0` - every topology's discovery succeeded (possibly finding no nodes: that is printed)
-    * `1` - a discovery failed or timed out, the strategy disabled itself (`:ignore`), or node names
-      do not suit the name mode given
+    * `1` - a discovery failed or timed out, a DNS strategy found no node (the name does not
+      exist, NXDOMAIN, or has no records of the types asked), the strategy disabled itself
+      (`:ignore`), or node names do not suit the name mode given
     * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
       (one not built on `Cluster.Discovery` cannot run without connecting)
 
@@ -162,7 +163,7 @@ defmodule Mix.Tasks.Libcluster.Discover do
             outcome -> apply_outcome(outcome, acc)
           end
 
-        report(acc, System.monotonic_time(:millisecond) - started, timeout, opts)
+        report(acc, System.monotonic_time(:millisecond) - started, timeout, opts, {strategy, impl})
     end
   rescue
     # Config is validated in the strategy's init: a bad value raises an ArgumentError naming the key.
@@ -205,17 +206,22 @@ defmodule Mix.Tasks.Libcluster.Discover do
   defp apply_outcome(:done, acc), do: %{acc | done: true}
   defp apply_outcome(_pending, acc), do: acc
 
-  defp report(acc, elapsed, timeout, opts) do
+  defp report(acc, elapsed, timeout, opts, {strategy, impl}) do
     # This node itself is never connected to; leave it out.
     nodes =
       MapSet.union(acc.discovered || MapSet.new(), acc.seen) |> MapSet.delete(Node.self()) |> Enum.sort()
 
     cond do
       acc.errors != [] ->
+        if nodes != [] do
+          Mix.shell().info("  found #{length(nodes)} node(s) before the failure (an incomplete list)")
+          for node <- nodes, do: Mix.shell().info("    #{node}")
+        end
+
         for {kind, message} <- acc.errors, do: Mix.shell().error("  discovery failed (#{kind}): #{message}")
         Mix.shell().error("  nothing would be pruned: a failed round keeps the last known nodes")
 
-        unless Node.alive?() do
+        if not Node.alive?() and Enum.any?(acc.errors, &match?({:config, _}, &1)) do
           Mix.shell().error(
             "  (this VM is not distributed; if the strategy needs this node's name, run " <>
               "`elixir --sname dryrun -S mix libcluster.discover`)"
@@ -226,6 +232,11 @@ defmodule Mix.Tasks.Libcluster.Discover do
 
       acc.timed_out ->
         fail(1, "discovery did not finish within #{timeout} ms")
+
+      nodes == [] and function_exported?(strategy, :dry_run_empty, 1) ->
+        # A DNS strategy that found nothing: the name does not exist or has no records of the
+        # types asked. Almost always a wrong name or record type; say which and where.
+        fail(1, "found no node in #{elapsed} ms: " <> strategy.dry_run_empty(impl))
 
       true ->
         Mix.shell().info("  found #{length(nodes)} node(s) in #{elapsed} ms")

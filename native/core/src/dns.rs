@@ -14,6 +14,7 @@
 //!   `Partial { nodes, error }`: the names found are connected but nothing is pruned, since the
 //!   failed questions' nodes are unknown
 //! * every question failed → `Error`, naming each question and the servers asked
+//!   (`A records of "app.internal" from 10.0.0.2:53: no answer (2 attempt(s) of 2s each)`)
 //!
 //! Names are built and validated here ([`crate::node_name`]); an invalid one (a hostile SRV
 //! target, say) is dropped and counted, never sent.
@@ -191,10 +192,23 @@ pub async fn lookup(settings: &Settings, questions: &[Question]) -> Event {
                 Ok(Ok(lookup)) => {
                     names_from_records(&q.basename, kind, lookup.answers().iter().map(|r| &r.data))
                 }
-                Ok(Err(e)) => classify(&e),
+                Ok(Err(e)) => match classify(&e) {
+                    // hickory says only "request timed out": say what was tried.
+                    Answer::Failed(err) if err.kind == ErrorKind::Timeout => {
+                        Answer::Failed(Error::new(
+                            ErrorKind::Timeout,
+                            format!(
+                                "no answer ({} attempt(s) of {:?} each)",
+                                settings.attempts.max(1),
+                                settings.timeout
+                            ),
+                        ))
+                    }
+                    answer => answer,
+                },
             };
             (
-                format!("{} {} via {servers}", kind.as_str(), q.name),
+                format!("{} records of \"{}\" from {servers}", kind.as_str(), q.name),
                 answer,
             )
         })
@@ -241,7 +255,14 @@ pub fn classify(err: &NetError) -> Answer {
         NetError::Dns(DnsError::NoRecordsFound(_)) => return Answer::Nothing,
         NetError::Timeout => ErrorKind::Timeout,
         NetError::Dns(DnsError::ResponseCode(ResponseCode::NXDomain)) => return Answer::Nothing,
-        NetError::Dns(DnsError::ResponseCode(_)) => ErrorKind::ServFail,
+        NetError::Dns(DnsError::ResponseCode(code)) => {
+            let message = match code {
+                ResponseCode::Refused => "the server refused to answer (REFUSED)".to_string(),
+                ResponseCode::ServFail => "the server failed to answer (SERVFAIL)".to_string(),
+                other => format!("the server answered with an error: {other}"),
+            };
+            return Answer::Failed(Error::new(ErrorKind::ServFail, message));
+        }
         NetError::Io(io) => ErrorKind::from_io(io),
         NetError::NoConnections | NetError::Busy => ErrorKind::Unreachable,
         NetError::Proto(_) | NetError::Truncated => ErrorKind::Malformed,
@@ -435,7 +456,21 @@ mod tests {
         )));
         assert_eq!(classify(&nx), Answer::Nothing);
         let servfail = NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail));
-        assert!(matches!(classify(&servfail), Answer::Failed(e) if e.kind == ErrorKind::ServFail));
+        assert_eq!(
+            classify(&servfail),
+            Answer::Failed(Error::new(
+                ErrorKind::ServFail,
+                "the server failed to answer (SERVFAIL)"
+            ))
+        );
+        let refused = NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused));
+        assert_eq!(
+            classify(&refused),
+            Answer::Failed(Error::new(
+                ErrorKind::ServFail,
+                "the server refused to answer (REFUSED)"
+            ))
+        );
         assert!(
             matches!(classify(&NetError::Timeout), Answer::Failed(e) if e.kind == ErrorKind::Timeout)
         );
@@ -495,7 +530,15 @@ mod tests {
         match event {
             Event::Error(e) => {
                 assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
-                assert!(e.message.contains("A app.cluster.test."), "{e}");
+                assert!(
+                    e.message
+                        .contains("A records of \"app.cluster.test.\" from 127.0.0.1:"),
+                    "{e}"
+                );
+                assert!(
+                    e.message.contains("no answer (1 attempt(s) of 200ms each)"),
+                    "{e}"
+                );
                 assert!(e.message.contains(&addr.to_string()), "{e}");
             }
             other => panic!("unexpected {other:?}"),

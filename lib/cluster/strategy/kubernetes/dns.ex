@@ -112,4 +112,8 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
 
   @impl Cluster.Discovery
   def handle_event(event, impl), do: {DNS.handle_event(event), impl}
+
+  @doc false
+  # `mix libcluster.discover`: why a round found no node.
+  def dry_run_empty(impl), do: DNS.empty_message(impl, [{impl.app, impl.service, [:a, :aaaa]}])
 end

@@ -122,6 +122,10 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
   @impl Cluster.Discovery
   def handle_event(event, impl), do: {DNS.handle_event(event), impl}
 
+  @doc false
+  # `mix libcluster.discover`: why a round found no node.
+  def dry_run_empty(impl), do: DNS.empty_message(impl, [{impl.app, impl.query, [:srv]}])
+
   defp target_text(target) do
     target |> to_string() |> String.trim_trailing(".")
   rescue

@@ -1,0 +1,175 @@
+defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
+  # The dry run against a real DNS server: dnsmasq on 127.0.0.1 (a high port) started by the test.
+  use ExUnit.Case, async: false
+  import ExUnit.CaptureIO
+
+  alias Mix.Tasks.Libcluster.Discover
+  alias Cluster.Test.Dnsmasq
+
+  @moduletag :dnsmasq
+
+  setup do
+    saved = for app <- [:libcluster, :libcluster_rs], do: {app, Application.get_env(app, :topologies)}
+    Application.delete_env(:libcluster_rs, :topologies)
+
+    dns =
+      Dnsmasq.start([
+        {:a, "app.cluster.test", "10.0.0.1"},
+        {:a, "app.cluster.test", "10.0.0.2"},
+        {:srv, "_app._tcp.cluster.test", "app-0.app.cluster.test", 4000}
+      ])
+
+    on_exit(fn ->
+      Dnsmasq.cleanup(dns)
+
+      for {app, value} <- saved do
+        if value,
+          do: Application.put_env(app, :topologies, value),
+          else: Application.delete_env(app, :topologies)
+      end
+    end)
+
+    {:ok, dns: dns}
+  end
+
+  defp configure(dns, extra) do
+    config =
+      Keyword.merge(
+        [
+          query: "app.cluster.test",
+          node_basename: "app",
+          nameservers: [Dnsmasq.nameserver(dns)],
+          query_timeout: 300,
+          query_attempts: 1
+        ],
+        extra
+      )
+
+    # Connecting anything would reach this process: the dry run must not.
+    Application.put_env(:libcluster, :topologies,
+      dns: [
+        strategy: Cluster.Strategy.DNSPoll,
+        config: config,
+        connect: {Kernel, :send, [self(), :connect]},
+        disconnect: {Kernel, :send, [self(), :disconnect]}
+      ]
+    )
+  end
+
+  # Runs the task in a process of its own, returns {exit status, stdout <> stderr}.
+  defp discover(args) do
+    parent = self()
+
+    stderr =
+      capture_io(:stderr, fn ->
+        stdout =
+          capture_io(fn ->
+            task =
+              Task.async(fn ->
+                try do
+                  Discover.run(args)
+                  0
+                catch
+                  :exit, {:shutdown, status} -> status
+                end
+              end)
+
+            send(parent, {:status, Task.await(task, 15_000)})
+          end)
+
+        send(parent, {:stdout, stdout})
+      end)
+
+    assert_received {:status, status}
+    assert_received {:stdout, stdout}
+    {status, stdout <> stderr}
+  end
+
+  test "a name that resolves: the nodes are printed, exit 0, nothing connected", %{dns: dns} do
+    configure(dns, [])
+    {status, out} = discover(["dns", "--longnames"])
+    assert status == 0, out
+    assert out =~ "strategy: Cluster.Strategy.DNSPoll"
+    assert out =~ "found 2 node(s)"
+    assert out =~ "app@10.0.0.1" and out =~ "app@10.0.0.2"
+    assert out =~ "OK"
+    refute_received {:connect, _}
+    refute_received {:disconnect, _}
+  end
+
+  test "NXDOMAIN: the DNS name and the server asked, exit 1", %{dns: dns} do
+    configure(dns, query: "nope.cluster.test")
+    assert Dnsmasq.resolve(dns, "nope.cluster.test", :a) == []
+    {status, out} = discover(["dns"])
+    assert status == 1, out
+    assert out =~ ~s("nope.cluster.test")
+    assert out =~ Dnsmasq.nameserver(dns)
+    assert out =~ ~s(found no node)
+
+    assert out =~
+             ~s|the DNS name "nope.cluster.test" does not exist (NXDOMAIN) or has no A/AAAA records, asked of #{Dnsmasq.nameserver(dns)}|
+
+    refute_received {:connect, _}
+  end
+
+  @tag :tmp_dir
+  test "without nameservers, the explanation names the servers of resolv.conf", %{tmp_dir: dir} do
+    path = Path.join(dir, "resolv.conf")
+    File.write!(path, "search cluster.test\nnameserver 10.96.0.10\nnameserver fd00::10\n")
+    opts = %{resolver: nil, nameservers: [], resolv_conf: path}
+
+    assert Cluster.DNS.empty_message(opts, [{"app", "_app._tcp.x.test", [:srv]}]) ==
+             ~s|the DNS name "_app._tcp.x.test" does not exist (NXDOMAIN) or has no SRV records, | <>
+               "asked of 10.96.0.10:53, [fd00::10]:53 (from #{path})"
+  end
+
+  test "a server that is down: the DNS name and the server asked, exit 1", %{dns: dns} do
+    dns = Dnsmasq.stop(dns)
+    configure(dns, [])
+    {started, {status, out}} = :timer.tc(fn -> discover(["dns"]) end)
+    assert status == 1, out
+    assert out =~ "app.cluster.test"
+    assert out =~ Dnsmasq.nameserver(dns)
+    assert out =~ "nothing would be pruned"
+    assert out =~ "no answer (1 attempt(s) of 300ms each)"
+    # The "run distributed" hint is for strategies that need this node's name, not for DNS.
+    refute out =~ "not distributed"
+    assert started < 5_000_000
+  end
+
+  test "a refused name: plain words; a partial answer lists what was found and exits 1", %{dns: dns} do
+    # The test's dnsmasq refuses names outside its local domains.
+    configure(dns, query: "app.example.com")
+    {status, out} = discover(["dns"])
+    assert status == 1, out
+
+    assert out =~
+             ~s|discovery failed (servfail): A records of "app.example.com" from #{Dnsmasq.nameserver(dns)}: the server refused to answer (REFUSED)|
+
+    configure(dns, query: ["app.cluster.test", "app.example.com"])
+    {status, out} = discover(["dns", "--longnames"])
+    assert status == 1, out
+    assert out =~ "found 2 node(s) before the failure (an incomplete list)"
+    assert out =~ "app@10.0.0.1" and out =~ "app@10.0.0.2"
+    assert out =~ "some queries failed, nothing pruned"
+  end
+
+  test "node names whose host part does not fit the name mode are reported", %{dns: dns} do
+    # A records give IP hosts: they cannot work with short names.
+    configure(dns, [])
+    {status, out} = discover(["dns", "--shortnames"])
+    assert status == 1, out
+    assert out =~ ~s(cannot connect to app@10.0.0.1: its host part "10.0.0.1")
+    assert out =~ "--sname"
+
+    # SRV targets are fully qualified: fine under long names, not under short names.
+    configure(dns, query: "_app._tcp.cluster.test", resource_types: [:srv])
+    {status, out} = discover(["dns", "--longnames"])
+    assert status == 0, out
+    assert out =~ "app@app-0.app.cluster.test"
+
+    {status, out} = discover(["dns", "--shortnames"])
+    assert status == 1, out
+    assert out =~ "cannot connect to app@app-0.app.cluster.test"
+  end
+end
