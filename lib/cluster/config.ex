@@ -176,19 +176,29 @@ defmodule Cluster.Config do
   def list_of(validator, what) do
     fn
       list when is_list(list) ->
-        Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
-          case validator.(item) do
-            {:ok, v} -> {:cont, {:ok, [v | acc]}}
-            {:error, _} -> {:halt, {:error, "a list of #{what}"}}
-          end
-        end)
-        |> case do
-          {:ok, acc} -> {:ok, Enum.reverse(acc)}
-          error -> error
+        case collect(list, validator) do
+          {:ok, values} -> {:ok, values}
+          :error -> {:error, "a list of #{what}"}
         end
 
       _ ->
         {:error, "a list of #{what}"}
+    end
+  end
+
+  @doc "`{:ok, values}` when `fun` returns `{:ok, value}` for every item of `list`, else `:error`."
+  @spec collect(list(), (term() -> {:ok, term()} | term())) :: {:ok, list()} | :error
+  def collect(list, fun) when is_list(list) do
+    list
+    |> Enum.reduce_while({:ok, []}, fn item, {:ok, acc} ->
+      case fun.(item) do
+        {:ok, value} -> {:cont, {:ok, [value | acc]}}
+        _ -> {:halt, :error}
+      end
+    end)
+    |> case do
+      {:ok, acc} -> {:ok, Enum.reverse(acc)}
+      :error -> :error
     end
   end
 

@@ -217,15 +217,9 @@ defmodule Cluster.DNS do
 
   # "ip:port", "[v6]:port", "ip" (port 53), or {ip_tuple, port}.
   defp nameservers(list) when is_list(list) do
-    Enum.reduce_while(list, {:ok, []}, fn server, {:ok, acc} ->
-      case nameserver(server) do
-        {:ok, text} -> {:cont, {:ok, [text | acc]}}
-        :error -> {:halt, {:error, expected_nameservers()}}
-      end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
+    case Config.collect(list, &nameserver/1) do
+      {:ok, servers} -> {:ok, servers}
+      :error -> {:error, expected_nameservers()}
     end
   end
 

@@ -171,15 +171,9 @@ defmodule Cluster.Strategy.DNSPoll do
     do: queries([query])
 
   defp queries(list) when is_list(list) and list != [] do
-    Enum.reduce_while(list, {:ok, []}, fn item, {:ok, acc} ->
-      case query_item(item) do
-        {:ok, q} -> {:cont, {:ok, [q | acc]}}
-        :error -> {:halt, {:error, bad_query(list)}}
-      end
-    end)
-    |> case do
-      {:ok, acc} -> {:ok, Enum.reverse(acc)}
-      error -> error
+    case Config.collect(list, &query_item/1) do
+      {:ok, queries} -> {:ok, queries}
+      :error -> {:error, bad_query(list)}
     end
   end
 
