@@ -49,6 +49,10 @@ defmodule Mix.Tasks.Libcluster.Discover do
 
   @switches [timeout: :integer, longnames: :boolean, shortnames: :boolean]
 
+  # Error kinds that come from the network or a remote server.
+  @remote_kinds [:timeout, :refused, :unreachable, :nxdomain, :servfail, :unauthorized, :forbidden] ++
+                  [:not_found, :http_status, :tls, :malformed]
+
   @impl Mix.Task
   def run(args) do
     {opts, argv, invalid} = OptionParser.parse(args, strict: @switches)
@@ -215,7 +219,8 @@ defmodule Mix.Tasks.Libcluster.Discover do
         for {kind, message} <- acc.errors, do: Mix.shell().error("  discovery failed (#{kind}): #{message}")
         Mix.shell().error("  nothing would be pruned: a failed round keeps the last known nodes")
 
-        unless Node.alive?() do
+        # Only a local failure can be this VM's lack of a name: an API's or a server's answer is not.
+        unless Node.alive?() or Enum.all?(acc.errors, fn {kind, _} -> kind in @remote_kinds end) do
           Mix.shell().error(
             "  (this VM is not distributed; if the strategy needs this node's name, run " <>
               "`elixir --sname dryrun -S mix libcluster.discover`)"
