@@ -16,7 +16,8 @@ defmodule Mix.Tasks.Libcluster.Discover do
 
   For each topology it prints:
 
-    * the nodes found (for a streaming strategy such as gossip: the nodes seen until `--timeout`)
+    * the nodes found (for a streaming strategy such as gossip: the nodes seen until `--timeout`;
+      gossip only listens during a dry run, it sends no heartbeat, so no node dials this one)
     * the error the strategy reported, e.g. the DNS name that does not resolve and the server asked,
       or the RBAC rule a Kubernetes service account is missing
     * node names whose host part cannot work with the distribution's name mode: a host without dots
@@ -153,6 +154,8 @@ defmodule Mix.Tasks.Libcluster.Discover do
         fail(1, "the strategy returned :ignore: its config or environment disables it (see the log above)")
 
       {:ok, impl, _discovery_opts} ->
+        # A strategy that would announce this node (gossip heartbeats) listens only.
+        impl = if function_exported?(strategy, :dry_run, 1), do: strategy.dry_run(impl), else: impl
         tag = make_ref()
         {first, impl} = strategy.discover(impl, tag)
 
