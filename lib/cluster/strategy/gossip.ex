@@ -16,6 +16,9 @@ defmodule Cluster.Strategy.Gossip do
   `:new_names_per_minute`), so a flood of fresh names cannot exhaust the atom table. Rejected
   datagrams are counted by reason and logged at debug level only.
 
+  Under `mix libcluster.discover` the strategy only listens: it sends no heartbeat, so the dry
+  run's VM is not dialled by the cluster.
+
   ## Options
 
     * `:port` - UDP port (default `45892`)
