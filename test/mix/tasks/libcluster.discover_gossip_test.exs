@@ -5,10 +5,37 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
 
   alias Cluster.Test.GossipSender
 
-  test "the task makes gossip listen only" do
-    impl = %{port: 1, listen_only: false}
-    assert Cluster.Strategy.Gossip.dry_run(impl).listen_only == true
-    assert function_exported?(Cluster.Strategy.Gossip, :dry_run, 1)
+  defmodule DryRunProbe do
+    # Reports whether the task called its dry_run/1 hook before discover/2.
+    use Cluster.Discovery
+    @impl Cluster.Discovery
+    def init(_state), do: {:ok, %{dry: false}, []}
+    def dry_run(impl), do: %{impl | dry: true}
+    @impl Cluster.Discovery
+    def discover(%{dry: dry} = impl, _tag),
+      do: {{:discovered, [if(dry, do: :"dry@10.0.0.1", else: :"wet@10.0.0.1")]}, impl}
+  end
+
+  test "the task calls a strategy's dry_run/1 hook; gossip's makes it listen only" do
+    assert Cluster.Strategy.Gossip.dry_run(%{port: 1, listen_only: false}).listen_only == true
+
+    saved = Application.get_env(:libcluster, :topologies)
+
+    on_exit(fn ->
+      if saved,
+        do: Application.put_env(:libcluster, :topologies, saved),
+        else: Application.delete_env(:libcluster, :topologies)
+    end)
+
+    Application.put_env(:libcluster, :topologies, probe: [strategy: DryRunProbe])
+
+    out =
+      ExUnit.CaptureIO.capture_io(fn ->
+        assert Mix.Tasks.Libcluster.Discover.main("probe", []) == 0
+      end)
+
+    assert out =~ "dry@10.0.0.1"
+    refute out =~ "wet@10.0.0.1"
   end
 
   test "a listen-only gossip task hears heartbeats on loopback and sends none" do
