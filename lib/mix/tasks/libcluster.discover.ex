@@ -39,7 +39,9 @@ defmodule Mix.Tasks.Libcluster.Discover do
     * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
       (one not built on `Cluster.Discovery` cannot run without connecting)
 
-  Only built-in strategies (and custom ones built on `Cluster.Discovery`) can be dry-run. The task's
+  Only built-in strategies (and custom ones built on `Cluster.Discovery`) can be dry-run. A
+  strategy that would announce this node (gossip) may export `dry_run(impl) -> impl`; the task
+  calls it between `init/1` and `discover/2`. The task's
   VM is not distributed; strategies that need this node's own name (`LocalEpmd`) need it to be:
 
       $ elixir --sname dryrun -S mix libcluster.discover local
