@@ -69,7 +69,8 @@ defmodule Cluster.Native do
 
   @doc """
   Start gossip (see `Cluster.Strategy.Gossip`): heartbeats for `opts.node` and a stream of
-  `{:heartbeat, name}` events. Raises `ArgumentError` on options that cannot work.
+  `{:heartbeat, name}` events (`opts.listen_only: true`: no heartbeats are sent, for the dry
+  run). Raises `ArgumentError` on options that cannot work.
   """
   @spec gossip_start(term(), map(), binary() | nil) :: {handle(), gossip_stats()}
   def gossip_start(_tag, _opts, _secret), do: :erlang.nif_error(:nif_not_loaded)

@@ -678,8 +678,7 @@ defmodule Cluster.Test.FakeKube do
             }
           })
 
-        send_chunk(sock, json)
-        watch_loop(sock, deadline)
+        if send_chunk(sock, json) == :ok, do: watch_loop(sock, deadline), else: :ok
 
       :gone ->
         send_chunk(sock, gone_event())

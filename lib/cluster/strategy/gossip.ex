@@ -16,6 +16,9 @@ defmodule Cluster.Strategy.Gossip do
   `:new_names_per_minute`), so a flood of fresh names cannot exhaust the atom table. Rejected
   datagrams are counted by reason and logged at debug level only.
 
+  Under `mix libcluster.discover` the strategy only listens: it sends no heartbeat, so the dry
+  run's VM is not dialled by the cluster.
+
   ## Options
 
     * `:port` - UDP port (default `45892`)
@@ -210,7 +213,8 @@ defmodule Cluster.Strategy.Gossip do
       replay_window: impl.replay_window,
       new_names_burst: impl.new_names_burst,
       new_names_per_minute: impl.new_names_per_minute,
-      stats_interval: impl.stats_interval
+      stats_interval: impl.stats_interval,
+      listen_only: Map.get(impl, :listen_only, false)
     }
 
     {handle, stats} = Cluster.Native.gossip_start(tag, native_opts, impl.secret)
@@ -219,6 +223,12 @@ defmodule Cluster.Strategy.Gossip do
 
   defp ip_string(name) when is_binary(name), do: name
   defp ip_string(ip) when is_tuple(ip), do: ip |> :inet.ntoa() |> List.to_string()
+
+  @doc false
+  # `mix libcluster.discover`: listen only. A dry run must not announce its own node, or the
+  # cluster's nodes would dial it.
+  @spec dry_run(map()) :: map()
+  def dry_run(impl), do: Map.put(impl, :listen_only, true)
 
   @impl Cluster.Discovery
   def handle_event({:heartbeat, name}, impl) do

@@ -17,7 +17,9 @@ defmodule Cluster.Strategy.Kubernetes do
     * **Token rotation.** The service account `token` file is re-read at every request.
     * **Errors never mean "zero nodes".** A 401, 403, 404, 5xx, timeout, TLS failure, malformed or
       truncated body, or a broken watch keeps the last known membership, and the log says what to
-      do: a 403 names the verb, the resource, the namespace and the missing RBAC rule.
+      do: a 403 names the verb, the resource, the namespace, the missing RBAC rule and the
+      manifest in `priv/rbac/` that grants it; a TLS failure says in plain words what is wrong with
+      the certificate. `mix libcluster.discover` prints the same messages before a deploy.
     * `:dns` names are valid for IPv6 pods, `CLUSTER_DOMAIN` applies to every generated name, and
       an Endpoints address without `targetRef` is used instead of crashing the strategy.
 

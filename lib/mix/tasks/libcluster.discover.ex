@@ -16,7 +16,8 @@ defmodule Mix.Tasks.Libcluster.Discover do
 
   For each topology it prints:
 
-    * the nodes found (for a streaming strategy such as gossip: the nodes seen until `--timeout`)
+    * the nodes found (for a streaming strategy such as gossip: the nodes seen until `--timeout`;
+      gossip only listens during a dry run, it sends no heartbeat, so no node dials this one)
     * the error the strategy reported, e.g. the DNS name that does not resolve and the server asked,
       or the RBAC rule a Kubernetes service account is missing
     * node names whose host part cannot work with the distribution's name mode: a host without dots
@@ -39,7 +40,9 @@ defmodule Mix.Tasks.Libcluster.Discover do
     * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
       (one not built on `Cluster.Discovery` cannot run without connecting)
 
-  Only built-in strategies (and custom ones built on `Cluster.Discovery`) can be dry-run. The task's
+  Only built-in strategies (and custom ones built on `Cluster.Discovery`) can be dry-run. A
+  strategy that would announce this node (gossip) may export `dry_run(impl) -> impl`; the task
+  calls it between `init/1` and `discover/2`. The task's
   VM is not distributed; strategies that need this node's own name (`LocalEpmd`) need it to be:
 
       $ elixir --sname dryrun -S mix libcluster.discover local
@@ -150,6 +153,8 @@ defmodule Mix.Tasks.Libcluster.Discover do
         fail(1, "the strategy returned :ignore: its config or environment disables it (see the log above)")
 
       {:ok, impl, _discovery_opts} ->
+        # A strategy that would announce this node (gossip heartbeats) listens only.
+        impl = if function_exported?(strategy, :dry_run, 1), do: strategy.dry_run(impl), else: impl
         tag = make_ref()
         {first, impl} = strategy.discover(impl, tag)
 
@@ -221,6 +226,7 @@ defmodule Mix.Tasks.Libcluster.Discover do
         for {kind, message} <- acc.errors, do: Mix.shell().error("  discovery failed (#{kind}): #{message}")
         Mix.shell().error("  nothing would be pruned: a failed round keeps the last known nodes")
 
+        # Only a local configuration failure can be this VM's lack of a name; a server's answer is not.
         if not Node.alive?() and Enum.any?(acc.errors, &match?({:config, _}, &1)) do
           Mix.shell().error(
             "  (this VM is not distributed; if the strategy needs this node's name, run " <>

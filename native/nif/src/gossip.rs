@@ -35,6 +35,7 @@ struct GossipOpts {
     new_names_burst: u32,
     new_names_per_minute: u32,
     stats_interval: Option<u64>,
+    listen_only: bool,
 }
 
 /// Raised as `%ArgumentError{message: ...}`, so Elixir callers can `rescue ArgumentError`.
@@ -112,6 +113,7 @@ fn gossip_start<'a>(
         mode: parse_mode(&opts.wire_format)?,
         secret: secret.map(|b| b.as_slice().to_vec()),
         schedule: match opts.heartbeat_interval {
+            _ if opts.listen_only => Schedule::Silent,
             None => Schedule::Random { max_ms: 5_000 },
             Some(0) => {
                 return Err(bad(

@@ -100,7 +100,8 @@ defmodule Cluster.Strategy.GossipTest do
         replay_window: 30_000,
         new_names_burst: 64,
         new_names_per_minute: 60,
-        stats_interval: nil
+        stats_interval: nil,
+        listen_only: false
       }
 
       error = assert_raise ArgumentError, fn -> Native.gossip_start(make_ref(), opts, nil) end

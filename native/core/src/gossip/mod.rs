@@ -42,6 +42,8 @@ pub enum Schedule {
     Random { max_ms: u64 },
     /// Every `ms` ms, ±10 %.
     Every { ms: u64 },
+    /// Never: listen only (the discovery dry run, which must not announce itself).
+    Silent,
 }
 
 #[derive(Debug, Clone)]
@@ -283,6 +285,7 @@ fn next_delay(schedule: Schedule) -> Duration {
             let spread = ms / 10;
             rng.random_range(ms - spread..=ms + spread).max(1)
         }
+        Schedule::Silent => 86_400_000,
     };
     Duration::from_millis(ms)
 }
@@ -365,7 +368,7 @@ pub async fn run(cfg: GossipConfig, stats: Arc<Stats>, sink: Arc<dyn Sink>) {
                         tracing::debug!(%err, "gossip recv failed");
                     }
                 },
-                _ = tokio::time::sleep_until(next_beat) => {
+                _ = tokio::time::sleep_until(next_beat), if cfg.schedule != Schedule::Silent => {
                     for datagram in wire::encode_heartbeat(&cfg.node, cfg.mode, &keys, wall_ms()) {
                         match sock.send_to(&datagram, dest).await {
                             Ok(_) => {

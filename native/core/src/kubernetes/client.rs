@@ -346,9 +346,10 @@ pub fn transport_error(req: &Request, e: &reqwest::Error) -> Error {
         return Error::new(
             ErrorKind::Tls,
             format!(
-                "TLS with {host}:{port} failed ({detail}); nothing was sent. The server \
+                "TLS with {host}:{port} failed: {}; nothing was sent ({detail}). The server \
                  certificate must be signed by the CA in the service account's ca.crt (or a system \
-                 root when there is none) and name {host}"
+                 root when there is none) and name {host}",
+                tls_in_plain_words(&detail)
             ),
         );
     }
@@ -365,6 +366,19 @@ pub fn transport_error(req: &Request, e: &reqwest::Error) -> Error {
             req.verb, req.url
         ),
     )
+}
+
+/// The common certificate failures, in the words an operator needs.
+fn tls_in_plain_words(detail: &str) -> &'static str {
+    if detail.contains("UnknownIssuer") {
+        "the API server's certificate is not signed by a CA this node trusts (a wrong or stale ca.crt?)"
+    } else if detail.contains("NotValidForName") {
+        "the API server's certificate does not name the host asked (check kubernetes_master)"
+    } else if detail.contains("Expired") || detail.contains("NotValidYet") {
+        "the API server's certificate is expired or not yet valid (check the clocks)"
+    } else {
+        "the TLS handshake with the API server did not complete"
+    }
 }
 
 /// Turn a non-200 status into an error that says what to do.
@@ -431,5 +445,23 @@ pub fn status_error(req: &Request, status: StatusCode, body: &[u8]) -> Error {
             ErrorKind::HttpStatus,
             format!("unexpected HTTP {code} for {verb} {resource} in namespace {ns}{said}"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tls_in_plain_words;
+
+    #[test]
+    fn certificate_failures_in_plain_words() {
+        assert!(
+            tls_in_plain_words("invalid peer certificate: UnknownIssuer").contains("not signed")
+        );
+        assert!(
+            tls_in_plain_words("invalid peer certificate: NotValidForName")
+                .contains("kubernetes_master")
+        );
+        assert!(tls_in_plain_words("invalid peer certificate: Expired").contains("expired"));
+        assert!(tls_in_plain_words("received fatal alert").contains("did not complete"));
     }
 }

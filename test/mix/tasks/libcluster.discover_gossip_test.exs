@@ -1,0 +1,95 @@
+defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
+  # The gossip dry run listens only: it hears heartbeats, and sends none (else the cluster's nodes
+  # would dial the dry run's VM).
+  use ExUnit.Case, async: false
+
+  alias Cluster.Test.GossipSender
+
+  defmodule DryRunProbe do
+    # Reports whether the task called its dry_run/1 hook before discover/2.
+    use Cluster.Discovery
+    @impl Cluster.Discovery
+    def init(_state), do: {:ok, %{dry: false}, []}
+    def dry_run(impl), do: %{impl | dry: true}
+    @impl Cluster.Discovery
+    def discover(%{dry: dry} = impl, _tag),
+      do: {{:discovered, [if(dry, do: :"dry@10.0.0.1", else: :"wet@10.0.0.1")]}, impl}
+  end
+
+  test "the task calls a strategy's dry_run/1 hook; gossip's makes it listen only" do
+    assert Cluster.Strategy.Gossip.dry_run(%{port: 1, listen_only: false}).listen_only == true
+
+    saved = Application.get_env(:libcluster, :topologies)
+
+    on_exit(fn ->
+      if saved,
+        do: Application.put_env(:libcluster, :topologies, saved),
+        else: Application.delete_env(:libcluster, :topologies)
+    end)
+
+    Application.put_env(:libcluster, :topologies, probe: [strategy: DryRunProbe])
+
+    out =
+      ExUnit.CaptureIO.capture_io(fn ->
+        assert Mix.Tasks.Libcluster.Discover.main("probe", []) == 0
+      end)
+
+    assert out =~ "dry@10.0.0.1"
+    refute out =~ "wet@10.0.0.1"
+  end
+
+  test "a listen-only gossip task hears heartbeats on loopback and sends none" do
+    port = 47_900 + rem(System.unique_integer([:positive]), 90)
+    tag = make_ref()
+
+    opts = %{
+      node: "dryrun@127.0.0.1",
+      port: port,
+      if_addr: "0.0.0.0",
+      multicast_if: "127.0.0.1",
+      multicast_addr: "233.252.1.32",
+      multicast_ttl: 0,
+      broadcast_only: false,
+      wire_format: "v1",
+      heartbeat_interval: 50,
+      replay_window: 30_000,
+      new_names_burst: 64,
+      new_names_per_minute: 60,
+      stats_interval: nil,
+      listen_only: true
+    }
+
+    {handle, stats} = Cluster.Native.gossip_start(tag, opts, nil)
+    on_exit(fn -> Cluster.Native.discovery_stop(handle) end)
+
+    Cluster.Test.Peer.wait_until(
+      fn -> Map.get(Cluster.Native.gossip_stats(stats), :socket_opened, 0) == 1 end,
+      3_000
+    )
+
+    sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
+    heartbeat = Cluster.Native.gossip_encode_v1("peer1@127.0.0.1", nil)
+
+    # Repeated until heard: the socket may join the group just after it opened.
+    Cluster.Test.Peer.wait_until(
+      fn ->
+        GossipSender.send_all(sender, {233, 252, 1, 32}, port, [heartbeat])
+
+        receive do
+          {:libcluster_rs, ^tag, {:heartbeat, "peer1@127.0.0.1"}} -> true
+        after
+          50 -> false
+        end
+      end,
+      3_000
+    )
+
+    :gen_udp.close(sender)
+    # 300 ms is six heartbeat intervals: none was sent.
+    Process.sleep(300)
+    counters = Cluster.Native.gossip_stats(stats)
+    assert counters.accepted >= 1
+    assert Map.get(counters, :sent, 0) == 0
+    assert Map.get(counters, :own, 0) == 0
+  end
+end
