@@ -187,6 +187,26 @@ defmodule Cluster.MembershipTest do
     assert Membership.status(m).pending == %{}
   end
 
+  @tag capture_log: true
+  test "a discovered node that goes down is redialled", %{t: t} do
+    net = Net.start(self(), %{:a@h => :up})
+    m = start(t, net, [])
+    Membership.discovered(m, [:a@h])
+    assert_receive {:dial, :a@h, _}, 500
+    Peer.wait_until(fn -> Net.list(net) == [:a@h] end, 500)
+
+    Net.disconnect(net, :a@h)
+    send(m, {:nodedown, :a@h})
+    assert_receive {:dial, :a@h, _}, 500
+    Peer.wait_until(fn -> Net.list(net) == [:a@h] end, 500)
+
+    # a node that is not (or no longer) discovered is not redialled on nodedown
+    Membership.discovered(m, [])
+    assert_receive {:hangup, :a@h}, 500
+    send(m, {:nodedown, :a@h})
+    refute_receive {:dial, :a@h, _}, 150
+  end
+
   describe "prune policies" do
     @describetag capture_log: true
 
