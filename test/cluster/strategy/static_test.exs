@@ -24,14 +24,9 @@ defmodule Cluster.Strategy.StaticTest do
 
     on_exit(fn -> System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true) end)
 
-    # wait until it listens
+    # wait until it answers
     Peer.wait_until(
-      fn ->
-        case :gen_tcp.connect({127, 0, 0, 1}, port, [], 200) do
-          {:ok, s} -> :gen_tcp.close(s) || true
-          _ -> false
-        end
-      end,
+      fn -> match?({_, 0}, System.cmd("epmd", ["-port", "#{port}", "-names"], stderr_to_stdout: true)) end,
       5_000
     )
 
@@ -39,7 +34,13 @@ defmodule Cluster.Strategy.StaticTest do
   end
 
   defp start_peer(name, epmd_port) do
-    {pid, node} = Peer.start(name, @host, env: [{"ERL_EPMD_PORT", Integer.to_string(epmd_port)}])
+    # (failed redials of the killed node are logged as warnings on the survivors: expected here)
+    {pid, node} =
+      Peer.start(name, @host,
+        env: [{"ERL_EPMD_PORT", Integer.to_string(epmd_port)}],
+        args: [~c"-kernel", ~c"logger_level", ~c"error"]
+      )
+
     # the test kills peers on purpose: their control processes must not take the test with them
     Process.unlink(pid)
     {pid, node}
