@@ -443,16 +443,18 @@ defmodule Cluster.Membership do
   defp schedule_retry(m) do
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
     connected = connected(m)
+    now = now()
 
+    # A node without a backoff entry is due now (monotonic time may be negative: never default to 0).
     next =
       m.desired
       |> Enum.reject(&(MapSet.member?(connected, &1) or attempting?(m, &1)))
-      |> Enum.map(fn n -> m.peers |> Map.get(n, %{next_at: 0}) |> Map.fetch!(:next_at) end)
+      |> Enum.map(fn n -> m.peers |> Map.get(n, %{next_at: now}) |> Map.fetch!(:next_at) end)
       |> Enum.min(fn -> nil end)
 
     case next do
       nil -> %{m | retry_timer: nil}
-      at -> %{m | retry_timer: Process.send_after(self(), :retry, max(at - now(), 0))}
+      at -> %{m | retry_timer: Process.send_after(self(), :retry, max(at - now, 0))}
     end
   end
 

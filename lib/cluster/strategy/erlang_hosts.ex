@@ -36,12 +36,13 @@ defmodule Cluster.Strategy.ErlangHosts do
       {:timeout, :infinity, Config.interval()},
       {:polling_interval, nil, Config.nullable(Config.interval())},
       {:epmd_timeout, 5_000, Config.pos_integer()},
-      {:epmd_port, Cluster.Strategy.LocalEpmd.default_epmd_port(), Config.port()}
+      {:epmd_port, Cluster.Strategy.LocalEpmd.default_epmd_port(), Config.port()},
+      {:hosts_file, nil, Config.nullable(Config.string())}
     ]
 
-    opts = Config.validate!(config, schema, topology, __MODULE__, [:membership, :hosts_file])
+    opts = Config.validate!(config, schema, topology, __MODULE__, [:membership])
 
-    case hosts(config) do
+    case hosts(opts.hosts_file) do
       {:ok, hosts} ->
         impl = Map.merge(opts, %{topology: topology, hosts: hosts, found: %{}, failed: %{}})
         {:ok, impl, interval: opts.polling_interval || opts.timeout, prune: false}
@@ -56,18 +57,25 @@ defmodule Cluster.Strategy.ErlangHosts do
     end
   end
 
-  defp hosts(config) do
+  defp hosts(hosts_file) do
     result =
-      case Keyword.get(config, :hosts_file) do
+      case hosts_file do
         nil -> :net_adm.host_file()
         path -> :file.consult(to_charlist(path))
       end
 
     case result do
       {:error, reason} -> {:error, reason}
-      hosts when is_list(hosts) -> {:ok, Enum.map(hosts, &to_string/1)}
-      {:ok, hosts} when is_list(hosts) -> {:ok, Enum.map(hosts, &to_string/1)}
+      hosts when is_list(hosts) -> host_names(hosts)
+      {:ok, hosts} when is_list(hosts) -> host_names(hosts)
     end
+  end
+
+  # Entries are atoms ('host.example'.) or strings; anything else makes the file unusable.
+  defp host_names(hosts) do
+    if Enum.all?(hosts, &(is_atom(&1) or is_binary(&1) or (is_list(&1) and List.ascii_printable?(&1)))),
+      do: {:ok, Enum.map(hosts, &to_string/1)},
+      else: {:error, {:not_host_names, Enum.reject(hosts, &(is_atom(&1) or is_binary(&1) or is_list(&1)))}}
   end
 
   @impl Cluster.Discovery

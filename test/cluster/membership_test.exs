@@ -1,0 +1,343 @@
+defmodule Cluster.MembershipTest do
+  # Cluster.Membership driven directly, over a fake distribution (injected MFAs). Every dial is
+  # reported to the test as `{:dial, node, attempt_pid}`; how a dial ends is set per node.
+  use ExUnit.Case, async: false
+  import ExUnit.CaptureLog
+
+  alias Cluster.Membership
+  alias Cluster.Strategy.State
+  alias Cluster.Test.Peer
+
+  defmodule Net do
+    @moduledoc false
+    # behaviour per node: :up (connects), :down (false), :hang (never returns), :wait (returns
+    # whatever the test sends as {:result, value}; true connects).
+    use Agent
+
+    def start(test, behaviour, connected \\ []) do
+      {:ok, pid} =
+        Agent.start(fn -> %{test: test, behaviour: behaviour, connected: MapSet.new(connected)} end)
+
+      pid
+    end
+
+    def set(net, node, b), do: Agent.update(net, &put_in(&1.behaviour[node], b))
+
+    def connect(net, node) do
+      %{test: test, behaviour: behaviour} = Agent.get(net, & &1)
+      send(test, {:dial, node, self()})
+
+      result =
+        case Map.get(behaviour, node, :down) do
+          :up -> true
+          :down -> false
+          :hang -> Process.sleep(:infinity)
+          :wait -> receive(do: ({:result, r} -> r))
+        end
+
+      if result == true, do: Agent.update(net, &%{&1 | connected: MapSet.put(&1.connected, node)})
+      result
+    end
+
+    def disconnect(net, node) do
+      Agent.get_and_update(net, fn s ->
+        send(s.test, {:hangup, node})
+        {MapSet.member?(s.connected, node), %{s | connected: MapSet.delete(s.connected, node)}}
+      end)
+    end
+
+    def list(net), do: Agent.get(net, &MapSet.to_list(&1.connected))
+  end
+
+  @events [
+    [:libcluster, :connect_node, :error],
+    [:libcluster, :membership, :backoff]
+  ]
+
+  setup do
+    test = self()
+    id = {__MODULE__, make_ref()}
+
+    :ok =
+      :telemetry.attach_many(
+        id,
+        @events,
+        fn event, measurements, meta, _ ->
+          if String.starts_with?(to_string(meta[:topology]), "mem_"),
+            do: send(test, {:telemetry, event, measurements, meta})
+        end,
+        nil
+      )
+
+    on_exit(fn -> :telemetry.detach(id) end)
+    {:ok, t: :"mem_#{System.unique_integer([:positive])}"}
+  end
+
+  defp start(t, net, opts, meta \\ nil) do
+    state = %State{
+      topology: t,
+      connect: {Net, :connect, [net]},
+      disconnect: {Net, :disconnect, [net]},
+      list_nodes: {Net, :list, [net]},
+      meta: meta
+    }
+
+    {:ok, m} = Membership.start_link(state, opts)
+    on_exit(fn -> if Process.alive?(m), do: Process.exit(m, :kill) end)
+    m
+  end
+
+  defp dials(acc \\ []) do
+    receive do
+      {:dial, n, _} -> dials([n | acc])
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
+
+  @tag capture_log: true
+  test "at most :max_concurrency attempts run at once; a finished one makes room", %{t: t} do
+    nodes = for i <- 1..5, do: :"n#{i}@h"
+    net = Net.start(self(), Map.new(nodes, &{&1, :wait}))
+    m = start(t, net, max_concurrency: 2)
+    Membership.discovered(m, nodes)
+
+    assert_receive {:dial, _, p1}, 500
+    assert_receive {:dial, _, _p2}, 500
+    refute_receive {:dial, _, _}, 150
+
+    send(p1, {:result, true})
+    assert_receive {:dial, _, p3}, 500
+    refute_receive {:dial, _, _}, 100
+    send(p3, {:result, false})
+    assert_receive {:dial, _, _}, 500
+    refute_receive {:dial, _, _}, 100
+  end
+
+  @tag capture_log: true
+  test "a hung attempt does not delay another node and is reported as :timeout", %{t: t} do
+    net = Net.start(self(), %{:hang@h => :hang, :ok@h => :up})
+    m = start(t, net, connect_timeout: 300, backoff_min: 5_000, backoff_max: 5_000)
+    t0 = System.monotonic_time(:millisecond)
+    Membership.discovered(m, [:hang@h, :ok@h])
+    assert_receive {:dial, :hang@h, hung}, 500
+    assert_receive {:dial, :ok@h, _}, 500
+    assert Peer.wait_until(fn -> :ok@h in Net.list(net) end, 500)
+    assert System.monotonic_time(:millisecond) - t0 < 100
+
+    assert_receive {:telemetry, [:libcluster, :connect_node, :error], %{duration: d},
+                    %{node: :hang@h, topology: ^t, reason: :timeout}},
+                   1_000
+
+    assert System.monotonic_time(:millisecond) - t0 >= 300
+    assert d == System.convert_time_unit(300, :millisecond, :native)
+    refute Process.alive?(hung)
+
+    assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{failures: 1},
+                    %{node: :hang@h, reason: :timeout}}
+
+    assert %{failures: 1, last_error: :timeout, in_flight: false} = Membership.status(m).pending[:hang@h]
+  end
+
+  @tag capture_log: true
+  test "a failing node is retried with exponential backoff, within its bounds, while discovered", %{t: t} do
+    net = Net.start(self(), %{:down@h => :down})
+    m = start(t, net, backoff_min: 40, backoff_max: 160)
+    Membership.discovered(m, [:down@h])
+
+    delays =
+      for failures <- 1..6 do
+        assert_receive {:telemetry, [:libcluster, :membership, :backoff],
+                        %{failures: ^failures, delay: delay}, %{node: :down@h, reason: false}},
+                       1_000
+
+        base = min(160, 40 * Integer.pow(2, failures - 1))
+        assert delay >= floor(base * 0.75) and delay <= ceil(base * 1.25), "failure #{failures}: #{delay}"
+        delay
+      end
+
+    # the delay doubles up to the maximum
+    assert Enum.at(delays, 5) > Enum.at(delays, 0) * 2
+
+    # the first attempt and (at least) five retries were real dials
+    assert length(dials()) >= 6
+
+    # no longer discovered: no more retries
+    Membership.discovered(m, [])
+    _ = dials()
+    Process.sleep(200)
+    assert dials() == []
+  end
+
+  @tag capture_log: true
+  test "a retry waits for its backoff delay", %{t: t} do
+    net = Net.start(self(), %{:down@h => :down})
+    m = start(t, net, backoff_min: 200, backoff_max: 200)
+    Membership.discovered(m, [:down@h])
+    assert_receive {:dial, :down@h, _}, 500
+    t0 = System.monotonic_time(:millisecond)
+    assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{delay: delay}, _}, 500
+    assert_receive {:dial, :down@h, _}, 1_000
+    waited = System.monotonic_time(:millisecond) - t0
+    assert waited >= delay - 5 and waited >= 140, "retried after #{waited} ms, delay #{delay}"
+    # a node that comes up is connected by the next retry, and its failures are forgotten
+    Net.set(net, :down@h, :up)
+    assert_receive {:dial, :down@h, _}, 1_000
+    Process.sleep(20)
+    assert Membership.status(m).pending == %{}
+  end
+
+  @tag capture_log: true
+  test "a discovered node that goes down is redialled", %{t: t} do
+    net = Net.start(self(), %{:a@h => :up})
+    m = start(t, net, [])
+    Membership.discovered(m, [:a@h])
+    assert_receive {:dial, :a@h, _}, 500
+    Peer.wait_until(fn -> Net.list(net) == [:a@h] end, 500)
+
+    Net.disconnect(net, :a@h)
+    send(m, {:nodedown, :a@h})
+    assert_receive {:dial, :a@h, _}, 500
+    Peer.wait_until(fn -> Net.list(net) == [:a@h] end, 500)
+
+    # a node that is not (or no longer) discovered is not redialled on nodedown
+    Membership.discovered(m, [])
+    assert_receive {:hangup, :a@h}, 500
+    send(m, {:nodedown, :a@h})
+    refute_receive {:dial, :a@h, _}, 150
+  end
+
+  describe "prune policies" do
+    @describetag capture_log: true
+
+    test ":immediate disconnects a node the next discovery omits", %{t: t} do
+      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      m = start(t, net, [])
+      Membership.discovered(m, [:a@h, :b@h])
+      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      Membership.discovered(m, [:a@h])
+      assert_receive {:hangup, :b@h}, 500
+      refute_receive {:hangup, :a@h}, 50
+      assert Net.list(net) == [:a@h]
+    end
+
+    test ":never never disconnects, and stops redialling", %{t: t} do
+      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      m = start(t, net, prune: :never, backoff_min: 20, backoff_max: 20)
+      Membership.discovered(m, [:a@h, :b@h])
+      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      Membership.discovered(m, [:a@h])
+      refute_receive {:hangup, _}, 200
+      # b goes away by itself: it is not dialled again
+      _ = dials()
+      Net.disconnect(net, :b@h)
+      assert_receive {:hangup, :b@h}
+      send(m, {:nodedown, :b@h})
+      Membership.discovered(m, [:a@h])
+      refute_receive {:dial, :b@h, _}, 150
+    end
+
+    test "{:grace_period, ms} disconnects a node still missing after ms", %{t: t} do
+      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      m = start(t, net, prune: {:grace_period, 250})
+      Membership.discovered(m, [:a@h, :b@h])
+      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      t0 = System.monotonic_time(:millisecond)
+      Membership.discovered(m, [:a@h])
+      assert Membership.status(m).missing == [:b@h]
+      assert_receive {:hangup, :b@h}, 1_000
+      assert System.monotonic_time(:millisecond) - t0 >= 250
+      assert Membership.status(m).missing == []
+    end
+
+    test "{:grace_period, ms}: a rediscovery within the grace period cancels the prune", %{t: t} do
+      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      m = start(t, net, prune: {:grace_period, 200})
+      Membership.discovered(m, [:a@h, :b@h])
+      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      Membership.discovered(m, [:a@h])
+      Process.sleep(80)
+      Membership.discovered(m, [:a@h, :b@h])
+      refute_receive {:hangup, _}, 400
+      assert Enum.sort(Net.list(net)) == [:a@h, :b@h]
+
+      # missing again later: a fresh grace period, from then
+      t0 = System.monotonic_time(:millisecond)
+      Membership.discovered(m, [:a@h])
+      assert_receive {:hangup, :b@h}, 1_000
+      assert System.monotonic_time(:millisecond) - t0 >= 200
+    end
+
+    test "a failed discovery never prunes", %{t: t} do
+      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      m = start(t, net, [])
+      Membership.discovered(m, [:a@h, :b@h])
+      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+
+      for _ <- 1..3, do: Membership.discovery_failed(m, {:http, "403 Forbidden"})
+      refute_receive {:hangup, _}, 150
+      status = Membership.status(m)
+      assert status.known == MapSet.new([:a@h, :b@h])
+      assert status.errors == 3
+      assert {{:http, "403 Forbidden"}, _at} = status.last_error
+    end
+
+    test "state.meta is the last known set: the first discovery omitting a node prunes it", %{t: t} do
+      net = Net.start(self(), %{}, [:a@h, :old@h])
+      m = start(t, net, [], MapSet.new([:a@h, :old@h]))
+      assert Membership.status(m).known == MapSet.new([:a@h, :old@h])
+      Membership.discovered(m, [:a@h])
+      assert_receive {:hangup, :old@h}, 500
+      refute_receive {:hangup, :a@h}, 50
+    end
+
+    test "a node connected by someone else but never discovered is not pruned", %{t: t} do
+      net = Net.start(self(), %{:a@h => :up}, [:other@h])
+      m = start(t, net, [])
+      Membership.discovered(m, [:a@h])
+      assert Peer.wait_until(fn -> :a@h in Net.list(net) end, 500)
+      Membership.discovered(m, [])
+      assert_receive {:hangup, :a@h}, 500
+      refute_receive {:hangup, :other@h}, 100
+    end
+  end
+
+  @tag capture_log: true
+  test "a prune cancels the dropped node's queued and in-flight attempts: no dial after it", %{t: t} do
+    net = Net.start(self(), %{:x@h => :wait, :y@h => :wait, :z@h => :wait})
+    m = start(t, net, max_concurrency: 1)
+    Membership.discovered(m, [:x@h, :y@h, :z@h])
+    assert_receive {:dial, first, pid}, 500
+    refute_receive {:dial, _, _}, 50
+
+    # drop the in-flight node and one queued node; keep one
+    [keep] = [:x@h, :y@h, :z@h] -- [first | Enum.take([:x@h, :y@h, :z@h] -- [first], 1)]
+    [queued_dropped] = [:x@h, :y@h, :z@h] -- [first, keep]
+    ref = Process.monitor(pid)
+    Membership.discovered(m, [keep])
+    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, 500
+    assert_receive {:dial, ^keep, kp}, 500
+    send(kp, {:result, true})
+    refute_receive {:dial, _, _}, 300
+    assert Net.list(net) == [keep]
+    status = Membership.status(m)
+    refute Map.has_key?(status.pending, first)
+    refute Map.has_key?(status.pending, queued_dropped)
+  end
+
+  test "bad options raise ArgumentError naming the key", %{t: t} do
+    for {opts, key} <- [
+          {[prune: :sometimes], ":prune"},
+          {[prune: {:grace_period, 0}], ":prune"},
+          {[max_concurrency: 0], ":max_concurrency"},
+          {[connect_timeout: :soon], ":connect_timeout"},
+          {[backoff_min: 500, backoff_max: 100], ":backoff_max"}
+        ] do
+      error = assert_raise ArgumentError, fn -> Membership.validate_opts!(t, opts) end
+      assert error.message =~ key
+      assert error.message =~ inspect(t)
+    end
+
+    assert capture_log(fn -> Membership.validate_opts!(t, bogus: 1) end) =~ ":bogus"
+  end
+end
