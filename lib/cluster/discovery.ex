@@ -123,6 +123,8 @@ defmodule Cluster.Discovery do
         membership_opts =
           Keyword.merge(Keyword.get(state.config, :membership, []), Keyword.get(opts, :membership, []))
 
+        # Validated here so that a bad option raises in the strategy's init, naming the key.
+        _ = Membership.validate_opts!(state.topology, membership_opts)
         {:ok, membership} = Membership.start_link(state, membership_opts)
 
         s = %{

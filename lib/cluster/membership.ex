@@ -382,14 +382,14 @@ defmodule Cluster.Membership do
     %{m | leaving: true, inflight: %{}, queue: [], busy: MapSet.new(), retry_timer: nil}
   end
 
+  # The attempt logs a failure at debug level only: `record/3` warns once per failure streak.
   defp start_attempt(m, node) do
     topology = m.topology
     connect = m.connect
-    quiet = Map.get(m.peers, node, %{failures: 0}).failures > 0
 
     {pid, _ref} =
       spawn_monitor(fn ->
-        exit({:connect_result, Cluster.Strategy.connect_node(topology, connect, node, quiet_failure: quiet)})
+        exit({:connect_result, Cluster.Strategy.connect_node(topology, connect, node, quiet_failure: true)})
       end)
 
     timer = Process.send_after(self(), {:attempt_deadline, pid}, m.opts.connect_timeout)

@@ -64,6 +64,38 @@ defmodule Cluster.NativeTest do
     wait_until(fn -> Native.discovery_stopped(handle) end)
   end
 
+  test "garbage-collecting a handle cancels its task and closes its socket" do
+    test = self()
+    {:ok, l} = :gen_tcp.listen(0, [:binary, active: false, ip: {127, 0, 0, 1}])
+    {:ok, port} = :inet.port(l)
+
+    spawn_link(fn ->
+      {:ok, sock} = :gen_tcp.accept(l)
+      send(test, :accepted)
+      # NAMES_REQ arrives; the fake epmd never answers and waits for the client to go away.
+      {:ok, _} = :gen_tcp.recv(sock, 3, 5_000)
+      send(test, {:client_closed, :gen_tcp.recv(sock, 0, 10_000)})
+    end)
+
+    owner =
+      spawn(fn ->
+        _ = Native.epmd_names_start(make_ref(), ["127.0.0.1"], port, 60_000)
+
+        receive do
+          :gc -> :erlang.garbage_collect()
+        end
+
+        Process.sleep(:infinity)
+      end)
+
+    assert_receive :accepted, 2_000
+    send(owner, :gc)
+    # the owner is alive: only the collected handle can have cancelled the task
+    assert_receive {:client_closed, {:error, :closed}}, 5_000
+    assert Process.alive?(owner)
+    Process.exit(owner, :kill)
+  end
+
   defp wait_until(fun, tries \\ 100) do
     cond do
       fun.() -> :ok

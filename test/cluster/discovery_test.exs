@@ -1,0 +1,202 @@
+defmodule Cluster.DiscoveryTest do
+  use ExUnit.Case, async: true
+  import ExUnit.CaptureLog
+
+  alias Cluster.{Discovery, Membership}
+  alias Cluster.Strategy.State
+  alias Cluster.Test.{Mfa, Peer}
+
+  @moduletag capture_log: true
+
+  # A strategy whose rounds are scripted by the test: `config[:script]` is a fun called with
+  # (round_number, tag) that returns an outcome; every call is reported to `config[:test]`.
+  defmodule Fake do
+    use Cluster.Discovery
+
+    @impl Cluster.Discovery
+    def init(%State{config: config}) do
+      send(config[:test], {:init, self()})
+      {:ok, %{config: config, round: 0}, Keyword.get(config, :opts, [])}
+    end
+
+    @impl Cluster.Discovery
+    def discover(%{round: n, config: config} = impl, tag) do
+      send(config[:test], {:round, n + 1, tag})
+      {config[:script].(n + 1, tag), %{impl | round: n + 1}}
+    end
+  end
+
+  setup context do
+    {:ok, topology: :"discovery_#{context.line}", connected: Mfa.connected()}
+  end
+
+  defp start(ctx, script, opts) do
+    test = self()
+
+    state = %State{
+      topology: ctx.topology,
+      connect: {Mfa, :connect, [test, Mfa.connect_into(ctx.connected)]},
+      disconnect: {Mfa, :disconnect, [test, Mfa.disconnect_from(ctx.connected)]},
+      list_nodes: {Mfa, :list_nodes, [ctx.connected]},
+      config: [test: test, script: script, opts: opts]
+    }
+
+    {:ok, pid} = Fake.start_link([state])
+    pid
+  end
+
+  test "the first round runs right after start, not inside init", ctx do
+    script = fn
+      1, _ -> Process.sleep(300) && {:discovered, [:a@h]}
+      _, _ -> :done
+    end
+
+    {micros, pid} = :timer.tc(fn -> start(ctx, script, interval: :infinity) end)
+    assert micros < 200_000
+    assert_receive {:round, 1, _}
+    assert_receive {:connect, :a@h}, 1_000
+    assert %{rounds: 1, last_discovered: last} = Discovery.status(pid)
+    assert last == MapSet.new([:a@h])
+  end
+
+  test "an error is logged as a warning once per streak and retried even with :infinity", ctx do
+    script = fn
+      n, _ when n <= 3 -> {:error, :servfail, "boom #{n}"}
+      _, _ -> {:discovered, [:a@h]}
+    end
+
+    log =
+      capture_log(fn ->
+        pid = start(ctx, script, interval: 40)
+        assert_receive {:round, 4, _}, 2_000
+        assert_receive {:connect, :a@h}, 1_000
+        assert %{error_streak: 0, last_error: {:servfail, "boom 3", _}} = Discovery.status(pid)
+      end)
+
+    assert length(Regex.scan(~r/discovery failed \(servfail\)/, log)) == 1
+    assert log =~ "discovery recovered after 3 failed round(s)"
+  end
+
+  test "with interval :infinity a failed round is retried after a backoff of about 1 s", ctx do
+    script = fn
+      1, _ -> {:error, :timeout, "slow"}
+      _, _ -> {:discovered, []}
+    end
+
+    _pid = start(ctx, script, interval: :infinity)
+    assert_receive {:round, 1, _}
+    t0 = System.monotonic_time(:millisecond)
+    assert_receive {:round, 2, _}, 2_000
+    assert (System.monotonic_time(:millisecond) - t0) in 750..1_600
+    # a success with :infinity schedules nothing more
+    refute_receive {:round, 3, _}, 300
+  end
+
+  test "an error never prunes: the membership keeps the last known set", ctx do
+    script = fn
+      1, _ -> {:discovered, [:a@h]}
+      _, _ -> {:error, :forbidden, "403"}
+    end
+
+    pid = start(ctx, script, interval: 30)
+    assert_receive {:connect, :a@h}
+    assert_receive {:round, 3, _}, 1_000
+    refute_received {:disconnect, _}
+    assert MapSet.new([:a@h]) == Discovery.status(pid).membership.known
+  end
+
+  test "confirm_empty: an empty result after a non-empty one is applied only when enough rounds agree", ctx do
+    script = fn
+      1, _ -> {:discovered, [:a@h]}
+      _, _ -> {:discovered, []}
+    end
+
+    pid = start(ctx, script, interval: 50, confirm_empty: 3)
+    assert_receive {:connect, :a@h}
+    assert_receive {:round, 3, _}, 1_000
+    refute_received {:disconnect, _}
+    assert MapSet.new([:a@h]) == Discovery.status(pid).last_discovered
+    assert_receive {:round, 4, _}, 1_000
+    assert_receive {:disconnect, :a@h}, 1_000
+  end
+
+  defp silent_listener do
+    {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1}, active: false)
+    {:ok, port} = :inet.port(l)
+    on_exit(fn -> :gen_tcp.close(l) end)
+    {l, port}
+  end
+
+  test "round_timeout: an async round that does not finish is an error, then retried", ctx do
+    {_l, port} = silent_listener()
+
+    script = fn
+      1, tag -> {:async, Cluster.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)}
+      _, _ -> {:discovered, [:b@h]}
+    end
+
+    log =
+      capture_log(fn ->
+        pid = start(ctx, script, interval: 100, round_timeout: 100)
+        assert_receive {:round, 1, _}
+        assert %{mode: :round} = Discovery.status(pid)
+        assert_receive {:round, 2, _}, 1_000
+        assert_receive {:connect, :b@h}, 1_000
+      end)
+
+    assert log =~ "discovery failed (timeout): discovery round did not finish within 100 ms"
+  end
+
+  test "events with a stale tag are ignored; the current tag's events are applied", ctx do
+    {_l, port} = silent_listener()
+
+    script = fn _, tag -> {:async, Cluster.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)} end
+    pid = start(ctx, script, interval: :infinity)
+    assert_receive {:round, 1, tag}
+    send(pid, {:libcluster_rs, make_ref(), {:nodes, ["stale@h"]}})
+    refute_receive {:connect, _}, 100
+    send(pid, {:libcluster_rs, tag, {:nodes, ["fresh@h", "not a node"]}})
+    assert_receive {:connect, :fresh@h}, 1_000
+    assert MapSet.new([:fresh@h]) == Discovery.status(pid).last_discovered
+    # once the round is over, even its own tag is stale
+    send(pid, {:libcluster_rs, tag, {:nodes, ["late@h"]}})
+    refute_receive {:connect, :late@h}, 100
+  end
+
+  test "the round's native handle is stopped when the round ends", ctx do
+    {_l, port} = silent_listener()
+    test = self()
+
+    script = fn _, tag ->
+      handle = Cluster.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)
+      send(test, {:handle, handle})
+      {:async, handle}
+    end
+
+    pid = start(ctx, script, interval: :infinity)
+    assert_receive {:round, 1, tag}
+    assert_receive {:handle, handle}
+    refute Cluster.Native.discovery_stopped(handle)
+    send(pid, {:libcluster_rs, tag, {:nodes, []}})
+    Peer.wait_until(fn -> Cluster.Native.discovery_stopped(handle) end, 1_000)
+  end
+
+  test "refresh/1 runs a round now", ctx do
+    pid = start(ctx, fn _, _ -> {:discovered, []} end, interval: :infinity)
+    assert_receive {:round, 1, _}
+    Discovery.refresh(pid)
+    assert_receive {:round, 2, _}
+  end
+
+  test "membership options given in the config reach the membership", ctx do
+    pid = start(ctx, fn _, _ -> {:discovered, []} end, interval: :infinity, membership: [prune: :never])
+    assert %{membership: %{opts: %{prune: :never}}} = Discovery.status(pid)
+    assert is_pid(Registry.lookup(Cluster.Registry, {:membership, ctx.topology}) |> hd() |> elem(0))
+
+    assert Membership.status(
+             Registry.lookup(Cluster.Registry, {:membership, ctx.topology})
+             |> hd()
+             |> elem(0)
+           )
+  end
+end
