@@ -173,9 +173,8 @@ defmodule Cluster do
   Nothing is disconnected: the node keeps its connections while it drains, and its own topologies
   no longer re-dial a peer that drops. Custom (non-built-in) strategies are not affected.
 
-  It is called for you when a `Cluster.Supervisor` shuts down and when the `:libcluster_rs`
-  application stops; built-in topologies also stop dialling by themselves once the system is
-  stopping. Call it yourself to start draining earlier, e.g. first thing in your application's
+  It is called for you when the `:libcluster_rs` application stops, and built-in topologies stop
+  dialling by themselves once the system is stopping (`System.stop/0`, SIGTERM). Call it yourself to start draining earlier, e.g. first thing in your application's
   `prep_stop/1`.
   """
   @spec leave() :: :ok
