@@ -220,6 +220,29 @@ pub struct Skipped {
     pub bad_name: usize,
 }
 
+impl Target {
+    /// An address published for `target_ref` (a pod, usually) in an object of namespace `obj_ns`;
+    /// without a targetRef the namespace is the object's.
+    fn referenced(
+        ip: IpAddr,
+        target_ref: Option<&ObjectRef<'_>>,
+        obj_ns: &str,
+        hostname: Option<&str>,
+        service: Option<&str>,
+    ) -> Target {
+        Target {
+            ip,
+            namespace: target_ref
+                .and_then(|r| r.namespace.as_deref())
+                .unwrap_or(obj_ns)
+                .to_owned(),
+            hostname: hostname.map(str::to_owned),
+            service: service.map(str::to_owned),
+            owner: target_ref.and_then(|r| owner_key(r, obj_ns)),
+        }
+    }
+}
+
 fn owner_key(r: &ObjectRef<'_>, fallback_ns: &str) -> Option<String> {
     let name = r.name.as_deref()?;
     Some(format!(
@@ -251,19 +274,13 @@ impl Endpoints<'_> {
                 };
                 // An address without targetRef (a manually managed Endpoints) is still an address:
                 // its namespace is the object's. libcluster crashed here.
-                let namespace = a
-                    .target_ref
-                    .as_ref()
-                    .and_then(|r| r.namespace.as_deref())
-                    .unwrap_or(obj_ns)
-                    .to_owned();
-                out.push(Target {
+                out.push(Target::referenced(
                     ip,
-                    namespace,
-                    hostname: a.hostname.as_deref().map(str::to_owned),
-                    service: self.metadata.name.as_deref().map(str::to_owned),
-                    owner: a.target_ref.as_ref().and_then(|r| owner_key(r, obj_ns)),
-                });
+                    a.target_ref.as_ref(),
+                    obj_ns,
+                    a.hostname.as_deref(),
+                    self.metadata.name.as_deref(),
+                ));
             }
         }
         out
@@ -334,19 +351,13 @@ impl EndpointSlice<'_> {
             let Some(ip) = ep.addresses.first().and_then(|s| parse_ip(s, skipped)) else {
                 continue;
             };
-            let namespace = ep
-                .target_ref
-                .as_ref()
-                .and_then(|r| r.namespace.as_deref())
-                .unwrap_or(obj_ns)
-                .to_owned();
-            out.push(Target {
+            out.push(Target::referenced(
                 ip,
-                namespace,
-                hostname: ep.hostname.as_deref().map(str::to_owned),
-                service: service.map(str::to_owned),
-                owner: ep.target_ref.as_ref().and_then(|r| owner_key(r, obj_ns)),
-            });
+                ep.target_ref.as_ref(),
+                obj_ns,
+                ep.hostname.as_deref(),
+                service,
+            ));
         }
         out
     }
