@@ -55,21 +55,7 @@ defmodule Cluster.MembershipTest do
   ]
 
   setup do
-    test = self()
-    id = {__MODULE__, make_ref()}
-
-    :ok =
-      :telemetry.attach_many(
-        id,
-        @events,
-        fn event, measurements, meta, _ ->
-          if String.starts_with?(to_string(meta[:topology]), "mem_"),
-            do: send(test, {:telemetry, event, measurements, meta})
-        end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach(id) end)
+    Cluster.Test.TelemetryForward.attach(@events, "mem_")
     {:ok, t: :"mem_#{System.unique_integer([:positive])}"}
   end
 

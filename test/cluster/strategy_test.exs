@@ -30,22 +30,7 @@ defmodule Cluster.StrategyTest do
   ]
 
   setup do
-    test = self()
-    id = {__MODULE__, make_ref()}
-
-    :ok =
-      :telemetry.attach_many(
-        id,
-        @events,
-        fn event, measurements, meta, _ ->
-          # Only this module's events (other test modules may run at the same time).
-          if String.starts_with?(to_string(meta[:topology]), "strategy_"),
-            do: send(test, {:telemetry, event, measurements, meta})
-        end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach(id) end)
+    Cluster.Test.TelemetryForward.attach(@events, "strategy_")
     {:ok, t: :"strategy_#{System.unique_integer([:positive])}"}
   end
 

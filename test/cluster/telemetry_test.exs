@@ -18,18 +18,7 @@ defmodule Cluster.TelemetryTest do
   ]
 
   setup do
-    test = self()
-    id = {__MODULE__, make_ref()}
-
-    :ok =
-      :telemetry.attach_many(
-        id,
-        @events,
-        fn event, measurements, meta, _ -> send(test, {:telemetry, event, measurements, meta}) end,
-        nil
-      )
-
-    on_exit(fn -> :telemetry.detach(id) end)
+    Cluster.Test.TelemetryForward.attach(@events)
     t = :"tel_#{System.unique_integer([:positive])}"
     {:ok, topology: t}
   end
