@@ -1,16 +1,13 @@
 defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
   # The dry run against a real DNS server: dnsmasq on 127.0.0.1 (a high port) started by the test.
   use ExUnit.Case, async: false
-  import ExUnit.CaptureIO
 
-  alias Mix.Tasks.Libcluster.Discover
   alias Cluster.Test.Dnsmasq
 
   @moduletag :dnsmasq
 
   setup do
-    saved = for app <- [:libcluster, :libcluster_rs], do: {app, Application.get_env(app, :topologies)}
-    Application.delete_env(:libcluster_rs, :topologies)
+    Cluster.Test.DiscoverRun.isolate_topologies()
 
     dns =
       Dnsmasq.start([
@@ -19,15 +16,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
         {:srv, "_app._tcp.cluster.test", "app-0.app.cluster.test", 4000}
       ])
 
-    on_exit(fn ->
-      Dnsmasq.cleanup(dns)
-
-      for {app, value} <- saved do
-        if value,
-          do: Application.put_env(app, :topologies, value),
-          else: Application.delete_env(app, :topologies)
-      end
-    end)
+    on_exit(fn -> Dnsmasq.cleanup(dns) end)
 
     {:ok, dns: dns}
   end
@@ -56,33 +45,9 @@ defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
     )
   end
 
-  # Runs the task in a process of its own, returns {exit status, stdout <> stderr}.
   defp discover(args) do
-    parent = self()
-
-    stderr =
-      capture_io(:stderr, fn ->
-        stdout =
-          capture_io(fn ->
-            task =
-              Task.async(fn ->
-                try do
-                  Discover.run(args)
-                  0
-                catch
-                  :exit, {:shutdown, status} -> status
-                end
-              end)
-
-            send(parent, {:status, Task.await(task, 15_000)})
-          end)
-
-        send(parent, {:stdout, stdout})
-      end)
-
-    assert_received {:status, status}
-    assert_received {:stdout, stdout}
-    {status, stdout <> stderr}
+    {status, output, _ms} = Cluster.Test.DiscoverRun.run(args)
+    {status, output}
   end
 
   test "a name that resolves: the nodes are printed, exit 0, nothing connected", %{dns: dns} do

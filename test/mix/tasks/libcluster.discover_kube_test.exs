@@ -3,23 +3,11 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
   # for the run) and a Rancher metadata server on 127.0.0.1: exit statuses and the plain-words
   # messages an operator reads.
   use ExUnit.Case, async: false
-  import ExUnit.CaptureIO
 
   alias Cluster.Test.{FakeKube, JSON}
-  alias Mix.Tasks.Libcluster.Discover
 
   setup do
-    saved = for app <- [:libcluster, :libcluster_rs], do: {app, Application.get_env(app, :topologies)}
-
-    on_exit(fn ->
-      for {app, value} <- saved do
-        if value,
-          do: Application.put_env(app, :topologies, value),
-          else: Application.delete_env(app, :topologies)
-      end
-    end)
-
-    Application.delete_env(:libcluster_rs, :topologies)
+    Cluster.Test.DiscoverRun.isolate_topologies()
     kube = FakeKube.start!()
     on_exit(fn -> FakeKube.stop(kube) end)
 
@@ -32,37 +20,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
     {:ok, kube: kube}
   end
 
-  # Runs the task in a process of its own (the discovery's owner): {exit status, output, ms}.
-  defp discover(args) do
-    parent = self()
-
-    output =
-      capture_io(:stderr, fn ->
-        stdout =
-          capture_io(fn ->
-            started = System.monotonic_time(:millisecond)
-
-            task =
-              Task.async(fn ->
-                try do
-                  Discover.run(args)
-                  0
-                catch
-                  :exit, {:shutdown, status} -> status
-                end
-              end)
-
-            status = Task.await(task, 15_000)
-            send(parent, {:status, status, System.monotonic_time(:millisecond) - started})
-          end)
-
-        send(parent, {:stdout, stdout})
-      end)
-
-    assert_received {:status, status, ms}
-    assert_received {:stdout, stdout}
-    {status, stdout <> output, ms}
-  end
+  defp discover(args), do: Cluster.Test.DiscoverRun.run(args)
 
   defp k8s(kube, config) do
     Application.put_env(:libcluster, :topologies,

@@ -1,54 +1,17 @@
 defmodule Mix.Tasks.Libcluster.DiscoverTest do
   use ExUnit.Case, async: false
-  import ExUnit.CaptureIO
   import ExUnit.CaptureLog
 
-  alias Mix.Tasks.Libcluster.Discover
   alias Cluster.Test.ScriptedStrategy
 
   setup do
-    saved = for app <- [:libcluster, :libcluster_rs], do: {app, Application.get_env(app, :topologies)}
-
-    on_exit(fn ->
-      for {app, value} <- saved do
-        if value,
-          do: Application.put_env(app, :topologies, value),
-          else: Application.delete_env(app, :topologies)
-      end
-    end)
-
-    Application.delete_env(:libcluster_rs, :topologies)
+    Cluster.Test.DiscoverRun.isolate_topologies()
     :ok
   end
 
-  # Runs the task in a process of its own (the discovery's owner), returns {exit status, output}.
-  defp discover(args, fun \\ fn _ -> :ok end) do
-    parent = self()
-
-    output =
-      capture_io(:stderr, fn ->
-        stdout =
-          capture_io(fn ->
-            task =
-              Task.async(fn ->
-                try do
-                  Discover.run(args)
-                  0
-                catch
-                  :exit, {:shutdown, status} -> status
-                end
-              end)
-
-            fun.(task)
-            send(parent, {:status, Task.await(task, 15_000)})
-          end)
-
-        send(parent, {:stdout, stdout})
-      end)
-
-    assert_received {:status, status}
-    assert_received {:stdout, stdout}
-    {status, stdout <> output}
+  defp discover(args, during \\ fn _ -> :ok end) do
+    {status, output, _ms} = Cluster.Test.DiscoverRun.run(args, during)
+    {status, output}
   end
 
   test "a static topology: prints the nodes, exit 0, connects nothing" do
