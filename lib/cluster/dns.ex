@@ -34,8 +34,20 @@ defmodule Cluster.DNS do
     ]
   end
 
-  @doc "Options for `Cluster.Discovery` with the DNS defaults; a `membership: [prune: ...]` in config wins."
-  def discovery_opts(interval, config) do
+  @doc "Schema entries for the poll interval, `:polling_interval` and libcluster's doc name `:poll_interval`."
+  def interval_schema do
+    [
+      {:polling_interval, nil, Config.nullable(Config.interval())},
+      {:poll_interval, nil, Config.nullable(Config.interval())}
+    ]
+  end
+
+  @doc """
+  Options for `Cluster.Discovery` with the DNS defaults, from the validated `opts` (interval
+  entries included); a `membership: [prune: ...]` in config wins.
+  """
+  def discovery_opts(opts, config) do
+    interval = opts.polling_interval || opts.poll_interval || 5_000
     user_prune = config |> Keyword.get(:membership, []) |> Keyword.get(:prune)
 
     [

@@ -95,20 +95,14 @@ defmodule Cluster.Strategy.DNSPoll do
 
   @impl Cluster.Discovery
   def init(%{topology: topology, config: config}) do
-    schema =
-      [
-        {:polling_interval, nil, Config.nullable(Config.interval())},
-        {:poll_interval, nil, Config.nullable(Config.interval())},
-        {:resource_types, @default_types, &resource_types/1}
-      ] ++ DNS.schema()
+    schema = DNS.interval_schema() ++ [{:resource_types, @default_types, &resource_types/1}] ++ DNS.schema()
 
     opts = Config.validate!(config, schema, topology, __MODULE__, [:query, :node_basename, :membership])
-    interval = opts.polling_interval || opts.poll_interval || 5_000
 
     case questions(Keyword.get(config, :query), Keyword.get(config, :node_basename), opts.resource_types) do
       {:ok, questions} ->
         impl = Map.merge(opts, %{topology: topology, questions: questions})
-        {:ok, impl, DNS.discovery_opts(interval, config)}
+        {:ok, impl, DNS.discovery_opts(opts, config)}
 
       {:error, message} ->
         DNS.ignore(topology, "DNSPoll: " <> message)

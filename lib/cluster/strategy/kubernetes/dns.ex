@@ -62,19 +62,14 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
 
   @impl Cluster.Discovery
   def init(%{topology: topology, config: config}) do
-    schema =
-      [
-        {:polling_interval, nil, Config.nullable(Config.interval())},
-        {:poll_interval, nil, Config.nullable(Config.interval())}
-      ] ++ DNS.schema()
-
+    schema = DNS.interval_schema() ++ DNS.schema()
     opts = Config.validate!(config, schema, topology, __MODULE__, [:service, :application_name, :membership])
-    interval = opts.polling_interval || opts.poll_interval || 5_000
 
     with {:ok, service} <- required(config, :service),
          {:ok, app} <- required(config, :application_name) do
-      impl = Map.merge(opts, %{topology: topology, service: service, app: app})
-      {:ok, impl, DNS.discovery_opts(interval, config)}
+      questions = [{app, service, [:a, :aaaa]}]
+      impl = Map.merge(opts, %{topology: topology, service: service, app: app, questions: questions})
+      {:ok, impl, DNS.discovery_opts(opts, config)}
     else
       {:error, message} -> DNS.ignore(topology, "Kubernetes.DNS: " <> message)
     end
@@ -92,7 +87,7 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
 
   @impl Cluster.Discovery
   def discover(%{resolver: nil} = impl, tag) do
-    {DNS.poll(impl, [{impl.app, impl.service, [:a, :aaaa]}], tag), impl}
+    {DNS.poll(impl, impl.questions, tag), impl}
   end
 
   def discover(%{resolver: resolver} = impl, tag) do
@@ -115,5 +110,5 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
 
   @doc false
   # `mix libcluster.discover`: why a round found no node.
-  def dry_run_empty(impl), do: DNS.empty_message(impl, [{impl.app, impl.service, [:a, :aaaa]}])
+  def dry_run_empty(impl), do: DNS.empty_message(impl, impl.questions)
 end

@@ -64,11 +64,7 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
 
   @impl Cluster.Discovery
   def init(%{topology: topology, config: config}) do
-    schema =
-      [
-        {:polling_interval, nil, Config.nullable(Config.interval())},
-        {:poll_interval, nil, Config.nullable(Config.interval())}
-      ] ++ DNS.schema()
+    schema = DNS.interval_schema() ++ DNS.schema()
 
     opts =
       Config.validate!(config, schema, topology, __MODULE__, [
@@ -78,13 +74,12 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
         :membership
       ])
 
-    interval = opts.polling_interval || opts.poll_interval || 5_000
-
     with {:ok, service} <- K8sDNS.required(config, :service),
          {:ok, namespace} <- K8sDNS.required(config, :namespace),
          {:ok, app} <- K8sDNS.required(config, :application_name) do
-      impl = Map.merge(opts, %{topology: topology, query: query(service, namespace), app: app})
-      {:ok, impl, DNS.discovery_opts(interval, config)}
+      query = query(service, namespace)
+      impl = Map.merge(opts, %{topology: topology, query: query, app: app, questions: [{app, query, [:srv]}]})
+      {:ok, impl, DNS.discovery_opts(opts, config)}
     else
       {:error, message} -> DNS.ignore(topology, "Kubernetes.DNSSRV: " <> message)
     end
@@ -97,7 +92,7 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
 
   @impl Cluster.Discovery
   def discover(%{resolver: nil} = impl, tag) do
-    {DNS.poll(impl, [{impl.app, impl.query, [:srv]}], tag), impl}
+    {DNS.poll(impl, impl.questions, tag), impl}
   end
 
   def discover(%{resolver: resolver} = impl, tag) do
@@ -124,7 +119,7 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
 
   @doc false
   # `mix libcluster.discover`: why a round found no node.
-  def dry_run_empty(impl), do: DNS.empty_message(impl, [{impl.app, impl.query, [:srv]}])
+  def dry_run_empty(impl), do: DNS.empty_message(impl, impl.questions)
 
   defp target_text(target) do
     target |> to_string() |> String.trim_trailing(".")
