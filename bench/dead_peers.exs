@@ -29,11 +29,8 @@ load_before = loadavg.()
 dp = DeadPeers.setup(51, Enum.max(ks))
 live = DeadPeers.start_live(dp)
 
-median = fn xs ->
-  s = Enum.sort(xs)
-  n = length(s)
-  if rem(n, 2) == 1, do: Enum.at(s, div(n, 2)), else: (Enum.at(s, div(n, 2) - 1) + Enum.at(s, div(n, 2))) / 2
-end
+Code.require_file("bench/support/stats.exs")
+median = &Bench.Stats.median/1
 
 {results, bare} =
   try do

@@ -6,15 +6,10 @@ for file <- ["test/support/dnsmasq.ex", "test/support/dns_nodes.ex"] do
   end
 end
 
-defmodule Bench.DNS do
-  def median(list) do
-    sorted = Enum.sort(list)
-    n = length(sorted)
+Code.require_file("bench/support/stats.exs")
 
-    if rem(n, 2) == 1,
-      do: Enum.at(sorted, div(n, 2)),
-      else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
-  end
+defmodule Bench.DNS do
+  defdelegate median(list), to: Bench.Stats
 
   def fmt(x) when is_float(x), do: :erlang.float_to_binary(x, decimals: 2)
   def fmt(x), do: to_string(x)

@@ -37,16 +37,7 @@ defmodule Bench.Mem do
   end
 end
 
-defmodule Bench.Stats do
-  def median(xs) do
-    s = Enum.sort(xs)
-    n = length(s)
-
-    if rem(n, 2) == 1,
-      do: Enum.at(s, div(n, 2)),
-      else: (Enum.at(s, div(n, 2) - 1) + Enum.at(s, div(n, 2))) / 2
-  end
-end
+Code.require_file("bench/support/stats.exs")
 
 ip = fn i -> "10.#{div(i, 65536)}.#{rem(div(i, 256), 256)}.#{rem(i, 256)}" end
 

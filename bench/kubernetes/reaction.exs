@@ -9,16 +9,7 @@
 
 alias Cluster.Test.{FakeKube, Peer}
 
-defmodule Bench.Stats do
-  def median(xs) do
-    s = Enum.sort(xs)
-    n = length(s)
-
-    if rem(n, 2) == 1,
-      do: Enum.at(s, div(n, 2)),
-      else: (Enum.at(s, div(n, 2) - 1) + Enum.at(s, div(n, 2))) / 2
-  end
-end
+Code.require_file("bench/support/stats.exs")
 
 kube = FakeKube.start!()
 {pa, _} = Peer.start("watcher", "127.0.0.1")
