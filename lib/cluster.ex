@@ -40,6 +40,14 @@ defmodule Cluster do
     * `:name_problems` - discovered node names that cannot be connected with this node's name
       mode (a short host under `--name`, a fully qualified host or an IP under `--sname`), as
       sentences; at most 10
+    * `:membership` - `:ok`, or `:unresponsive` when the topology's membership did not answer in
+      time (the other membership keys are then empty)
+    * `:mfa_errors` - the topology's MFAs (`:connect`, `:disconnect`, `:list_nodes`) that have
+      failed (raised, exited, thrown, returned something unexpected or not returned in time):
+      `%{kind => %{mfa: "Mod.fun/arity", error: text, failing: boolean, count: n, total: n, at:
+      DateTime}}`. `failing` is true while the failure streak lasts (`count` failures in a row);
+      `error` and `at` are the last failure's; `total` counts all. `%{}` when none ever failed.
+      (A failed resolver fun is a failed discovery: see `:last_error`.)
     * `:extra` - strategy-specific details from the optional `c:Cluster.Discovery.status_extra/1`
       callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
       strategy reports nothing.
@@ -228,7 +236,11 @@ defmodule Cluster do
   defp build_status(topology, %{discovery: pid} = info) do
     case safe_call(fn -> Discovery.status(pid, @call_timeout) end) do
       {:ok, d} ->
-        m = d.membership
+        {m, membership} =
+          case d.membership do
+            %{} = m -> {m, :ok}
+            :unresponsive -> {%{leaving: false, connected: [], pending: %{}, mfa_errors: %{}}, :unresponsive}
+          end
 
         %{
           topology: topology,
@@ -245,7 +257,9 @@ defmodule Cluster do
           interval: d.interval,
           next_round_in: d.next_round_in,
           name_problems: d.name_problems,
-          extra: d.extra
+          extra: d.extra,
+          membership: membership,
+          mfa_errors: mfa_errors(m.mfa_errors)
         }
 
       :error ->
@@ -291,8 +305,14 @@ defmodule Cluster do
       interval: nil,
       next_round_in: nil,
       name_problems: [],
-      extra: %{}
+      extra: %{},
+      membership: nil,
+      mfa_errors: %{}
     }
+  end
+
+  defp mfa_errors(errors) do
+    Map.new(errors, fn {kind, e} -> {kind, %{e | at: datetime(e.at)}} end)
   end
 
   defp last_error(nil), do: nil
@@ -301,10 +321,25 @@ defmodule Cluster do
   defp datetime(nil), do: nil
   defp datetime(ms), do: DateTime.from_unix!(ms, :millisecond)
 
+  # A custom strategy's list_nodes is user code: run with a deadline, outside the caller, and
+  # anything but a list counts as none.
   defp list_nodes({m, f, a}) do
+    task =
+      case Process.whereis(Cluster.TaskSupervisor) do
+        nil -> Task.async(fn -> safe_apply(m, f, a) end)
+        sup -> Task.Supervisor.async_nolink(sup, fn -> safe_apply(m, f, a) end, shutdown: :brutal_kill)
+      end
+
+    case Task.yield(task, @call_timeout) || Task.shutdown(task, :brutal_kill) do
+      {:ok, list} when is_list(list) -> list
+      _ -> []
+    end
+  end
+
+  defp safe_apply(m, f, a) do
     apply(m, f, a)
-  rescue
-    _ -> []
+  catch
+    _, _ -> []
   end
 
   # Late replies after a timeout are dropped by the runtime (process aliases), so nothing leaks.
