@@ -432,9 +432,15 @@ defmodule Cluster.Membership do
         m
       end
 
-    # Connected by someone else (e.g. the peer dialled us): its failures are forgotten only once it
-    # has stayed connected for `:stable_after` (see observe/1).
-    if Map.has_key?(m.peers, node) and not m.leaving, do: {:noreply, refresh(m)}, else: {:noreply, m}
+    # Up, maybe connected by someone else (e.g. the peer dialled us): its failures are forgotten
+    # only once it has stayed connected for `:stable_after` (see observe/1).
+    case Map.fetch(m.peers, node) do
+      {:ok, %{up_since: nil} = peer} ->
+        {:noreply, %{m | peers: Map.put(m.peers, node, %{peer | up_since: now()})}}
+
+      _ ->
+        {:noreply, m}
+    end
   end
 
   def handle_info(_other, m), do: {:noreply, m}
