@@ -779,7 +779,12 @@ defmodule Cluster.Membership do
         :ok ->
           m = mfa_ok(m, :connect)
           peer = Map.get(m.peers, node) || new_peer(now)
-          if peer.up_since == nil, do: Cluster.Logger.info(m.topology, "connected to #{inspect(node)}")
+
+          # Logged once per connection: the node was down when this dial started (its nodeup may
+          # have been seen already).
+          if peer.up_since == nil or peer.up_since >= peer.last_dial_at,
+            do: Cluster.Logger.info(m.topology, "connected to #{inspect(node)}")
+
           peer = %{peer | up_since: peer.up_since || now}
           %{m | peers: Map.put(m.peers, node, peer), listed: MapSet.put(m.listed, node)}
 

@@ -19,9 +19,13 @@ defmodule Cluster.Strategy do
         end
       end
 
-  `connect_nodes/4` and `disconnect_nodes/4` are synchronous, as in libcluster. The built-in
-  strategies do not use them: they hand their discoveries to `Cluster.Membership`, which connects
-  concurrently with a deadline per attempt and retries failing peers with backoff.
+  `connect_nodes/4` and `disconnect_nodes/4` are synchronous, as in libcluster: they call the MFAs in
+  the caller, an exception raised by an MFA propagates to it, and a successful connect is logged
+  ("connected to") on every call. The built-in strategies do not use them: they hand their
+  discoveries to `Cluster.Membership`, which connects concurrently in supervised tasks with a
+  deadline per attempt, contains MFAs that raise or hang, counts a connect whose node `list_nodes`
+  does not show afterwards as a failure, and retries failing peers with backoff (at most twice a
+  second per node by default).
 
   ## Telemetry
 
