@@ -36,7 +36,7 @@ defmodule Bench.Redial do
 
   def report(name, counts) do
     IO.puts(
-      String.pad_trailing(name, 34) <>
+      String.pad_trailing(name, 40) <>
         "median #{Bench.Stats.median(counts)}/s, max #{Enum.max(counts)}/s  #{inspect(counts, charlists: :as_lists)}"
     )
   end
