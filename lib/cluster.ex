@@ -33,7 +33,10 @@ defmodule Cluster do
     * `:connected` - the discovered nodes that are connected (per the topology's `list_nodes`)
     * `:pending` - the discovered nodes that are not connected: `%{node => %{failures: n,
       last_error: reason, next_attempt_in: ms, in_flight: boolean}}`; `failures > 0` means the node is
-      in backoff and `next_attempt_in` is when it is dialled again
+      in backoff and `next_attempt_in` is when it is dialled again. `last_error` is what the connect
+      returned (`false`, `:ignored`, `:timeout`...), `:not_listed` (it returned `true` but
+      `list_nodes` did not show the node) or `:dropped` (the node connected and dropped again at
+      once). Nodes only sighted (gossip) and in backoff are included too, at most 50.
     * `:last_error` - the last failed discovery: `%{kind: atom, message: string, at: DateTime}`, or `nil`
     * `:error_streak` - consecutive failed rounds (0 when the last round succeeded)
     * `:rounds`, `:interval`, `:next_round_in` (ms, or `nil` when no round is scheduled)

@@ -22,6 +22,8 @@ defmodule Cluster.Discovery do
   @membership_timeout 500
   alias Cluster.Strategy.State
 
+  # `{:seen, nodes}` is a sighting from an untrusted source (e.g. an unauthenticated heartbeat);
+  # `{:seen, nodes, trusted: true}` one from an authenticated source. See Cluster.Membership.seen/3.
   @typedoc "What a round, or one native event, produced."
   @type outcome ::
           {:discovered, [node()]}

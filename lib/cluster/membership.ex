@@ -99,6 +99,8 @@ defmodule Cluster.Membership do
   @peers_cap 10_000
   # Sightings waiting for a `list_nodes` answer, at most.
   @sightings_cap 4_096
+  # Sighted (not discovered) nodes in backoff shown by status/2, at most.
+  @sighted_shown 50
 
   defstruct topology: nil,
             connect: nil,
@@ -298,11 +300,20 @@ defmodule Cluster.Membership do
     now = now()
     connected = m.listed
 
+    # Discovered nodes that are not connected, and at most @sighted_shown sighted ones (a flood of
+    # fake gossip names must not make the status huge).
+    {wanted, sighted} =
+      m.peers
+      |> Enum.reject(fn {node, _} -> MapSet.member?(connected, node) end)
+      |> Enum.split_with(fn {node, _} -> MapSet.member?(m.desired, node) end)
+
+    sighted =
+      sighted
+      |> Enum.filter(fn {n, p} -> p.failures > 0 or attempting?(m, n) end)
+      |> Enum.take(@sighted_shown)
+
     pending =
-      for {node, peer} <- m.peers,
-          not MapSet.member?(connected, node),
-          MapSet.member?(m.desired, node) or peer.failures > 0 or attempting?(m, node),
-          into: %{} do
+      for {node, peer} <- wanted ++ sighted, into: %{} do
         {node,
          %{
            failures: peer.failures,
