@@ -33,13 +33,24 @@ defmodule Cluster do
     * `:connected` - the discovered nodes that are connected (per the topology's `list_nodes`)
     * `:pending` - the discovered nodes that are not connected: `%{node => %{failures: n,
       last_error: reason, next_attempt_in: ms, in_flight: boolean}}`; `failures > 0` means the node is
-      in backoff and `next_attempt_in` is when it is dialled again
+      in backoff and `next_attempt_in` is when it is dialled again. `last_error` is what the connect
+      returned (`false`, `:ignored`, `:timeout`...), `:not_listed` (it returned `true` but
+      `list_nodes` did not show the node) or `:dropped` (the node connected and dropped again at
+      once). Nodes only sighted (gossip) and in backoff are included too, at most 50.
     * `:last_error` - the last failed discovery: `%{kind: atom, message: string, at: DateTime}`, or `nil`
     * `:error_streak` - consecutive failed rounds (0 when the last round succeeded)
     * `:rounds`, `:interval`, `:next_round_in` (ms, or `nil` when no round is scheduled)
     * `:name_problems` - discovered node names that cannot be connected with this node's name
       mode (a short host under `--name`, a fully qualified host or an IP under `--sname`), as
       sentences; at most 10
+    * `:membership` - `:ok`, or `:unresponsive` when the topology's membership did not answer in
+      time (the other membership keys are then empty)
+    * `:mfa_errors` - the topology's MFAs (`:connect`, `:disconnect`, `:list_nodes`) that have
+      failed (raised, exited, thrown, returned something unexpected or not returned in time):
+      `%{kind => %{mfa: "Mod.fun/arity", error: text, failing: boolean, count: n, total: n, at:
+      DateTime}}`. `failing` is true while the failure streak lasts (`count` failures in a row);
+      `error` and `at` are the last failure's; `total` counts all. `%{}` when none ever failed.
+      (A failed resolver fun is a failed discovery: see `:last_error`.)
     * `:extra` - strategy-specific details from the optional `c:Cluster.Discovery.status_extra/1`
       callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
       strategy reports nothing.
@@ -228,7 +239,11 @@ defmodule Cluster do
   defp build_status(topology, %{discovery: pid} = info) do
     case safe_call(fn -> Discovery.status(pid, @call_timeout) end) do
       {:ok, d} ->
-        m = d.membership
+        {m, membership} =
+          case d.membership do
+            %{} = m -> {m, :ok}
+            :unresponsive -> {%{leaving: false, connected: [], pending: %{}, mfa_errors: %{}}, :unresponsive}
+          end
 
         %{
           topology: topology,
@@ -245,7 +260,9 @@ defmodule Cluster do
           interval: d.interval,
           next_round_in: d.next_round_in,
           name_problems: d.name_problems,
-          extra: d.extra
+          extra: d.extra,
+          membership: membership,
+          mfa_errors: mfa_errors(m.mfa_errors)
         }
 
       :error ->
@@ -291,8 +308,14 @@ defmodule Cluster do
       interval: nil,
       next_round_in: nil,
       name_problems: [],
-      extra: %{}
+      extra: %{},
+      membership: nil,
+      mfa_errors: %{}
     }
+  end
+
+  defp mfa_errors(errors) do
+    Map.new(errors, fn {kind, e} -> {kind, %{e | at: datetime(e.at)}} end)
   end
 
   defp last_error(nil), do: nil
@@ -301,10 +324,25 @@ defmodule Cluster do
   defp datetime(nil), do: nil
   defp datetime(ms), do: DateTime.from_unix!(ms, :millisecond)
 
+  # A custom strategy's list_nodes is user code: run with a deadline, outside the caller, and
+  # anything but a list counts as none.
   defp list_nodes({m, f, a}) do
+    task =
+      case Process.whereis(Cluster.TaskSupervisor) do
+        nil -> Task.async(fn -> safe_apply(m, f, a) end)
+        sup -> Task.Supervisor.async_nolink(sup, fn -> safe_apply(m, f, a) end, shutdown: :brutal_kill)
+      end
+
+    case Task.yield(task, @call_timeout) || Task.shutdown(task, :brutal_kill) do
+      {:ok, list} when is_list(list) -> list
+      _ -> []
+    end
+  end
+
+  defp safe_apply(m, f, a) do
     apply(m, f, a)
-  rescue
-    _ -> []
+  catch
+    _, _ -> []
   end
 
   # Late replies after a timeout are dropped by the runtime (process aliases), so nothing leaks.

@@ -4,7 +4,7 @@ defmodule ClusterTest do
 
   alias Cluster.Test.{Dialer, ScriptedStrategy}
 
-  @fast [backoff_min: 20, backoff_max: 40]
+  @fast [backoff_min: 20, backoff_max: 40, min_dial_interval: 10]
 
   defp start_topologies(topologies) do
     start_supervised!({Cluster.Supervisor, [topologies]}, restart: :temporary)

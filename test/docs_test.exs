@@ -53,10 +53,17 @@ defmodule Cluster.DocsTest do
       assert guide =~ ~r/\| `#{key}` \|[^\n]*\(`#{Regex.escape(text)}`\) \|/, "#{key}: (`#{text}`)"
     end
 
+    # libcluster's defaults: prune at once, apply an empty answer at once
+    assert Cluster.DNS.default_prune(5_000) == :immediate
+    assert guide =~ ~r/the default\s+prune policy is `:immediate`/
+    assert Cluster.DNS.confirm_empty() == 1
+    assert guide =~ "by default it is applied at once"
+
+    # the recommended options for partial or rotating answers
     assert guide =~ "{:grace_period, max(3 * polling_interval, 30_000)}"
-    assert Cluster.DNS.default_prune(5_000) == {:grace_period, 30_000}
-    assert Cluster.DNS.default_prune(20_000) == {:grace_period, 60_000}
-    assert guide =~ "confirm_empty: #{Cluster.DNS.confirm_empty()}"
+    assert Cluster.DNS.recommended_grace(5_000) == {:grace_period, 30_000}
+    assert Cluster.DNS.recommended_grace(20_000) == {:grace_period, 60_000}
+    assert guide =~ "confirm_empty: 2"
   end
 
   defp underscored(n) when n < 1000, do: Integer.to_string(n)

@@ -1,7 +1,7 @@
 defmodule Cluster.App do
   @moduledoc false
-  # The :libcluster_rs application: the event server, the registry of memberships, and (opt-in)
-  # the topologies of `config :libcluster_rs, topologies: [...]`.
+  # The :libcluster_rs application: the event server, the registry of memberships, a task
+  # supervisor, and (opt-in) the topologies of `config :libcluster_rs, topologies: [...]`.
   use Application
 
   @impl true
@@ -14,6 +14,9 @@ defmodule Cluster.App do
     children =
       [
         {Registry, keys: :unique, name: Cluster.Registry},
+        # Short tasks of the library outside any topology (e.g. `Cluster.status/1` asking a custom
+        # strategy's list_nodes); each topology has a Task.Supervisor of its own.
+        {Task.Supervisor, name: Cluster.TaskSupervisor},
         Cluster.Events
       ] ++
         if topologies == [] do

@@ -17,12 +17,18 @@ defmodule Cluster.Discovery do
   use GenServer
 
   alias Cluster.{Membership, NodeName}
+
+  # How long a status or leave waits for the membership (which answers at once unless stuck).
+  @membership_timeout 500
   alias Cluster.Strategy.State
 
+  # `{:seen, nodes}` is a sighting from an untrusted source (e.g. an unauthenticated heartbeat);
+  # `{:seen, nodes, trusted: true}` one from an authenticated source. See Cluster.Membership.seen/3.
   @typedoc "What a round, or one native event, produced."
   @type outcome ::
           {:discovered, [node()]}
           | {:seen, [node()]}
+          | {:seen, [node()], Keyword.t()}
           | {:error, kind :: atom(), message :: String.t()}
           | :done
           | :pending
@@ -70,9 +76,21 @@ defmodule Cluster.Discovery do
     GenServer.start_link(__MODULE__, {module, state})
   end
 
-  @doc "The discovery's view: strategy, last result, error streak, and the membership's status."
+  @doc """
+  The discovery's view: strategy, last result, error streak, and the membership's status
+  (`membership: :unresponsive` when the membership did not answer in time).
+  """
   @spec status(pid(), timeout()) :: map()
   def status(pid, timeout \\ 5_000), do: GenServer.call(pid, :status, timeout)
+
+  @doc false
+  # The topology's Task.Supervisor, for work a strategy starts from the discovery process (e.g. a
+  # DNS `resolver` fun): it is linked to the discovery, so that work ends with the topology. Outside
+  # a discovery process (the dry run), the application's Cluster.TaskSupervisor, if running.
+  @spec task_supervisor() :: pid() | atom() | nil
+  def task_supervisor do
+    Process.get(:cluster_task_supervisor) || Process.whereis(Cluster.TaskSupervisor)
+  end
 
   @doc """
   Stops discovery and reconnection for good (graceful leave): no further rounds, the native task
@@ -119,6 +137,8 @@ defmodule Cluster.Discovery do
       {:ok, impl, opts} ->
         register(state.topology)
         warn_unless_distributed(state.topology)
+        {:ok, tasks} = Task.Supervisor.start_link()
+        Process.put(:cluster_task_supervisor, tasks)
 
         membership_opts =
           Keyword.merge(Keyword.get(state.config, :membership, []), Keyword.get(opts, :membership, []))
@@ -311,7 +331,7 @@ defmodule Cluster.Discovery do
       next_round_in: (s.timer && Process.read_timer(s.timer)) || nil,
       extra: status_extra(s),
       name_problems: s.name_problems,
-      membership: Membership.status(s.membership)
+      membership: membership_status(s.membership)
     }
 
     {:reply, status, s}
@@ -323,7 +343,7 @@ defmodule Cluster.Discovery do
     for t <- [s.timer, s.round_timer], t != nil, do: Process.cancel_timer(t)
     if s.handle, do: Cluster.Native.discovery_stop(s.handle)
     s = close_span(s, :left)
-    :ok = Membership.leave(s.membership)
+    _ = safe_call(fn -> Membership.leave(s.membership, @membership_timeout) end)
     Cluster.Logger.info(s.state.topology, "leaving: discovery and reconnection stopped")
 
     Cluster.Telemetry.execute([:libcluster, :topology, :leave], %{}, %{
@@ -332,6 +352,21 @@ defmodule Cluster.Discovery do
     })
 
     {:reply, :ok, %{s | mode: :left, timer: nil, round_timer: nil, handle: nil, tag: nil}}
+  end
+
+  # A membership never waits for user code, but a status must not crash the discovery even if it
+  # is stuck: it then says so.
+  defp membership_status(membership) do
+    case safe_call(fn -> Membership.status(membership, @membership_timeout) end) do
+      {:ok, status} -> status
+      :error -> :unresponsive
+    end
+  end
+
+  defp safe_call(fun) do
+    {:ok, fun.()}
+  catch
+    :exit, _ -> :error
   end
 
   @impl true
@@ -363,8 +398,10 @@ defmodule Cluster.Discovery do
 
   defp apply_outcome(:pending, s), do: s
 
-  defp apply_outcome({:seen, nodes}, s) do
-    Membership.seen(s.membership, nodes)
+  defp apply_outcome({:seen, nodes}, s), do: apply_outcome({:seen, nodes, []}, s)
+
+  defp apply_outcome({:seen, nodes, opts}, s) do
+    Membership.seen(s.membership, nodes, opts)
     s = update_in(s.round_counts.seen, &(&1 + length(nodes)))
     check_name_mode(s, nodes, :seen)
   end

@@ -2,23 +2,23 @@ defmodule Cluster.DNS do
   @moduledoc false
   # What the DNS strategies (DNSPoll, Kubernetes.DNS, Kubernetes.DNSSRV) share: the resolver
   # options, one poll (native, or a user `resolver` fun run outside the strategy process with a
-  # deadline), the translation of answers into Cluster.Discovery outcomes, and the DNS defaults:
+  # deadline), the translation of answers into Cluster.Discovery outcomes, and the DNS defaults,
+  # which are libcluster 3.5's:
   #
-  #   * `confirm_empty: 2` - an empty answer (NXDOMAIN or no records) after a non-empty one is
-  #     applied only when the next poll is empty too; one empty poll is ignored
-  #   * prune `{:grace_period, max(3 * polling_interval, 30_000)}` - a node missing from the
-  #     answer is disconnected only if no poll returns it again within that time, so DNS services
-  #     that return rotating or partial answers (a random subset of the records, capped answers)
-  #     do not make nodes flap. A node that leaves DNS is usually shutting down and drops its
-  #     connections itself, so a late prune costs little; a flap costs every node a
-  #     disconnect/reconnect (global, :pg, Horde...). At least 30 s, so that a node absent from
-  #     several consecutive random-subset answers is still kept.
+  #   * prune `:immediate` - a node that an earlier poll returned and this one omits is disconnected
+  #     within this poll; `membership: [prune: {:grace_period, ms}]` keeps it for `ms` instead
+  #   * `confirm_empty: 1` - an empty answer (NXDOMAIN or no records) is applied at once;
+  #     `confirm_empty: 2` applies it only when the next poll is empty too
+  #   * errors (timeout, SERVFAIL, REFUSED, network) never prune (libcluster defect 3 is not copied)
   #   * a poll where some questions fail and others answer connects what was found and prunes
   #     nothing (`{:partial_nodes, ...}`), then counts as a failed round
+  #
+  # For DNS services that return partial or rotating answers (Route 53 multivalue, Consul DNS), the
+  # guide recommends `{:grace_period, recommended_grace(interval)}` and `confirm_empty: 2`.
 
   alias Cluster.{Config, NodeName}
 
-  @confirm_empty 2
+  @confirm_empty 1
   @grace_polls 3
   @grace_min 30_000
 
@@ -30,7 +30,8 @@ defmodule Cluster.DNS do
       {:query_timeout, 2_000, Config.pos_integer()},
       {:query_attempts, 2, &attempts/1},
       {:resolver_timeout, 5_000, Config.pos_integer()},
-      {:resolv_conf, "/etc/resolv.conf", Config.string()}
+      {:resolv_conf, "/etc/resolv.conf", Config.string()},
+      {:confirm_empty, @confirm_empty, Config.pos_integer()}
     ]
   end
 
@@ -44,7 +45,7 @@ defmodule Cluster.DNS do
 
   @doc """
   Options for `Cluster.Discovery` with the DNS defaults, from the validated `opts` (interval
-  entries included); a `membership: [prune: ...]` in config wins.
+  entries and `confirm_empty` included); a `membership: [prune: ...]` in config wins.
   """
   def discovery_opts(opts, config) do
     interval = opts.polling_interval || opts.poll_interval || 5_000
@@ -53,16 +54,22 @@ defmodule Cluster.DNS do
     [
       interval: interval,
       jitter: 0.1,
-      confirm_empty: @confirm_empty,
+      confirm_empty: Map.get(opts, :confirm_empty, @confirm_empty),
       membership: [prune: user_prune || default_prune(interval)]
     ]
   end
 
-  @doc "The default prune policy for a DNS strategy polling every `interval` ms."
-  def default_prune(:infinity), do: {:grace_period, @grace_min}
-  def default_prune(interval), do: {:grace_period, max(@grace_polls * interval, @grace_min)}
+  @doc "The default prune policy of a DNS strategy: libcluster's, `:immediate`."
+  def default_prune(_interval), do: :immediate
 
-  @doc "How many consecutive empty polls it takes to apply an empty answer."
+  @doc """
+  The grace period the guide recommends for DNS services with partial or rotating answers, polling
+  every `interval` ms: `max(3 * polling_interval, 30_000)`.
+  """
+  def recommended_grace(:infinity), do: {:grace_period, @grace_min}
+  def recommended_grace(interval), do: {:grace_period, max(@grace_polls * interval, @grace_min)}
+
+  @doc "How many consecutive empty polls it takes to apply an empty answer, by default."
   def confirm_empty, do: @confirm_empty
 
   @doc """
@@ -90,7 +97,8 @@ defmodule Cluster.DNS do
   def run_resolver(lookups, timeout, tag) do
     owner = self()
 
-    spawn(fn ->
+    # Under the topology's Task.Supervisor, so a poll in flight ends with its topology.
+    start_supervised(fn ->
       results =
         lookups
         |> Task.async_stream(fn {_, fun} -> safely(fun) end,
@@ -115,6 +123,13 @@ defmodule Cluster.DNS do
     end)
 
     :pending
+  end
+
+  defp start_supervised(fun) do
+    case Cluster.Discovery.task_supervisor() do
+      nil -> {:ok, _} = Task.start(fun)
+      sup -> {:ok, _} = Task.Supervisor.start_child(sup, fun, shutdown: :brutal_kill)
+    end
   end
 
   defp safely(fun) do

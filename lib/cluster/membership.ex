@@ -8,15 +8,34 @@ defmodule Cluster.Membership do
     * `discovered/3` - the complete set a successful discovery returned. Nodes in it that are not
       connected (per `list_nodes`) are connected; nodes that an earlier discovery returned and this
       one does not are pruned according to the `:prune` policy.
-    * `seen/2` - nodes sighted by a source that is not a complete list (a gossip heartbeat). They are
-      connected if needed, and never pruned.
+    * `seen/3` - nodes sighted by a source that is not a complete list (a gossip heartbeat). They are
+      connected if needed, and never pruned. Sightings are untrusted by default (`trusted: false`):
+      the connects they cause are bounded per topology (`:untrusted_connect_rate`).
     * `discovery_failed/2` - a failed discovery. It is recorded and logged; it never prunes anything.
 
-  Connects run concurrently in processes of their own, never in the strategy process, at most
-  `:max_concurrency` at a time and each within `:connect_timeout`. A node that fails is retried with
-  exponential backoff with jitter (from `:backoff_min` to `:backoff_max`) for as long as discovery
-  keeps returning it; a discovered node that goes down is redialled the same way. A node that hangs
-  therefore never delays another.
+  Connects run concurrently in supervised tasks of the topology, never in the strategy process, at
+  most `:max_concurrency` at a time and each within `:connect_timeout`. A node that fails is retried
+  with exponential backoff with jitter (from `:backoff_min` to `:backoff_max`); a discovered node
+  that goes down is redialled the same way. A node that hangs therefore never delays another.
+
+  A connect counts as a success only when `list_nodes` shows the node afterwards: a connect MFA that
+  returns `true` for a peer that accepts and drops the connection (or for a hidden connect, or with a
+  `list_nodes` that lags) is a failure for the backoff. A node that connects and drops again within
+  `:stable_after` keeps escalating its backoff; its failures are forgotten only once it stays
+  connected that long. Whatever happens, one node is never dialled more often than once per
+  `:min_dial_interval` (`Cluster.Strategy.Epmd` with `timeout: n` raises that floor to `n`).
+
+  ## Containment of the topology's MFAs
+
+  The `connect`, `disconnect` and `list_nodes` MFAs are the user's code, and run in tasks of the
+  topology's `Task.Supervisor`, never in this process, each with a deadline (`:connect_timeout`
+  for connects and disconnects, `:list_nodes_timeout` for `list_nodes`). An MFA that raises, exits,
+  throws, returns something it should not or hangs counts as a failed attempt (or a failed
+  `list_nodes` round, retried with backoff); it is logged at error level once per streak, naming the
+  MFA and the error, and shown by `Cluster.status/1` under `:mfa_errors`. The membership keeps the
+  last good answer of `list_nodes` and refreshes it asynchronously, so its own process never waits
+  for user code and `status/2` always answers. (The default `list_nodes`, `:erlang.nodes/1`, is a
+  BIF that cannot fail: it is called directly.) When the topology stops, its tasks stop with it.
 
   ## Options
 
@@ -29,11 +48,20 @@ defmodule Cluster.Membership do
         returns it again in the meantime cancels that. Use it for DNS services that return partial
         or rotating answers.
       * `:never` - it is no longer redialled, but never disconnected
-    * `:connect_timeout` - the deadline of one connect attempt in ms (default `10_000`)
+    * `:connect_timeout` - the deadline of one connect (and of one disconnect) attempt in ms
+      (default `10_000`)
     * `:max_concurrency` - connect attempts in flight at once (default `64`); more wait their turn,
       nodes never tried before first
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±25% jitter (defaults `250` / `10_000` ms)
+    * `:min_dial_interval` - the shortest time in ms between two connect attempts to one node,
+      whatever happens (default `500`: at most two dials a second per node)
+    * `:stable_after` - ms a node must stay connected before its earlier failures are forgotten
+      (default `5_000`); a node that drops sooner counts as failed again
+    * `:list_nodes_timeout` - the deadline of one `list_nodes` call in ms (default `5_000`)
+    * `:untrusted_connect_rate` - connect attempts per second that untrusted sightings (`seen/3`
+      with `trusted: false`, e.g. unauthenticated gossip) may cause in this topology, all nodes
+      together (default `10`); sightings beyond it are dropped until the next one
 
   Errors never prune: a failed discovery leaves the last known set in place.
 
@@ -60,22 +88,36 @@ defmodule Cluster.Membership do
     connect_timeout: 10_000,
     max_concurrency: 64,
     backoff_min: 250,
-    backoff_max: 10_000
+    backoff_max: 10_000,
+    min_dial_interval: 500,
+    stable_after: 5_000,
+    list_nodes_timeout: 5_000,
+    untrusted_connect_rate: 10
   }
+
+  # Backoff entries of nodes that are neither wanted nor connected are dropped beyond this many.
+  @peers_cap 10_000
+  # Sightings waiting for a `list_nodes` answer, at most.
+  @sightings_cap 4_096
+  # Sighted (not discovered) nodes in backoff shown by status/2, at most.
+  @sighted_shown 50
 
   defstruct topology: nil,
             connect: nil,
             disconnect: nil,
             list_nodes: nil,
             opts: @defaults,
+            tasks: nil,
             # the last successful complete discovery (libcluster's `meta`)
             known: MapSet.new(),
             known_at: nil,
             # nodes to keep connected: `known` minus pruned ones
             desired: MapSet.new(),
-            # node => %{failures, next_at, last_error}
+            # The per-node backoff state, the one place it lives:
+            # node => %{failures, next_at, last_error, last_dial_at, up_since}.
+            # `reset_backoff/2` is the one function that clears it.
             peers: %{},
-            # pid => {node, started_at, timer}
+            # connect attempts: task ref => {node, pid, started_at, timer}
             inflight: %{},
             queue: [],
             # nodes in flight or queued, for O(1) lookups with large discoveries
@@ -84,6 +126,21 @@ defmodule Cluster.Membership do
             cancelled: %{},
             # node => monotonic ms when it went missing (grace-period prune)
             missing: %{},
+            # disconnects in flight: task ref => {nodes, pid, timer}
+            disconnects: %{},
+            # the last good `list_nodes` answer, and the refresh in flight
+            listed: MapSet.new(),
+            listed_at: nil,
+            list_task: nil,
+            list_again: false,
+            list_failures: 0,
+            # sightings waiting for the next `list_nodes` answer: node => trusted?
+            sightings: %{},
+            # the token bucket of untrusted sightings: {tokens, monotonic ms}
+            bucket: nil,
+            sightings_dropped: 0,
+            # :connect | :disconnect | :list_nodes => %{mfa, error, count, at}: the current failure streak
+            mfa_errors: %{},
             retry_timer: nil,
             last_error: nil,
             discoveries: 0,
@@ -107,19 +164,26 @@ defmodule Cluster.Membership do
     GenServer.cast(membership, {:discovered, MapSet.new(nodes), Keyword.get(opts, :prune, true)})
   end
 
-  @doc "Nodes sighted by a partial source: connected if needed, never pruned."
-  @spec seen(pid(), [node()]) :: :ok
-  def seen(membership, nodes), do: GenServer.cast(membership, {:seen, nodes})
+  @doc """
+  Nodes sighted by a partial source: connected if needed, never pruned. Every sighted node has
+  per-node backoff like any other. With `trusted: false` (the default, e.g. unauthenticated gossip)
+  the connects caused by sightings are also bounded to `:untrusted_connect_rate` a second for the
+  whole topology; `trusted: true` (authenticated sources) lifts that bound.
+  """
+  @spec seen(pid(), [node()], Keyword.t()) :: :ok
+  def seen(membership, nodes, opts \\ []) do
+    GenServer.cast(membership, {:seen, nodes, Keyword.get(opts, :trusted, false) == true})
+  end
 
   @doc "A failed discovery: recorded, never prunes."
   @spec discovery_failed(pid(), term()) :: :ok
   def discovery_failed(membership, error), do: GenServer.cast(membership, {:failed, error})
 
   @doc "Stops dialling for good (see \"Leaving\" above). Idempotent."
-  @spec leave(pid()) :: :ok
-  def leave(membership), do: GenServer.call(membership, :leave)
+  @spec leave(pid(), timeout()) :: :ok
+  def leave(membership, timeout \\ 5_000), do: GenServer.call(membership, :leave, timeout)
 
-  @doc "A snapshot of the membership: known, desired, connected, pending and backoff state."
+  @doc "A snapshot of the membership: known, desired, connected, pending, backoff and MFA failures."
   @spec status(pid(), timeout()) :: map()
   def status(membership, timeout \\ 5_000), do: GenServer.call(membership, :status, timeout)
 
@@ -131,7 +195,11 @@ defmodule Cluster.Membership do
       {:connect_timeout, @defaults.connect_timeout, Config.pos_integer()},
       {:max_concurrency, @defaults.max_concurrency, Config.pos_integer()},
       {:backoff_min, @defaults.backoff_min, Config.pos_integer()},
-      {:backoff_max, @defaults.backoff_max, Config.pos_integer()}
+      {:backoff_max, @defaults.backoff_max, Config.pos_integer()},
+      {:min_dial_interval, @defaults.min_dial_interval, Config.pos_integer()},
+      {:stable_after, @defaults.stable_after, Config.non_neg_integer()},
+      {:list_nodes_timeout, @defaults.list_nodes_timeout, Config.pos_integer()},
+      {:untrusted_connect_rate, @defaults.untrusted_connect_rate, Config.pos_integer()}
     ]
 
     validated = Config.validate!(opts, schema, topology, __MODULE__)
@@ -156,6 +224,9 @@ defmodule Cluster.Membership do
   def init({state, opts}) do
     topology = state.topology
     _ = Registry.register(Cluster.Registry, {:membership, topology}, self())
+    # The topology's tasks (connects, disconnects, list_nodes): linked to this process, so they
+    # end with the topology.
+    {:ok, tasks} = Task.Supervisor.start_link()
 
     known =
       case state.meta do
@@ -163,14 +234,18 @@ defmodule Cluster.Membership do
         _ -> MapSet.new()
       end
 
+    opts = validate_opts!(topology, opts)
+
     m = %__MODULE__{
       topology: topology,
       connect: state.connect,
       disconnect: state.disconnect,
       list_nodes: state.list_nodes,
-      opts: validate_opts!(topology, opts),
+      opts: opts,
+      tasks: tasks,
       known: known,
-      desired: known
+      desired: known,
+      bucket: {opts.untrusted_connect_rate * 1.0, now()}
     }
 
     :ok = :net_kernel.monitor_nodes(true)
@@ -179,7 +254,7 @@ defmodule Cluster.Membership do
 
   @impl true
   def handle_cast({:discovered, _, _}, %{leaving: true} = m), do: {:noreply, m}
-  def handle_cast({:seen, _}, %{leaving: true} = m), do: {:noreply, m}
+  def handle_cast({:seen, _, _}, %{leaving: true} = m), do: {:noreply, m}
 
   def handle_cast({:discovered, nodes, prune?}, m) do
     nodes = MapSet.delete(nodes, Node.self())
@@ -197,21 +272,22 @@ defmodule Cluster.Membership do
         m
       end
 
-    m = %{m | desired: nodes, peers: Map.take(m.peers, MapSet.to_list(nodes) ++ inflight_nodes(m))}
-    {:noreply, reconcile(m)}
+    m = %{m | desired: nodes, peers: Map.drop(m.peers, MapSet.to_list(dropped) -- inflight_nodes(m))}
+    {:noreply, refresh(m)}
   end
 
-  def handle_cast({:seen, nodes}, m) do
-    connected = connected(m)
-
-    fresh =
-      Enum.filter(nodes, fn n ->
-        n != Node.self() and not MapSet.member?(connected, n) and due?(m, n, now()) and
-          not attempting?(m, n)
+  def handle_cast({:seen, nodes, trusted?}, m) do
+    sightings =
+      Enum.reduce(nodes, m.sightings, fn node, acc ->
+        cond do
+          not is_atom(node) or node == Node.self() -> acc
+          Map.has_key?(acc, node) -> Map.update!(acc, node, &(&1 or trusted?))
+          map_size(acc) >= @sightings_cap -> acc
+          true -> Map.put(acc, node, trusted?)
+        end
       end)
 
-    emit(m, :added, Enum.reject(fresh, &MapSet.member?(m.known, &1)), %{source: :seen})
-    {:noreply, m |> enqueue(fresh) |> start_attempts()}
+    {:noreply, refresh(%{m | sightings: sightings})}
   end
 
   def handle_cast({:failed, error}, m) do
@@ -220,11 +296,24 @@ defmodule Cluster.Membership do
 
   @impl true
   def handle_call(:status, _from, m) do
+    m = if inline_list?(m.list_nodes), do: observe(%{m | listed: list_inline(m), listed_at: now()}), else: m
     now = now()
-    connected = connected(m)
+    connected = m.listed
+
+    # Discovered nodes that are not connected, and at most @sighted_shown sighted ones (a flood of
+    # fake gossip names must not make the status huge).
+    {wanted, sighted} =
+      m.peers
+      |> Enum.reject(fn {node, _} -> MapSet.member?(connected, node) end)
+      |> Enum.split_with(fn {node, _} -> MapSet.member?(m.desired, node) end)
+
+    sighted =
+      sighted
+      |> Enum.filter(fn {n, p} -> p.failures > 0 or attempting?(m, n) end)
+      |> Enum.take(@sighted_shown)
 
     pending =
-      for {node, peer} <- m.peers, not MapSet.member?(connected, node), into: %{} do
+      for {node, peer} <- wanted ++ sighted, into: %{} do
         {node,
          %{
            failures: peer.failures,
@@ -246,51 +335,85 @@ defmodule Cluster.Membership do
       discoveries: m.discoveries,
       errors: m.errors,
       leaving: m.leaving,
+      mfa_errors: m.mfa_errors,
+      list_nodes_age: if(m.listed_at, do: now - m.listed_at),
+      sightings_dropped: m.sightings_dropped,
       opts: m.opts
     }
 
+    # An answer older than a moment is refreshed for the next caller (never waited for here).
+    m = if m.listed_at == nil or now - m.listed_at > 200, do: refresh(m), else: m
     {:reply, status, m}
   end
 
   def handle_call(:leave, _from, m), do: {:reply, :ok, stop_dialling(m)}
 
   @impl true
-  def handle_info({:attempt_deadline, pid}, m) do
-    if Map.has_key?(m.inflight, pid), do: Process.exit(pid, :kill)
-    {:noreply, m}
-  end
+  def handle_info({ref, result}, m) when is_reference(ref) do
+    cond do
+      Map.has_key?(m.inflight, ref) ->
+        Process.demonitor(ref, [:flush])
+        {:noreply, attempt_done(m, ref, result)}
 
-  def handle_info({:DOWN, _ref, :process, pid, reason}, m) do
-    case Map.pop(m.inflight, pid) do
-      {nil, _} ->
+      match?({^ref, _, _}, m.list_task) ->
+        Process.demonitor(ref, [:flush])
+        {:noreply, list_done(m, result)}
+
+      Map.has_key?(m.disconnects, ref) ->
+        Process.demonitor(ref, [:flush])
+        {:noreply, disconnect_done(m, ref, result)}
+
+      true ->
         {:noreply, m}
-
-      {{node, _started, timer}, inflight} ->
-        Process.cancel_timer(timer)
-        m = %{m | inflight: inflight, busy: MapSet.delete(m.busy, node)}
-
-        result =
-          case reason do
-            {:connect_result, :ok} -> :ok
-            {:connect_result, {:error, r}} -> {:error, r}
-            :killed -> {:error, :timeout}
-            other -> {:error, {:crashed, other}}
-          end
-
-        {:noreply, m |> record(node, result) |> start_attempts() |> schedule_retry()}
     end
   end
 
+  def handle_info({:DOWN, ref, :process, _pid, reason}, m) do
+    result = if reason == :killed, do: :deadline, else: {:crashed, reason}
+
+    cond do
+      Map.has_key?(m.inflight, ref) ->
+        result =
+          case result do
+            :deadline -> {:error, :timeout, {:connect, "did not return within #{m.opts.connect_timeout} ms"}}
+            {:crashed, reason} -> {:error, result, {:connect, "crashed: #{inspect(reason, limit: 5)}"}}
+          end
+
+        {:noreply, attempt_done(m, ref, result)}
+
+      match?({^ref, _, _}, m.list_task) ->
+        {:noreply, list_done(m, result)}
+
+      Map.has_key?(m.disconnects, ref) ->
+        {:noreply, disconnect_done(m, ref, result)}
+
+      true ->
+        {:noreply, m}
+    end
+  end
+
+  def handle_info({:deadline, ref}, m) do
+    pid =
+      case {Map.get(m.inflight, ref), m.list_task, Map.get(m.disconnects, ref)} do
+        {{_node, pid, _, _}, _, _} -> pid
+        {_, {^ref, pid, _}, _} -> pid
+        {_, _, {_nodes, pid, _}} -> pid
+        _ -> nil
+      end
+
+    if pid, do: Process.exit(pid, :kill)
+    {:noreply, m}
+  end
+
   def handle_info(:retry, %{leaving: true} = m), do: {:noreply, m}
-  def handle_info(:retry, m), do: {:noreply, reconcile(%{m | retry_timer: nil})}
+  def handle_info(:retry, m), do: {:noreply, refresh(%{m | retry_timer: nil})}
 
   def handle_info({:grace_expired, node, since}, m) do
     case Map.fetch(m.missing, node) do
       {:ok, ^since} ->
         m = %{m | missing: Map.delete(m.missing, node)}
         emit(m, :pruned, [node], %{prune: m.opts.prune})
-        disconnect_async(m, [node])
-        {:noreply, m}
+        {:noreply, disconnect_async(m, [node])}
 
       # Missing again since a later discovery: that one's timer decides.
       {:ok, _later} ->
@@ -302,39 +425,251 @@ defmodule Cluster.Membership do
   end
 
   def handle_info({:nodedown, node}, m) do
-    if MapSet.member?(m.desired, node) and not m.leaving, do: {:noreply, reconcile(m)}, else: {:noreply, m}
+    if not m.leaving and (MapSet.member?(m.desired, node) or Map.has_key?(m.peers, node)),
+      do: {:noreply, refresh(m)},
+      else: {:noreply, m}
   end
 
   def handle_info({:nodeup, node}, m) do
     {cancelled_at, cancelled} = Map.pop(m.cancelled, node)
     m = %{m | cancelled: cancelled}
 
-    if is_integer(cancelled_at) and now() - cancelled_at < m.opts.connect_timeout and
-         not MapSet.member?(m.desired, node) do
-      # The connection of an attempt killed by a prune completed after all: undo it.
-      disconnect_async(m, [node])
-    end
+    m =
+      if is_integer(cancelled_at) and now() - cancelled_at < m.opts.connect_timeout and
+           not MapSet.member?(m.desired, node) do
+        # The connection of an attempt killed by a prune completed after all: undo it.
+        disconnect_async(m, [node])
+      else
+        m
+      end
 
-    # Connected by someone else (e.g. the peer dialled us): forget its failures.
-    {:noreply, %{m | peers: Map.delete(m.peers, node)}}
+    # Up, maybe connected by someone else (e.g. the peer dialled us): its failures are forgotten
+    # only once it has stayed connected for `:stable_after` (see observe/1).
+    case Map.fetch(m.peers, node) do
+      {:ok, %{up_since: nil} = peer} ->
+        {:noreply, %{m | peers: Map.put(m.peers, node, %{peer | up_since: now()})}}
+
+      _ ->
+        {:noreply, m}
+    end
   end
 
   def handle_info(_other, m), do: {:noreply, m}
+
+  ## Backoff state
+
+  @doc false
+  # The one function that clears a node's backoff: its failures and backoff delay are forgotten
+  # and it is due again, though never sooner than `:min_dial_interval` after its last dial.
+  # (Hook for a reachability probe: call it, then `refresh/1`.)
+  @spec reset_backoff(%__MODULE__{}, node()) :: %__MODULE__{}
+  def reset_backoff(m, node) do
+    case Map.fetch(m.peers, node) do
+      {:ok, peer} ->
+        next_at = if peer.last_dial_at, do: peer.last_dial_at + m.opts.min_dial_interval, else: now()
+        %{m | peers: Map.put(m.peers, node, %{peer | failures: 0, next_at: next_at, last_error: nil})}
+
+      :error ->
+        m
+    end
+  end
+
+  defp new_peer(now), do: %{failures: 0, next_at: now, last_error: nil, last_dial_at: nil, up_since: nil}
+
+  # A failure: the next dial is after the backoff delay, and never sooner than the floor after the
+  # last dial.
+  defp fail(m, node, reason, now) do
+    peer = Map.get(m.peers, node) || new_peer(now)
+    failures = peer.failures + 1
+    floor_at = (peer.last_dial_at || now) + m.opts.min_dial_interval
+    next_at = max(now + backoff(m.opts, failures), floor_at)
+    delay = next_at - now
+
+    if failures == 1 do
+      text =
+        case reason do
+          :not_listed -> "the connect returned true but list_nodes does not show it"
+          :dropped -> "it connected but dropped again within #{m.opts.stable_after} ms"
+          other -> inspect(other)
+        end
+
+      Cluster.Logger.warn(
+        m.topology,
+        "cannot connect to #{inspect(node)} (#{text}); retrying with backoff, next in #{delay} ms"
+      )
+    end
+
+    Cluster.Telemetry.execute(
+      [:libcluster, :membership, :backoff],
+      %{failures: failures, delay: delay},
+      %{topology: m.topology, node: node, reason: reason}
+    )
+
+    peer = %{peer | failures: failures, next_at: next_at, last_error: reason, up_since: nil}
+    %{m | peers: Map.put(m.peers, node, peer)}
+  end
+
+  defp backoff(opts, failures) do
+    base = min(opts.backoff_max, opts.backoff_min * Integer.pow(2, min(failures - 1, 30)))
+    jitter = :rand.uniform() * 0.5 + 0.75
+    max(1, round(base * jitter))
+  end
+
+  # Up/down transitions of the nodes that have backoff state, from the last `list_nodes` answer.
+  # A node that drops within `:stable_after` of connecting is a failure (a flap); one that stayed
+  # longer has its failures forgotten.
+  defp observe(m) do
+    now = now()
+
+    Enum.reduce(m.peers, m, fn {node, peer}, m ->
+      listed? = MapSet.member?(m.listed, node)
+
+      cond do
+        listed? and peer.up_since == nil ->
+          %{m | peers: Map.put(m.peers, node, %{peer | up_since: now})}
+
+        not listed? and peer.up_since != nil and now - peer.up_since < m.opts.stable_after ->
+          fail(m, node, :dropped, now)
+
+        not listed? and peer.up_since != nil ->
+          floor_at = (peer.last_dial_at || now) + m.opts.min_dial_interval
+          peer = %{peer | failures: 0, last_error: nil, up_since: nil, next_at: max(now, floor_at)}
+          %{m | peers: Map.put(m.peers, node, peer)}
+
+        true ->
+          m
+      end
+    end)
+  end
+
+  ## list_nodes
+
+  # The default list_nodes is a BIF that cannot raise or hang: it is called in place.
+  defp inline_list?({:erlang, :nodes, args}) when args in [[], [:connected], [:visible]], do: true
+  defp inline_list?({Node, :list, args}) when args in [[], [:connected], [:visible]], do: true
+  defp inline_list?(_), do: false
+
+  defp list_inline(%{list_nodes: {mod, fun, args}}), do: MapSet.new(apply(mod, fun, args))
+
+  # Asks `list_nodes` again and then reconciles. Inline for the default MFA; otherwise in a task
+  # with a deadline, one at a time (a request while one is in flight asks again after it).
+  defp refresh(%{leaving: true} = m), do: m
+
+  defp refresh(m) do
+    cond do
+      inline_list?(m.list_nodes) ->
+        listed(m, list_inline(m))
+
+      m.list_task != nil ->
+        %{m | list_again: true}
+
+      true ->
+        list_nodes = m.list_nodes
+
+        task =
+          Task.Supervisor.async_nolink(m.tasks, fn -> call_list_nodes(list_nodes) end, shutdown: :brutal_kill)
+
+        timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.list_nodes_timeout)
+        %{m | list_task: {task.ref, task.pid, timer}, list_again: false}
+    end
+  end
+
+  defp list_done(m, result) do
+    {_ref, _pid, timer} = m.list_task
+    Process.cancel_timer(timer)
+    m = %{m | list_task: nil}
+
+    result =
+      case result do
+        :deadline -> {:fault, "did not return within #{m.opts.list_nodes_timeout} ms"}
+        {:crashed, reason} -> {:fault, "crashed: #{inspect(reason)}"}
+        other -> other
+      end
+
+    case result do
+      {:ok, set} ->
+        m = m |> mfa_ok(:list_nodes) |> listed(set)
+        if m.list_again, do: refresh(m), else: m
+
+      {:fault, error} ->
+        m = mfa_fault(m, :list_nodes, error)
+        failures = m.list_failures + 1
+        delay = backoff(m.opts, failures)
+
+        if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
+        timer = if m.leaving, do: nil, else: Process.send_after(self(), :retry, delay)
+        %{m | list_failures: failures, list_again: false, retry_timer: timer}
+    end
+  end
+
+  # Runs in a task: `{:ok, MapSet}` or `{:fault, description}`.
+  @doc false
+  def call_list_nodes({mod, fun, args}) do
+    case apply(mod, fun, args) do
+      list when is_list(list) -> {:ok, MapSet.new(list)}
+      other -> {:fault, "returned #{inspect(other, limit: 5)} (expected a list of nodes)"}
+    end
+  catch
+    kind, reason -> {:fault, fault_text(kind, reason, __STACKTRACE__)}
+  end
+
+  # A fresh `list_nodes` answer: observe transitions, then dial what is due.
+  defp listed(m, set) do
+    m = observe(%{m | listed: set, listed_at: now(), list_failures: 0})
+    reconcile(m)
+  end
 
   ## Reconciling
 
   defp reconcile(%{leaving: true} = m), do: m
 
   defp reconcile(m) do
-    connected = connected(m)
     now = now()
 
     todo =
       Enum.filter(m.desired, fn n ->
-        not MapSet.member?(connected, n) and not attempting?(m, n) and due?(m, n, now)
+        not MapSet.member?(m.listed, n) and not attempting?(m, n) and due?(m, n, now)
       end)
 
-    m |> enqueue(todo) |> start_attempts() |> schedule_retry()
+    m
+    |> enqueue(todo)
+    |> take_sightings(now)
+    |> start_attempts()
+    |> schedule_retry()
+  end
+
+  # Sighted nodes that are not connected and are due: trusted ones all, untrusted ones as far as
+  # the token bucket allows (never-tried nodes first). The rest are dropped: sources that sight
+  # nodes repeat themselves.
+  defp take_sightings(%{sightings: sightings} = m, _now) when map_size(sightings) == 0, do: m
+
+  defp take_sightings(m, now) do
+    fresh =
+      for {n, trusted?} <- m.sightings,
+          not MapSet.member?(m.listed, n) and not attempting?(m, n) and due?(m, n, now),
+          do: {n, trusted?}
+
+    {trusted, untrusted} = Enum.split_with(fresh, &elem(&1, 1))
+
+    {untrusted_new, untrusted_retry} =
+      Enum.split_with(untrusted, fn {n, _} -> not Map.has_key?(m.peers, n) end)
+
+    {tokens, at} = m.bucket
+    rate = m.opts.untrusted_connect_rate
+    tokens = min(rate * 1.0, tokens + (now - at) * rate / 1000)
+    granted = min(trunc(tokens), length(untrusted))
+    allowed = Enum.take(untrusted_new ++ untrusted_retry, granted)
+    nodes = Enum.map(trusted ++ allowed, &elem(&1, 0))
+
+    emit(m, :added, Enum.reject(nodes, &MapSet.member?(m.known, &1)), %{source: :seen})
+
+    %{
+      m
+      | sightings: %{},
+        bucket: {tokens - granted, now},
+        sightings_dropped: m.sightings_dropped + length(untrusted) - granted
+    }
+    |> enqueue(nodes)
   end
 
   # Never-tried nodes go first, so a newcomer is not queued behind peers that keep failing.
@@ -373,82 +708,141 @@ defmodule Cluster.Membership do
 
   # Graceful leave: abandon attempts in flight, forget queued ones, schedule nothing again.
   defp stop_dialling(m) do
-    for {pid, {_node, _started, timer}} <- m.inflight do
+    for {_ref, {_node, pid, _started, timer}} <- m.inflight do
       Process.cancel_timer(timer)
       Process.exit(pid, :kill)
     end
 
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
-    %{m | leaving: true, inflight: %{}, queue: [], busy: MapSet.new(), retry_timer: nil}
+
+    %{
+      m
+      | leaving: true,
+        inflight: %{},
+        queue: [],
+        busy: MapSet.new(),
+        retry_timer: nil,
+        sightings: %{}
+    }
   end
 
-  # The attempt logs a failure at debug level only: `record/3` warns once per failure streak.
   defp start_attempt(m, node) do
-    topology = m.topology
-    connect = m.connect
+    %{topology: topology, connect: connect, list_nodes: list_nodes} = m
+    now = now()
 
-    {pid, _ref} =
-      spawn_monitor(fn ->
-        exit({:connect_result, Cluster.Strategy.connect_node(topology, connect, node, quiet_failure: true)})
-      end)
-
-    timer = Process.send_after(self(), {:attempt_deadline, pid}, m.opts.connect_timeout)
-    %{m | inflight: Map.put(m.inflight, pid, {node, now(), timer})}
-  end
-
-  defp record(m, node, :ok), do: %{m | peers: Map.delete(m.peers, node)}
-
-  defp record(m, node, {:error, reason}) do
-    if MapSet.member?(m.desired, node) do
-      peer = Map.get(m.peers, node, %{failures: 0, next_at: 0, last_error: nil})
-      failures = peer.failures + 1
-      delay = backoff(m.opts, failures)
-
-      if failures == 1 do
-        Cluster.Logger.warn(
-          m.topology,
-          "cannot connect to #{inspect(node)} (#{inspect(reason)}); retrying with backoff, next in #{delay} ms"
-        )
-      end
-
-      if reason == :timeout do
-        Cluster.Telemetry.execute(
-          [:libcluster, :connect_node, :error],
-          %{duration: System.convert_time_unit(m.opts.connect_timeout, :millisecond, :native)},
-          %{node: node, topology: m.topology, reason: :timeout}
-        )
-      end
-
-      Cluster.Telemetry.execute(
-        [:libcluster, :membership, :backoff],
-        %{failures: failures, delay: delay},
-        %{topology: m.topology, node: node, reason: reason}
+    task =
+      Task.Supervisor.async_nolink(m.tasks, fn -> attempt(topology, connect, list_nodes, node) end,
+        shutdown: :brutal_kill
       )
 
-      peers = Map.put(m.peers, node, %{failures: failures, next_at: now() + delay, last_error: reason})
-      %{m | peers: peers}
-    else
-      %{m | peers: Map.delete(m.peers, node)}
+    timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
+    peer = Map.get(m.peers, node) || new_peer(now)
+
+    %{
+      m
+      | inflight: Map.put(m.inflight, task.ref, {node, task.pid, now, timer}),
+        peers: Map.put(m.peers, node, %{peer | last_dial_at: now})
+    }
+  end
+
+  # Runs in a task: one connect, then `list_nodes` to check that the node really is connected.
+  # Returns `:ok` or `{:error, reason, fault}`, `fault` being nil or `{mfa_kind, description}` when
+  # the user's MFA itself misbehaved. Failures are logged at debug level here: the membership warns
+  # once per failure streak itself.
+  @doc false
+  def attempt(topology, connect, list_nodes, node) do
+    result =
+      try do
+        Cluster.Strategy.connect_node(topology, connect, node, quiet_failure: true, quiet_success: true)
+      catch
+        kind, reason -> {:fault, fault_text(kind, reason, __STACKTRACE__)}
+      end
+
+    case result do
+      :ok ->
+        case call_list_nodes(list_nodes) do
+          {:ok, set} ->
+            if MapSet.member?(set, node), do: :ok, else: {:error, :not_listed, {:connect, :ok}}
+
+          {:fault, error} ->
+            {:error, :list_nodes_failed, {:list_nodes, error}}
+        end
+
+      {:error, reason} when reason in [false, :ignored] ->
+        {:error, reason, {:connect, :ok}}
+
+      {:error, other} ->
+        {:error, other, {:connect, "returned #{inspect(other, limit: 5)} (expected true, false or :ignored)"}}
+
+      {:fault, error} ->
+        {:error, :connect_failed, {:connect, error}}
     end
   end
 
-  defp backoff(opts, failures) do
-    base = min(opts.backoff_max, opts.backoff_min * Integer.pow(2, min(failures - 1, 30)))
-    jitter = :rand.uniform() * 0.5 + 0.75
-    max(1, round(base * jitter))
+  defp attempt_done(m, ref, result) do
+    {{node, _pid, _started, timer}, inflight} = Map.pop(m.inflight, ref)
+    Process.cancel_timer(timer)
+    m = %{m | inflight: inflight, busy: MapSet.delete(m.busy, node)}
+    now = now()
+
+    m =
+      case result do
+        :ok ->
+          m = mfa_ok(m, :connect)
+          peer = Map.get(m.peers, node) || new_peer(now)
+
+          # Logged once per connection: the node was down when this dial started (its nodeup may
+          # have been seen already).
+          if peer.up_since == nil or peer.up_since >= peer.last_dial_at,
+            do: Cluster.Logger.info(m.topology, "connected to #{inspect(node)}")
+
+          peer = %{peer | up_since: peer.up_since || now}
+          %{m | peers: Map.put(m.peers, node, peer), listed: MapSet.put(m.listed, node)}
+
+        {:error, reason, fault} ->
+          m =
+            case fault do
+              {kind, :ok} -> mfa_ok(m, kind)
+              {kind, error} -> mfa_fault(m, kind, error)
+              nil -> m
+            end
+
+          if reason == :timeout do
+            Cluster.Telemetry.execute(
+              [:libcluster, :connect_node, :error],
+              %{duration: System.convert_time_unit(m.opts.connect_timeout, :millisecond, :native)},
+              %{node: node, topology: m.topology, reason: :timeout}
+            )
+          end
+
+          fail(m, node, reason, now)
+      end
+
+    m |> gc_peers(now) |> start_attempts() |> schedule_retry()
   end
+
+  defp gc_peers(m, now) when map_size(m.peers) > @peers_cap do
+    peers =
+      for {n, p} <- m.peers,
+          MapSet.member?(m.desired, n) or p.up_since != nil or p.next_at > now or attempting?(m, n),
+          into: %{},
+          do: {n, p}
+
+    %{m | peers: peers}
+  end
+
+  defp gc_peers(m, _now), do: m
 
   defp schedule_retry(%{leaving: true} = m), do: m
 
   defp schedule_retry(m) do
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
-    connected = connected(m)
     now = now()
 
     # A node without a backoff entry is due now (monotonic time may be negative: never default to 0).
     next =
       m.desired
-      |> Enum.reject(&(MapSet.member?(connected, &1) or attempting?(m, &1)))
+      |> Enum.reject(&(MapSet.member?(m.listed, &1) or attempting?(m, &1)))
       |> Enum.map(fn n -> m.peers |> Map.get(n, %{next_at: now}) |> Map.fetch!(:next_at) end)
       |> Enum.min(fn -> nil end)
 
@@ -457,6 +851,57 @@ defmodule Cluster.Membership do
       at -> %{m | retry_timer: Process.send_after(self(), :retry, max(at - now, 0))}
     end
   end
+
+  ## MFA failures
+
+  # A failure of the topology's `kind` MFA: logged at error level when a streak starts.
+  defp mfa_fault(m, kind, error) do
+    case Map.fetch(m.mfa_errors, kind) do
+      {:ok, %{failing: true} = e} ->
+        e = %{e | error: error, count: e.count + 1, total: e.total + 1, at: now_ms()}
+        %{m | mfa_errors: Map.put(m.mfa_errors, kind, e)}
+
+      other ->
+        mfa = mfa_text(m, kind)
+        what = if kind == :list_nodes, do: "round", else: "attempt"
+
+        Cluster.Logger.error(
+          m.topology,
+          "the #{kind} MFA #{mfa} #{error}; counted as a failed #{what} and retried with backoff " <>
+            "(logged once until it works again)"
+        )
+
+        total = if match?({:ok, _}, other), do: elem(other, 1).total, else: 0
+        e = %{mfa: mfa, error: error, count: 1, total: total + 1, at: now_ms(), failing: true}
+        %{m | mfa_errors: Map.put(m.mfa_errors, kind, e)}
+    end
+  end
+
+  # The `kind` MFA worked: a streak ends (the last error stays visible, `failing: false`).
+  defp mfa_ok(m, kind) do
+    case Map.fetch(m.mfa_errors, kind) do
+      {:ok, %{failing: true} = e} ->
+        Cluster.Logger.info(m.topology, "the #{kind} MFA #{e.mfa} works again after #{e.count} failure(s)")
+        %{m | mfa_errors: Map.put(m.mfa_errors, kind, %{e | failing: false, count: 0})}
+
+      _ ->
+        m
+    end
+  end
+
+  defp mfa_text(m, kind) do
+    {mod, fun, args} = Map.fetch!(m, kind)
+    extra = if kind == :list_nodes, do: 0, else: 1
+    "#{inspect(mod)}.#{fun}/#{length(args) + extra}"
+  end
+
+  defp fault_text(:error, reason, stacktrace) do
+    e = Exception.normalize(:error, reason, stacktrace)
+    "raised #{inspect(e.__struct__)}: #{Exception.message(e)}"
+  end
+
+  defp fault_text(:exit, reason, _), do: "exited: #{inspect(reason, limit: 5)}"
+  defp fault_text(:throw, value, _), do: "threw #{inspect(value, limit: 5)}"
 
   ## Pruning
 
@@ -471,7 +916,6 @@ defmodule Cluster.Membership do
         emit(m, :pruned, dropped, %{prune: :immediate})
         m = cancel_attempts(m, dropped)
         disconnect_async(m, MapSet.to_list(dropped))
-        m
 
       m.opts.prune == :never ->
         cancel_attempts(m, dropped)
@@ -498,15 +942,17 @@ defmodule Cluster.Membership do
   # such attempts are dropped or killed. A killed attempt may still complete the connection inside
   # the distribution, so a nodeup from it shortly after is disconnected again (see :nodeup).
   defp cancel_attempts(m, nodes) do
-    {cancelled, inflight} = Enum.split_with(m.inflight, fn {_pid, {n, _, _}} -> MapSet.member?(nodes, n) end)
+    {cancelled, inflight} =
+      Enum.split_with(m.inflight, fn {_ref, {n, _pid, _, _}} -> MapSet.member?(nodes, n) end)
 
-    for {pid, {_node, _, timer}} <- cancelled do
+    for {ref, {_node, pid, _, timer}} <- cancelled do
+      Process.demonitor(ref, [:flush])
       Process.cancel_timer(timer)
       Process.exit(pid, :kill)
     end
 
     now = now()
-    killed = for {_pid, {node, _, _}} <- cancelled, into: %{}, do: {node, now}
+    killed = for {_ref, {node, _, _, _}} <- cancelled, into: %{}, do: {node, now}
     recent = for {n, at} <- m.cancelled, now - at < m.opts.connect_timeout, into: %{}, do: {n, at}
 
     %{
@@ -518,12 +964,62 @@ defmodule Cluster.Membership do
     }
   end
 
-  # Disconnects run outside the membership process too.
+  # Disconnects run in tasks of the topology too, with the connect deadline.
   defp disconnect_async(m, nodes) do
     %{topology: topology, disconnect: disconnect, list_nodes: list_nodes} = m
 
-    spawn(fn ->
-      Cluster.Strategy.disconnect_nodes(topology, disconnect, list_nodes, nodes)
+    task =
+      Task.Supervisor.async_nolink(m.tasks, fn -> disconnect(topology, disconnect, list_nodes, nodes) end,
+        shutdown: :brutal_kill
+      )
+
+    timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
+    %{m | disconnects: Map.put(m.disconnects, task.ref, {nodes, task.pid, timer})}
+  end
+
+  # Runs in a task: libcluster's disconnect_nodes (list_nodes first, then each listed node), with
+  # each MFA contained. Returns the faults: `[{mfa_kind, description | :ok}]`.
+  @doc false
+  def disconnect(topology, disconnect, list_nodes, nodes) do
+    case call_list_nodes(list_nodes) do
+      {:fault, error} ->
+        [{:list_nodes, error}]
+
+      {:ok, listed} ->
+        faults =
+          for node <- nodes, node != Node.self(), MapSet.member?(listed, node) do
+            try do
+              case Cluster.Strategy.disconnect_node(topology, disconnect, node) do
+                :ok ->
+                  {:disconnect, :ok}
+
+                {:error, value} ->
+                  {:disconnect, "returned #{inspect(value, limit: 5)} (expected true or false)"}
+              end
+            catch
+              kind, reason -> {:disconnect, fault_text(kind, reason, __STACKTRACE__)}
+            end
+          end
+
+        [{:list_nodes, :ok} | faults]
+    end
+  end
+
+  defp disconnect_done(m, ref, result) do
+    {{_nodes, _pid, timer}, disconnects} = Map.pop(m.disconnects, ref)
+    Process.cancel_timer(timer)
+    m = %{m | disconnects: disconnects}
+
+    faults =
+      case result do
+        :deadline -> [{:disconnect, "did not return within #{m.opts.connect_timeout} ms"}]
+        {:crashed, reason} -> [{:disconnect, "crashed: #{inspect(reason, limit: 5)}"}]
+        list when is_list(list) -> list
+      end
+
+    Enum.reduce(faults, m, fn
+      {kind, :ok}, m -> mfa_ok(m, kind)
+      {kind, error}, m -> mfa_fault(m, kind, error)
     end)
   end
 
@@ -543,11 +1039,9 @@ defmodule Cluster.Membership do
     :ok
   end
 
-  defp connected(m), do: Cluster.Strategy.list_nodes!(m.list_nodes)
-
   defp attempting?(m, node), do: MapSet.member?(m.busy, node)
 
-  defp inflight_nodes(m), do: Enum.map(m.inflight, fn {_pid, {n, _, _}} -> n end)
+  defp inflight_nodes(m), do: Enum.map(m.inflight, fn {_ref, {n, _, _, _}} -> n end)
 
   defp due?(m, node, now) do
     case Map.fetch(m.peers, node) do
@@ -557,4 +1051,5 @@ defmodule Cluster.Membership do
   end
 
   defp now, do: System.monotonic_time(:millisecond)
+  defp now_ms, do: System.system_time(:millisecond)
 end

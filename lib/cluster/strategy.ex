@@ -19,9 +19,13 @@ defmodule Cluster.Strategy do
         end
       end
 
-  `connect_nodes/4` and `disconnect_nodes/4` are synchronous, as in libcluster. The built-in
-  strategies do not use them: they hand their discoveries to `Cluster.Membership`, which connects
-  concurrently with a deadline per attempt and retries failing peers with backoff.
+  `connect_nodes/4` and `disconnect_nodes/4` are synchronous, as in libcluster: they call the MFAs in
+  the caller, an exception raised by an MFA propagates to it, and a successful connect is logged
+  ("connected to") on every call. The built-in strategies do not use them: they hand their
+  discoveries to `Cluster.Membership`, which connects concurrently in supervised tasks with a
+  deadline per attempt, contains MFAs that raise or hang, counts a connect whose node `list_nodes`
+  does not show afterwards as a failure, and retries failing peers with backoff (at most twice a
+  second per node by default).
 
   ## Telemetry
 
@@ -106,8 +110,9 @@ defmodule Cluster.Strategy do
 
   @doc false
   # One connect attempt with telemetry and libcluster's log lines. Shared with Cluster.Membership,
-  # which runs it in a process of its own with a deadline. `quiet_failure: true` logs a failure at
-  # debug level (Membership logs the first failure of a streak as a warning itself).
+  # which runs it in a task with a deadline. `quiet_failure: true` logs a failure at debug level
+  # (Membership logs the first failure of a streak as a warning itself); `quiet_success: true` logs
+  # no "connected to" line (Membership logs it when the node is really up, once per connection).
   @spec connect_node(topology(), mfa_tuple(), node(), keyword()) :: :ok | {:error, term()}
   def connect_node(topology, {mod, fun, args}, node, opts \\ []) do
     start = System.monotonic_time()
@@ -118,7 +123,10 @@ defmodule Cluster.Strategy do
     case classify_connect(result) do
       :ok ->
         Cluster.Telemetry.execute([:libcluster, :connect_node, :ok], %{duration: duration}, meta)
-        Cluster.Logger.info(topology, "connected to #{inspect(node)}")
+
+        unless Keyword.get(opts, :quiet_success, false),
+          do: Cluster.Logger.info(topology, "connected to #{inspect(node)}")
+
         :ok
 
       {:error, reason, telemetry_reason, text} ->
@@ -181,7 +189,8 @@ defmodule Cluster.Strategy do
         :ok
 
       reason ->
-        Cluster.Telemetry.execute(error, %{duration: duration}, Map.put(meta, :reason, reason))
+        # libcluster 3.5 puts inspect(value) in the event's reason (a string).
+        Cluster.Telemetry.execute(error, %{duration: duration}, Map.put(meta, :reason, inspect(reason)))
         Cluster.Logger.warn(topology, "disconnect from #{inspect(node)} failed with: #{inspect(reason)}")
         {:error, reason}
     end

@@ -30,13 +30,15 @@ defmodule Cluster.MembershipTest do
       result =
         case Map.get(behaviour, node, :down) do
           :up -> true
+          # accepts, but never shows up in list_nodes (a peer that drops at once, a hidden connect)
+          :ghost -> :ghost
           :down -> false
           :hang -> Process.sleep(:infinity)
           :wait -> receive(do: ({:result, r} -> r))
         end
 
       if result == true, do: Agent.update(net, &%{&1 | connected: MapSet.put(&1.connected, node)})
-      result
+      if result == :ghost, do: true, else: result
     end
 
     def disconnect(net, node) do
@@ -128,7 +130,7 @@ defmodule Cluster.MembershipTest do
   @tag capture_log: true
   test "a failing node is retried with exponential backoff, within its bounds, while discovered", %{t: t} do
     net = Net.start(self(), %{:down@h => :down})
-    m = start(t, net, backoff_min: 40, backoff_max: 160)
+    m = start(t, net, backoff_min: 40, backoff_max: 160, min_dial_interval: 1)
     Membership.discovered(m, [:down@h])
 
     delays =
@@ -174,9 +176,9 @@ defmodule Cluster.MembershipTest do
   end
 
   @tag capture_log: true
-  test "a discovered node that goes down is redialled", %{t: t} do
+  test "a discovered node that goes down is redialled (at once when it was connected long enough)", %{t: t} do
     net = Net.start(self(), %{:a@h => :up})
-    m = start(t, net, [])
+    m = start(t, net, stable_after: 0, min_dial_interval: 1)
     Membership.discovered(m, [:a@h])
     assert_receive {:dial, :a@h, _}, 500
     Peer.wait_until(fn -> Net.list(net) == [:a@h] end, 500)
@@ -311,13 +313,197 @@ defmodule Cluster.MembershipTest do
     refute Map.has_key?(status.pending, queued_dropped)
   end
 
+  defp count_dials(node, ms) do
+    deadline = System.monotonic_time(:millisecond) + ms
+    count_until(node, deadline, [])
+  end
+
+  defp count_until(node, deadline, acc) do
+    left = deadline - System.monotonic_time(:millisecond)
+
+    receive do
+      {:dial, ^node, _} -> count_until(node, deadline, [System.monotonic_time(:millisecond) | acc])
+    after
+      max(left, 0) -> Enum.reverse(acc)
+    end
+  end
+
+  defp gaps(times), do: times |> Enum.chunk_every(2, 1, :discard) |> Enum.map(fn [a, b] -> b - a end)
+
+  describe "no redial storm" do
+    test "a connect that returns true but whose node is not listed afterwards is a failure with backoff",
+         %{t: t} do
+      node = :"ghost@127.0.0.1"
+      net = Net.start(self(), %{node => :ghost})
+
+      log =
+        capture_log(fn ->
+          m = start(t, net, [])
+          Membership.discovered(m, [node])
+          times = count_dials(node, 2_000)
+          # at most about two dials a second (today's code: ~1,000 a second)
+          assert length(times) in 1..6, "#{length(times)} dials in 2 s"
+          assert Enum.all?(gaps(times), &(&1 >= 450)), inspect(gaps(times))
+
+          assert %{failures: f, last_error: :not_listed} = Membership.status(m).pending[node]
+          assert f >= 1
+        end)
+
+      refute log =~ "connected to"
+      assert log =~ "list_nodes does not show it"
+    end
+
+    test "a node that connects and drops again at once keeps escalating its backoff", %{t: t} do
+      node = :"flap@127.0.0.1"
+      net = Net.start(self(), %{node => :up})
+
+      capture_log(fn ->
+        m = start(t, net, backoff_min: 100, backoff_max: 2_000, min_dial_interval: 100, stable_after: 1_000)
+        Membership.discovered(m, [node])
+
+        # every time it is up, it drops again right away (as a peer that disconnects on nodeup)
+        delays =
+          for round <- 1..5 do
+            assert_receive {:dial, ^node, _}, 3_000
+            assert Peer.wait_until(fn -> node in Membership.status(m).connected end, 1_000)
+            Net.disconnect(net, node)
+            assert_receive {:hangup, ^node}
+            send(m, {:nodedown, node})
+
+            assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{failures: ^round, delay: d},
+                            %{node: ^node, reason: :dropped}},
+                           1_000
+
+            d
+          end
+
+        # the backoff grows instead of being reset by each short-lived connection
+        assert Enum.at(delays, 4) > Enum.at(delays, 0) * 4, inspect(delays)
+      end)
+    end
+
+    test "failures are forgotten once a node stays connected for :stable_after", %{t: t} do
+      node = :"steady@127.0.0.1"
+      net = Net.start(self(), %{node => :down})
+
+      capture_log(fn ->
+        m = start(t, net, backoff_min: 50, backoff_max: 50, min_dial_interval: 50, stable_after: 200)
+        Membership.discovered(m, [node])
+
+        assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{failures: 2}, %{node: ^node}},
+                       1_000
+
+        Net.set(net, node, :up)
+        assert Peer.wait_until(fn -> node in Net.list(net) end, 1_000)
+        Process.sleep(300)
+        _ = Membership.status(m)
+        Net.disconnect(net, node)
+        send(m, {:nodedown, node})
+        # redialled without a backoff event: its failures were forgotten
+        assert_receive {:dial, ^node, _}, 500
+        refute_received {:telemetry, [:libcluster, :membership, :backoff], _, %{reason: :dropped}}
+      end)
+    end
+
+    test "one node is never dialled more often than :min_dial_interval, whatever the backoff", %{t: t} do
+      node = :"down@127.0.0.1"
+      net = Net.start(self(), %{node => :down})
+
+      capture_log(fn ->
+        m = start(t, net, backoff_min: 1, backoff_max: 1, min_dial_interval: 300)
+        Membership.discovered(m, [node])
+        # rediscoveries and nodedowns do not bypass the floor either
+        for _ <- 1..10 do
+          Membership.discovered(m, [node])
+          send(m, {:nodedown, node})
+        end
+
+        times = count_dials(node, 1_300)
+        assert length(times) in 2..6, "#{length(times)} dials"
+        assert Enum.all?(gaps(times), &(&1 >= 290)), inspect(gaps(times))
+      end)
+    end
+
+    test "\"connected to\" is logged when a node connects, not on every round", %{t: t} do
+      node = :"up@127.0.0.1"
+      net = Net.start(self(), %{node => :up})
+
+      log =
+        capture_log(fn ->
+          m = start(t, net, [])
+          Membership.discovered(m, [node])
+          assert_receive {:dial, ^node, _}
+          for _ <- 1..5, do: Membership.discovered(m, [node])
+          _ = Membership.status(m)
+          Process.sleep(50)
+        end)
+
+      assert length(String.split(log, "connected to :\"up@127.0.0.1\"")) == 2, log
+    end
+  end
+
+  describe "sightings" do
+    @describetag capture_log: true
+
+    test "untrusted sightings cause at most :untrusted_connect_rate connects a second in total", %{t: t} do
+      nodes = for i <- 1..200, do: :"fake#{i}@10.255.0.#{rem(i, 250) + 1}"
+      net = Net.start(self(), %{})
+      m = start(t, net, untrusted_connect_rate: 10)
+      t0 = System.monotonic_time(:millisecond)
+
+      # a flood: every name sighted every 50 ms for 1.5 s
+      for _ <- 1..30 do
+        Membership.seen(m, nodes)
+        Process.sleep(50)
+      end
+
+      elapsed = System.monotonic_time(:millisecond) - t0
+      n = length(dials())
+      # a full bucket (10) plus 10 a second
+      assert n <= 10 + ceil(elapsed / 1000 * 10) + 2, "#{n} dials in #{elapsed} ms"
+      assert n >= 10
+      assert Membership.status(m).sightings_dropped > 0
+    end
+
+    test "trusted sightings are not rate-bounded, but get per-node backoff", %{t: t} do
+      nodes = for i <- 1..50, do: :"peer#{i}@10.254.0.#{i}"
+      net = Net.start(self(), %{})
+      m = start(t, net, backoff_min: 200, backoff_max: 1_000)
+
+      for _ <- 1..20 do
+        Membership.seen(m, nodes, trusted: true)
+        Process.sleep(50)
+      end
+
+      per_node = Enum.frequencies(dials())
+      assert map_size(per_node) == 50
+      # ~1 s of sightings every 50 ms: a node with backoff 200, 400, 800 ms is dialled about 3 times
+      assert Enum.max(Map.values(per_node)) <= 4, inspect(per_node)
+    end
+
+    test "a sighted node that connects is not dialled again", %{t: t} do
+      node = :"gossip@127.0.0.1"
+      net = Net.start(self(), %{node => :up})
+      m = start(t, net, [])
+      Membership.seen(m, [node])
+      assert_receive {:dial, ^node, _}
+      assert Peer.wait_until(fn -> node in Net.list(net) end, 500)
+      for _ <- 1..5, do: Membership.seen(m, [node])
+      refute_receive {:dial, ^node, _}, 200
+    end
+  end
+
   test "bad options raise ArgumentError naming the key", %{t: t} do
     for {opts, key} <- [
           {[prune: :sometimes], ":prune"},
           {[prune: {:grace_period, 0}], ":prune"},
           {[max_concurrency: 0], ":max_concurrency"},
           {[connect_timeout: :soon], ":connect_timeout"},
-          {[backoff_min: 500, backoff_max: 100], ":backoff_max"}
+          {[backoff_min: 500, backoff_max: 100], ":backoff_max"},
+          {[min_dial_interval: 0], ":min_dial_interval"},
+          {[stable_after: -1], ":stable_after"},
+          {[list_nodes_timeout: :never], ":list_nodes_timeout"},
+          {[untrusted_connect_rate: 0], ":untrusted_connect_rate"}
         ] do
       error = assert_raise ArgumentError, fn -> Membership.validate_opts!(t, opts) end
       assert error.message =~ key

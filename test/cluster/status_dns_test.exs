@@ -52,7 +52,7 @@ defmodule Cluster.StatusDNSTest do
       polling_interval: 200,
       query_timeout: 200,
       query_attempts: 1,
-      membership: [backoff_min: 100, backoff_max: 200]
+      membership: [backoff_min: 100, backoff_max: 200, min_dial_interval: 50]
     ]
 
     before = DateTime.utc_now()

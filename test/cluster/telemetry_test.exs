@@ -104,7 +104,10 @@ defmodule Cluster.TelemetryTest do
 
   test "backoff after a failed connect", %{topology: t} do
     capture_log(fn ->
-      start(t, Dialer.start(self(), []), membership: [backoff_min: 100, backoff_max: 200])
+      start(t, Dialer.start(self(), []),
+        membership: [backoff_min: 100, backoff_max: 200, min_dial_interval: 50]
+      )
+
       outcome({:discovered, [:"down@h.example"]})
 
       assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{failures: 1, delay: delay},

@@ -15,17 +15,17 @@ defmodule Cluster.Strategy.DNSPoll do
     * Exactly one poll per interval, with ±10% jitter so that a fleet does not poll in lockstep.
     * A timeout, SERVFAIL, REFUSED or network error is an error: it is logged once per streak
       (naming the query and the server) and nothing is pruned. The poll is retried with backoff.
-    * NXDOMAIN or an empty answer after a non-empty one is applied only if the next poll is empty
-      too (two consecutive empty polls).
+    * NXDOMAIN or an empty answer is applied at once, as in libcluster: every node is
+      disconnected. `confirm_empty: 2` applies it only if the next poll is empty too.
     * When several names are queried and some fail while others answer, the nodes found are
       connected and nothing is pruned.
-    * A node missing from an answer is disconnected only if no poll returns it again within
-      `max(3 * polling_interval, 30_000)` ms (`prune: {:grace_period, ms}`), so DNS services that
-      return rotating or partial answers (random subsets, capped record counts) do not make
-      nodes flap. A node that leaves DNS is usually shutting down and drops its connections
-      itself, so a late prune costs little, while a flap costs every node a disconnect and
-      reconnect. Set `membership: [prune: :immediate]` for libcluster's behaviour, or any
-      `{:grace_period, ms}`.
+    * A node missing from an answer is disconnected within that poll, as in libcluster
+      (`membership: [prune: :immediate]`, the default).
+
+  For DNS services that return partial or rotating answers (Route 53 multivalue answers, Consul
+  DNS, capped record counts), set `membership: [prune: {:grace_period, ms}]` (recommended:
+  `max(3 * polling_interval, 30_000)`) and `confirm_empty: 2`, so nodes missing from one answer do
+  not flap; see the DNS guide.
 
   ## Options
 
@@ -42,6 +42,8 @@ defmodule Cluster.Strategy.DNSPoll do
     * `:query_timeout` - ms one query may take at one server, default `2_000`
     * `:query_attempts` - tries per server, default `2`
     * `:resolv_conf` - the resolver configuration file, default `"/etc/resolv.conf"`
+    * `:confirm_empty` - consecutive empty answers needed before an empty answer after a
+      non-empty one is applied, default `1` (at once, as libcluster)
 
   A missing or invalid `:query` or `:node_basename` is logged and the topology connects nothing
   (like libcluster, it does not crash the application). Other invalid options raise

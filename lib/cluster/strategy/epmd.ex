@@ -6,12 +6,19 @@ defmodule Cluster.Strategy.Epmd do
   silent delays no other), and a node that fails or goes down is redialled with backoff until it is
   back, so the cluster heals without a `timeout`. The strategy never disconnects.
 
+  With `timeout: n` (an integer), as in libcluster, a node that is not connected is dialled again
+  once per `n` ms and never more often, whatever happens: `n` is the topology's per-node dial floor
+  (`Cluster.Membership`'s `:min_dial_interval`). A node that keeps failing backs off further, up to
+  `:backoff_max` (10 s); set `membership: [backoff_max: n]` to dial it exactly once per `n` ms as
+  libcluster does.
+
   ## Options
 
     * `:hosts` - the node names to connect to (atoms). An empty list makes the strategy `:ignore`.
       Default `[]`.
     * `:timeout` - `:infinity` (default) or an interval in ms at which the list is asserted again
-      (libcluster re-ran its connect at this interval; here retries happen anyway).
+      and the shortest time between two dials of one node (libcluster re-ran its connect at this
+      interval; here retries with backoff happen anyway, at least `n` ms apart).
     * `:polling_interval` - an alias of `:timeout`.
 
   ## Example
@@ -44,7 +51,10 @@ defmodule Cluster.Strategy.Epmd do
 
       hosts ->
         interval = opts.polling_interval || opts.timeout
-        {:ok, hosts, interval: interval, prune: false}
+
+        # libcluster re-ran its connects once per `timeout`: a node is never dialled more often.
+        membership = if is_integer(interval), do: [min_dial_interval: interval], else: []
+        {:ok, hosts, interval: interval, prune: false, membership: membership}
     end
   end
 

@@ -184,10 +184,27 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
     assert msg =~ "app.example.com"
   end
 
-  test "a sudden NXDOMAIN is trusted only on the second consecutive poll", %{dns: dns} do
+  test "by default (libcluster's), a sudden NXDOMAIN is applied at the first poll", %{dns: dns} do
+    table = FakeNodes.new()
+    pid = start(table, DNSPoll, poll_config(dns, polling_interval: 60_000))
+    assert_receive {:connect, :"app@10.0.0.2"}, 2_000
+    dns = Dnsmasq.set_records(dns, [])
+    assert Dnsmasq.resolve(dns, "app.cluster.test", :a) == []
+    poll(pid, 2)
+    assert_receive {:disconnect, :"app@10.0.0.1"}, 1_000
+    assert_receive {:disconnect, :"app@10.0.0.2"}, 1_000
+  end
+
+  test "with confirm_empty: 2, a sudden NXDOMAIN is trusted only on the second consecutive poll", %{dns: dns} do
     table = FakeNodes.new()
     # Polls only when the test asks (refresh), so that each poll is counted exactly.
-    pid = start(table, DNSPoll, poll_config(dns, polling_interval: 60_000, membership: [prune: :immediate]))
+    pid =
+      start(
+        table,
+        DNSPoll,
+        poll_config(dns, polling_interval: 60_000, confirm_empty: 2, membership: [prune: :immediate])
+      )
+
     assert_receive {:connect, :"app@10.0.0.2"}, 2_000
     dns = Dnsmasq.set_records(dns, [])
     assert Dnsmasq.resolve(dns, "app.cluster.test", :a) == []
@@ -209,11 +226,17 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
     Cluster.Test.Peer.wait_until(fn -> match?(%{rounds: ^n, mode: :idle}, Discovery.status(pid)) end, 3_000)
   end
 
-  test "rotating answers do not make nodes flap", %{dns: dns} do
+  test "rotating answers do not make nodes flap with the recommended grace period", %{dns: dns} do
     table = FakeNodes.new()
     all = for i <- 1..4, do: {:a, "app.cluster.test", "10.0.0.#{i}"}
     dns = Dnsmasq.set_records(dns, all)
-    start(table, DNSPoll, poll_config(dns, polling_interval: 100))
+
+    start(
+      table,
+      DNSPoll,
+      poll_config(dns, polling_interval: 100, membership: [prune: Cluster.DNS.recommended_grace(100)])
+    )
+
     Cluster.Test.Peer.wait_until(fn -> length(FakeNodes.connected(table)) == 4 end, 3_000)
 
     # The server now answers a rotating half of the records, changing every ~150 ms.

@@ -36,7 +36,7 @@ defmodule Cluster.Strategy.DNSNetnsTest do
           polling_interval: 300,
           query_timeout: 500
         ],
-        # The default grace period is at least 30 s; the test shortens it.
+        # A grace period (an option; the default prunes at once, as libcluster), shortened for the test.
         membership: [prune: {:grace_period, 900}]
       ]
     ]

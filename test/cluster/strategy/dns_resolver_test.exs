@@ -205,7 +205,7 @@ defmodule Cluster.Strategy.DNSResolverTest do
       refute_received {:disconnect, _}
     end
 
-    test "an empty answer is applied only after two consecutive empty polls" do
+    test "with confirm_empty: 2, an empty answer is applied only after two consecutive empty polls" do
       table = FakeNodes.new()
       test = self()
       # A scripted sequence of answers, one per poll; the last one repeats.
@@ -227,6 +227,7 @@ defmodule Cluster.Strategy.DNSResolverTest do
         node_basename: "app",
         resolver: resolver,
         polling_interval: 100,
+        confirm_empty: 2,
         membership: [prune: :immediate]
       )
 
@@ -239,7 +240,7 @@ defmodule Cluster.Strategy.DNSResolverTest do
       assert_receive {:disconnect, :"app@10.0.0.1"}, 1_000
     end
 
-    test "rotating answers do not make nodes flap (default prune policy)" do
+    test "rotating answers do not make nodes flap with the recommended grace period" do
       table = FakeNodes.new()
       {:ok, counter} = Agent.start_link(fn -> 0 end)
       all = for i <- 1..6, do: {10, 0, 0, i}
@@ -250,7 +251,15 @@ defmodule Cluster.Strategy.DNSResolverTest do
         Enum.map(0..2, &Enum.at(all, rem(n + &1, 6)))
       end
 
-      pid = start(table, DNSPoll, query: "a", node_basename: "app", resolver: resolver, polling_interval: 50)
+      pid =
+        start(table, DNSPoll,
+          query: "a",
+          node_basename: "app",
+          resolver: resolver,
+          polling_interval: 50,
+          membership: [prune: Cluster.DNS.recommended_grace(50)]
+        )
+
       assert Discovery.status(pid).membership.opts.prune == {:grace_period, 30_000}
       Process.sleep(1_200)
       assert length(FakeNodes.connected(table)) == 6
@@ -326,7 +335,7 @@ defmodule Cluster.Strategy.DNSResolverTest do
       assert_receive {:connect, :"myapp@fd00::10"}, 1_000
     end
 
-    test "a resolver error is an error; nxdomain is an (unconfirmed) empty answer" do
+    test "a resolver error is an error and never prunes; nxdomain is an empty answer" do
       table = FakeNodes.new()
       agent = answers({:ok, {:hostent, ~c"svc", [], :inet, 4, [{10, 1, 0, 1}]}})
 
@@ -412,6 +421,108 @@ defmodule Cluster.Strategy.DNSResolverTest do
                           config: [service: "s", application_name: "a"]
                         })
              end) =~ ":namespace"
+    end
+  end
+
+  describe "libcluster's defaults (prune at once, empty answers at once)" do
+    # The three DNS strategies, each with a resolver fun whose answer the test sets: `ips` to the
+    # fun's native shape.
+    defp strategies do
+      [
+        {DNSPoll, [query: "a", node_basename: "app"], &Function.identity/1},
+        {Kubernetes.DNS, [service: "svc", application_name: "app"],
+         &{:ok, {:hostent, ~c"svc", [], :inet, 4, &1}}},
+        {Kubernetes.DNSSRV, [service: "svc", namespace: "ns", application_name: "app"],
+         fn ips ->
+           {:ok, {:hostent, ~c"svc", [], :srv, length(ips), Enum.map(ips, &{10, 50, 4000, :inet.ntoa(&1)})}}
+         end}
+      ]
+    end
+
+    defp start_default(strategy, base, shape, initial, meta \\ nil) do
+      table = FakeNodes.new()
+      test = self()
+      agent = answers(initial)
+
+      resolver = fn _ ->
+        ips = answer(agent)
+        send(test, {:answered, ips})
+        if is_list(ips), do: shape.(ips), else: ips
+      end
+
+      config = base ++ [resolver: resolver, polling_interval: 50]
+      topology = :"dns_default_#{System.unique_integer([:positive])}"
+      spec = FakeNodes.topology(table, strategy, config)
+      for n <- meta || [], do: :ets.insert(table, {n})
+
+      {:ok, pid} =
+        strategy.start_link([
+          %Cluster.Strategy.State{
+            topology: topology,
+            config: config,
+            connect: spec[:connect],
+            disconnect: spec[:disconnect],
+            list_nodes: spec[:list_nodes],
+            meta: if(meta, do: MapSet.new(meta))
+          }
+        ])
+
+      on_exit(fn -> if Process.alive?(pid), do: Process.exit(pid, :kill) end)
+      {pid, agent, table}
+    end
+
+    test "a node the next poll omits is disconnected within that poll" do
+      for {strategy, base, shape} <- strategies() do
+        {pid, agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}, {10, 0, 0, 2}])
+        assert Discovery.status(pid).membership.opts.prune == :immediate
+        assert_receive {:connect, :"app@10.0.0.2"}, 1_000
+        set_answer(agent, [{10, 0, 0, 1}])
+        # the first poll that omits it disconnects it
+        assert_receive {:answered, [_]}, 1_000
+        assert_receive {:disconnect, :"app@10.0.0.2"}, 200
+        assert FakeNodes.connected(table) == [:"app@10.0.0.1"], inspect(strategy)
+      end
+    end
+
+    test "a node given in the initial State.meta and omitted by the first poll is disconnected" do
+      for {strategy, base, shape} <- strategies() do
+        old = :"app@10.0.0.9"
+        {_pid, _agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}], [old])
+        assert_receive {:disconnect, ^old}, 1_000
+        assert_receive {:connect, :"app@10.0.0.1"}, 1_000
+        assert FakeNodes.connected(table) == [:"app@10.0.0.1"], inspect(strategy)
+      end
+    end
+
+    test "an empty answer (no records, or NXDOMAIN) is applied at the first poll" do
+      for {strategy, base, shape} <- strategies(), empty <- [[], {:error, :nxdomain}] do
+        {_pid, agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}])
+        assert_receive {:connect, :"app@10.0.0.1"}, 1_000
+        set_answer(agent, empty)
+        assert_receive {:answered, ^empty}, 1_000
+        assert_receive {:disconnect, :"app@10.0.0.1"}, 200
+        assert FakeNodes.connected(table) == [], inspect({strategy, empty})
+      end
+    end
+
+    test "DNS errors (timeout, SERVFAIL, REFUSED) still never prune" do
+      for {strategy, base, shape} <- strategies() do
+        {pid, agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}])
+        assert_receive {:connect, :"app@10.0.0.1"}, 1_000
+
+        capture_log(fn ->
+          for error <- [:timeout, :servfail, :refused] do
+            set_answer(agent, {:error, error})
+            assert_receive {:answered, {:error, ^error}}, 1_000
+            assert_receive {:answered, {:error, ^error}}, 3_000
+          end
+
+          assert Discovery.status(pid).error_streak >= 1
+        end)
+
+        refute_received {:disconnect, _}
+        assert FakeNodes.connected(table) == [:"app@10.0.0.1"], inspect(strategy)
+      end
     end
   end
 

@@ -10,9 +10,10 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
   chains followed (an answer carrying CNAME aliases works; libcluster 3.5 crashed on it). A
   `:resolver` fun, when given, is used instead.
 
-  It polls once per interval with jitter (libcluster 3.5 polled twice). Errors never prune; an
-  empty answer is applied only after two consecutive empty polls; a pod missing from the answer
-  is disconnected only after a grace period of `max(3 * polling_interval, 30_000)` ms (see `Cluster.Strategy.DNSPoll` for why).
+  It polls once per interval with jitter (libcluster 3.5 polled twice). Errors never
+  prune. As in libcluster, an empty answer is applied at once and a pod missing from the answer
+  is disconnected within that poll; for partial or rotating answers set `confirm_empty: 2` and
+  `membership: [prune: {:grace_period, ms}]` (see `Cluster.Strategy.DNSPoll`).
 
   ## Options
 
@@ -23,8 +24,8 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
     * `:resolver` - a 1-arity fun given the service as a charlist, returning what
       `:inet_res.getbyname(name, :a)` returns: `{:ok, {:hostent, name, aliases, :inet, 4, ips}}`
       or `{:error, reason}`; with it, only what the fun returns is used
-    * `:resolver_timeout`, `:nameservers`, `:query_timeout`, `:query_attempts`, `:resolv_conf` -
-      as in `Cluster.Strategy.DNSPoll`
+    * `:resolver_timeout`, `:nameservers`, `:query_timeout`, `:query_attempts`, `:resolv_conf`,
+      `:confirm_empty` - as in `Cluster.Strategy.DNSPoll`
 
   A missing `:service` or `:application_name` is logged and the topology connects nothing.
 

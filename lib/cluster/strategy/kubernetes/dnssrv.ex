@@ -8,8 +8,9 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
   The lookup runs natively (hickory-resolver, never in the strategy process), with a per-query
   timeout, TCP on truncation and CNAME chains followed; a `:resolver` fun, when given, is used
   instead. It polls once per interval with jitter (libcluster 3.5 polled twice). Errors never
-  prune; an empty answer is applied only after two consecutive empty polls; a pod missing from
-  the answer is disconnected only after a grace period of `max(3 * polling_interval, 30_000)` ms (see `Cluster.Strategy.DNSPoll`).
+  prune. As in libcluster, an empty answer is applied at once and a pod missing from the answer
+  is disconnected within that poll; for partial or rotating answers set `confirm_empty: 2` and
+  `membership: [prune: {:grace_period, ms}]` (see `Cluster.Strategy.DNSPoll`).
 
   ## Options
 
@@ -20,8 +21,8 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
     * `:resolver` - a 1-arity fun given the query as a charlist, returning what
       `:inet_res.getbyname(name, :srv)` returns: `{:ok, {:hostent, name, aliases, :srv, n,
       [{priority, weight, port, target}]}}` or `{:error, reason}`
-    * `:resolver_timeout`, `:nameservers`, `:query_timeout`, `:query_attempts`, `:resolv_conf` -
-      as in `Cluster.Strategy.DNSPoll`
+    * `:resolver_timeout`, `:nameservers`, `:query_timeout`, `:query_attempts`, `:resolv_conf`,
+      `:confirm_empty` - as in `Cluster.Strategy.DNSPoll`
 
   A missing `:service`, `:namespace` or `:application_name` is logged and the topology connects
   nothing.
