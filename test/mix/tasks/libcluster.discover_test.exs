@@ -95,6 +95,37 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
       assert out =~ "    #{ctx.peer}\n"
     end
 
+    test "LocalEpmd, run on a distributed node: the nodes in this host's epmd, without itself", ctx do
+      {runner, runner_node} =
+        Cluster.Test.Peer.start("probe_runner_#{System.unique_integer([:positive])}", "127.0.0.1")
+
+      on_exit(fn -> Cluster.Test.Peer.stop(runner) end)
+
+      :ok =
+        Cluster.Test.Peer.call(runner, Application, :put_env, [
+          :libcluster,
+          :topologies,
+          [local: [strategy: Cluster.Strategy.LocalEpmd]]
+        ])
+
+      # The task runs on the peer (a distributed node, as `elixir --name ... -S mix` would be), its
+      # output captured there by Mix.Shell.Process.
+      code = """
+      {:ok, _} = Application.ensure_all_started(:mix)
+      Mix.shell(Mix.Shell.Process)
+      status = Mix.Tasks.Libcluster.Discover.main("local", [])
+      lines = Stream.repeatedly(fn -> receive do {:mix_shell, _, [l]} -> l after 0 -> nil end end)
+      {status, lines |> Enum.take_while(& &1) |> Enum.join("\\n")}
+      """
+
+      {{status, out}, _} = Cluster.Test.Peer.call(runner, Code, :eval_string, [code])
+      assert status == 0, out
+      assert out =~ "strategy: Cluster.Strategy.LocalEpmd"
+      assert out =~ "127.0.0.1: epmd on 127.0.0.1 lists: "
+      assert out =~ "    #{ctx.peer}"
+      refute out =~ "    #{runner_node}"
+    end
+
     test "name mode: the registered nodes are checked against the mode given", ctx do
       Application.put_env(:libcluster, :topologies,
         static: [strategy: Cluster.Strategy.Epmd, config: [hosts: [ctx.peer]]]
