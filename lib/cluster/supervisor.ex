@@ -20,8 +20,10 @@ defmodule Cluster.Supervisor do
   ## Topology keys
 
     * `:strategy` - the strategy module (required)
-    * `:config` - the strategy's keyword list (default `[]`); values may be `{:system, "VAR", default}`
-      or `{:system, :integer | :atom | :boolean | :string, "VAR", default}`, resolved at start
+    * `:config` - the strategy's keyword list (default `[]`); values may be `{:system, "VAR"}`,
+      `{:system, "VAR", default}` or `{:system, :integer | :atom | :boolean | :string, "VAR",
+      default}`, resolved at start. An unset `{:system, "VAR"}` (it has no default) or a value that
+      cannot be converted raises an `ArgumentError` naming the variable, the key and the topology
     * `:connect` - `{m, f, a}` called with the node appended (default `{:net_kernel, :connect_node, []}`)
     * `:disconnect` - default `{:erlang, :disconnect_node, []}`
     * `:list_nodes` - default `{:erlang, :nodes, [:connected]}`
