@@ -35,6 +35,20 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
     end
   end
 
+  describe "without the stub" do
+    test "the stand-in reproduces the problem: mix release fails with duplicated modules", %{tmp_dir: dir} do
+      write_third_party!(dir)
+      app = write_app!(dir, "      {:libcluster_rs, path: #{inspect(@root)}, env: :dev},\n")
+
+      {out, status} = mix!(app, ["compile"])
+      assert status == 0, out
+      {out, status} = mix!(app, ["release", "--overwrite"])
+      assert status != 0
+      assert out =~ "Duplicated modules"
+      assert out =~ "Elixir.Cluster.Strategy"
+    end
+  end
+
   describe "git dependencies" do
     test "the same recipe with git (file://) and sparse: compat/libcluster", %{tmp_dir: dir} do
       repo = git_snapshot!(Path.join(dir, "libcluster_rs.git"))
