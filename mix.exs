@@ -40,7 +40,7 @@ defmodule LibclusterRs.MixProject do
                      vsn: ~c"3.5.0-libcluster_rs",
                      modules: [],
                      registered: [],
-                     applications: [:kernel, :stdlib]
+                     applications: [:kernel, :stdlib, :libcluster_rs]
                    ]}
 
   @doc false

@@ -10,6 +10,10 @@ defmodule Cluster.LibclusterApp do
   #   * Otherwise this empty application is loaded from the spec below, which exists in memory only:
   #     libcluster_rs ships no `libcluster.app` file, so a release never holds two.
   #
+  # The spec depends on :libcluster_rs, as the stub does, so that a package depending on :libcluster
+  # starts after libcluster_rs also where this spec stands in for the stub (under Mix, which loads it
+  # when it reads libcluster_rs's mix.exs, before the stub's own spec could be loaded).
+  #
   # mix.exs loads the same spec when Mix reads the project (`LibclusterRs.MixProject.libcluster_app/0`;
   # a test keeps the two equal), so that Mix does not warn about `config :libcluster`.
 
@@ -19,7 +23,7 @@ defmodule Cluster.LibclusterApp do
             vsn: ~c"3.5.0-libcluster_rs",
             modules: [],
             registered: [],
-            applications: [:kernel, :stdlib]
+            applications: [:kernel, :stdlib, :libcluster_rs]
           ]}
 
   @doc "The in-memory `:libcluster` application spec."

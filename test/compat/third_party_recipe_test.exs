@@ -29,6 +29,7 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
         write_app!(dir, """
             {:libcluster_rs, path: #{inspect(@root)}, override: true, env: :dev},
             {:libcluster, path: #{inspect(Path.join(@root, "compat/libcluster"))}, override: true},
+            {:libcluster_static, path: "../libcluster_static"}
         """)
 
       check_recipe!(app)
@@ -38,7 +39,12 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
   describe "without the stub" do
     test "the stand-in reproduces the problem: mix release fails with duplicated modules", %{tmp_dir: dir} do
       write_third_party!(dir)
-      app = write_app!(dir, "      {:libcluster_rs, path: #{inspect(@root)}, env: :dev},\n")
+
+      app =
+        write_app!(dir, """
+            {:libcluster_rs, path: #{inspect(@root)}, env: :dev},
+            {:libcluster_static, path: "../libcluster_static"}
+        """)
 
       {out, status} = mix!(app, ["compile"])
       assert status == 0, out
@@ -46,6 +52,33 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
       assert status != 0
       assert out =~ "Duplicated modules"
       assert out =~ "Elixir.Cluster.Strategy"
+    end
+  end
+
+  describe "libcluster_rs alone (no third-party package, no stub)" do
+    test "config :libcluster reaches a release, which holds one :libcluster and no libcluster.app", %{
+      tmp_dir: dir
+    } do
+      app =
+        write_app!(
+          dir,
+          """
+              {:libcluster_rs, path: #{inspect(@root)}, env: :dev}
+          """,
+          "strategy: Cluster.Strategy.Epmd, config: [hosts: nodes]"
+        )
+
+      {out, status} = mix!(app, ["release", "--overwrite"])
+      assert status == 0, out
+      rel = Path.join(app, "_build/dev/rel/recipe_app")
+      assert Path.wildcard(Path.join(rel, "lib/*/ebin/libcluster.app")) == []
+      refute File.exists?(Path.join(rel, "lib/libcluster-3.5.0"))
+
+      report = two_nodes!(rel)
+      assert report.b in report.nodes, inspect(report)
+      assert report.libcluster_apps == [~c"3.5.0-libcluster_rs"]
+      assert report.topologies_configured
+      assert report.status_strategy == Cluster.Strategy.Epmd
     end
   end
 
@@ -59,6 +92,7 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
         write_app!(dir, """
             {:libcluster_rs, git: #{inspect(url)}, branch: "main", override: true, env: :dev},
             {:libcluster, git: #{inspect(url)}, branch: "main", sparse: "compat/libcluster", override: true},
+            {:libcluster_static, path: "../libcluster_static"}
         """)
 
       {out, 0} = mix!(app, ["deps.get"])
@@ -86,23 +120,27 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
     assert one =~ "/lib/libcluster-3.5.0/ebin/"
     assert Path.wildcard(Path.join(rel, "lib/libcluster-3.5.0/ebin/*.beam")) == []
 
+    report = two_nodes!(rel)
+    b = report.b
+    assert b in report.nodes, inspect(report)
+    # The third-party strategy ran, on libcluster_rs's Cluster.Strategy.
+    assert report.strategy_loaded_from =~ "/lib/libcluster_static-0.1.0/"
+    assert report.cluster_strategy_from =~ "/lib/libcluster_rs-0.1.0/"
+    # One :libcluster application, the stub, and `config :libcluster` reached it.
+    assert report.libcluster_apps == [~c"3.5.0"]
+    assert report.topologies_configured
+    assert report.status_strategy == ClusterStatic.Strategy
+  end
+
+  # Starts two nodes of the release, each with a topology listing both; returns what the first sees.
+  defp two_nodes!(rel) do
     suffix = System.unique_integer([:positive])
     a = :"recipe_a_#{suffix}@127.0.0.1"
     b = :"recipe_b_#{suffix}@127.0.0.1"
     nodes = "#{a},#{b}"
     start_release!(rel, a, nodes)
     start_release!(rel, b, nodes)
-
-    report = rpc_until!(rel, a, b)
-    assert b in report.nodes, inspect(report)
-    # The third-party strategy ran, on libcluster_rs's Cluster.Strategy.
-    assert report.strategy_loaded_from =~ "/lib/libcluster_static-0.1.0/"
-    assert report.cluster_strategy_from =~ "/lib/libcluster_rs-0.1.0/"
-    assert report.asked >= 1
-    # One :libcluster application, the stub, and `config :libcluster` reached it.
-    assert report.libcluster_apps == [~c"3.5.0"]
-    assert report.topologies_configured
-    assert report.status_strategy == ClusterStatic.Strategy
+    Map.put(rpc_until!(rel, a, b), :b, b)
   end
 
   ## Packages
@@ -160,7 +198,7 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
       @impl true
       def init(%State{} = state) do
         send(self(), :load)
-        {:ok, %State{state | meta: 0}}
+        {:ok, state}
       end
 
       @impl true
@@ -169,16 +207,13 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
         Cluster.Strategy.connect_nodes(state.topology, state.connect, state.list_nodes, nodes)
         Cluster.Logger.debug(state.topology, "asked for \#{inspect(nodes)}")
         Process.send_after(self(), :load, Keyword.get(config, :polling_interval, 200))
-        {:noreply, %State{state | meta: state.meta + 1}}
+        {:noreply, state}
       end
-
-      @impl true
-      def handle_call(:asked, _from, state), do: {:reply, state.meta, state}
     end
     """)
   end
 
-  defp write_app!(dir, deps) do
+  defp write_app!(dir, deps, topology \\ "strategy: ClusterStatic.Strategy, config: [nodes: nodes]") do
     app = Path.join(dir, "recipe_app")
 
     write!(app, "mix.exs", """
@@ -194,8 +229,7 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
 
       defp deps do
         [
-    #{deps}      {:libcluster_static, path: "../libcluster_static"}
-        ]
+    #{deps}    ]
       end
     end
     """)
@@ -226,7 +260,7 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
       |> Enum.map(&String.to_atom/1)
 
     config :libcluster,
-      topologies: [static: [strategy: ClusterStatic.Strategy, config: [nodes: nodes]]]
+      topologies: [static: [#{topology}]]
     """)
 
     app
@@ -307,12 +341,10 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
         do: :ok, else: (Process.sleep(100); wait.(wait))
     end
     wait.(wait)
-    [{_, pid, _, _}] = Supervisor.which_children(RecipeApp.ClusterSupervisor)
     {:ok, status} = Cluster.status(:static)
     report = %{
       nodes: Node.list(),
-      asked: GenServer.call(pid, :asked),
-      strategy_loaded_from: List.to_string(:code.which(ClusterStatic.Strategy)),
+      strategy_loaded_from: List.to_string(:code.which(status.strategy)),
       cluster_strategy_from: List.to_string(:code.which(Cluster.Strategy)),
       libcluster_apps: for({:libcluster, _, vsn} <- Application.loaded_applications(), do: vsn),
       topologies_configured: Application.get_env(:libcluster, :topologies) != nil,
