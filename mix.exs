@@ -30,7 +30,9 @@ defmodule LibclusterRs.MixProject do
 
   # Existing users keep `config :libcluster, ...`. Mix warns about configuration for an application
   # that is not loaded, so load an empty application named :libcluster (from an inline spec, nothing
-  # on disk) whenever Mix reads this project, including as a dependency of the user's project.
+  # on disk) whenever Mix reads this project, including as a dependency of the user's project. At
+  # run time Cluster.LibclusterApp loads the same spec (a test keeps the two equal), unless the app
+  # depends on the stub package compat/libcluster, which then is the one :libcluster application.
   @libcluster_app {:application, :libcluster,
                    [
                      description:
@@ -38,7 +40,7 @@ defmodule LibclusterRs.MixProject do
                      vsn: ~c"3.5.0-libcluster_rs",
                      modules: [],
                      registered: [],
-                     applications: [:kernel, :stdlib]
+                     applications: [:kernel, :stdlib, :libcluster_rs]
                    ]}
 
   @doc false
@@ -98,7 +100,7 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
     end
 
     install!(Path.join([target_dir, profile, library_file()]))
-    write_libcluster_app!()
+    remove_libcluster_app!()
     {:ok, []}
   end
 
@@ -130,15 +132,13 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
     Mix.Project.build_structure()
   end
 
-  # An empty application named :libcluster, so that existing `config :libcluster, ...` works
-  # unchanged: Mix does not warn that the application is missing, and a release applies that config
-  # from sys.config (OTP applies an application's env only when the application is loaded).
-  defp write_libcluster_app! do
-    ebin = Mix.Project.compile_path()
-    File.mkdir_p!(ebin)
-
-    spec = LibclusterRs.MixProject.libcluster_app()
-    File.write!(Path.join(ebin, "libcluster.app"), :io_lib.format(~c"~p.~n", [spec]))
+  # libcluster_rs ships no `libcluster.app`: the :libcluster application is loaded from an
+  # in-memory spec at run time (Cluster.LibclusterApp), or is the stub package compat/libcluster.
+  # Earlier builds wrote one into this ebin; remove it, or a release with the stub would hold two.
+  defp remove_libcluster_app! do
+    stale = Path.join(Mix.Project.compile_path(), "libcluster.app")
+    if File.exists?(stale), do: File.rm!(stale)
+    :ok
   end
 
   defp stale?(built, dest) do

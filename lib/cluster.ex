@@ -26,7 +26,9 @@ defmodule Cluster do
 
     * `:topology`, `:strategy`, `:pid`
     * `:state` - `:running`, `:leaving` (after `leave/1` or while the system stops), `:ignored` (the
-      strategy's config disabled it, e.g. `Epmd` with no hosts), `:not_running` (its supervisor is
+      strategy's config disabled it, e.g. `Epmd` with no hosts), `:invalid_config` (its config
+      cannot work, e.g. `DNSPoll` without a usable `:query`: it runs, as in libcluster, connects
+      nothing, and `:last_error` says why), `:not_running` (its supervisor is
       restarting it) or `:unresponsive` (it did not answer within a second)
     * `:last_discovered` - the nodes of the last successful discovery (sorted), or `nil` before the first
     * `:last_discovered_at` - when, as a UTC `DateTime`
@@ -249,7 +251,12 @@ defmodule Cluster do
           topology: topology,
           strategy: d.strategy,
           pid: pid,
-          state: if(d.mode == :left or m.leaving, do: :leaving, else: :running),
+          state:
+            cond do
+              d.mode == :invalid_config -> :invalid_config
+              d.mode == :left or m.leaving -> :leaving
+              true -> :running
+            end,
           last_discovered: if(d.last_ok_at, do: Enum.sort(d.last_discovered)),
           last_discovered_at: datetime(d.last_ok_at),
           connected: Enum.sort(m.connected),

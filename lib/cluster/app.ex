@@ -6,9 +6,8 @@ defmodule Cluster.App do
 
   @impl true
   def start(_type, _args) do
-    # `config :libcluster, ...` from a release's sys.config is applied only when an application
-    # named :libcluster is loaded; the compiler ships an empty `libcluster.app` for that.
-    _ = Application.load(:libcluster)
+    # `config :libcluster, ...` (sys.config, runtime.exs) is applied only to a loaded :libcluster.
+    _ = Cluster.LibclusterApp.load()
     topologies = Application.get_env(:libcluster_rs, :topologies, [])
 
     children =

@@ -3,70 +3,107 @@ defmodule Cluster.Config do
   # Config resolution and validation shared by the supervisor and every built-in strategy.
   #
   # `{:system, "VAR", default}` (string), `{:system, :integer | :atom | :string | :boolean, "VAR",
-  # default}` and `{:system, "VAR"}` values are resolved at start. A value that cannot be converted
-  # raises an ArgumentError naming the variable. Validation raises ArgumentError messages of the form
+  # default}` and `{:system, "VAR"}` values are resolved at start. An unset `{:system, "VAR"}` (it
+  # has no default) or a value that cannot be converted raises an ArgumentError naming the variable
+  # and the key. Validation raises ArgumentError messages of the form
   # "expected :port to be an integer in 1..65535, got: 0".
 
   @type validator :: (term() -> {:ok, term()} | {:error, String.t()})
   @type schema :: [{atom(), default :: term(), validator()}]
 
-  @doc "Resolves every `{:system, ...}` value in a keyword list (top level only)."
-  @spec resolve_system!(Keyword.t()) :: Keyword.t()
-  def resolve_system!(config) when is_list(config) do
+  @doc """
+  Resolves every `{:system, ...}` value in a keyword list (top level only). An error names the
+  topology, the key and the environment variable.
+  """
+  @spec resolve_system!(Keyword.t(), atom() | nil) :: Keyword.t()
+  def resolve_system!(config, topology \\ nil) when is_list(config) do
     Enum.map(config, fn
-      {key, value} -> {key, resolve_value!(value)}
+      {key, value} -> {key, resolve_value!(value, {topology, key})}
       other -> other
     end)
   end
 
-  @spec resolve_value!(term()) :: term()
-  def resolve_value!({:system, var}) when is_binary(var), do: System.get_env(var)
-  def resolve_value!({:system, var, default}) when is_binary(var), do: System.get_env(var) || default
+  @doc """
+  Resolves one `{:system, ...}` value. `where` is `{topology, key}` (either may be `nil`) and is
+  named in the error: a `{:system, "VAR"}` whose variable is unset (no default to fall back on),
+  or a typed value that cannot be converted, raises an `ArgumentError` naming the variable and
+  the key.
+  """
+  @spec resolve_value!(term(), {atom() | nil, atom() | nil}) :: term()
+  def resolve_value!(value, where \\ {nil, nil})
 
-  def resolve_value!({:system, type, var, default}) when is_binary(var) do
+  def resolve_value!({:system, var} = value, where) when is_binary(var) do
     case System.get_env(var) do
-      nil -> default
-      "" -> default
-      raw -> convert!(type, var, raw)
+      nil ->
+        raise ArgumentError,
+              prefix(where) <>
+                "#{inspect(value)} names the environment variable #{var}, which is not set; set it, " <>
+                "or give a default: {:system, #{inspect(var)}, default}"
+
+      raw ->
+        raw
     end
   end
 
-  def resolve_value!(value), do: value
+  def resolve_value!({:system, var, default}, _where) when is_binary(var), do: System.get_env(var) || default
 
-  defp convert!(:string, _var, raw), do: raw
+  def resolve_value!({:system, type, var, default}, where) when is_binary(var) do
+    case System.get_env(var) do
+      nil -> check_type!(type, var, where, default)
+      "" -> check_type!(type, var, where, default)
+      raw -> convert!(type, var, where, raw)
+    end
+  end
 
-  defp convert!(:integer, var, raw) do
+  def resolve_value!(value, _where), do: value
+
+  defp prefix({nil, nil}), do: ""
+  defp prefix({nil, key}), do: "invalid config: #{inspect(key)}: "
+  defp prefix({topology, nil}), do: "invalid config for topology #{inspect(topology)}: "
+  defp prefix({topology, key}), do: "invalid config for topology #{inspect(topology)}: #{inspect(key)}: "
+
+  @types [:string, :integer, :atom, :boolean]
+
+  defp check_type!(type, _var, _where, default) when type in @types, do: default
+  defp check_type!(type, var, where, _default), do: convert!(type, var, where, "")
+
+  defp convert!(:string, _var, _where, raw), do: raw
+
+  defp convert!(:integer, var, where, raw) do
     case Integer.parse(String.trim(raw)) do
-      {int, ""} ->
-        int
-
-      _ ->
-        raise ArgumentError, "expected environment variable #{var} to hold an integer, got: #{inspect(raw)}"
+      {int, ""} -> int
+      _ -> bad_env!(where, var, "an integer", raw)
     end
   end
 
-  defp convert!(:boolean, var, raw) do
+  defp convert!(:boolean, var, where, raw) do
     case String.downcase(String.trim(raw)) do
       v when v in ["true", "1", "yes"] -> true
       v when v in ["false", "0", "no"] -> false
-      _ -> raise ArgumentError, "expected environment variable #{var} to hold a boolean, got: #{inspect(raw)}"
+      _ -> bad_env!(where, var, "a boolean (true/false, 1/0, yes/no)", raw)
     end
   end
 
-  defp convert!(:atom, var, raw) do
+  defp convert!(:atom, var, where, raw) do
     trimmed = String.trim(raw)
 
     if trimmed != "" and String.length(trimmed) <= 255 do
       String.to_atom(trimmed)
     else
-      raise ArgumentError, "expected environment variable #{var} to hold an atom name, got: #{inspect(raw)}"
+      bad_env!(where, var, "an atom name", raw)
     end
   end
 
-  defp convert!(type, var, _raw) do
+  defp convert!(type, var, where, _raw) do
     raise ArgumentError,
-          "expected the type of {:system, type, #{inspect(var)}, default} to be one of " <>
+          prefix(where) <>
+            "expected the type of {:system, type, #{inspect(var)}, default} to be one of " <>
             ":string, :integer, :atom, :boolean, got: #{inspect(type)}"
+  end
+
+  defp bad_env!(where, var, expected, raw) do
+    raise ArgumentError,
+          prefix(where) <> "expected environment variable #{var} to hold #{expected}, got: #{inspect(raw)}"
   end
 
   @doc """

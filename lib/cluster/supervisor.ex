@@ -20,8 +20,10 @@ defmodule Cluster.Supervisor do
   ## Topology keys
 
     * `:strategy` - the strategy module (required)
-    * `:config` - the strategy's keyword list (default `[]`); values may be `{:system, "VAR", default}`
-      or `{:system, :integer | :atom | :boolean | :string, "VAR", default}`, resolved at start
+    * `:config` - the strategy's keyword list (default `[]`); values may be `{:system, "VAR"}`,
+      `{:system, "VAR", default}` or `{:system, :integer | :atom | :boolean | :string, "VAR",
+      default}`, resolved at start. An unset `{:system, "VAR"}` (it has no default) or a value that
+      cannot be converted raises an `ArgumentError` naming the variable, the key and the topology
     * `:connect` - `{m, f, a}` called with the node appended (default `{:net_kernel, :connect_node, []}`)
     * `:disconnect` - default `{:erlang, :disconnect_node, []}`
     * `:list_nodes` - default `{:erlang, :nodes, [:connected]}`
@@ -42,6 +44,10 @@ defmodule Cluster.Supervisor do
 
   Each child's id is the topology name; the supervisor is `:one_for_one`. Bad topology specs raise
   an `ArgumentError` naming the topology and the key.
+
+  A topology name that another running `Cluster.Supervisor` already runs (for example one started
+  both by `config :libcluster_rs, topologies:` and by your own supervisor) is logged as a warning
+  that names the topology and both supervisors: each would run its own strategy process.
 
   Instead of starting this supervisor yourself you may let the application start it:
   `config :libcluster_rs, topologies: [...]` (opt-in; the explicit supervisor stays the default).
@@ -88,11 +94,46 @@ defmodule Cluster.Supervisor do
          }}
       end
 
+    warn_started_twice(Keyword.keys(topologies))
     _ = Registry.register(Cluster.Registry, {:supervisor, self()}, info)
     :ok
   rescue
     # Cluster.Registry is started by the :libcluster_rs application; without it, status is unavailable.
     ArgumentError -> :ok
+  end
+
+  # A topology that another running Cluster.Supervisor already runs is started twice: two strategy
+  # processes discover and dial the same nodes. libcluster says nothing; say which and where.
+  defp warn_started_twice(names) do
+    others =
+      Registry.select(Cluster.Registry, [
+        {{{:supervisor, :"$1"}, :_, :"$2"}, [{:"=/=", :"$1", self()}], [{{:"$1", :"$2"}}]}
+      ])
+
+    for {other, other_topologies} <- others, {topology, _} <- other_topologies, topology in names do
+      Cluster.Logger.warn(
+        topology,
+        "topology #{inspect(topology)} is started twice: by #{place(other)} and by #{place(self())}; " <>
+          "each runs its own strategy process, so its nodes are discovered and dialled twice. " <>
+          "Start it in one place only (with `config :libcluster_rs, topologies:`, do not also start " <>
+          "your own Cluster.Supervisor with the same topologies)"
+      )
+    end
+
+    :ok
+  end
+
+  defp place(pid) do
+    case Process.info(pid, :registered_name) do
+      {:registered_name, Cluster.AppSupervisor} ->
+        "Cluster.AppSupervisor (the :libcluster_rs application, from `config :libcluster_rs, topologies:`)"
+
+      {:registered_name, name} when is_atom(name) ->
+        "the Cluster.Supervisor #{inspect(name)}"
+
+      _ ->
+        "the Cluster.Supervisor #{inspect(pid)}"
+    end
   end
 
   @doc false
@@ -117,7 +158,7 @@ defmodule Cluster.Supervisor do
             "invalid topology #{inspect(topology)}: expected :config to be a keyword list, got: #{inspect(config)}"
     end
 
-    config = Cluster.Config.resolve_system!(config)
+    config = Cluster.Config.resolve_system!(config, topology)
     config = if m = spec[:membership], do: Keyword.put_new(config, :membership, m), else: config
 
     state = %State{
@@ -138,6 +179,18 @@ defmodule Cluster.Supervisor do
     unless Keyword.keyword?(topologies) do
       raise ArgumentError,
             "expected topologies to be a keyword list of name: [strategy: ..., config: ...], got: #{inspect(topologies)}"
+    end
+
+    names = Keyword.keys(topologies)
+
+    case names -- Enum.uniq(names) do
+      [] ->
+        :ok
+
+      [twice | _] ->
+        raise ArgumentError,
+              "expected each topology name to appear once, got: #{inspect(twice)} twice " <>
+                "(a supervisor cannot run two children with one id)"
     end
 
     for {topology, spec} <- topologies do

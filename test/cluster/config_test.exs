@@ -16,7 +16,6 @@ defmodule Cluster.ConfigTest do
 
   describe "{:system, ...} values" do
     test "{:system, var} and {:system, var, default} are strings" do
-      assert Config.resolve_value!({:system, @var}) == nil
       assert Config.resolve_value!({:system, @var, "dflt"}) == "dflt"
       System.put_env(@var, "42")
       assert Config.resolve_value!({:system, @var}) == "42"
@@ -53,6 +52,31 @@ defmodule Cluster.ConfigTest do
       assert e.message =~ @var and e.message =~ ":float"
     end
 
+    test "an unset {:system, var} (it has no default) is an ArgumentError naming the variable and the key" do
+      e = assert_raise ArgumentError, fn -> Config.resolve_system!([query: {:system, @var}], :dns) end
+      assert e.message =~ @var and e.message =~ ":query" and e.message =~ ":dns"
+      assert e.message =~ "not set"
+    end
+
+    test "a value that cannot be converted names the key and the topology too" do
+      System.put_env(@var, "12abc")
+
+      e =
+        assert_raise ArgumentError, fn ->
+          Config.resolve_system!([polling_interval: {:system, :integer, @var, 1}], :dns)
+        end
+
+      assert e.message =~ @var and e.message =~ ":polling_interval" and e.message =~ ":dns"
+      assert e.message =~ "12abc"
+    end
+
+    test "an unknown type is an error even while the variable is unset" do
+      e =
+        assert_raise ArgumentError, fn -> Config.resolve_system!([port: {:system, :float, @var, 1.0}], :g) end
+
+      assert e.message =~ @var and e.message =~ ":float" and e.message =~ ":port"
+    end
+
     test "other values pass through; only the top level of a config is resolved" do
       System.put_env(@var, "7")
       nested = [{:system, @var}]
@@ -81,7 +105,18 @@ defmodule Cluster.ConfigTest do
       assert {:error, reason} = start_supervised({Cluster.Supervisor, [[{t, spec}]]})
       assert inspect(reason) =~ @var
       e = assert_raise ArgumentError, fn -> Cluster.Supervisor.get_configured_topologies([{t, spec}]) end
-      assert e.message =~ @var
+      assert e.message =~ @var and e.message =~ ":interval" and e.message =~ inspect(t)
+    end
+
+    test "DNSPoll whose query comes from an unset variable does not boot unclustered", %{t: t} do
+      # Before: the variable resolved to nil, and DNSPoll booted with "got: nil" and connected nothing.
+      spec = [
+        strategy: Cluster.Strategy.DNSPoll,
+        config: [query: {:system, @var}, node_basename: "app", resolver: fn _ -> [] end]
+      ]
+
+      assert {:error, reason} = start_supervised({Cluster.Supervisor, [[{t, spec}]]})
+      assert inspect(reason) =~ @var and inspect(reason) =~ ":query"
     end
   end
 

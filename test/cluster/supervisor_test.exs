@@ -155,4 +155,54 @@ defmodule Cluster.SupervisorTest do
       assert inspect(reason) =~ ":timeout"
     end
   end
+
+  describe "a topology started twice" do
+    defp reporter(t), do: [{t, [strategy: Reporter, config: [test: self()]]}]
+
+    test "through config :libcluster_rs and the app's own supervisor: warned, naming both places", %{t: t} do
+      # What Cluster.App starts for `config :libcluster_rs, topologies: [...]`.
+      start_supervised!(%{
+        id: :app_sup,
+        start: {Cluster.Supervisor, :start_link, [[reporter(t), [name: Cluster.AppSupervisor]]]}
+      })
+
+      log =
+        capture_log(fn ->
+          start_supervised!(%{
+            id: :own_sup,
+            start: {Cluster.Supervisor, :start_link, [[reporter(t), [name: Cluster.SupervisorTest.Own]]]}
+          })
+        end)
+
+      assert log =~ "[warning]"
+      assert log =~ "[libcluster:#{t}] topology #{inspect(t)} is started twice"
+      assert log =~ "Cluster.AppSupervisor" and log =~ "config :libcluster_rs"
+      assert log =~ "Cluster.SupervisorTest.Own"
+    end
+
+    test "by two unnamed supervisors: warned; other topologies are not", %{t: t} do
+      first = start_supervised!(%{id: :one, start: {Cluster.Supervisor, :start_link, [[reporter(t)]]}})
+      other = :"#{t}_other"
+
+      log =
+        capture_log(fn ->
+          start_supervised!(%{
+            id: :two,
+            start: {Cluster.Supervisor, :start_link, [[reporter(t) ++ reporter(other)]]}
+          })
+        end)
+
+      assert log =~ "topology #{inspect(t)} is started twice" and log =~ inspect(first)
+      refute log =~ "topology #{inspect(other)} is started twice"
+    end
+
+    test "twice in one supervisor's list: an ArgumentError naming the topology", %{t: t} do
+      e =
+        assert_raise ArgumentError, fn ->
+          Cluster.Supervisor.get_configured_topologies(reporter(t) ++ reporter(t))
+        end
+
+      assert e.message =~ inspect(t) and e.message =~ "twice"
+    end
+  end
 end

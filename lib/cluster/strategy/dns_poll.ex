@@ -45,9 +45,11 @@ defmodule Cluster.Strategy.DNSPoll do
     * `:confirm_empty` - consecutive empty answers needed before an empty answer after a
       non-empty one is applied, default `1` (at once, as libcluster)
 
-  A missing or invalid `:query` or `:node_basename` is logged and the topology connects nothing
-  (like libcluster, it does not crash the application). Other invalid options raise
-  `ArgumentError`.
+  A missing or invalid `:query` or `:node_basename` does not stop the application (as in
+  libcluster): the topology starts, logs why at error level once, connects nothing, and
+  `Cluster.status/1` shows it with `state: :invalid_config` and the reason in `:last_error`. Other
+  invalid options raise `ArgumentError` at start, naming the key. A `{:system, "VAR"}` value whose
+  variable is unset raises too, naming the variable and the key.
 
   ## Examples
 
@@ -92,6 +94,7 @@ defmodule Cluster.Strategy.DNSPoll do
   use Cluster.Discovery
 
   alias Cluster.{Config, DNS}
+  alias Cluster.Strategy.State
 
   @default_types [:a, :aaaa]
 
@@ -108,6 +111,25 @@ defmodule Cluster.Strategy.DNSPoll do
 
       {:error, message} ->
         DNS.ignore(topology, "DNSPoll: " <> message)
+    end
+  end
+
+  @doc false
+  # A DNSPoll without a usable :query or :node_basename starts, as in libcluster, but connects
+  # nothing: Cluster.InvalidTopology says why at error level, once, and in Cluster.status/1.
+  def child_spec([%State{config: config} = state] = args) do
+    case config_problem(config) do
+      nil -> super(args)
+      message -> Cluster.InvalidTopology.child_spec(state, __MODULE__, "DNSPoll: " <> message)
+    end
+  end
+
+  defp config_problem(config) do
+    with true <- Keyword.keyword?(config),
+         {:error, message} <- questions(config[:query], config[:node_basename], @default_types) do
+      message
+    else
+      _ -> nil
     end
   end
 

@@ -9,7 +9,10 @@ defmodule Cluster.Strategy.Rancher do
 
   ## Options
 
-    * `:node_basename` - (required) the part before `@` in node names
+    * `:node_basename` - (required) the part before `@` in node names. Missing, it raises at
+      start (as libcluster's `Keyword.fetch!` does); present but unusable (`nil`, `""`), the
+      topology starts as in libcluster, connects nothing, logs why once at error level and shows
+      `state: :invalid_config` in `Cluster.status/1`
     * `:polling_interval` - ms between requests (default `5_000`)
     * `:rancher_metadata_url` - the service metadata URL (default libcluster's
       `"http://rancher-metadata/latest/self/service"`)
@@ -51,6 +54,24 @@ defmodule Cluster.Strategy.Rancher do
       {:ok, "http://" <> _ = url} -> {:ok, url}
       {:ok, "https://" <> _ = url} -> {:ok, url}
       _ -> {:error, "an http:// or https:// URL"}
+    end
+  end
+
+  @doc false
+  # A :node_basename that is present but unusable (nil, "", not a string) does not stop boot, as in
+  # libcluster (which warns at every poll): Cluster.InvalidTopology says why at error level, once,
+  # and in Cluster.status/1. A missing key raises, as libcluster's Keyword.fetch! does.
+  def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
+    with true <- Keyword.keyword?(config),
+         {:ok, value} <- Keyword.fetch(config, :node_basename),
+         {:error, expected} <- Config.string().(value) do
+      Cluster.InvalidTopology.child_spec(
+        state,
+        __MODULE__,
+        "Rancher: expected :node_basename to be #{expected}, got: #{inspect(value)}"
+      )
+    else
+      _ -> super(args)
     end
   end
 

@@ -26,17 +26,49 @@ defmodule Mix.Tasks.Libcluster.Discover do
       `--longnames`/`--shortnames`; without either, long names (what releases use with
       `RELEASE_DISTRIBUTION=name`) are assumed and the mismatch is only a warning.
 
+  ## Static topologies (Epmd, ErlangHosts, LocalEpmd)
+
+  A static topology is not echoed back: the epmd of every host it names is asked natively (the EPMD
+  `NAMES` request, all hosts at once, each within 5 s) which node names are registered there.
+
+    * `Cluster.Strategy.Epmd` - each listed node is reported as registered, or as not registered
+      (with the names that host's epmd does list); hosts whose epmd did not answer are reported
+      with the reason (refused, timeout, no such host...)
+    * `Cluster.Strategy.ErlangHosts` - the nodes registered on each host of `.hosts.erlang`, and
+      the hosts that did not answer
+    * `Cluster.Strategy.LocalEpmd` - the nodes registered in this host's epmd (a VM that is not
+      distributed uses this machine's host name, as `--name` or, with `--shortnames`, `--sname`
+      would)
+
+  Example:
+
+      $ mix libcluster.discover static
+      topology :static
+        strategy: Cluster.Strategy.Epmd
+        asked epmd (port 4369) on 2 host(s) for the 3 listed node(s) in 3 ms
+        registered (1):
+          app@10.0.0.1
+        not registered (1): their host's epmd does not list them; they are dialled when they start
+          app2@10.0.0.1 (epmd on 10.0.0.1 lists: app, other)
+        epmd on 10.0.0.2 did not answer (timeout): epmd on 10.0.0.2:4369 did not answer within 5s
+
   ## Options
 
     * `--timeout MS` - how long to wait for the round (default `10000`)
     * `--longnames` / `--shortnames` - the name mode the nodes will run with
+    * `--epmd-port PORT` - the epmd port of static topologies (default: the topology's
+      `epmd_port`, else `ERL_EPMD_PORT`, else `4369`)
 
   ## Exit status
 
-    * `0` - every topology's discovery succeeded (possibly finding no nodes: that is printed)
+    * `0` - every topology's discovery succeeded (possibly finding no nodes: that is printed). For
+      a static topology: every host's epmd answered and at least one node is there; listed nodes
+      that are absent while others are there are printed but do not fail the run (a node that is
+      not started yet is dialled when it starts)
     * `1` - a discovery failed or timed out, a DNS strategy found no node (the name does not
-      exist, NXDOMAIN, or has no records of the types asked), the strategy disabled itself
-      (`:ignore`), or node names do not suit the name mode given
+      exist, NXDOMAIN, or has no records of the types asked), a static topology's host did not
+      answer or none of its nodes is registered, the strategy disabled itself (`:ignore`), or
+      node names do not suit the name mode given
     * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
       (one not built on `Cluster.Discovery` cannot run without connecting)
 
@@ -49,9 +81,11 @@ defmodule Mix.Tasks.Libcluster.Discover do
   """
   use Mix.Task
 
-  alias Cluster.Discovery
+  alias Cluster.{Discovery, EpmdProbe, NodeName}
+  alias Cluster.Strategy.{Epmd, ErlangHosts, LocalEpmd}
 
-  @switches [timeout: :integer, longnames: :boolean, shortnames: :boolean]
+  @switches [timeout: :integer, longnames: :boolean, shortnames: :boolean, epmd_port: :integer]
+  @static [Epmd, ErlangHosts, LocalEpmd]
 
   @impl Mix.Task
   def run(args) do
@@ -125,14 +159,19 @@ defmodule Mix.Tasks.Libcluster.Discover do
       {strategy, state} = Cluster.Supervisor.topology_state!(topology, spec)
       Mix.shell().info("  strategy: #{inspect(strategy)}")
 
-      if discovery?(strategy) do
-        run_round(strategy, state, opts)
-      else
-        fail(
-          2,
-          "#{inspect(strategy)} is a custom strategy (not built on Cluster.Discovery): it cannot be " <>
-            "run without connecting"
-        )
+      cond do
+        strategy in @static ->
+          probe_static(strategy, state, opts)
+
+        discovery?(strategy) ->
+          run_round(strategy, state, opts)
+
+        true ->
+          fail(
+            2,
+            "#{inspect(strategy)} is a custom strategy (not built on Cluster.Discovery): it cannot be " <>
+              "run without connecting"
+          )
       end
     rescue
       e in ArgumentError -> fail(2, "invalid config: " <> Exception.message(e))
@@ -279,6 +318,117 @@ defmodule Mix.Tasks.Libcluster.Discover do
       true ->
         for p <- problems, do: Mix.shell().error("  cannot connect to " <> p)
         1
+    end
+  end
+
+  ## Static topologies: ask each host's epmd which of the nodes are really there
+
+  defp probe_static(strategy, state, opts) do
+    case strategy.init(state) do
+      :ignore ->
+        fail(1, "the strategy returned :ignore: its config or environment disables it (see the log above)")
+
+      {:ok, impl, _discovery_opts} ->
+        probe(strategy, impl, opts)
+    end
+  rescue
+    e in ArgumentError -> fail(2, "invalid config: " <> Exception.message(e))
+  end
+
+  defp probe(Epmd, listed, opts) do
+    listed = List.delete(listed, Node.self())
+    hosts = listed |> Enum.map(&NodeName.host/1) |> Enum.uniq()
+    port = opts[:epmd_port] || LocalEpmd.default_epmd_port()
+    started = System.monotonic_time(:millisecond)
+    answers = EpmdProbe.ask(hosts, port, epmd_timeout(opts))
+    elapsed = System.monotonic_time(:millisecond) - started
+    %{registered: registered, absent: absent, unanswered: unanswered} = EpmdProbe.compare(listed, answers)
+
+    Mix.shell().info(
+      "  asked epmd (port #{port}) on #{length(hosts)} host(s) for the #{length(listed)} listed node(s) " <>
+        "in #{elapsed} ms"
+    )
+
+    Mix.shell().info("  registered (#{length(registered)}):")
+    for node <- registered, do: Mix.shell().info("    #{node}")
+
+    if absent != [] do
+      Mix.shell().info(
+        "  not registered (#{length(absent)}): their host's epmd does not list them; they are dialled " <>
+          "when they start"
+      )
+
+      for {node, names} <- absent, do: Mix.shell().info("    #{node} (#{lists(NodeName.host(node), names)})")
+    end
+
+    report_static(registered, unanswered, "no listed node is registered in its host's epmd", opts)
+  end
+
+  defp probe(ErlangHosts, impl, opts) do
+    port = opts[:epmd_port] || impl.epmd_port
+    timeout = min(impl.epmd_timeout, epmd_timeout(opts))
+    probe_hosts(impl.hosts, port, timeout, "the hosts of .hosts.erlang", opts)
+  end
+
+  defp probe(LocalEpmd, impl, opts) do
+    host =
+      if Node.alive?() do
+        NodeName.host(Node.self())
+      else
+        host = local_host(opts)
+
+        Mix.shell().info(
+          "  (this VM is not distributed: node names use host #{host}, as for a node started on this " <>
+            "machine with #{if opts[:shortnames], do: "--sname", else: "--name"})"
+        )
+
+        host
+      end
+
+    port = opts[:epmd_port] || impl.epmd_port
+    probe_hosts([host], port, min(impl.timeout, epmd_timeout(opts)), "this host", opts)
+  end
+
+  defp probe_hosts(hosts, port, timeout, what, opts) do
+    started = System.monotonic_time(:millisecond)
+    answers = EpmdProbe.ask(hosts, port, timeout)
+    elapsed = System.monotonic_time(:millisecond) - started
+    Mix.shell().info("  asked epmd (port #{port}) on #{length(hosts)} host(s) in #{elapsed} ms")
+
+    for {host, {:ok, names}} <- Enum.sort(answers), do: Mix.shell().info("  #{host}: #{lists(host, names)}")
+
+    nodes = answers |> EpmdProbe.nodes() |> List.delete(Node.self())
+    %{unanswered: unanswered} = EpmdProbe.compare([], answers)
+    Mix.shell().info("  found #{length(nodes)} node(s)")
+    for node <- nodes, do: Mix.shell().info("    #{node}")
+    report_static(nodes, unanswered, "no node is registered in the epmd of #{what}", opts)
+  end
+
+  # 1 when a host did not answer or no node is there at all; listed nodes that are absent while
+  # others are there are normal (they are dialled when they start), so they alone do not fail.
+  defp report_static(found, unanswered, none, opts) do
+    for {host, kind, message} <- unanswered do
+      Mix.shell().error("  epmd on #{host} did not answer (#{kind}): #{message}")
+    end
+
+    cond do
+      unanswered != [] -> 1
+      found == [] -> fail(1, none)
+      true -> name_mode(found, opts)
+    end
+  end
+
+  defp lists(host, []), do: "epmd on #{host} lists no node"
+  defp lists(host, names), do: "epmd on #{host} lists: " <> Enum.join(Enum.sort(names), ", ")
+
+  defp epmd_timeout(opts), do: min(Keyword.get(opts, :timeout, 10_000), 5_000)
+
+  defp local_host(opts) do
+    if opts[:shortnames] do
+      {:ok, host} = :inet.gethostname()
+      to_string(host)
+    else
+      to_string(:net_adm.localhost())
     end
   end
 

@@ -92,7 +92,7 @@ defmodule Cluster.Strategy.DNSResolverTest do
       assert_receive {:connect, :"w@10.0.0.7"}, 1_000
     end
 
-    test "a missing or invalid query or node_basename is logged and connects nothing" do
+    test "a missing or invalid query or node_basename boots, says why once at error level, and shows it in status" do
       for config <- [
             [node_basename: "app"],
             [query: "", node_basename: "app"],
@@ -101,17 +101,56 @@ defmodule Cluster.Strategy.DNSResolverTest do
             [query: "app.internal", node_basename: ""]
           ] do
         table = FakeNodes.new()
+        topology = :"dns_#{System.unique_integer([:positive])}"
 
         log =
           capture_log(fn ->
-            topology = :"dns_#{System.unique_integer([:positive])}"
             entry = FakeNodes.topology(table, DNSPoll, [{:resolver, fn _ -> [{10, 0, 0, 1}] end} | config])
             {:ok, sup} = Cluster.Supervisor.start_link([[{topology, entry}]])
-            assert [{^topology, :undefined, _, _}] = Supervisor.which_children(sup)
+            # It runs, as libcluster's DNSPoll does (libcluster logs and connects nothing, no crash).
+            assert [{^topology, pid, _, _}] = Supervisor.which_children(sup)
+            assert is_pid(pid), inspect(config)
+
+            assert {:ok, status} = Cluster.status(topology)
+            assert status.state == :invalid_config
+            assert %{kind: :config, message: message} = status.last_error
+            assert message =~ ":query" or message =~ ":node_basename", message
+            assert status.connected == [] and status.pending == %{}
+            assert Cluster.leave(topology) == :ok
             Supervisor.stop(sup)
           end)
 
-        assert log =~ "will not connect any node", inspect(config)
+        assert [_once] = Regex.scan(~r/\[error\].*\[libcluster:#{topology}\].*connects no node/, log),
+               inspect({config, log})
+
+        refute_received {:connect, _}
+      end
+    end
+
+    test "Kubernetes.DNS and DNSSRV without their required keys boot, connect nothing and say why in status" do
+      for {strategy, config, key} <- [
+            {Kubernetes.DNS, [service: "svc"], ":application_name"},
+            {Kubernetes.DNS, [application_name: "a"], ":service"},
+            {Kubernetes.DNSSRV, [service: "s", application_name: "a"], ":namespace"}
+          ] do
+        table = FakeNodes.new()
+        topology = :"k8sdns_#{System.unique_integer([:positive])}"
+
+        log =
+          capture_log(fn ->
+            entry =
+              FakeNodes.topology(table, strategy, [{:resolver, fn _ -> {:error, :nxdomain} end} | config])
+
+            {:ok, sup} = Cluster.Supervisor.start_link([[{topology, entry}]])
+
+            assert {:ok, %{state: :invalid_config, last_error: %{message: message}}} =
+                     Cluster.status(topology)
+
+            assert message =~ key
+            Supervisor.stop(sup)
+          end)
+
+        assert log =~ "[error]" and log =~ key
         refute_received {:connect, _}
       end
     end

@@ -147,6 +147,32 @@ defmodule Cluster.Strategy.RancherTest do
 
   @tag :root
   @tag timeout: 60_000
+  test "an unusable node_basename boots, as in libcluster, and says why once; a missing one raises" do
+    import ExUnit.CaptureLog
+
+    for value <- [nil, "", 42] do
+      topology = :"rancher_#{System.unique_integer([:positive])}"
+      spec = [strategy: Cluster.Strategy.Rancher, config: [node_basename: value]]
+
+      log =
+        capture_log(fn ->
+          {:ok, sup} = Cluster.Supervisor.start_link([[{topology, spec}]])
+
+          assert {:ok, %{state: :invalid_config, last_error: %{kind: :config, message: message}}} =
+                   Cluster.status(topology)
+
+          assert message =~ ":node_basename"
+          Supervisor.stop(sup)
+        end)
+
+      assert [_once] = Regex.scan(~r/\[error\].*connects no node/, log)
+    end
+
+    spec = [strategy: Cluster.Strategy.Rancher, config: [polling_interval: 1_000]]
+    assert {:error, reason} = start_supervised({Cluster.Supervisor, [[{:rancher_missing, spec}]]})
+    assert inspect(reason) =~ "node_basename"
+  end
+
   test "end to end: real nodes in network namespaces connect, survive errors, and are pruned" do
     alias Cluster.Test.{Netns, Peer}
     net = Netns.setup(31, 3)

@@ -77,12 +77,35 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
   end
 
   @doc false
+  # The first required key of `keys` whose value is unusable, as a message; nil when all are fine.
+  def config_problem(config, keys) do
+    if Keyword.keyword?(config) do
+      Enum.find_value(keys, fn key ->
+        case required(config, key) do
+          {:ok, _} -> nil
+          {:error, message} -> message
+        end
+      end)
+    end
+  end
+
+  @doc false
   def required(config, key) do
     value = Keyword.get(config, key)
 
     case Config.string().(value) do
       {:ok, s} -> {:ok, s}
       _ -> {:error, "expected #{inspect(key)} to be a non-empty string, got: #{inspect(value)}"}
+    end
+  end
+
+  @doc false
+  # Without a usable :service, :application_name, it starts (as in libcluster) but
+  # connects nothing: Cluster.InvalidTopology says why at error level, once, and in Cluster.status/1.
+  def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
+    case __MODULE__.config_problem(config, [:service, :application_name]) do
+      nil -> super(args)
+      message -> Cluster.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNS: " <> message)
     end
   end
 

@@ -91,6 +91,16 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
     "#{service}.#{namespace}.svc.#{System.get_env("CLUSTER_DOMAIN", "cluster.local.")}"
   end
 
+  @doc false
+  # Without a usable :service, :namespace, :application_name, it starts (as in libcluster) but
+  # connects nothing: Cluster.InvalidTopology says why at error level, once, and in Cluster.status/1.
+  def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
+    case K8sDNS.config_problem(config, [:service, :namespace, :application_name]) do
+      nil -> super(args)
+      message -> Cluster.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNSSRV: " <> message)
+    end
+  end
+
   @impl Cluster.Discovery
   def discover(%{resolver: nil} = impl, tag) do
     {DNS.poll(impl, impl.questions, tag), impl}
