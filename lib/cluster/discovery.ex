@@ -363,6 +363,11 @@ defmodule Cluster.Discovery do
 
   defp apply_outcome(:pending, s), do: s
 
+  # GOSSIP-BRANCH PASS-THROUGH (drop at merge in favour of core's clause): the gossip strategy emits
+  # `{:seen, nodes, trusted: boolean}`; core's Membership.seen/3 takes the `trusted:` option. Here
+  # the option is ignored.
+  defp apply_outcome({:seen, nodes, _opts}, s), do: apply_outcome({:seen, nodes}, s)
+
   defp apply_outcome({:seen, nodes}, s) do
     Membership.seen(s.membership, nodes)
     s = update_in(s.round_counts.seen, &(&1 + length(nodes)))
