@@ -55,6 +55,9 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
       replay_window: 30_000,
       new_names_burst: 64,
       new_names_per_minute: 60,
+      new_names_total_burst: 256,
+      new_names_total_per_minute: 600,
+      verify_sender: false,
       stats_interval: nil,
       listen_only: true
     }
@@ -76,7 +79,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
         GossipSender.send_all(sender, {233, 252, 1, 32}, port, [heartbeat])
 
         receive do
-          {:libcluster_rs, ^tag, {:heartbeat, "peer1@127.0.0.1"}} -> true
+          {:libcluster_rs, ^tag, {:heartbeat, "peer1@127.0.0.1", false}} -> true
         after
           50 -> false
         end
