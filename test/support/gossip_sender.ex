@@ -91,6 +91,31 @@ defmodule Cluster.Test.GossipSender do
     end
   end
 
+  @doc """
+  Sends `datagrams` over and over, `per_second` a second (in batches every 50 ms), to
+  `{ip, port}` for `duration_ms`. Returns how many were sent.
+  """
+  def repeat(ip, port, datagrams, per_second, duration_ms, socket_opts) do
+    socket = open(socket_opts: socket_opts)
+    batch = max(div(per_second, 20), 1)
+    t0 = System.monotonic_time(:millisecond)
+    sent = repeat_loop(socket, ip, port, List.to_tuple(datagrams), batch, t0, t0 + duration_ms, 0, 0)
+    :gen_udp.close(socket)
+    sent
+  end
+
+  defp repeat_loop(socket, ip, port, all, batch, t0, stop, tick, sent) do
+    if System.monotonic_time(:millisecond) >= stop do
+      sent
+    else
+      chunk = for i <- (tick * batch)..(tick * batch + batch - 1), do: elem(all, rem(i, tuple_size(all)))
+      n = send_all(socket, ip, port, chunk)
+      next = t0 + (tick + 1) * 50
+      Process.sleep(max(next - System.monotonic_time(:millisecond), 0))
+      repeat_loop(socket, ip, port, all, batch, t0, stop, tick + 1, sent + n)
+    end
+  end
+
   @doc "How many of `names` exist as atoms on this node (without creating any)."
   def existing_atoms(names) do
     Enum.count(names, fn n ->

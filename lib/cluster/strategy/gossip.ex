@@ -10,11 +10,29 @@ defmodule Cluster.Strategy.Gossip do
   (SO_REUSEADDR and SO_REUSEPORT are set with the host's constants). If the configured interface or
   address does not exist (yet), the strategy stays up, logs it once and retries with backoff.
 
-  Untrusted datagrams are parsed by a bounded, hand-written decoder (never `binary_to_term`), node
-  names are validated before an atom is made, and new names from unauthenticated (v1) datagrams are
-  rate-limited in the native task (a token bucket: `:new_names_burst`, then
-  `:new_names_per_minute`), so a flood of fresh names cannot exhaust the atom table. Rejected
-  datagrams are counted by reason and logged at debug level only.
+  Like libcluster's, the strategy starts on a node that is not distributed (yet): it sends and
+  reports nothing until the node has a name, and begins heartbeating under it within 0.5 s of
+  `Node.start/2` (a later change of name, or `Node.stop/0`, is followed too).
+
+  Untrusted datagrams are parsed by a bounded, hand-written decoder (never `binary_to_term`) and
+  node names are validated before an atom is made. Names from unauthenticated (v1) datagrams have
+  hard ceilings:
+
+    * at most `:max_unauthenticated_atoms` (default 10,000) atoms in the whole VM, across all
+      gossip topologies and strategy restarts. A name that is already an atom is free, so known
+      peers keep working at the cap; at the cap, one error-level log line says so, and further
+      new names are dropped and counted (`rejected_atom_cap`);
+    * new names are rate-limited per sender address (`:new_names_burst`, then
+      `:new_names_per_minute`) and for all senders together (`:new_names_total_burst`,
+      `:new_names_total_per_minute`), so one flooding host does not keep newcomers from other
+      hosts out;
+    * their sightings are reported as untrusted (`{:seen, nodes, trusted: false}`), so the
+      membership bounds the connect attempts they cause; names from authenticated datagrams are
+      trusted.
+
+  A name heard again is re-reported with backoff (1 s doubling to 10 s), and at its next heartbeat
+  after its node went down. Rejected datagrams are counted by reason and logged at debug level
+  only. See `docs/gossip.md` for what is measured and what a hostile host can still do.
 
   Under `mix libcluster.discover` the strategy only listens: it sends no heartbeat, so the dry
   run's VM is not dialled by the cluster.
@@ -44,8 +62,16 @@ defmodule Cluster.Strategy.Gossip do
     * `:replay_window` - authenticated datagrams older or newer than this many ms are rejected
       (default `30_000`; node clocks must agree within it)
     * `:new_names_burst`, `:new_names_per_minute` - the rate limit on names never heard before from
-      unauthenticated datagrams (defaults `64` and `60`; at most that many atoms a hostile LAN host
-      can make)
+      unauthenticated datagrams, per sender address (defaults `64` and `60`)
+    * `:new_names_total_burst`, `:new_names_total_per_minute` - the same limit for all senders
+      together (defaults `256` and `600`)
+    * `:max_unauthenticated_atoms` - the most atoms names from unauthenticated datagrams may create
+      in this VM, counted VM-wide across topologies and restarts (default `10_000`; `0`: none;
+      each topology stops at its own value)
+    * `:verify_sender` - a v1 heartbeat whose host part is an IP address counts only when it came
+      from that address (default `false`, libcluster's behaviour). Recommended on LANs whose nodes
+      are named by the address they send from; wrong behind NAT or for multi-homed nodes that send
+      from another interface (see `docs/gossip.md`)
     * `:stats_interval` - ms between `[:libcluster, :gossip, :stats]` telemetry events (only sent
       when the counters changed; default `10_000`, `nil` for none). The counters are also in
       `Cluster.status(topology)` under `extra`

@@ -122,6 +122,33 @@ defmodule Cluster.Strategy.GossipTest do
     end
   end
 
+  describe "sightings" do
+    test "names from authenticated datagrams are trusted, names from v1 datagrams are not" do
+      {:ok, impl, _} = Gossip.init(%State{topology: :gossip_trust, config: []})
+
+      assert {[{:seen, [:"a@127.0.0.1"], [trusted: true]}], _} =
+               Gossip.handle_event({:heartbeat, "a@127.0.0.1", true}, impl)
+
+      assert {[{:seen, [:"a@127.0.0.1"], [trusted: false]}], _} =
+               Gossip.handle_event({:heartbeat, "a@127.0.0.1", false}, impl)
+    end
+
+    test "a new v1 name past the VM-wide cap is dropped and counted; an existing atom is free" do
+      # cap 0: this VM's budget is never spent by this test
+      {:ok, impl, _} = Gossip.init(%State{topology: :gossip_cap0, config: [max_unauthenticated_atoms: 0]})
+      [{name, _}] = GossipSender.fresh_names(1, "127.0.0.1")
+
+      {{[], impl}, _log} =
+        ExUnit.CaptureLog.with_log(fn -> Gossip.handle_event({:heartbeat, name, false}, impl) end)
+
+      assert GossipSender.existing_atoms([name]) == 0
+      assert Gossip.status_extra(impl).counters.rejected_atom_cap == 1
+
+      assert {[{:seen, [:"known@127.0.0.1"], _}], _} =
+               Gossip.handle_event({:heartbeat, "known@127.0.0.1", false}, impl)
+    end
+  end
+
   describe "on loopback" do
     setup do
       System.cmd("epmd", ["-daemon"])

@@ -387,6 +387,7 @@ impl Receiver {
             Verdict::Report => {
                 stats.incr("accepted");
                 stats.incr(accept_counter(format));
+                stats.incr("reported");
                 Some((name, format == Format::Authenticated))
             }
             Verdict::Quiet => {
