@@ -95,4 +95,39 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
     assert Map.get(counters, :sent, 0) == 0
     assert Map.get(counters, :own, 0) == 0
   end
+
+  test "the gossip dry run works on a VM without a name (this test node) and lists what it heard" do
+    refute Node.alive?()
+    port = 47_900 + rem(System.unique_integer([:positive]), 90)
+    saved = Application.get_env(:libcluster, :topologies)
+
+    on_exit(fn ->
+      if saved,
+        do: Application.put_env(:libcluster, :topologies, saved),
+        else: Application.delete_env(:libcluster, :topologies)
+    end)
+
+    config = [port: port, multicast_if: "lo", multicast_ttl: 0]
+    Application.put_env(:libcluster, :topologies, gossip: [strategy: Cluster.Strategy.Gossip, config: config])
+
+    sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
+    heartbeat = Cluster.Native.gossip_encode_v1("heardpeer@127.0.0.1", nil)
+
+    beating =
+      Task.async(fn ->
+        for _ <- 1..30 do
+          GossipSender.send_all(sender, {233, 252, 1, 32}, port, [heartbeat])
+          Process.sleep(50)
+        end
+      end)
+
+    out =
+      ExUnit.CaptureIO.capture_io(fn ->
+        assert Mix.Tasks.Libcluster.Discover.main("gossip", timeout: 1_000) == 0
+      end)
+
+    Task.await(beating)
+    :gen_udp.close(sender)
+    assert out =~ "heardpeer@127.0.0.1"
+  end
 end
