@@ -58,7 +58,9 @@ accepted = get.(c1, :accepted) - get.(c0, :accepted)
 hz = 100
 pct = fn ticks -> Float.round(ticks / hz / seconds * 100, 2) end
 
-IO.puts("#{count} known fake names, each sent once a second; measured over #{seconds} s after 21 s of it (#{sent} datagrams)")
+IO.puts(
+  "#{count} known fake names, each sent once a second; measured over #{seconds} s after 21 s of it (#{sent} datagrams)"
+)
 
 IO.puts(
   "accepted #{accepted}; reported to the strategy #{reported} = #{Float.round(reported / seconds, 1)} sightings/s (before: one per name per second, #{count}/s)"

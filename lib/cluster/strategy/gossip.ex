@@ -379,7 +379,7 @@ defmodule Cluster.Strategy.Gossip do
 
         :poll ->
           node = if Node.alive?(), do: Atom.to_string(Node.self()), else: nil
-          if w.task && node != w.node, do: Cluster.Native.gossip_set_node(w.task, node)
+          if w.task && node != w.node, do: set_node(w.task, node)
           Process.send_after(self(), :poll, @poll)
           loop(%{w | node: node, monitoring: subscribe(w.monitoring)})
 
@@ -393,6 +393,13 @@ defmodule Cluster.Strategy.Gossip do
         _other ->
           loop(w)
       end
+    end
+
+    # A name the native validator refuses cannot be announced: announce none rather than crash.
+    defp set_node(task, node) do
+      Cluster.Native.gossip_set_node(task, node)
+    rescue
+      ArgumentError -> Cluster.Native.gossip_set_node(task, nil)
     end
 
     defp subscribe(true), do: true
