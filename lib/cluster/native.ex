@@ -13,7 +13,8 @@ defmodule Cluster.Native do
   #     nodes exist, but the list is incomplete, so nothing may be pruned because of it
   #   * `{:discovery_error, kind, message}` - a failed round; keep the last known membership
   #   * `:done` - a one-shot task has sent everything it will send
-  #   * `{:heartbeat, binary}` - gossip: an accepted heartbeat from another node (validated name)
+  #   * `{:heartbeat, binary, trusted :: boolean}` - gossip: an accepted heartbeat from another node
+  #     (validated name); `trusted` when it came in an authenticated datagram
   #   * `{:gossip_stats, %{atom => non_neg_integer}}` - gossip: counters, sent when they changed
   #
   # `kind` is one of `:timeout, :refused, :unreachable, :nxdomain, :servfail, :unauthorized,
@@ -68,9 +69,10 @@ defmodule Cluster.Native do
   @type gossip_stats :: reference()
 
   @doc """
-  Start gossip (see `Cluster.Strategy.Gossip`): heartbeats for `opts.node` and a stream of
-  `{:heartbeat, name}` events (`opts.listen_only: true`: no heartbeats are sent, for the dry
-  run). Raises `ArgumentError` on options that cannot work.
+  Start gossip (see `Cluster.Strategy.Gossip`): heartbeats for `opts.node` (`nil`: none until
+  `gossip_set_node/2` gives a name) and a stream of `{:heartbeat, name, trusted}` events
+  (`opts.listen_only: true`: no heartbeats are sent, for the dry run). Raises `ArgumentError` on
+  options that cannot work.
   """
   @spec gossip_start(term(), map(), binary() | nil) :: {handle(), gossip_stats()}
   def gossip_start(_tag, _opts, _secret), do: :erlang.nif_error(:nif_not_loaded)
@@ -78,6 +80,25 @@ defmodule Cluster.Native do
   @doc "The counters of a gossip task: accepted and rejected datagrams by reason, sent, errors."
   @spec gossip_stats(gossip_stats()) :: %{atom() => non_neg_integer()}
   def gossip_stats(_stats), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Tells a gossip task this VM's node name (`nil` when it is not distributed)."
+  @spec gossip_set_node(gossip_stats(), String.t() | nil) :: :ok
+  def gossip_set_node(_stats, _node), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Tells a gossip task that a node went down: its next heartbeat is reported at once."
+  @spec gossip_node_down(gossip_stats(), String.t()) :: :ok
+  def gossip_node_down(_stats, _node), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  Reserves one atom of the VM-wide budget for names from unauthenticated gossip, whose cap is
+  `cap`: `:ok`, or `:full` (`:full_first` the first time in this VM).
+  """
+  @spec gossip_atom_reserve(non_neg_integer()) :: :ok | :full | :full_first
+  def gossip_atom_reserve(_cap), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "`{created, dropped}`: the VM-wide count of atoms made from unauthenticated gossip."
+  @spec gossip_atom_budget() :: {non_neg_integer(), non_neg_integer()}
+  def gossip_atom_budget, do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "A libcluster v1 heartbeat datagram for `node` (plain, or AES-256-CBC with `secret`)."
   @spec gossip_encode_v1(String.t(), binary() | nil) :: binary()

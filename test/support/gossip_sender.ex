@@ -63,6 +63,59 @@ defmodule Cluster.Test.GossipSender do
     end
   end
 
+  @doc """
+  Sends `per_second` fresh-name v1 heartbeats a second (in batches every 50 ms) naming `host`
+  to `{ip, port}` for `duration_ms`. Returns the names sent. `host` must be loopback or the
+  sender's own namespace address (see `fresh_names/2`).
+  """
+  def flood(ip, port, host, per_second, duration_ms, socket_opts) do
+    socket = open(socket_opts: socket_opts)
+    batch = max(div(per_second, 20), 1)
+    t0 = System.monotonic_time(:millisecond)
+    names = flood_loop(socket, ip, port, host, batch, t0, t0 + duration_ms, 0, [])
+    :gen_udp.close(socket)
+    names
+  end
+
+  defp flood_loop(socket, ip, port, host, batch, t0, stop, tick, acc) do
+    now = System.monotonic_time(:millisecond)
+
+    if now >= stop do
+      acc |> Enum.reverse() |> List.flatten()
+    else
+      flood = fresh_names(batch, host)
+      send_all(socket, ip, port, Enum.map(flood, &elem(&1, 1)))
+      next = t0 + (tick + 1) * 50
+      Process.sleep(max(next - System.monotonic_time(:millisecond), 0))
+      flood_loop(socket, ip, port, host, batch, t0, stop, tick + 1, [Enum.map(flood, &elem(&1, 0)) | acc])
+    end
+  end
+
+  @doc """
+  Sends `datagrams` over and over, `per_second` a second (in batches every 50 ms), to
+  `{ip, port}` for `duration_ms`. Returns how many were sent.
+  """
+  def repeat(ip, port, datagrams, per_second, duration_ms, socket_opts) do
+    socket = open(socket_opts: socket_opts)
+    batch = max(div(per_second, 20), 1)
+    t0 = System.monotonic_time(:millisecond)
+    sent = repeat_loop(socket, ip, port, List.to_tuple(datagrams), batch, t0, t0 + duration_ms, 0, 0)
+    :gen_udp.close(socket)
+    sent
+  end
+
+  defp repeat_loop(socket, ip, port, all, batch, t0, stop, tick, sent) do
+    if System.monotonic_time(:millisecond) >= stop do
+      sent
+    else
+      chunk = for i <- (tick * batch)..(tick * batch + batch - 1), do: elem(all, rem(i, tuple_size(all)))
+      n = send_all(socket, ip, port, chunk)
+      next = t0 + (tick + 1) * 50
+      Process.sleep(max(next - System.monotonic_time(:millisecond), 0))
+      repeat_loop(socket, ip, port, all, batch, t0, stop, tick + 1, sent + n)
+    end
+  end
+
   @doc "How many of `names` exist as atoms on this node (without creating any)."
   def existing_atoms(names) do
     Enum.count(names, fn n ->

@@ -10,11 +10,29 @@ defmodule Cluster.Strategy.Gossip do
   (SO_REUSEADDR and SO_REUSEPORT are set with the host's constants). If the configured interface or
   address does not exist (yet), the strategy stays up, logs it once and retries with backoff.
 
-  Untrusted datagrams are parsed by a bounded, hand-written decoder (never `binary_to_term`), node
-  names are validated before an atom is made, and new names from unauthenticated (v1) datagrams are
-  rate-limited in the native task (a token bucket: `:new_names_burst`, then
-  `:new_names_per_minute`), so a flood of fresh names cannot exhaust the atom table. Rejected
-  datagrams are counted by reason and logged at debug level only.
+  Like libcluster's, the strategy starts on a node that is not distributed (yet): it sends and
+  reports nothing until the node has a name, and begins heartbeating under it within 0.5 s of
+  `Node.start/2` (a later change of name, or `Node.stop/0`, is followed too).
+
+  Untrusted datagrams are parsed by a bounded, hand-written decoder (never `binary_to_term`) and
+  node names are validated before an atom is made. Names from unauthenticated (v1) datagrams have
+  hard ceilings:
+
+    * at most `:max_unauthenticated_atoms` (default 10,000) atoms in the whole VM, across all
+      gossip topologies and strategy restarts. A name that is already an atom is free, so known
+      peers keep working at the cap; at the cap, one error-level log line says so, and further
+      new names are dropped and counted (`rejected_atom_cap`);
+    * new names are rate-limited per sender address (`:new_names_burst`, then
+      `:new_names_per_minute`) and for all senders together (`:new_names_total_burst`,
+      `:new_names_total_per_minute`), so one flooding host does not keep newcomers from other
+      hosts out;
+    * their sightings are reported as untrusted (`{:seen, nodes, trusted: false}`), so the
+      membership bounds the connect attempts they cause; names from authenticated datagrams are
+      trusted.
+
+  A name heard again is re-reported with backoff (1 s doubling to 10 s), and at its next heartbeat
+  after its node went down. Rejected datagrams are counted by reason and logged at debug level
+  only. See `docs/gossip.md` for what is measured and what a hostile host can still do.
 
   Under `mix libcluster.discover` the strategy only listens: it sends no heartbeat, so the dry
   run's VM is not dialled by the cluster.
@@ -44,8 +62,16 @@ defmodule Cluster.Strategy.Gossip do
     * `:replay_window` - authenticated datagrams older or newer than this many ms are rejected
       (default `30_000`; node clocks must agree within it)
     * `:new_names_burst`, `:new_names_per_minute` - the rate limit on names never heard before from
-      unauthenticated datagrams (defaults `64` and `60`; at most that many atoms a hostile LAN host
-      can make)
+      unauthenticated datagrams, per sender address (defaults `64` and `60`)
+    * `:new_names_total_burst`, `:new_names_total_per_minute` - the same limit for all senders
+      together (defaults `256` and `600`)
+    * `:max_unauthenticated_atoms` - the most atoms names from unauthenticated datagrams may create
+      in this VM, counted VM-wide across topologies and restarts (default `10_000`; `0`: none;
+      each topology stops at its own value)
+    * `:verify_sender` - a v1 heartbeat whose host part is an IP address counts only when it came
+      from that address (default `false`, libcluster's behaviour). Recommended on LANs whose nodes
+      are named by the address they send from; wrong behind NAT or for multi-homed nodes that send
+      from another interface (see `docs/gossip.md`)
     * `:stats_interval` - ms between `[:libcluster, :gossip, :stats]` telemetry events (only sent
       when the counters changed; default `10_000`, `nil` for none). The counters are also in
       `Cluster.status(topology)` under `extra`
@@ -88,8 +114,10 @@ defmodule Cluster.Strategy.Gossip do
   use Cluster.Discovery
 
   alias Cluster.Config
+  alias __MODULE__.Watcher
 
   @default_multicast {233, 252, 1, 32}
+  @default_atom_cap 10_000
   @default_broadcast {255, 255, 255, 255}
 
   @impl Cluster.Discovery
@@ -107,21 +135,27 @@ defmodule Cluster.Strategy.Gossip do
       {:replay_window, 30_000, Config.pos_integer()},
       {:new_names_burst, 64, Config.pos_integer()},
       {:new_names_per_minute, 60, Config.non_neg_integer()},
+      {:new_names_total_burst, 256, Config.pos_integer()},
+      {:new_names_total_per_minute, 600, Config.non_neg_integer()},
+      {:max_unauthenticated_atoms, @default_atom_cap, Config.non_neg_integer()},
+      {:verify_sender, false, Config.boolean()},
       {:stats_interval, 10_000, Config.nullable(Config.pos_integer())}
     ]
 
     opts = Config.validate!(config, schema, topology, __MODULE__, [:membership])
     opts = check_combinations!(opts, topology)
+    if opts.secret && opts.wire_format == :v1, do: warn_v1_once(topology)
 
-    if Node.alive?() do
-      if opts.secret && opts.wire_format == :v1, do: warn_v1_once(topology)
-
-      {:ok, Map.merge(opts, %{topology: topology, stats: nil, last_stats: %{}}),
-       interval: :infinity, prune: false}
-    else
-      Cluster.Logger.warn(topology, "gossip needs a distributed node (start it with --name); not starting")
-      :ignore
-    end
+    # Like libcluster, the strategy starts on a node that is not distributed (yet): its heartbeats
+    # begin once the node has a name (`Node.start/2` later), see `discover/2`.
+    {:ok,
+     Map.merge(opts, %{
+       topology: topology,
+       stats: nil,
+       last_stats: %{},
+       watcher: nil,
+       atom_cap_dropped: 0
+     }), interval: :infinity, prune: false}
   end
 
   defp check_combinations!(opts, topology) do
@@ -201,7 +235,7 @@ defmodule Cluster.Strategy.Gossip do
   @impl Cluster.Discovery
   def discover(impl, tag) do
     native_opts = %{
-      node: Atom.to_string(Node.self()),
+      node: current_node(),
       port: impl.port,
       if_addr: ip_string(impl.if_addr),
       multicast_if: impl.multicast_if && ip_string(impl.multicast_if),
@@ -213,13 +247,20 @@ defmodule Cluster.Strategy.Gossip do
       replay_window: impl.replay_window,
       new_names_burst: impl.new_names_burst,
       new_names_per_minute: impl.new_names_per_minute,
+      new_names_total_burst: impl.new_names_total_burst,
+      new_names_total_per_minute: impl.new_names_total_per_minute,
+      verify_sender: impl.verify_sender,
       stats_interval: impl.stats_interval,
       listen_only: Map.get(impl, :listen_only, false)
     }
 
     {handle, stats} = Cluster.Native.gossip_start(tag, native_opts, impl.secret)
-    {{:stream, handle}, %{impl | stats: stats}}
+    watcher = impl.watcher || Watcher.start(self())
+    send(watcher, {:task, stats, native_opts.node})
+    {{:stream, handle}, %{impl | stats: stats, watcher: watcher}}
   end
+
+  defp current_node, do: if(Node.alive?(), do: Atom.to_string(Node.self()), else: nil)
 
   defp ip_string(name) when is_binary(name), do: name
   defp ip_string(ip) when is_tuple(ip), do: ip |> :inet.ntoa() |> List.to_string()
@@ -231,12 +272,15 @@ defmodule Cluster.Strategy.Gossip do
   def dry_run(impl), do: Map.put(impl, :listen_only, true)
 
   @impl Cluster.Discovery
-  def handle_event({:heartbeat, name}, impl) do
-    case Cluster.NodeName.to_node(name) do
+  def handle_event({:heartbeat, name, trusted}, impl) when is_boolean(trusted) do
+    case node_atom(name, trusted, impl) do
       {:ok, node} ->
-        {[{:seen, [node]}], impl}
+        {[{:seen, [node], [trusted: trusted]}], impl}
 
-      :error ->
+      :dropped ->
+        {[], %{impl | atom_cap_dropped: impl.atom_cap_dropped + 1}}
+
+      :invalid ->
         # The native decoder validates names first; this only guards the two validators' drift.
         Cluster.Logger.debug(impl.topology, "gossip heartbeat with an invalid node name dropped")
         {[], impl}
@@ -244,6 +288,7 @@ defmodule Cluster.Strategy.Gossip do
   end
 
   def handle_event({:gossip_stats, counters}, impl) do
+    counters = with_local_counters(counters, impl)
     Cluster.Telemetry.execute([:libcluster, :gossip, :stats], counters, %{topology: impl.topology})
     {[], %{impl | last_stats: counters}}
   end
@@ -253,6 +298,111 @@ defmodule Cluster.Strategy.Gossip do
   @impl Cluster.Discovery
   def status_extra(impl) do
     counters = if impl.stats, do: Cluster.Native.gossip_stats(impl.stats), else: impl.last_stats
-    %{wire_format: impl.wire_format, multicast_addr: impl.multicast_addr, port: impl.port, counters: counters}
+    {created, dropped} = Cluster.Native.gossip_atom_budget()
+
+    %{
+      wire_format: impl.wire_format,
+      multicast_addr: impl.multicast_addr,
+      port: impl.port,
+      counters: with_local_counters(counters, impl),
+      unauthenticated_atoms: %{created: created, dropped: dropped, max: impl.max_unauthenticated_atoms}
+    }
+  end
+
+  defp with_local_counters(counters, %{atom_cap_dropped: 0}), do: counters
+  defp with_local_counters(counters, impl), do: Map.put(counters, :rejected_atom_cap, impl.atom_cap_dropped)
+
+  # The only place where gossip makes atoms. A name that is already an atom (a known peer) is free;
+  # a new name from an unauthenticated datagram spends one atom of the VM-wide budget.
+  defp node_atom(name, trusted, impl) do
+    cond do
+      not Cluster.NodeName.valid?(name) ->
+        :invalid
+
+      existing = existing_atom(name) ->
+        {:ok, existing}
+
+      trusted ->
+        {:ok, String.to_atom(name)}
+
+      true ->
+        case Cluster.Native.gossip_atom_reserve(impl.max_unauthenticated_atoms) do
+          :ok ->
+            {:ok, String.to_atom(name)}
+
+          :full_first ->
+            Cluster.Logger.error(
+              impl.topology,
+              "gossip reached its cap of #{impl.max_unauthenticated_atoms} atoms made from " <>
+                "unauthenticated heartbeats in this VM (max_unauthenticated_atoms): new node names " <>
+                "from v1 heartbeats are now dropped (counted as rejected_atom_cap); nodes already " <>
+                "known keep working. Anyone on the network can send such names: use " <>
+                "wire_format: :authenticated with a secret"
+            )
+
+            :dropped
+
+          :full ->
+            Cluster.Logger.debug(impl.topology, "gossip: new name dropped at the atom cap")
+            :dropped
+        end
+    end
+  end
+
+  defp existing_atom(name) do
+    String.to_existing_atom(name)
+  rescue
+    ArgumentError -> nil
+  end
+
+  defmodule Watcher do
+    @moduledoc false
+    # One per gossip strategy process (its owner): follows this VM's node name, so that a node
+    # that becomes distributed later (`Node.start/2`) starts heartbeating under the right name,
+    # and tells the native task when a node goes down, so that the node's next heartbeat is
+    # reported at once (heard names are otherwise re-reported with backoff). Ends with its owner.
+
+    @poll 500
+
+    def start(owner) do
+      spawn_link(fn ->
+        ref = Process.monitor(owner)
+        Process.send_after(self(), :poll, @poll)
+        loop(%{owner: ref, task: nil, node: nil, monitoring: subscribe(false)})
+      end)
+    end
+
+    defp loop(w) do
+      receive do
+        {:task, task, node} ->
+          loop(%{w | task: task, node: node})
+
+        :poll ->
+          node = if Node.alive?(), do: Atom.to_string(Node.self()), else: nil
+          if w.task && node != w.node, do: set_node(w.task, node)
+          Process.send_after(self(), :poll, @poll)
+          loop(%{w | node: node, monitoring: subscribe(w.monitoring)})
+
+        {:nodedown, node} ->
+          if w.task, do: Cluster.Native.gossip_node_down(w.task, Atom.to_string(node))
+          loop(w)
+
+        {:DOWN, ref, :process, _, _} when ref == w.owner ->
+          :ok
+
+        _other ->
+          loop(w)
+      end
+    end
+
+    # A name the native validator refuses cannot be announced: announce none rather than crash.
+    defp set_node(task, node) do
+      Cluster.Native.gossip_set_node(task, node)
+    rescue
+      ArgumentError -> Cluster.Native.gossip_set_node(task, nil)
+    end
+
+    defp subscribe(true), do: true
+    defp subscribe(false), do: :net_kernel.monitor_nodes(true) == :ok
   end
 end

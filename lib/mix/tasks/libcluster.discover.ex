@@ -243,6 +243,8 @@ defmodule Mix.Tasks.Libcluster.Discover do
     do: %{acc | discovered: MapSet.union(acc.discovered || MapSet.new(), MapSet.new(nodes)), done: true}
 
   defp apply_outcome({:seen, nodes}, acc), do: %{acc | seen: MapSet.union(acc.seen, MapSet.new(nodes))}
+  # `{:seen, nodes, trusted: boolean}` (gossip): the same sighting
+  defp apply_outcome({:seen, nodes, _opts}, acc), do: apply_outcome({:seen, nodes}, acc)
 
   defp apply_outcome({:error, kind, message}, acc),
     do: %{acc | errors: acc.errors ++ [{kind, message}], done: true}

@@ -124,9 +124,9 @@ pub enum Event {
     Error(Error),
     /// A one-shot task has sent everything it will send. `:done`
     Done,
-    /// Gossip: an accepted heartbeat from another node (a partial sighting, never a full set).
-    /// `{:heartbeat, binary}`
-    Heartbeat(String),
+    /// Gossip: an accepted heartbeat from another node (a partial sighting, never a full set);
+    /// `trusted` when it came in an authenticated datagram. `{:heartbeat, binary, boolean}`
+    Heartbeat { name: String, trusted: bool },
     /// Gossip: the task's counters (accepted/rejected by reason, sent...), sent periodically when
     /// they changed. `{:gossip_stats, %{atom => non_neg_integer}}`
     GossipStats(Vec<(&'static str, u64)>),

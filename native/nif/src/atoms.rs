@@ -14,6 +14,8 @@ rustler::atoms! {
     heartbeat,
     true_ = "true",
     gossip_stats,
+    full,
+    full_first,
     timeout,
     refused,
     unreachable,

@@ -1,20 +1,29 @@
-//! `gossip_start/3`, `gossip_stats/1`, and the pure wire helpers `gossip_encode_v1/2` and
-//! `gossip_decode/3` (used by tests to prove libcluster 3.5 compatibility from the BEAM side).
+//! `gossip_start/3`, `gossip_stats/1`, the owner's notices `gossip_set_node/2` and
+//! `gossip_node_down/2`, the VM-wide atom budget `gossip_atom_reserve/1` and
+//! `gossip_atom_budget/0`, and the pure wire helpers `gossip_encode_v1/2` and `gossip_decode/3`
+//! (used by tests to prove libcluster 3.5 compatibility from the BEAM side).
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use libcluster_core::gossip::socket::{Interface, SocketConfig};
 use libcluster_core::gossip::wire::{self, Keys, Mode, ReplayGuard};
-use libcluster_core::gossip::{self, crypto, GossipConfig, Schedule, Stats};
+use libcluster_core::gossip::{
+    self, crypto, Control, GossipConfig, Schedule, Stats, CONTROL_QUEUE,
+};
 use rustler::{
     Atom, Binary, Encoder, Env, Error, NifMap, NifResult, OwnedBinary, Resource, ResourceArc, Term,
 };
+use tokio::sync::mpsc;
 
 use crate::atoms;
 use crate::handle::{spawn, Discovery};
 
-/// The counters of one gossip task, readable while it runs.
-pub struct GossipStats(Arc<Stats>);
+/// The counters of one gossip task, readable while it runs, and the way to send it notices.
+pub struct GossipStats {
+    stats: Arc<Stats>,
+    control: mpsc::Sender<Control>,
+}
 
 #[rustler::resource_impl]
 impl Resource for GossipStats {}
@@ -22,7 +31,7 @@ impl Resource for GossipStats {}
 /// Options as `Cluster.Strategy.Gossip` passes them (already validated there; checked again here).
 #[derive(NifMap)]
 struct GossipOpts {
-    node: String,
+    node: Option<String>,
     port: u16,
     if_addr: String,
     multicast_if: Option<String>,
@@ -34,6 +43,9 @@ struct GossipOpts {
     replay_window: u64,
     new_names_burst: u32,
     new_names_per_minute: u32,
+    new_names_total_burst: u32,
+    new_names_total_per_minute: u32,
+    verify_sender: bool,
     stats_interval: Option<u64>,
     listen_only: bool,
 }
@@ -125,6 +137,9 @@ fn gossip_start<'a>(
         replay_window_ms: opts.replay_window,
         new_names_burst: opts.new_names_burst,
         new_names_per_minute: opts.new_names_per_minute,
+        new_names_total_burst: opts.new_names_total_burst,
+        new_names_total_per_minute: opts.new_names_total_per_minute,
+        verify_sender: opts.verify_sender,
         stats_interval_ms: opts.stats_interval,
     };
     if opts.port == 0 {
@@ -135,16 +150,69 @@ fn gossip_start<'a>(
     cfg.validate().map_err(bad)?;
     let stats = Arc::new(Stats::default());
     let task_stats = stats.clone();
+    let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let handle = spawn(env, tag, move |sink, _cancel| {
-        gossip::run(cfg, task_stats, sink)
+        gossip::run(cfg, task_stats, sink, control_rx)
     });
-    Ok((handle, ResourceArc::new(GossipStats(stats))))
+    Ok((handle, ResourceArc::new(GossipStats { stats, control })))
 }
 
 /// The counters of a gossip task as a map of atoms (a fixed set of names) to integers.
 #[rustler::nif]
 fn gossip_stats<'a>(env: Env<'a>, stats: ResourceArc<GossipStats>) -> NifResult<Term<'a>> {
-    encode_stats(env, &stats.0.snapshot())
+    encode_stats(env, &stats.stats.snapshot())
+}
+
+/// Tells the task this VM's node name (`nil` when not distributed). A full queue drops the notice.
+#[rustler::nif]
+fn gossip_set_node(task: ResourceArc<GossipStats>, node: Option<String>) -> NifResult<Atom> {
+    if let Some(n) = &node {
+        if !libcluster_core::node_name::is_valid(n) {
+            return Err(bad(format!("invalid node name {n:?}")));
+        }
+    }
+    let _ = task.control.try_send(Control::SetNode(node));
+    Ok(atoms::ok())
+}
+
+/// Tells the task that `node` went down, so its next heartbeat is reported at once.
+#[rustler::nif]
+fn gossip_node_down(task: ResourceArc<GossipStats>, node: String) -> Atom {
+    let _ = task.control.try_send(Control::NodeDown(node));
+    atoms::ok()
+}
+
+/// Atoms made from names in unauthenticated heartbeats in this VM, and names dropped at the cap.
+/// Statics: one count per VM (the NIF library is loaded once), across every topology and restart.
+static ATOMS_CREATED: AtomicU64 = AtomicU64::new(0);
+static ATOMS_DROPPED: AtomicU64 = AtomicU64::new(0);
+static CAP_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Reserves one atom of the VM-wide budget `cap`: `:ok` (count it, then make the atom), `:full`,
+/// or `:full_first` the first time in this VM that a name is dropped (the caller logs that once).
+#[rustler::nif]
+fn gossip_atom_reserve(cap: u64) -> Atom {
+    let reserved = ATOMS_CREATED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+        (n < cap).then_some(n + 1)
+    });
+    if reserved.is_ok() {
+        return atoms::ok();
+    }
+    ATOMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+    if CAP_REPORTED.swap(true, Ordering::SeqCst) {
+        atoms::full()
+    } else {
+        atoms::full_first()
+    }
+}
+
+/// `{created, dropped}` of the VM-wide budget.
+#[rustler::nif]
+fn gossip_atom_budget() -> (u64, u64) {
+    (
+        ATOMS_CREATED.load(Ordering::SeqCst),
+        ATOMS_DROPPED.load(Ordering::Relaxed),
+    )
 }
 
 pub fn encode_stats<'a>(env: Env<'a>, counters: &[(&'static str, u64)]) -> NifResult<Term<'a>> {

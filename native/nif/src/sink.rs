@@ -93,7 +93,9 @@ fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
         )
             .encode(env),
         Event::Done => atoms::done().encode(env),
-        Event::Heartbeat(node) => (atoms::heartbeat(), node.as_str()).encode(env),
+        Event::Heartbeat { name, trusted } => {
+            (atoms::heartbeat(), name.as_str(), *trusted).encode(env)
+        }
         Event::GossipStats(counters) => {
             let map =
                 crate::gossip::encode_stats(env, counters).unwrap_or_else(|_| Term::map_new(env));

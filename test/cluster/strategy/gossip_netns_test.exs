@@ -137,6 +137,42 @@ defmodule Cluster.Strategy.GossipNetnsTest do
     end
   end
 
+  @tag timeout: 60_000
+  test "a newcomer joins within 2 s while another host floods 1,000 fresh names a second", %{
+    peers: peers,
+    started: started,
+    evil: evil,
+    evil_pid: evil_pid
+  } do
+    config = [port: 45896, heartbeat_interval: 200, stats_interval: 200, multicast_if: "eth0"]
+    [newcomer | cluster] = peers
+    sups = start(started, cluster, List.duplicate(config, 3))
+    Peer.wait_until(fn -> meshed?(cluster) end, 15_000)
+
+    # From the hostile namespace, naming only its own address (connect attempts stay there).
+    sock_opts = [multicast_if: ip(evil.ip), multicast_ttl: 1]
+
+    flood =
+      Task.async(fn ->
+        Peer.call(evil_pid, GossipSender, :flood, [@group, 45896, evil.ip, 1_000, 8_000, sock_opts], 20_000)
+      end)
+
+    # Long enough for every allowance the flood can reach to be spent (the old per-node bucket
+    # was empty after 64 ms).
+    Process.sleep(2_000)
+    limited_before = for {{p, _}, sup} <- Enum.zip(cluster, sups), do: counters(p, sup).rejected_rate_limited
+
+    _ = start(started, [newcomer], [config])
+    Peer.wait_until(fn -> meshed?(peers) end, 2_000)
+
+    # the flood was still on when it joined, and it was being limited
+    assert Task.yield(flood, 0) == nil
+    limited_after = for {{p, _}, sup} <- Enum.zip(cluster, sups), do: counters(p, sup).rejected_rate_limited
+    assert Enum.zip(limited_before, limited_after) |> Enum.all?(fn {b, a} -> a > b + 100 end)
+    names = Task.await(flood, 20_000)
+    assert length(names) > 6_000
+  end
+
   @tag timeout: 30_000
   test "broadcast_only", %{peers: peers, started: started} do
     config = [

@@ -3,7 +3,7 @@ defmodule Cluster.Strategy.GossipTest do
 
   alias Cluster.Native
   alias Cluster.Strategy.{Gossip, State}
-  alias Cluster.Test.{GossipSender, Peer}
+  alias Cluster.Test.{GossipLog, GossipSender, Peer}
 
   describe "libcluster 3.5 wire compatibility" do
     test "a heartbeat written by term_to_binary on this OTP (ATOM_EXT on OTP 25) is accepted" do
@@ -79,7 +79,10 @@ defmodule Cluster.Strategy.GossipTest do
             {[broadcast_only: true, multicast_addr: "ff02::1"], ":multicast_addr"},
             {[heartbeat_interval: 0], ":heartbeat_interval"},
             {[multicast_if: "has space"], ":multicast_if"},
-            {[secret: ""], ":secret"}
+            {[secret: ""], ":secret"},
+            {[max_unauthenticated_atoms: -1], ":max_unauthenticated_atoms"},
+            {[verify_sender: :yes], ":verify_sender"},
+            {[new_names_total_burst: 0], ":new_names_total_burst"}
           ] do
         error = assert_raise ArgumentError, fn -> init(config) end
         assert error.message =~ key, "#{inspect(config)}: #{error.message}"
@@ -100,6 +103,9 @@ defmodule Cluster.Strategy.GossipTest do
         replay_window: 30_000,
         new_names_burst: 64,
         new_names_per_minute: 60,
+        new_names_total_burst: 256,
+        new_names_total_per_minute: 600,
+        verify_sender: false,
         stats_interval: nil,
         listen_only: false
       }
@@ -113,6 +119,33 @@ defmodule Cluster.Strategy.GossipTest do
         end
 
       assert error.message =~ "secret"
+    end
+  end
+
+  describe "sightings" do
+    test "names from authenticated datagrams are trusted, names from v1 datagrams are not" do
+      {:ok, impl, _} = Gossip.init(%State{topology: :gossip_trust, config: []})
+
+      assert {[{:seen, [:"a@127.0.0.1"], [trusted: true]}], _} =
+               Gossip.handle_event({:heartbeat, "a@127.0.0.1", true}, impl)
+
+      assert {[{:seen, [:"a@127.0.0.1"], [trusted: false]}], _} =
+               Gossip.handle_event({:heartbeat, "a@127.0.0.1", false}, impl)
+    end
+
+    test "a new v1 name past the VM-wide cap is dropped and counted; an existing atom is free" do
+      # cap 0: this VM's budget is never spent by this test
+      {:ok, impl, _} = Gossip.init(%State{topology: :gossip_cap0, config: [max_unauthenticated_atoms: 0]})
+      [{name, _}] = GossipSender.fresh_names(1, "127.0.0.1")
+
+      {{[], impl}, _log} =
+        ExUnit.CaptureLog.with_log(fn -> Gossip.handle_event({:heartbeat, name, false}, impl) end)
+
+      assert GossipSender.existing_atoms([name]) == 0
+      assert Gossip.status_extra(impl).counters.rejected_atom_cap == 1
+
+      assert {[{:seen, [:"known@127.0.0.1"], _}], _} =
+               Gossip.handle_event({:heartbeat, "known@127.0.0.1", false}, impl)
     end
   end
 
@@ -163,6 +196,15 @@ defmodule Cluster.Strategy.GossipTest do
 
       # Foreign and hostile datagrams, sent to the group on loopback only (TTL 0).
       {p1, _} = hd(peers)
+      # Load the code the peer may run first, so that the atom count below measures what the
+      # network made, not atoms from modules loaded on first use.
+      modules =
+        for app <- [:libcluster_rs, :kernel, :stdlib, :elixir, :logger, :crypto],
+            {:ok, ms} = :application.get_key(app, :modules),
+            m <- ms,
+            do: m
+
+      Peer.call(p1, :code, :ensure_modules_loaded, [modules], 60_000)
       atoms_before = Peer.call(p1, :erlang, :system_info, [:atom_count])
       sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
       GossipSender.send_all(sender, {233, 252, 1, 32}, port, GossipSender.garbage(300))
@@ -205,6 +247,155 @@ defmodule Cluster.Strategy.GossipTest do
       assert {_kind, message, _} = status.last_error
       assert message =~ "nosuchif0"
       assert status.extra.counters.socket_open_failed >= 2
+    end
+  end
+
+  describe "a node that is not distributed at start (libcluster starts and keeps running)" do
+    setup do
+      System.cmd("epmd", ["-daemon"])
+      :ok
+    end
+
+    # A peer without distribution (no name): controlled over stdio, like every test peer.
+    defp start_undistributed do
+      paths = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
+
+      {:ok, pid, :nonode@nohost} =
+        :peer.start_link(%{
+          connection: :standard_io,
+          exec: System.find_executable("erl") |> to_charlist(),
+          args: [~c"-kernel", ~c"logger_level", ~c"warning", ~c"-connect_all", ~c"false"] ++ paths,
+          wait_boot: 30_000
+        })
+
+      {:ok, _} = :peer.call(pid, :application, :ensure_all_started, [:libcluster_rs])
+      pid
+    end
+
+    @tag timeout: 60_000
+    test "the strategy starts, and joins the cluster once Node.start/2 names the node" do
+      port = 47_700 + rem(System.unique_integer([:positive]), 200)
+      config = [port: port, multicast_if: "lo", multicast_ttl: 0, heartbeat_interval: 300]
+      topology = [gossip: [strategy: Gossip, config: config]]
+
+      {a, _} = Peer.start("gossipearly", "127.0.0.1", args: [~c"-connect_all", ~c"false"])
+      late = start_undistributed()
+      on_exit(fn -> Enum.each([a, late], &Peer.stop/1) end)
+      {:ok, _} = Peer.start_cluster(a, topology)
+
+      assert Peer.call(late, Node, :alive?, []) == false
+      {:ok, _sup} = Peer.start_cluster(late, topology)
+      # (pids of a peer without distribution do not survive the trip here and back: compare their
+      # local part, and ask the peer for everything else by topology name)
+      strategy = fn ->
+        [{pid, _}] = Peer.call(late, Registry, :lookup, [Cluster.Registry, {:discovery, :gossip}])
+        pid |> :erlang.pid_to_list() |> to_string() |> String.split(".") |> tl()
+      end
+
+      pid = strategy.()
+      status = fn -> elem(Peer.call(late, Cluster, :status, [:gossip]), 1) end
+
+      # Not distributed: it runs, sends nothing, and reports nothing.
+      Process.sleep(1_000)
+      assert strategy.() == pid
+      assert Peer.nodes(a) == []
+      counters = status.().extra.counters
+      assert Map.get(counters, :sent, 0) == 0
+      assert counters.ignored_not_distributed > 0
+
+      name = :"gossiplate#{System.unique_integer([:positive])}@127.0.0.1"
+      {:ok, _} = Peer.call(late, Node, :start, [name, :longnames])
+      true = Peer.call(late, Node, :set_cookie, [:libcluster_rs_test])
+
+      Peer.wait_until(fn -> Peer.nodes(a) == [name] end, 10_000)
+      # the same strategy process, now heartbeating under its name
+      assert strategy.() == pid
+      assert status.().extra.counters.sent > 0
+    end
+  end
+
+  describe "the VM-wide cap on atoms from unauthenticated gossip" do
+    setup do
+      System.cmd("epmd", ["-daemon"])
+      :ok
+    end
+
+    @tag timeout: 90_000
+    test "holds across strategy restarts, logs once at error level, and known peers keep working" do
+      port = 47_900 + rem(System.unique_integer([:positive]), 90)
+      cap = 30
+
+      topology = [
+        gossip: [
+          strategy: Gossip,
+          config: [
+            port: port,
+            multicast_if: "lo",
+            multicast_ttl: 0,
+            heartbeat_interval: 300,
+            max_unauthenticated_atoms: cap
+          ]
+        ]
+      ]
+
+      {v, _} = Peer.start("gossipcapv", "127.0.0.1", args: [~c"-connect_all", ~c"false"])
+      # a known peer: it runs no strategy; its libcluster-style heartbeats are sent from here
+      {k, k_node} = Peer.start("gossipcapk", "127.0.0.1", args: [~c"-connect_all", ~c"false"])
+      on_exit(fn -> Enum.each([v, k], &Peer.stop/1) end)
+      :ok = Peer.call(v, GossipLog, :start, [:error])
+
+      sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
+      on_exit(fn -> :gen_udp.close(sender) end)
+      k_beat = Native.gossip_encode_v1(Atom.to_string(k_node), nil)
+      beat_k = fn -> GossipSender.send_all(sender, {233, 252, 1, 32}, port, [k_beat]) end
+
+      {:ok, sup} = Peer.start_cluster(v, topology)
+      Peer.wait_until(fn -> beat_k.() && Peer.nodes(v) == [k_node] end, 10_000)
+
+      # A flood of fresh names: the per-sender allowance lets 64 through, the cap takes 29 more.
+      flood1 = GossipSender.fresh_names(500, "127.0.0.1")
+      GossipSender.send_all(sender, {233, 252, 1, 32}, port, Enum.map(flood1, &elem(&1, 1)))
+
+      Peer.wait_until(
+        fn -> match?({^cap, dropped} when dropped > 0, Peer.call(v, Native, :gossip_atom_budget, [])) end,
+        5_000
+      )
+
+      # The cap is logged at error level (a peer's log line travels to this node's console first,
+      # which can hold the logging process up for a moment: wait for it).
+      Peer.wait_until(fn -> Peer.call(v, GossipLog, :lines, []) != [] end, 10_000)
+
+      # Restart the strategy: a fresh native task with a fresh allowance, the same VM-wide budget.
+      :ok = Peer.call(v, Supervisor, :stop, [sup])
+      true = Peer.call(v, :erlang, :disconnect_node, [k_node])
+      assert Peer.nodes(v) == []
+      {:ok, sup} = Peer.start_cluster(v, topology)
+      [{_, pid, _, _}] = Peer.call(v, Supervisor, :which_children, [sup])
+
+      # At the cap, the known peer is connected again by its heartbeat (its name is an atom already).
+      Peer.wait_until(fn -> beat_k.() && Peer.nodes(v) == [k_node] end, 10_000)
+
+      flood2 = GossipSender.fresh_names(500, "127.0.0.1")
+      GossipSender.send_all(sender, {233, 252, 1, 32}, port, Enum.map(flood2, &elem(&1, 1)))
+      status = fn -> Peer.call(v, Cluster.Discovery, :status, [pid]).extra end
+      Peer.wait_until(fn -> status.().counters[:rejected_atom_cap] end, 5_000)
+
+      # and after the flood too
+      true = Peer.call(v, :erlang, :disconnect_node, [k_node])
+      Peer.wait_until(fn -> beat_k.() && Peer.nodes(v) == [k_node] end, 10_000)
+
+      extra = status.()
+      assert extra.unauthenticated_atoms.created == cap
+      assert extra.unauthenticated_atoms.dropped > 0
+      assert extra.unauthenticated_atoms.max == cap
+
+      names = Enum.map(flood1 ++ flood2, &elem(&1, 0))
+      assert Peer.call(v, GossipSender, :existing_atoms, [names]) == cap - 1
+
+      # one error-level line for the whole VM, recommending the authenticated format
+      assert [line] = Peer.call(v, GossipLog, :lines, [])
+      assert line =~ "max_unauthenticated_atoms"
+      assert line =~ "wire_format: :authenticated"
     end
   end
 end

@@ -55,6 +55,9 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
       replay_window: 30_000,
       new_names_burst: 64,
       new_names_per_minute: 60,
+      new_names_total_burst: 256,
+      new_names_total_per_minute: 600,
+      verify_sender: false,
       stats_interval: nil,
       listen_only: true
     }
@@ -76,7 +79,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
         GossipSender.send_all(sender, {233, 252, 1, 32}, port, [heartbeat])
 
         receive do
-          {:libcluster_rs, ^tag, {:heartbeat, "peer1@127.0.0.1"}} -> true
+          {:libcluster_rs, ^tag, {:heartbeat, "peer1@127.0.0.1", false}} -> true
         after
           50 -> false
         end
@@ -91,5 +94,40 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
     assert counters.accepted >= 1
     assert Map.get(counters, :sent, 0) == 0
     assert Map.get(counters, :own, 0) == 0
+  end
+
+  test "the gossip dry run works on a VM without a name (this test node) and lists what it heard" do
+    refute Node.alive?()
+    port = 47_900 + rem(System.unique_integer([:positive]), 90)
+    saved = Application.get_env(:libcluster, :topologies)
+
+    on_exit(fn ->
+      if saved,
+        do: Application.put_env(:libcluster, :topologies, saved),
+        else: Application.delete_env(:libcluster, :topologies)
+    end)
+
+    config = [port: port, multicast_if: "lo", multicast_ttl: 0]
+    Application.put_env(:libcluster, :topologies, gossip: [strategy: Cluster.Strategy.Gossip, config: config])
+
+    sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
+    heartbeat = Cluster.Native.gossip_encode_v1("heardpeer@127.0.0.1", nil)
+
+    beating =
+      Task.async(fn ->
+        for _ <- 1..30 do
+          GossipSender.send_all(sender, {233, 252, 1, 32}, port, [heartbeat])
+          Process.sleep(50)
+        end
+      end)
+
+    out =
+      ExUnit.CaptureIO.capture_io(fn ->
+        assert Mix.Tasks.Libcluster.Discover.main("gossip", timeout: 1_000) == 0
+      end)
+
+    Task.await(beating)
+    :gen_udp.close(sender)
+    assert out =~ "heardpeer@127.0.0.1"
   end
 end

@@ -4,11 +4,13 @@
 //!
 //! Hostile-network safety lives here, before anything reaches Elixir:
 //! - every datagram goes through the bounded decoders of [`wire`];
-//! - new names from unauthenticated (v1) datagrams are rate-limited by a token bucket
-//!   ([`NameLimiter`]), so a flood of fresh names cannot exhaust the atom table (Elixir makes an
-//!   atom of every name it is sent);
-//! - a name already reported is reported again at most once per [`REPORT_GAP`], so a flood of
-//!   valid heartbeats cannot flood the strategy process;
+//! - new names from unauthenticated (v1) datagrams are rate-limited per sender address (a token
+//!   bucket per source IP in a bounded table, [`SenderLimits`]) and in total ([`NameLimiter`]),
+//!   so one flooding host cannot use up the allowance of others. The hard ceiling on atoms is
+//!   VM-wide and lives where atoms are made (Elixir, with the counter in the NIF);
+//! - a name already reported is reported again only with backoff (1 s doubling to 10 s), or at
+//!   once after the owner says its node went down ([`Control::NodeDown`]), so a large set of
+//!   heard names costs little;
 //! - rejections are counted by reason ([`Stats`]) and logged at debug level only.
 
 pub mod crypto;
@@ -16,24 +18,33 @@ pub mod socket;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 
 use crate::event::{Error, ErrorKind, Event, Sink};
 use socket::SocketConfig;
 use wire::{Format, Keys, Mode, Reject, ReplayGuard};
 
-/// A known name is reported again at most this often.
-pub const REPORT_GAP: Duration = Duration::from_millis(1_000);
-/// At most this many names are remembered; the least recently heard is forgotten first.
+/// A known name is reported again after this gap at first; the gap doubles per report...
+pub const REPORT_GAP_MIN: Duration = Duration::from_millis(1_000);
+/// ... up to this. A node-down notice for the name resets it (the next heartbeat is reported).
+pub const REPORT_GAP_MAX: Duration = Duration::from_millis(10_000);
+/// At most this many names are remembered; the least recently reported half is forgotten when full.
 pub const MAX_KNOWN_NAMES: usize = 4_096;
+/// At most this many sender addresses have a bucket; the least recently used half is forgotten
+/// when full (a forgotten sender starts again with a full bucket, which the total bucket bounds).
+pub const MAX_SENDERS: usize = 1_024;
 /// Authenticated nonces remembered for replay detection.
 const MAX_REPLAY_ENTRIES: usize = 65_536;
 /// Consecutive send failures after which the socket is reopened (an interface went away).
 const REOPEN_AFTER_SEND_ERRORS: u32 = 5;
+/// Control messages queued at most (they come from one process; more are dropped).
+pub const CONTROL_QUEUE: usize = 1_024;
 
 /// When heartbeats are sent (the first one right after the socket opens).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +60,24 @@ pub enum Schedule {
 #[derive(Debug, Clone)]
 pub struct GossipConfig {
     /// This node's name (`name@host`), sent in every heartbeat; our own heartbeats are ignored.
-    pub node: String,
+    /// `None` while the VM is not distributed: nothing is sent, and (unless listening only)
+    /// nothing is reported, until [`Control::SetNode`] gives a name.
+    pub node: Option<String>,
     pub socket: SocketConfig,
     pub mode: Mode,
     pub secret: Option<Vec<u8>>,
     pub schedule: Schedule,
     /// Authenticated datagrams whose timestamp is further than this from now are stale.
     pub replay_window_ms: u64,
-    /// New names from unauthenticated datagrams: a bucket of `burst` refilled at `per_minute`.
+    /// New names from unauthenticated datagrams, per sender address: a bucket of `burst`
+    /// refilled at `per_minute`.
     pub new_names_burst: u32,
     pub new_names_per_minute: u32,
+    /// The same, for all senders together.
+    pub new_names_total_burst: u32,
+    pub new_names_total_per_minute: u32,
+    /// A v1 heartbeat whose host part is an IP address counts only when it came from that address.
+    pub verify_sender: bool,
     /// Send `Event::GossipStats` this often when the counters changed (`None`: never).
     pub stats_interval_ms: Option<u64>,
 }
@@ -66,8 +85,10 @@ pub struct GossipConfig {
 impl GossipConfig {
     /// Checks what the Elixir side cannot: combinations. Returns the message for `ArgumentError`.
     pub fn validate(&self) -> Result<(), String> {
-        if !crate::node_name::is_valid(&self.node) {
-            return Err(format!("invalid node name {:?}", self.node));
+        if let Some(node) = &self.node {
+            if !crate::node_name::is_valid(node) {
+                return Err(format!("invalid node name {node:?}"));
+            }
         }
         if self.mode != Mode::V1 && self.secret.is_none() {
             return Err("the authenticated format needs a :secret".into());
@@ -83,6 +104,15 @@ impl GossipConfig {
         }
         Ok(())
     }
+}
+
+/// What the owner tells a running task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// The VM's node name changed (`Node.start/2` after boot, or `Node.stop/0`).
+    SetNode(Option<String>),
+    /// This node went down: report its next heartbeat at once.
+    NodeDown(String),
 }
 
 /// Counters by name, shared between the task and whoever asks for them (`gossip_stats/1`).
@@ -130,6 +160,7 @@ fn accept_counter(f: Format) -> &'static str {
 }
 
 /// A token bucket for names this node has not heard before.
+#[derive(Debug, Clone)]
 pub struct NameLimiter {
     burst: f64,
     per_ms: f64,
@@ -147,16 +178,101 @@ impl NameLimiter {
         }
     }
 
-    pub fn allow(&mut self, now: Instant) -> bool {
+    fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64() * 1000.0;
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_ms).min(self.burst);
-        if self.tokens >= 1.0 {
+    }
+
+    /// Whether a token is there (after refilling), without taking it.
+    pub fn ready(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= 1.0
+    }
+
+    /// Takes a token if there is one.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        if self.ready(now) {
             self.tokens -= 1.0;
             true
         } else {
             false
         }
+    }
+}
+
+/// One bucket per sender address, in a table of at most [`MAX_SENDERS`] entries.
+pub struct SenderLimits {
+    burst: u32,
+    per_minute: u32,
+    buckets: HashMap<IpAddr, (NameLimiter, Instant)>,
+}
+
+impl SenderLimits {
+    pub fn new(burst: u32, per_minute: u32) -> SenderLimits {
+        SenderLimits {
+            burst,
+            per_minute,
+            buckets: HashMap::new(),
+        }
+    }
+
+    fn bucket(&mut self, from: IpAddr, now: Instant) -> &mut NameLimiter {
+        if !self.buckets.contains_key(&from) && self.buckets.len() >= MAX_SENDERS {
+            // Forget the least recently used half at once, so a flood of sender addresses
+            // costs O(log n) per new address, not a scan of the table each time.
+            forget_oldest_half(&mut self.buckets, |(_, used)| *used);
+        }
+        let (burst, per_minute) = (self.burst, self.per_minute);
+        let entry = self
+            .buckets
+            .entry(from)
+            .or_insert_with(|| (NameLimiter::new(burst, per_minute, now), now));
+        entry.1 = now;
+        &mut entry.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+}
+
+/// Removes the entries of `map` whose `age` key is in the older half.
+fn forget_oldest_half<K: Clone + Eq + std::hash::Hash, V>(
+    map: &mut HashMap<K, V>,
+    age: impl Fn(&V) -> Instant,
+) {
+    let mut times: Vec<Instant> = map.values().map(&age).collect();
+    if times.is_empty() {
+        return;
+    }
+    let mid = times.len() / 2;
+    let (_, cut, _) = times.select_nth_unstable(mid);
+    let cut = *cut;
+    map.retain(|_, v| age(v) > cut);
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// Whether `name`'s host part names another address than `from` (only IP literals can).
+pub fn sender_mismatch(name: &str, from: IpAddr) -> bool {
+    let host = name.rsplit_once('@').map(|(_, h)| h).unwrap_or("");
+    match host.parse::<IpAddr>() {
+        Ok(ip) => canonical(ip) != canonical(from),
+        Err(_) => false,
     }
 }
 
@@ -168,38 +284,87 @@ pub enum Verdict {
     Quiet,
     Own,
     RateLimited,
+    /// This VM has no node name yet: nothing is reported.
+    NotDistributed,
+    /// `verify_sender`: the host part names another address than the sender's.
+    SenderMismatch,
 }
 
-/// The receive-side state: decoders' keys, replay guard, known names and the new-name limiter.
+struct Known {
+    last_report: Instant,
+    gap: Duration,
+}
+
+/// The receive-side state: decoders' keys, replay guard, known names and the new-name limits.
 pub struct Receiver {
-    own: String,
+    own: Option<String>,
+    /// Report heartbeats even without a node name (the dry run listens without one).
+    report_without_node: bool,
     mode: Mode,
     keys: Keys,
     replay: ReplayGuard,
-    known: HashMap<String, Instant>,
-    limiter: NameLimiter,
+    known: HashMap<String, Known>,
+    senders: SenderLimits,
+    total: NameLimiter,
+    verify_sender: bool,
 }
 
 impl Receiver {
     pub fn new(cfg: &GossipConfig, now: Instant) -> Receiver {
         Receiver {
             own: cfg.node.clone(),
+            report_without_node: cfg.schedule == Schedule::Silent,
             mode: cfg.mode,
             keys: Keys::new(cfg.secret.as_deref()),
             replay: ReplayGuard::new(cfg.replay_window_ms, MAX_REPLAY_ENTRIES),
             known: HashMap::new(),
-            limiter: NameLimiter::new(cfg.new_names_burst, cfg.new_names_per_minute, now),
+            senders: SenderLimits::new(cfg.new_names_burst, cfg.new_names_per_minute),
+            total: NameLimiter::new(
+                cfg.new_names_total_burst,
+                cfg.new_names_total_per_minute,
+                now,
+            ),
+            verify_sender: cfg.verify_sender,
         }
     }
 
-    /// Decodes and judges one datagram, updating `stats`. Returns the name to report, if any.
+    /// Applies a control message from the owner.
+    pub fn control(&mut self, msg: Control) {
+        match msg {
+            Control::SetNode(node) => {
+                if node != self.own {
+                    // Names heard under another identity are reported afresh.
+                    self.known.clear();
+                    self.own = node;
+                }
+            }
+            Control::NodeDown(name) => {
+                if let Some(k) = self.known.get_mut(&name) {
+                    k.gap = Duration::ZERO;
+                }
+            }
+        }
+    }
+
+    pub fn own(&self) -> Option<&str> {
+        self.own.as_deref()
+    }
+
+    /// Sender addresses that currently have a bucket.
+    pub fn senders(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Decodes and judges one datagram from `from`, updating `stats`. Returns the name to report
+    /// and whether it came in an authenticated datagram.
     pub fn receive(
         &mut self,
         datagram: &[u8],
+        from: IpAddr,
         now: Instant,
         wall_ms: u64,
         stats: &Stats,
-    ) -> Option<String> {
+    ) -> Option<(String, bool)> {
         let (name, format) = match wire::decode_heartbeat(
             datagram,
             self.mode,
@@ -218,11 +383,12 @@ impl Receiver {
                 return None;
             }
         };
-        match self.judge(&name, format, now) {
+        match self.judge(&name, format, from, now) {
             Verdict::Report => {
                 stats.incr("accepted");
                 stats.incr(accept_counter(format));
-                Some(name)
+                stats.incr("reported");
+                Some((name, format == Format::Authenticated))
             }
             Verdict::Quiet => {
                 stats.incr("accepted");
@@ -233,39 +399,60 @@ impl Receiver {
                 stats.incr("own");
                 None
             }
+            Verdict::NotDistributed => {
+                stats.incr("ignored_not_distributed");
+                None
+            }
             Verdict::RateLimited => {
                 stats.incr("rejected_rate_limited");
-                tracing::debug!("gossip: new name from an unauthenticated datagram rate-limited");
+                tracing::debug!(%from, "gossip: new name from an unauthenticated datagram rate-limited");
+                None
+            }
+            Verdict::SenderMismatch => {
+                stats.incr("rejected_sender_mismatch");
+                tracing::debug!(%from, "gossip: v1 heartbeat whose host part is not its sender");
                 None
             }
         }
     }
 
-    fn judge(&mut self, name: &str, format: Format, now: Instant) -> Verdict {
-        if name == self.own {
-            return Verdict::Own;
+    fn judge(&mut self, name: &str, format: Format, from: IpAddr, now: Instant) -> Verdict {
+        match &self.own {
+            Some(own) if own == name => return Verdict::Own,
+            None if !self.report_without_node => return Verdict::NotDistributed,
+            _ => {}
         }
-        if let Some(last) = self.known.get_mut(name) {
-            if now.saturating_duration_since(*last) < REPORT_GAP {
+        let trusted = format == Format::Authenticated;
+        if self.verify_sender && !trusted && sender_mismatch(name, from) {
+            return Verdict::SenderMismatch;
+        }
+        if let Some(k) = self.known.get_mut(name) {
+            if now.saturating_duration_since(k.last_report) < k.gap {
                 return Verdict::Quiet;
             }
-            *last = now;
+            k.last_report = now;
+            k.gap = (k.gap * 2).clamp(REPORT_GAP_MIN, REPORT_GAP_MAX);
             return Verdict::Report;
         }
-        if format != Format::Authenticated && !self.limiter.allow(now) {
-            return Verdict::RateLimited;
+        if !trusted {
+            // The sender's own bucket first, so a flooding host spends only its own tokens;
+            // then the total, which bounds many senders (or spoofed addresses) together.
+            let bucket = self.senders.bucket(canonical(from), now);
+            if !bucket.ready(now) || !self.total.allow(now) {
+                return Verdict::RateLimited;
+            }
+            bucket.allow(now);
         }
         if self.known.len() >= MAX_KNOWN_NAMES {
-            if let Some(oldest) = self
-                .known
-                .iter()
-                .min_by_key(|(_, t)| **t)
-                .map(|(k, _)| k.clone())
-            {
-                self.known.remove(&oldest);
-            }
+            forget_oldest_half(&mut self.known, |k| k.last_report);
         }
-        self.known.insert(name.to_string(), now);
+        self.known.insert(
+            name.to_string(),
+            Known {
+                last_report: now,
+                gap: REPORT_GAP_MIN,
+            },
+        );
         Verdict::Report
     }
 }
@@ -335,13 +522,21 @@ async fn open_with_retry(
     }
 }
 
-/// The gossip task. Runs until cancelled (its future is dropped) or the sink is gone.
-pub async fn run(cfg: GossipConfig, stats: Arc<Stats>, sink: Arc<dyn Sink>) {
+/// The gossip task. Runs until cancelled (its future is dropped) or the sink is gone. `control`
+/// carries the owner's notices (node name changes, nodes that went down); when its sender is
+/// dropped the task goes on without it.
+pub async fn run(
+    cfg: GossipConfig,
+    stats: Arc<Stats>,
+    sink: Arc<dyn Sink>,
+    mut control: mpsc::Receiver<Control>,
+) {
     let keys = Keys::new(cfg.secret.as_deref());
     let mut receiver = Receiver::new(&cfg, Instant::now());
     let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
     let stats_every = cfg.stats_interval_ms.map(Duration::from_millis);
     let mut last_stats: Vec<(&'static str, u64)> = Vec::new();
+    let mut control_open = true;
 
     'open: loop {
         let Some((sock, dest)) = open_with_retry(&cfg.socket, sink.as_ref(), &stats).await else {
@@ -353,12 +548,15 @@ pub async fn run(cfg: GossipConfig, stats: Arc<Stats>, sink: Arc<dyn Sink>) {
         loop {
             let stats_at = next_stats
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+            let sending = cfg.schedule != Schedule::Silent && receiver.own().is_some();
             tokio::select! {
                 received = sock.recv_from(&mut buf) => match received {
-                    Ok((n, _from)) => {
+                    Ok((n, from)) => {
                         // `buf` is one byte longer than the limit, so an oversized datagram shows.
-                        if let Some(name) = receiver.receive(&buf[..n], Instant::now(), wall_ms(), &stats) {
-                            if !sink.send(Event::Heartbeat(name)) {
+                        if let Some((name, trusted)) =
+                            receiver.receive(&buf[..n], from.ip(), Instant::now(), wall_ms(), &stats)
+                        {
+                            if !sink.send(Event::Heartbeat { name, trusted }) {
                                 return;
                             }
                         }
@@ -368,8 +566,20 @@ pub async fn run(cfg: GossipConfig, stats: Arc<Stats>, sink: Arc<dyn Sink>) {
                         tracing::debug!(%err, "gossip recv failed");
                     }
                 },
-                _ = tokio::time::sleep_until(next_beat), if cfg.schedule != Schedule::Silent => {
-                    for datagram in wire::encode_heartbeat(&cfg.node, cfg.mode, &keys, wall_ms()) {
+                msg = control.recv(), if control_open => match msg {
+                    Some(msg) => {
+                        let named = matches!(&msg, Control::SetNode(Some(n)) if Some(n.as_str()) != receiver.own());
+                        receiver.control(msg);
+                        if named {
+                            // A new name: announce it now rather than at the next scheduled beat.
+                            next_beat = tokio::time::Instant::now();
+                        }
+                    }
+                    None => control_open = false,
+                },
+                _ = tokio::time::sleep_until(next_beat), if sending => {
+                    let node = receiver.own().unwrap_or_default().to_string();
+                    for datagram in wire::encode_heartbeat(&node, cfg.mode, &keys, wall_ms()) {
                         match sock.send_to(&datagram, dest).await {
                             Ok(_) => {
                                 stats.incr("sent");
@@ -407,11 +617,13 @@ pub async fn run(cfg: GossipConfig, stats: Arc<Stats>, sink: Arc<dyn Sink>) {
 mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
-    use tokio::sync::mpsc;
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
 
     fn config(node: &str, port: u16) -> GossipConfig {
         GossipConfig {
-            node: node.into(),
+            node: Some(node.into()),
             socket: SocketConfig {
                 port,
                 if_addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -426,8 +638,19 @@ mod tests {
             replay_window_ms: 30_000,
             new_names_burst: 4,
             new_names_per_minute: 60,
+            new_names_total_burst: 256,
+            new_names_total_per_minute: 600,
+            verify_sender: false,
             stats_interval_ms: None,
         }
+    }
+
+    fn hb(name: &str) -> Vec<u8> {
+        wire::encode_v1_plain(name)
+    }
+
+    fn name(r: Option<(String, bool)>) -> Option<String> {
+        r.map(|(n, _)| n)
     }
 
     #[test]
@@ -438,42 +661,139 @@ mod tests {
         let stats = Stats::default();
         let mut reported = 0;
         for i in 0..100 {
-            let d = wire::encode_v1_plain(&format!("n{i}@h"));
-            if r.receive(&d, t0, 0, &stats).is_some() {
+            if r.receive(&hb(&format!("n{i}@h")), A, t0, 0, &stats)
+                .is_some()
+            {
                 reported += 1;
             }
         }
         assert_eq!(reported, 4);
         assert_eq!(stats.get("rejected_rate_limited"), 96);
         // one more token per second at 60/min
-        assert!(r
-            .receive(
-                &wire::encode_v1_plain("late@h"),
-                t0 + Duration::from_millis(1_100),
-                0,
-                &stats
-            )
-            .is_some());
-        // a known name is reported again after the gap, without a token
-        let again = r.receive(
-            &wire::encode_v1_plain("n0@h"),
-            t0 + Duration::from_millis(1_200),
+        let late = r.receive(
+            &hb("late@h"),
+            A,
+            t0 + Duration::from_millis(1_100),
             0,
             &stats,
         );
-        assert_eq!(again.as_deref(), Some("n0@h"));
+        assert_eq!(late, Some(("late@h".to_string(), false)));
+        // a known name is reported again after the gap, without a token
+        let again = r.receive(&hb("n0@h"), A, t0 + Duration::from_millis(1_200), 0, &stats);
+        assert_eq!(name(again).as_deref(), Some("n0@h"));
         // own heartbeats are ignored
-        assert!(r
-            .receive(&wire::encode_v1_plain("me@h"), t0, 0, &stats)
-            .is_none());
+        assert!(r.receive(&hb("me@h"), A, t0, 0, &stats).is_none());
         assert_eq!(stats.get("own"), 1);
     }
 
     #[test]
-    fn authenticated_names_are_not_rate_limited() {
+    fn one_flooding_sender_does_not_use_up_the_allowance_of_another() {
+        let cfg = config("me@h", 1);
+        let t0 = Instant::now();
+        let mut r = Receiver::new(&cfg, t0);
+        let stats = Stats::default();
+        for i in 0..10_000 {
+            let t = t0 + Duration::from_millis(i);
+            r.receive(&hb(&format!("flood{i}@h")), A, t, 0, &stats);
+        }
+        // 4 at once, then 1 a second for 10 s
+        assert!(stats.get("accepted") <= 4 + 11, "{:?}", stats.snapshot());
+        let t = t0 + Duration::from_millis(10_000);
+        let newcomer = r.receive(&hb("newcomer@h"), B, t, 0, &stats);
+        assert_eq!(newcomer, Some(("newcomer@h".to_string(), false)));
+    }
+
+    #[test]
+    fn the_total_bucket_bounds_many_senders() {
+        let mut cfg = config("me@h", 1);
+        cfg.new_names_total_burst = 10;
+        cfg.new_names_total_per_minute = 0;
+        let t0 = Instant::now();
+        let mut r = Receiver::new(&cfg, t0);
+        let stats = Stats::default();
+        let reported = (0..5_000u32)
+            .filter(|i| {
+                let from = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+                r.receive(&hb(&format!("n{i}@h")), from, t0, 0, &stats)
+                    .is_some()
+            })
+            .count();
+        assert_eq!(reported, 10);
+        // the sender table stays bounded
+        assert!(r.senders() <= MAX_SENDERS, "{}", r.senders());
+    }
+
+    #[test]
+    fn known_names_are_re_reported_with_backoff_and_at_once_after_node_down() {
+        let cfg = config("me@h", 1);
+        let t0 = Instant::now();
+        let mut r = Receiver::new(&cfg, t0);
+        let stats = Stats::default();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // heard every 100 ms for 40 s: reported at 0, 1, 3, 7, 15, 25, 35 s
+        let reports: Vec<u64> = (0..400)
+            .map(|i| i * 100)
+            .filter(|&ms| r.receive(&hb("peer@h"), A, at(ms), 0, &stats).is_some())
+            .collect();
+        assert_eq!(
+            reports,
+            vec![0, 1_000, 3_000, 7_000, 15_000, 25_000, 35_000]
+        );
+        // the owner says the node went down: its next heartbeat is reported at once
+        r.control(Control::NodeDown("peer@h".into()));
+        assert!(r.receive(&hb("peer@h"), A, at(40_000), 0, &stats).is_some());
+        assert!(r.receive(&hb("peer@h"), A, at(40_100), 0, &stats).is_none());
+        assert!(r.receive(&hb("peer@h"), A, at(41_000), 0, &stats).is_some());
+    }
+
+    #[test]
+    fn without_a_node_name_nothing_is_reported_until_one_is_set() {
+        let mut cfg = config("me@h", 1);
+        cfg.node = None;
+        let t0 = Instant::now();
+        let mut r = Receiver::new(&cfg, t0);
+        let stats = Stats::default();
+        assert!(r.receive(&hb("peer@h"), A, t0, 0, &stats).is_none());
+        assert_eq!(stats.get("ignored_not_distributed"), 1);
+        r.control(Control::SetNode(Some("me@h".into())));
+        assert!(r.receive(&hb("peer@h"), A, t0, 0, &stats).is_some());
+        assert!(r.receive(&hb("me@h"), A, t0, 0, &stats).is_none());
+        // the dry run (listen only) reports without a name
+        cfg.schedule = Schedule::Silent;
+        let mut listener = Receiver::new(&cfg, t0);
+        assert!(listener.receive(&hb("peer@h"), A, t0, 0, &stats).is_some());
+    }
+
+    #[test]
+    fn verify_sender_checks_ip_hosts_of_v1_heartbeats_only() {
+        let mut cfg = config("me@h", 1);
+        cfg.verify_sender = true;
+        let t0 = Instant::now();
+        let mut r = Receiver::new(&cfg, t0);
+        let stats = Stats::default();
+        assert!(r.receive(&hb("a@198.18.0.2"), A, t0, 0, &stats).is_none());
+        assert_eq!(stats.get("rejected_sender_mismatch"), 1);
+        assert!(r.receive(&hb("a@198.18.0.1"), A, t0, 0, &stats).is_some());
+        // an IPv4-mapped sender counts as its IPv4 address
+        let mapped: IpAddr = "::ffff:198.18.0.2".parse().unwrap();
+        assert!(r
+            .receive(&hb("b@198.18.0.2"), mapped, t0, 0, &stats)
+            .is_some());
+        // hostnames cannot be checked and pass
+        assert!(r.receive(&hb("c@app.example"), A, t0, 0, &stats).is_some());
+        // off by default
+        let mut plain = Receiver::new(&config("me@h", 1), t0);
+        assert!(plain
+            .receive(&hb("d@198.18.0.2"), A, t0, 0, &stats)
+            .is_some());
+    }
+
+    #[test]
+    fn authenticated_names_are_not_rate_limited_and_are_trusted() {
         let mut cfg = config("me@h", 1);
         cfg.mode = Mode::Authenticated;
         cfg.secret = Some(b"pw".to_vec());
+        cfg.verify_sender = true;
         let keys = Keys::new(Some(b"pw"));
         let t0 = Instant::now();
         let mut r = Receiver::new(&cfg, t0);
@@ -481,50 +801,89 @@ mod tests {
         let n = (0..50)
             .filter(|i| {
                 let d = wire::encode_authenticated(
-                    &format!("n{i}@h"),
+                    &format!("n{i}@10.9.9.9"),
                     keys.aead.as_ref().unwrap(),
                     1_000,
                     crypto::random_array(),
                 );
-                r.receive(&d, t0, 1_000, &stats).is_some()
+                r.receive(&d, A, t0, 1_000, &stats) == Some((format!("n{i}@10.9.9.9"), true))
             })
             .count();
         assert_eq!(n, 50);
     }
 
+    fn spawn(
+        cfg: GossipConfig,
+    ) -> (
+        mpsc::UnboundedReceiver<Event>,
+        mpsc::Sender<Control>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ctl_tx, ctl_rx) = mpsc::channel(CONTROL_QUEUE);
+        let sink: Arc<dyn Sink> = Arc::new(tx);
+        let task = tokio::spawn(run(cfg, Arc::new(Stats::default()), sink, ctl_rx));
+        (rx, ctl_tx, task)
+    }
+
+    async fn heard(
+        rx: &mut mpsc::UnboundedReceiver<Event>,
+        want: usize,
+        within: Duration,
+    ) -> std::collections::BTreeSet<String> {
+        let mut heard = std::collections::BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while heard.len() < want {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Event::Heartbeat { name, .. })) => {
+                    heard.insert(name);
+                }
+                Ok(Some(other)) => panic!("unexpected {other:?}"),
+                _ => break,
+            }
+        }
+        heard
+    }
+
     #[tokio::test]
     async fn nodes_on_loopback_share_the_port_and_hear_each_other() {
         let port = 46_000 + (std::process::id() % 1000) as u16;
-        let mut rxs = Vec::new();
-        let mut tasks = Vec::new();
+        let mut nodes = Vec::new();
         for i in 0..3 {
-            let (tx, rx) = mpsc::unbounded_channel();
-            let sink: Arc<dyn Sink> = Arc::new(tx);
-            let stats = Arc::new(Stats::default());
-            tasks.push(tokio::spawn(run(
-                config(&format!("n{i}@127.0.0.1"), port),
-                stats,
-                sink,
-            )));
-            rxs.push(rx);
+            nodes.push(spawn(config(&format!("n{i}@127.0.0.1"), port)));
         }
-        for (i, rx) in rxs.iter_mut().enumerate() {
-            let mut heard = std::collections::BTreeSet::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while heard.len() < 2 {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(Event::Heartbeat(n))) => {
-                        heard.insert(n);
-                    }
-                    Ok(Some(other)) => panic!("unexpected {other:?}"),
-                    _ => panic!("node {i} heard only {heard:?}"),
-                }
-            }
+        for (i, (rx, _, _)) in nodes.iter_mut().enumerate() {
+            let heard = heard(rx, 2, Duration::from_secs(5)).await;
+            assert_eq!(heard.len(), 2, "node {i} heard only {heard:?}");
             assert!(!heard.contains(&format!("n{i}@127.0.0.1")));
         }
-        for t in tasks {
+        for (_, _, t) in nodes {
             t.abort();
         }
+    }
+
+    #[tokio::test]
+    async fn a_nameless_node_starts_heartbeating_when_it_gets_a_name() {
+        let port = 45_000 + (std::process::id() % 1000) as u16;
+        let (mut rx1, _c1, t1) = spawn(config("one@127.0.0.1", port));
+        let mut late = config("x@h", port);
+        late.node = None;
+        let (mut rx2, c2, t2) = spawn(late);
+        // nameless: it neither sends (one hears nothing) nor reports (it heard one)
+        let none = heard(&mut rx1, 1, Duration::from_millis(500)).await;
+        assert!(none.is_empty(), "{none:?}");
+        assert!(heard(&mut rx2, 1, Duration::from_millis(200))
+            .await
+            .is_empty());
+        c2.send(Control::SetNode(Some("two@127.0.0.1".into())))
+            .await
+            .unwrap();
+        let got = heard(&mut rx1, 1, Duration::from_secs(2)).await;
+        assert!(got.contains("two@127.0.0.1"), "{got:?}");
+        let got = heard(&mut rx2, 1, Duration::from_secs(2)).await;
+        assert!(got.contains("one@127.0.0.1"), "{got:?}");
+        t1.abort();
+        t2.abort();
     }
 
     #[tokio::test]
@@ -532,8 +891,9 @@ mod tests {
         let mut cfg = config("me@h", 46_999);
         cfg.socket.multicast_if = Some(socket::Interface::Name("nosuchif0".into()));
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (_ctl, ctl_rx) = mpsc::channel(1);
         let stats = Arc::new(Stats::default());
-        let task = tokio::spawn(run(cfg, stats.clone(), Arc::new(tx)));
+        let task = tokio::spawn(run(cfg, stats.clone(), Arc::new(tx), ctl_rx));
         match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
             Ok(Some(Event::Error(e))) => assert!(e.message.contains("nosuchif0"), "{e}"),
             other => panic!("unexpected {other:?}"),
