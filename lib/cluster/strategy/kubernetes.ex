@@ -3,7 +3,8 @@ defmodule Cluster.Strategy.Kubernetes do
   Finds the nodes of a Kubernetes service through the Kubernetes API: its Endpoints (libcluster's
   default), its Pods, or its EndpointSlices (`discovery.k8s.io/v1`).
 
-  The HTTP work runs natively (reqwest + rustls). Compared with libcluster 3.5:
+  The HTTP work runs natively (reqwest + rustls). With libcluster 3.5's config it connects the
+  same nodes as libcluster; what differs is how it gets there:
 
     * **Watch by default.** The strategy lists once, then watches from the list's
       `resourceVersion` (with bookmarks). An endpoint that becomes ready reaches the cluster within
@@ -11,6 +12,13 @@ defmodule Cluster.Strategy.Kubernetes do
       instead of 720. A watch that ends is re-opened from the last version seen; `410 Gone`
       re-lists; a broken connection reconnects with exponential backoff. Set
       `kubernetes_watch: false` to poll every `polling_interval` like libcluster.
+    * **A Role without `watch` still works.** libcluster needs only the `list` verb, and many
+      Roles grant only that. When the watch is answered `403 Forbidden`, the strategy falls back
+      to listing every `polling_interval` (libcluster's schedule), logs one warning that names the
+      missing verb, the resource, the namespace and the manifest in `priv/rbac/`, and tries the
+      watch again every `kubernetes_watch_retry_interval` (5 minutes), so a fixed Role is picked
+      up without a restart. `Cluster.status/1` shows the mode under
+      `extra.kubernetes.mode`: `:watch`, `:poll` (`kubernetes_watch: false`) or `:poll_fallback`.
     * **Verified TLS.** The API server's certificate is checked against the service account's
       `ca.crt`, or against the system roots when there is none. The token is never sent over an
       unverified connection unless you set `kubernetes_insecure_skip_tls_verify: true`.
@@ -20,6 +28,12 @@ defmodule Cluster.Strategy.Kubernetes do
       do: a 403 names the verb, the resource, the namespace, the missing RBAC rule and the
       manifest in `priv/rbac/` that grants it; a TLS failure says in plain words what is wrong with
       the certificate. `mix libcluster.discover` prints the same messages before a deploy.
+    * **Boot never fails on a missing service account.** As with libcluster, a missing
+      `namespace` file (without `:kubernetes_namespace`) or a missing `token` does not stop the
+      application: each round fails with a `:config` error that names the file and the key that
+      fixes it (logged at error level once per streak, and shown as `last_error` by
+      `Cluster.status/1`), nothing is connected or pruned, and the next rounds try again, so a
+      file that appears later is picked up.
     * `:dns` names are valid for IPv6 pods, `CLUSTER_DOMAIN` applies to every generated name, and
       an Endpoints address without `targetRef` is used instead of crashing the strategy.
 
@@ -30,20 +44,36 @@ defmodule Cluster.Strategy.Kubernetes do
       `:kubernetes_service_name`) a label selector, e.g. `"app=myapp"`. In `:endpoints` and
       `:endpointslices` modes it selects services' objects (which carry the service's labels); in
       `:pods` mode, pods.
-    * `:kubernetes_namespace` - default: the service account's `namespace` file
+
+      A required key that is missing, or a value of the wrong type, raises an `ArgumentError`
+      naming the key (libcluster crashes at start as well). A required key given as `nil` (say
+      `System.get_env("UNSET")` in `runtime.exs`) boots, as libcluster does, and every round fails
+      with a `:config` error naming the key: logged once at error level, shown by
+      `Cluster.status/1`.
+    * `:kubernetes_namespace` - default: the service account's `namespace` file, read at each
+      round until it is there
     * `:kubernetes_ip_lookup_mode` - `:endpoints` (default), `:pods` or `:endpointslices`:
       * `:endpoints` - the ready `subsets[].addresses[]` of the selected Endpoints
-      * `:pods` - pods that are `Running`, not being deleted, and `Ready`; their `status.podIP`
+      * `:pods` - every pod of the selector that has a `status.podIP`, whatever its phase,
+        readiness or deletion state (libcluster's rule: a pod whose readiness probe waits for the
+        cluster must be connected to become ready). See `:kubernetes_pods_ready_only`.
       * `:endpointslices` - endpoints whose `ready` condition is true (or unknown) and that are
         not `terminating`, across every slice of the service and both address families (a pod with
         an IPv4 and an IPv6 address is named by its IPv4 address)
+    * `:kubernetes_pods_ready_only` - `:pods` mode only: `true` takes only pods that are
+      `Running`, `Ready` and not being deleted (and asks for `status.phase=Running` unless
+      `:kubernetes_field_selector` is set). Recommended when the app's readiness does not depend
+      on the cluster: a node joins when its pod is ready and leaves as soon as it starts
+      terminating. Do not use it when the readiness probe waits for the cluster (Horde, Mnesia,
+      Oban peers...): no pod would ever become ready. Default `false` (libcluster's behaviour).
     * `:mode` - how node names are built (default `:ip`):
-      * `:ip` - `basename@<ip>` (IPv6 in its RFC 5952 form)
+      * `:ip` - `basename@<ip>`, the address as the API wrote it (as libcluster does)
       * `:dns` - `basename@<ip with dashes>.<namespace>.pod.<cluster domain>`; an IPv6 address is
         written as its eight 4-digit groups joined by dashes (a valid DNS label that CoreDNS maps
         back)
       * `:hostname` - `basename@<hostname>.<service>.<namespace>.svc.<cluster domain>`, for pods
-        with a hostname (StatefulSets); addresses without a hostname are skipped
+        with a hostname (StatefulSets); addresses without a hostname are skipped (libcluster
+        dials a name with an empty label for them, which never connects)
     * `:kubernetes_service_name` - the service in `:hostname` names (default: the service that
       published the address: the Endpoints' name, the slice's `kubernetes.io/service-name`, the
       pod's `subdomain`); in `:endpointslices` mode, it also selects the slices by their
@@ -59,10 +89,13 @@ defmodule Cluster.Strategy.Kubernetes do
       unless the `CLUSTER_DOMAIN` environment variable is set
     * `:kubernetes_service_account_path` - the directory holding `token`, `ca.crt` and `namespace`
       (default `"/var/run/secrets/kubernetes.io/serviceaccount"`)
-    * `:polling_interval` - ms between lists when polling (default `5_000`)
+    * `:polling_interval` - ms between lists when polling, and when the watch is forbidden
+      (default `5_000`; with `:infinity`, a forbidden watch is replaced by a list every 30 s)
     * `:kubernetes_watch` - watch (default `true` in every mode) or poll (`false`)
-    * `:kubernetes_field_selector` - a field selector. Default per mode: `"status.phase=Running"`
-      for `:pods` (pods that stop running leave the watch), none otherwise
+    * `:kubernetes_watch_retry_interval` - while the watch is forbidden, how often it is tried
+      again, in ms (default `300_000`, with up to 20% jitter)
+    * `:kubernetes_field_selector` - a field selector. Default: none (libcluster's), except
+      `"status.phase=Running"` with `kubernetes_pods_ready_only: true`; `nil` sends none
     * `:kubernetes_request_timeout` - deadline of one list, and of a watch's response headers, in
       ms (default `15_000`, libcluster's)
     * `:kubernetes_watch_timeout` - how long the server keeps one watch open before it is re-opened
@@ -70,14 +103,18 @@ defmodule Cluster.Strategy.Kubernetes do
     * `:kubernetes_max_body_bytes` - the largest list accepted (default 64 MiB)
     * `:kubernetes_insecure_skip_tls_verify` - **DANGEROUS**: `true` skips the verification of
       the API server's certificate, so anyone on the path can read the service account token. It
-      exists for clusters with broken certificates only; a warning is logged at every start.
+      exists for clusters with broken certificates only; an error is logged at every start.
       Default `false`.
 
   ## RBAC
 
-  The service account needs `list` and `watch` on the resource of its mode. Role and RoleBinding
-  manifests for each mode are in `priv/rbac/` (`endpoints.json`, `pods.json`,
+  The service account needs `list` on the resource of its mode (what libcluster needs) and should
+  have `watch` too: without it the strategy polls (see above). Role and RoleBinding manifests that
+  grant both for each mode are in `priv/rbac/` (`endpoints.json`, `pods.json`,
   `endpointslices.json`; JSON is valid YAML, so `kubectl apply -f` takes them as they are).
+
+  The differences from libcluster 3.5 that remain, and the options that restore libcluster's
+  behaviour, are listed in the Kubernetes guide (`docs/kubernetes.md`).
 
   ## Examples
 
@@ -90,6 +127,20 @@ defmodule Cluster.Strategy.Kubernetes do
               kubernetes_node_basename: "myapp",
               kubernetes_selector: "app=myapp",
               kubernetes_namespace: "my_namespace"
+            ]
+          ]
+        ]
+
+      # Pods whose readiness does not depend on the cluster: a node joins once its pod is Ready
+      config :libcluster,
+        topologies: [
+          k8s: [
+            strategy: Cluster.Strategy.Kubernetes,
+            config: [
+              kubernetes_node_basename: "myapp",
+              kubernetes_selector: "app=myapp",
+              kubernetes_ip_lookup_mode: :pods,
+              kubernetes_pods_ready_only: true
             ]
           ]
         ]
