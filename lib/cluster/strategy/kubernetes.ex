@@ -294,6 +294,14 @@ defmodule Cluster.Strategy.Kubernetes do
   # The strategy's state: the native options (the namespace is resolved at each round when it
   # comes from the service account's file), the mode it runs in, and why it cannot run, if so.
   defp impl(opts, config, topology) do
+    if opts.kubernetes_pods_ready_only and opts.kubernetes_ip_lookup_mode != :pods do
+      Cluster.Logger.warn(
+        topology,
+        "kubernetes_pods_ready_only applies to kubernetes_ip_lookup_mode: :pods only; with " <>
+          "#{inspect(opts.kubernetes_ip_lookup_mode)} it is ignored (those modes take ready addresses already)"
+      )
+    end
+
     {basename, basename_problem} =
       required(opts, config, :kubernetes_node_basename, topology, "a non-empty string")
 

@@ -586,6 +586,14 @@ defmodule Cluster.Strategy.KubernetesTest do
       {:ok, %{native: native}, _} = K.init(state)
       assert native.label_selector == "kubernetes.io/service-name=svc"
       assert native.field_selector == nil
+
+      # Ready-only means nothing outside :pods: said, not silently ignored.
+      log =
+        capture_log(fn ->
+          {:ok, _, _} = K.init(%{state | config: state.config ++ [kubernetes_pods_ready_only: true]})
+        end)
+
+      assert log =~ "kubernetes_pods_ready_only applies to kubernetes_ip_lookup_mode: :pods only"
     end
 
     test "polling: every fault keeps the last membership; a successful change prunes", %{kube: kube} do
