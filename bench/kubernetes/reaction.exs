@@ -1,5 +1,6 @@
 # Reaction time from "endpoint becomes ready" in the API to "node connected", and from "endpoint
-# not ready" to "node disconnected", watch versus polling; then API requests per node-hour per mode.
+# not ready" to "node disconnected": watch, polling, and the poll fallback of a list-only Role;
+# then API requests per node-hour per mode.
 #
 #     epmd -daemon; MIX_ENV=test mix run bench/kubernetes/reaction.exs
 #
@@ -77,6 +78,19 @@ measure.(
   8,
   5_000
 )
+
+# A Role that grants `list` but not `watch`: the strategy falls back to a list every
+# polling_interval (here 1000 ms), so its reaction is a poll's (about half an interval on average).
+FakeKube.grant(kube, [:list])
+
+measure.(
+  "list-only Role: poll fallback every 1000 ms (mode :poll_fallback)",
+  [polling_interval: 1_000],
+  8,
+  1_000
+)
+
+FakeKube.grant(kube, [:list, :watch])
 
 # Requests per node-hour. Watch: one list, then one request per watch period (default 300 s, up to
 # 20% shorter by jitter); measured here with a 2 s period for 12 s and scaled to 300 s (without jitter: an upper bound).

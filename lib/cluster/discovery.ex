@@ -5,7 +5,7 @@ defmodule Cluster.Discovery do
   # events into membership updates, and applies the rules that hold for every strategy:
   #
   #   * an error never prunes: it is recorded, logged as a warning on the first failure of a streak
-  #     (debug after that) and at info level when discovery recovers
+  #     (an error for a :config error; debug after that) and at info level when discovery recovers
   #   * a failed round is retried with backoff (1 s doubling, capped by the interval, or 30 s when
   #     the interval is :infinity), so even a run-once strategy heals
   #   * an empty result after a non-empty one is applied only after `confirm_empty` consecutive
@@ -447,9 +447,13 @@ defmodule Cluster.Discovery do
     text =
       "discovery failed (#{kind}): #{message}; keeping the last known #{MapSet.size(s.last_nodes)} node(s)"
 
-    if s.error_streak == 0,
-      do: Cluster.Logger.warn(topology, text),
-      else: Cluster.Logger.debug(topology, text)
+    # A :config error (a file or setting the task cannot work without) connects nothing until it
+    # is fixed: error level. Either way, once per streak.
+    cond do
+      s.error_streak > 0 -> Cluster.Logger.debug(topology, text)
+      kind == :config -> Cluster.Logger.error(topology, text)
+      true -> Cluster.Logger.warn(topology, text)
+    end
 
     Membership.discovery_failed(s.membership, {kind, message})
     s = %{s | error_streak: s.error_streak + 1, last_error: {kind, message, System.system_time(:millisecond)}}

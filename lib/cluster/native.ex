@@ -16,6 +16,8 @@ defmodule Cluster.Native do
   #   * `{:heartbeat, binary, trusted :: boolean}` - gossip: an accepted heartbeat from another node
   #     (validated name); `trusted` when it came in an authenticated datagram
   #   * `{:gossip_stats, %{atom => non_neg_integer}}` - gossip: counters, sent when they changed
+  #   * `{:watch_mode, :poll_fallback | :watch, binary}` - kubernetes: the watch is forbidden, so the
+  #     task polls (or: it watches again); the binary says why, for the log
   #
   # `kind` is one of `:timeout, :refused, :unreachable, :nxdomain, :servfail, :unauthorized,
   # :forbidden, :not_found, :http_status, :tls, :malformed, :io, :config, :panic`.
@@ -109,9 +111,10 @@ defmodule Cluster.Native do
   def gossip_decode(_datagram, _wire_format, _secret), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
-  Start a Kubernetes discovery. `opts` is a map with every key of `Cluster.Strategy.Kubernetes`'s
-  validated config (see `Cluster.Strategy.Kubernetes.native_opts/1`). With `watch: true` it streams
-  `{:nodes, names}` on every change and reconnects by itself; otherwise it lists once.
+  Start a Kubernetes discovery. `opts` is the map `Cluster.Strategy.Kubernetes` builds from its
+  validated config (its `impl.native`, with the namespace resolved). With `watch: true` it streams
+  `{:nodes, names}` on every change and reconnects by itself; a forbidden watch falls back to a
+  list every `poll_interval_ms` (`{:watch_mode, ...}` events); otherwise it lists once.
   """
   @spec kubernetes_start(term(), map()) :: handle()
   def kubernetes_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)

@@ -12,7 +12,9 @@ defmodule Cluster.Test.FakeKube do
   # Faults are consumed one per matching request (`:list`, `:watch` or `:any`): `{:status, code}`,
   # `{:slow, ms}`, `:malformed`, `:truncate`. `break_watches/1` cuts open watch streams in the
   # middle of an event; `expire/1` compacts history (open watches get an ERROR 410 event and a
-  # watch from an older resourceVersion is answered with one).
+  # watch from an older resourceVersion is answered with one). `grant/2` sets the verbs the
+  # service account's Role grants, as RBAC would: `FakeKube.grant(kube, [:list])` is a list-only
+  # Role, whose every watch request is answered 403 Forbidden while lists succeed.
   use GenServer
 
   alias Cluster.Test.JSON
@@ -88,6 +90,9 @@ defmodule Cluster.Test.FakeKube do
   def expire(%__MODULE__{pid: pid}), do: GenServer.call(pid, :expire)
   def watchers(%__MODULE__{pid: pid}), do: GenServer.call(pid, :watchers)
 
+  @doc "The verbs the Role grants (default `[:list, :watch]`); others are answered 403 Forbidden."
+  def grant(%__MODULE__{pid: pid}, verbs) when is_list(verbs), do: GenServer.call(pid, {:grant, verbs})
+
   @doc "Rotate the token: the file changes and only the new token is accepted."
   def rotate_token(%__MODULE__{pid: pid, sa_path: sa}, token) do
     File.write!(Path.join(sa, "token"), token <> "\n")
@@ -125,6 +130,7 @@ defmodule Cluster.Test.FakeKube do
 
   defp address(ip, ns), do: address({ip, "pod-" <> String.replace(ip, ~r/[.:]/, "-")}, ns)
 
+  @doc "A pod as the API returns it; `ip` nil for a pod that has no IP yet."
   def pod(name, ip, opts \\ []) do
     ns = Keyword.get(opts, :namespace, "default")
     phase = Keyword.get(opts, :phase, "Running")
@@ -136,7 +142,7 @@ defmodule Cluster.Test.FakeKube do
         do: Map.put(meta, "deletionTimestamp", "2026-11-22T00:00:00Z"),
         else: meta
 
-    %{
+    pod = %{
       "kind" => "Pod",
       "apiVersion" => "v1",
       "metadata" =>
@@ -222,6 +228,9 @@ defmodule Cluster.Test.FakeKube do
         ]
       }
     }
+
+    # A pod without an IP yet (scheduled, sandbox not up): the API omits the empty fields.
+    if ip == nil, do: update_in(pod["status"], &Map.drop(&1, ["podIP", "podIPs"])), else: pod
   end
 
   @doc "An EndpointSlice; `endpoints` are `{ip, pod_name, conditions_map}`."
@@ -305,7 +314,8 @@ defmodule Cluster.Test.FakeKube do
        log: [],
        watchers: %{},
        faults: [],
-       requests: []
+       requests: [],
+       verbs: [:list, :watch]
      }}
   end
 
@@ -315,6 +325,7 @@ defmodule Cluster.Test.FakeKube do
   def handle_call(:clear_requests, _from, s), do: {:reply, :ok, %{s | requests: []}}
   def handle_call(:watchers, _from, s), do: {:reply, map_size(s.watchers), s}
   def handle_call({:token, token}, _from, s), do: {:reply, :ok, %{s | token: token}}
+  def handle_call({:grant, verbs}, _from, s), do: {:reply, :ok, %{s | verbs: verbs}}
 
   def handle_call({:fault, verb, fault}, _from, s),
     do: {:reply, :ok, %{s | faults: s.faults ++ [{verb, fault}]}}
@@ -368,6 +379,9 @@ defmodule Cluster.Test.FakeKube do
 
       req.kind == nil ->
         {:reply, {:status, 404, "NotFound", "the server could not find the requested resource"}, s}
+
+      req.verb not in s.verbs ->
+        {:reply, fault_action({:status, 403}, req), s}
 
       true ->
         case pop_fault(s.faults, req.verb) do

@@ -3,7 +3,8 @@ defmodule Cluster.Strategy.Kubernetes do
   Finds the nodes of a Kubernetes service through the Kubernetes API: its Endpoints (libcluster's
   default), its Pods, or its EndpointSlices (`discovery.k8s.io/v1`).
 
-  The HTTP work runs natively (reqwest + rustls). Compared with libcluster 3.5:
+  The HTTP work runs natively (reqwest + rustls). With libcluster 3.5's config it connects the
+  same nodes as libcluster; what differs is how it gets there:
 
     * **Watch by default.** The strategy lists once, then watches from the list's
       `resourceVersion` (with bookmarks). An endpoint that becomes ready reaches the cluster within
@@ -11,6 +12,13 @@ defmodule Cluster.Strategy.Kubernetes do
       instead of 720. A watch that ends is re-opened from the last version seen; `410 Gone`
       re-lists; a broken connection reconnects with exponential backoff. Set
       `kubernetes_watch: false` to poll every `polling_interval` like libcluster.
+    * **A Role without `watch` still works.** libcluster needs only the `list` verb, and many
+      Roles grant only that. When the watch is answered `403 Forbidden`, the strategy falls back
+      to listing every `polling_interval` (libcluster's schedule), logs one warning that names the
+      missing verb, the resource, the namespace and the manifest in `priv/rbac/`, and tries the
+      watch again every `kubernetes_watch_retry_interval` (5 minutes), so a fixed Role is picked
+      up without a restart. `Cluster.status/1` shows the mode under
+      `extra.kubernetes.mode`: `:watch`, `:poll` (`kubernetes_watch: false`) or `:poll_fallback`.
     * **Verified TLS.** The API server's certificate is checked against the service account's
       `ca.crt`, or against the system roots when there is none. The token is never sent over an
       unverified connection unless you set `kubernetes_insecure_skip_tls_verify: true`.
@@ -20,6 +28,12 @@ defmodule Cluster.Strategy.Kubernetes do
       do: a 403 names the verb, the resource, the namespace, the missing RBAC rule and the
       manifest in `priv/rbac/` that grants it; a TLS failure says in plain words what is wrong with
       the certificate. `mix libcluster.discover` prints the same messages before a deploy.
+    * **Boot never fails on a missing service account.** As with libcluster, a missing
+      `namespace` file (without `:kubernetes_namespace`) or a missing `token` does not stop the
+      application: each round fails with a `:config` error that names the file and the key that
+      fixes it (logged at error level once per streak, and shown as `last_error` by
+      `Cluster.status/1`), nothing is connected or pruned, and the next rounds try again, so a
+      file that appears later is picked up.
     * `:dns` names are valid for IPv6 pods, `CLUSTER_DOMAIN` applies to every generated name, and
       an Endpoints address without `targetRef` is used instead of crashing the strategy.
 
@@ -30,20 +44,36 @@ defmodule Cluster.Strategy.Kubernetes do
       `:kubernetes_service_name`) a label selector, e.g. `"app=myapp"`. In `:endpoints` and
       `:endpointslices` modes it selects services' objects (which carry the service's labels); in
       `:pods` mode, pods.
-    * `:kubernetes_namespace` - default: the service account's `namespace` file
+
+      A required key that is missing, or a value of the wrong type, raises an `ArgumentError`
+      naming the key (libcluster crashes at start as well). A required key given as `nil` (say
+      `System.get_env("UNSET")` in `runtime.exs`) boots, as libcluster does, and every round fails
+      with a `:config` error naming the key: logged once at error level, shown by
+      `Cluster.status/1`.
+    * `:kubernetes_namespace` - default: the service account's `namespace` file, read at each
+      round until it is there
     * `:kubernetes_ip_lookup_mode` - `:endpoints` (default), `:pods` or `:endpointslices`:
       * `:endpoints` - the ready `subsets[].addresses[]` of the selected Endpoints
-      * `:pods` - pods that are `Running`, not being deleted, and `Ready`; their `status.podIP`
+      * `:pods` - every pod of the selector that has a `status.podIP`, whatever its phase,
+        readiness or deletion state (libcluster's rule: a pod whose readiness probe waits for the
+        cluster must be connected to become ready). See `:kubernetes_pods_ready_only`.
       * `:endpointslices` - endpoints whose `ready` condition is true (or unknown) and that are
         not `terminating`, across every slice of the service and both address families (a pod with
         an IPv4 and an IPv6 address is named by its IPv4 address)
+    * `:kubernetes_pods_ready_only` - `:pods` mode only: `true` takes only pods that are
+      `Running`, `Ready` and not being deleted (and asks for `status.phase=Running` unless
+      `:kubernetes_field_selector` is set). Recommended when the app's readiness does not depend
+      on the cluster: a node joins when its pod is ready and leaves as soon as it starts
+      terminating. Do not use it when the readiness probe waits for the cluster (Horde, Mnesia,
+      Oban peers...): no pod would ever become ready. Default `false` (libcluster's behaviour).
     * `:mode` - how node names are built (default `:ip`):
-      * `:ip` - `basename@<ip>` (IPv6 in its RFC 5952 form)
+      * `:ip` - `basename@<ip>`, the address as the API wrote it (as libcluster does)
       * `:dns` - `basename@<ip with dashes>.<namespace>.pod.<cluster domain>`; an IPv6 address is
         written as its eight 4-digit groups joined by dashes (a valid DNS label that CoreDNS maps
         back)
       * `:hostname` - `basename@<hostname>.<service>.<namespace>.svc.<cluster domain>`, for pods
-        with a hostname (StatefulSets); addresses without a hostname are skipped
+        with a hostname (StatefulSets); addresses without a hostname are skipped (libcluster
+        dials a name with an empty label for them, which never connects)
     * `:kubernetes_service_name` - the service in `:hostname` names (default: the service that
       published the address: the Endpoints' name, the slice's `kubernetes.io/service-name`, the
       pod's `subdomain`); in `:endpointslices` mode, it also selects the slices by their
@@ -59,10 +89,13 @@ defmodule Cluster.Strategy.Kubernetes do
       unless the `CLUSTER_DOMAIN` environment variable is set
     * `:kubernetes_service_account_path` - the directory holding `token`, `ca.crt` and `namespace`
       (default `"/var/run/secrets/kubernetes.io/serviceaccount"`)
-    * `:polling_interval` - ms between lists when polling (default `5_000`)
+    * `:polling_interval` - ms between lists when polling, and when the watch is forbidden
+      (default `5_000`; with `:infinity`, a forbidden watch is replaced by a list every 30 s)
     * `:kubernetes_watch` - watch (default `true` in every mode) or poll (`false`)
-    * `:kubernetes_field_selector` - a field selector. Default per mode: `"status.phase=Running"`
-      for `:pods` (pods that stop running leave the watch), none otherwise
+    * `:kubernetes_watch_retry_interval` - while the watch is forbidden, how often it is tried
+      again, in ms (default `300_000`, with up to 20% jitter)
+    * `:kubernetes_field_selector` - a field selector. Default: none (libcluster's), except
+      `"status.phase=Running"` with `kubernetes_pods_ready_only: true`; `nil` sends none
     * `:kubernetes_request_timeout` - deadline of one list, and of a watch's response headers, in
       ms (default `15_000`, libcluster's)
     * `:kubernetes_watch_timeout` - how long the server keeps one watch open before it is re-opened
@@ -70,14 +103,18 @@ defmodule Cluster.Strategy.Kubernetes do
     * `:kubernetes_max_body_bytes` - the largest list accepted (default 64 MiB)
     * `:kubernetes_insecure_skip_tls_verify` - **DANGEROUS**: `true` skips the verification of
       the API server's certificate, so anyone on the path can read the service account token. It
-      exists for clusters with broken certificates only; a warning is logged at every start.
+      exists for clusters with broken certificates only; an error is logged at every start.
       Default `false`.
 
   ## RBAC
 
-  The service account needs `list` and `watch` on the resource of its mode. Role and RoleBinding
-  manifests for each mode are in `priv/rbac/` (`endpoints.json`, `pods.json`,
+  The service account needs `list` on the resource of its mode (what libcluster needs) and should
+  have `watch` too: without it the strategy polls (see above). Role and RoleBinding manifests that
+  grant both for each mode are in `priv/rbac/` (`endpoints.json`, `pods.json`,
   `endpointslices.json`; JSON is valid YAML, so `kubectl apply -f` takes them as they are).
+
+  The differences from libcluster 3.5 that remain, and the options that restore libcluster's
+  behaviour, are listed in the Kubernetes guide (`docs/kubernetes.md`).
 
   ## Examples
 
@@ -90,6 +127,20 @@ defmodule Cluster.Strategy.Kubernetes do
               kubernetes_node_basename: "myapp",
               kubernetes_selector: "app=myapp",
               kubernetes_namespace: "my_namespace"
+            ]
+          ]
+        ]
+
+      # Pods whose readiness does not depend on the cluster: a node joins once its pod is Ready
+      config :libcluster,
+        topologies: [
+          k8s: [
+            strategy: Cluster.Strategy.Kubernetes,
+            config: [
+              kubernetes_node_basename: "myapp",
+              kubernetes_selector: "app=myapp",
+              kubernetes_ip_lookup_mode: :pods,
+              kubernetes_pods_ready_only: true
             ]
           ]
         ]
@@ -117,9 +168,9 @@ defmodule Cluster.Strategy.Kubernetes do
   @impl Cluster.Discovery
   def init(%{topology: topology, config: config}) do
     opts = Config.validate!(config, schema(), topology, __MODULE__, [:membership])
-    native = native_opts(opts, topology)
+    impl = impl(opts, config, topology)
 
-    if native.insecure_skip_tls_verify do
+    if opts.kubernetes_insecure_skip_tls_verify do
       Cluster.Logger.error(
         topology,
         "kubernetes_insecure_skip_tls_verify is true: the API server's certificate is NOT verified " <>
@@ -128,15 +179,90 @@ defmodule Cluster.Strategy.Kubernetes do
       )
     end
 
-    {:ok, native,
+    {:ok, impl,
      interval: opts.polling_interval, prune: true, round_timeout: opts.kubernetes_request_timeout + 5_000}
   end
 
   @impl Cluster.Discovery
-  def discover(native, tag) do
-    handle = Cluster.Native.kubernetes_start(tag, native)
-    {{if(native.watch, do: :stream, else: :async), handle}, native}
+  # A config the strategy cannot run with (a required key given as nil) or a namespace file that
+  # is not there yet: the round fails with a :config error (logged at error level once per streak,
+  # shown by Cluster.status), nothing is connected or pruned, and the next round tries again.
+  def discover(%{unusable: message} = impl, _tag) when is_binary(message),
+    do: {{:error, :config, message}, impl}
+
+  def discover(impl, tag) do
+    case namespace(impl) do
+      {:ok, namespace} ->
+        native = %{impl.native | namespace: namespace, probe: impl.dry_run}
+        handle = Cluster.Native.kubernetes_start(tag, native)
+        mode = if native.watch, do: :watch, else: :poll
+        impl = %{impl | namespace: namespace, mode: mode, watch_forbidden: nil}
+        {{if(native.watch, do: :stream, else: :async), handle}, impl}
+
+      {:error, message} ->
+        {{:error, :config, message}, impl}
+    end
   end
+
+  @impl Cluster.Discovery
+  # The native task reports when the watch is forbidden (it then polls) and when it is allowed again.
+  def handle_event({:watch_mode, :poll_fallback, detail}, impl) do
+    text =
+      "watch forbidden, polling instead: #{detail}. Until the Role allows watch, this topology " <>
+        "lists #{impl.resource} every #{impl.fallback_poll_ms} ms (mode :poll_fallback in " <>
+        "Cluster.status) and tries the watch again every #{duration(impl.native.watch_retry_interval_ms)}"
+
+    if impl.dry_run,
+      do: dry_run_note("mode: poll_fallback (" <> text <> ")"),
+      else: Cluster.Logger.warn(impl.topology, text)
+
+    {[:pending], %{impl | mode: :poll_fallback, watch_forbidden: detail}}
+  end
+
+  def handle_event({:watch_mode, :watch, detail}, impl) do
+    cond do
+      impl.dry_run ->
+        dry_run_note("mode: watch (#{detail})")
+
+      impl.mode == :poll_fallback ->
+        Cluster.Logger.info(impl.topology, "watching again (mode :watch): #{detail}")
+
+      true ->
+        :ok
+    end
+
+    {[:pending], %{impl | mode: :watch, watch_forbidden: nil}}
+  end
+
+  def handle_event(event, impl), do: {[Cluster.Discovery.default_event(event)], impl}
+
+  @impl Cluster.Discovery
+  def status_extra(impl) do
+    %{
+      kubernetes: %{
+        mode: impl.mode,
+        namespace: impl.namespace,
+        resource: impl.resource,
+        watch_forbidden: impl.watch_forbidden
+      }
+    }
+  end
+
+  @doc false
+  # `mix libcluster.discover`: a watching topology lists once, tries the watch once (to show the
+  # mode it would run in) and ends; the mode is printed with the task's output.
+  @spec dry_run(map()) :: map()
+  def dry_run(impl) do
+    if impl.mode == :poll,
+      do: dry_run_note("mode: poll every #{impl.fallback_poll_ms} ms (kubernetes_watch: false)")
+
+    %{impl | dry_run: true}
+  end
+
+  defp dry_run_note(text), do: IO.puts("  " <> text)
+
+  defp duration(ms) when ms >= 10_000 and rem(ms, 1_000) == 0, do: "#{div(ms, 1_000)} s"
+  defp duration(ms), do: "#{ms} ms"
 
   defp schema do
     [
@@ -144,6 +270,7 @@ defmodule Cluster.Strategy.Kubernetes do
       {:kubernetes_selector, nil, Config.nullable(Config.string())},
       {:kubernetes_namespace, nil, Config.nullable(Config.string())},
       {:kubernetes_ip_lookup_mode, :endpoints, Config.one_of([:endpoints, :pods, :endpointslices])},
+      {:kubernetes_pods_ready_only, false, Config.boolean()},
       {:mode, :ip, Config.one_of([:ip, :dns, :hostname])},
       {:kubernetes_service_name, nil, Config.nullable(Config.string())},
       {:kubernetes_use_cached_resources, false, Config.boolean()},
@@ -152,6 +279,7 @@ defmodule Cluster.Strategy.Kubernetes do
       {:kubernetes_service_account_path, @service_account_path, Config.string()},
       {:polling_interval, 5_000, Config.interval()},
       {:kubernetes_watch, true, Config.boolean()},
+      {:kubernetes_watch_retry_interval, 300_000, Config.pos_integer()},
       {:kubernetes_field_selector, :default, &field_selector/1},
       {:kubernetes_request_timeout, 15_000, Config.pos_integer()},
       {:kubernetes_watch_timeout, 300_000, Config.pos_integer()},
@@ -163,37 +291,49 @@ defmodule Cluster.Strategy.Kubernetes do
   defp field_selector(nil), do: {:ok, nil}
   defp field_selector(value), do: Config.string().(value)
 
-  @doc false
-  # The map `Cluster.Native.kubernetes_start/2` takes, from the validated config.
-  @spec native_opts(map(), atom()) :: map()
-  def native_opts(opts, topology) do
-    basename = Config.required!(opts, :kubernetes_node_basename, topology, "a non-empty string")
+  # The strategy's state: the native options (the namespace is resolved at each round when it
+  # comes from the service account's file), the mode it runs in, and why it cannot run, if so.
+  defp impl(opts, config, topology) do
+    if opts.kubernetes_pods_ready_only and opts.kubernetes_ip_lookup_mode != :pods do
+      Cluster.Logger.warn(
+        topology,
+        "kubernetes_pods_ready_only applies to kubernetes_ip_lookup_mode: :pods only; with " <>
+          "#{inspect(opts.kubernetes_ip_lookup_mode)} it is ignored (those modes take ready addresses already)"
+      )
+    end
+
+    {basename, basename_problem} =
+      required(opts, config, :kubernetes_node_basename, topology, "a non-empty string")
+
     lookup = opts.kubernetes_ip_lookup_mode
     service = opts.kubernetes_service_name
 
-    label_selector =
+    {label_selector, selector_problem} =
       if lookup == :endpointslices and service != nil do
-        "kubernetes.io/service-name=#{service}"
+        {"kubernetes.io/service-name=#{service}", nil}
       else
-        Config.required!(
+        required(
           opts,
+          config,
           :kubernetes_selector,
           topology,
           "a label selector string such as \"app=myapp\""
         )
       end
 
-    sa_path = opts.kubernetes_service_account_path
     domain = cluster_domain(opts.kubernetes_cluster_name)
+    fallback_poll_ms = if opts.polling_interval == :infinity, do: 30_000, else: opts.polling_interval
 
-    %{
+    native = %{
       api_url: api_url(opts.kubernetes_master, domain, topology),
-      service_account_path: sa_path,
-      namespace: opts.kubernetes_namespace || namespace_from_file!(sa_path, topology),
+      service_account_path: opts.kubernetes_service_account_path,
+      namespace: opts.kubernetes_namespace,
       lookup: lookup,
+      pods_ready_only: opts.kubernetes_pods_ready_only,
       label_selector: label_selector,
-      field_selector: default_field_selector(opts.kubernetes_field_selector, lookup),
-      basename: basename,
+      field_selector:
+        default_field_selector(opts.kubernetes_field_selector, lookup, opts.kubernetes_pods_ready_only),
+      basename: basename || "",
       mode: opts.mode,
       service_name: service,
       cluster_domain: domain,
@@ -204,16 +344,83 @@ defmodule Cluster.Strategy.Kubernetes do
       watch: opts.kubernetes_watch,
       watch_timeout_ms: opts.kubernetes_watch_timeout,
       backoff_min_ms: 500,
-      backoff_max_ms: backoff_max(opts.polling_interval)
+      backoff_max_ms: backoff_max(opts.polling_interval),
+      poll_interval_ms: fallback_poll_ms,
+      watch_retry_interval_ms: opts.kubernetes_watch_retry_interval,
+      probe: false
     }
+
+    %{
+      topology: topology,
+      native: native,
+      unusable: basename_problem || selector_problem,
+      namespace: opts.kubernetes_namespace,
+      resource: Atom.to_string(lookup),
+      mode: if(opts.kubernetes_watch, do: :watch, else: :poll),
+      watch_forbidden: nil,
+      fallback_poll_ms: fallback_poll_ms,
+      dry_run: false
+    }
+  end
+
+  # A required key that is missing, or of the wrong type, is bad config: ArgumentError. One given
+  # as nil (`System.get_env("UNSET")` in runtime.exs) does not stop libcluster from booting: it
+  # warns at every poll and connects nothing. We boot as well, and say why at error level.
+  defp required(opts, config, key, topology, expected) do
+    cond do
+      not Keyword.has_key?(config, key) ->
+        {Config.required!(opts, key, topology, expected), nil}
+
+      opts[key] == nil ->
+        {nil,
+         "#{inspect(key)} is nil, so this topology connects nothing (libcluster boots in this case " <>
+           "too, and connects nothing). Set #{inspect(key)} to #{expected} in the topology's config"}
+
+      true ->
+        {opts[key], nil}
+    end
+  end
+
+  # The namespace: `kubernetes_namespace`, else the service account's `namespace` file, read at
+  # every round until it is there (the same release may start outside a cluster, or before the
+  # service account is mounted).
+  defp namespace(%{native: %{namespace: ns}}) when is_binary(ns), do: {:ok, ns}
+
+  defp namespace(%{native: %{service_account_path: sa_path}}) do
+    path = Path.join(sa_path, "namespace")
+
+    problem =
+      case File.read(path) do
+        {:ok, ns} ->
+          case String.trim(ns) do
+            "" -> "is empty"
+            ns -> {:ok, ns}
+          end
+
+        {:error, reason} ->
+          "cannot be read (#{:file.format_error(reason)})"
+      end
+
+    case problem do
+      {:ok, ns} ->
+        {:ok, ns}
+
+      problem ->
+        {:error,
+         "the service account's namespace file #{path} #{problem}: set :kubernetes_namespace in the " <>
+           "topology's config, or :kubernetes_service_account_path to the directory where the " <>
+           "service account is mounted (automountServiceAccountToken). Nothing is connected or " <>
+           "pruned until then; retrying"}
+    end
   end
 
   defp backoff_max(:infinity), do: 30_000
   defp backoff_max(ms), do: max(ms, 1_000) |> min(60_000)
 
-  defp default_field_selector(:default, :pods), do: "status.phase=Running"
-  defp default_field_selector(:default, _), do: nil
-  defp default_field_selector(selector, _), do: selector
+  # Pods: no field selector by default (libcluster's), `status.phase=Running` with ready-only.
+  defp default_field_selector(:default, :pods, true), do: "status.phase=Running"
+  defp default_field_selector(:default, _lookup, _ready_only), do: nil
+  defp default_field_selector(selector, _lookup, _ready_only), do: selector
 
   @doc false
   @spec cluster_domain(String.t()) :: String.t()
@@ -278,19 +485,5 @@ defmodule Cluster.Strategy.Kubernetes do
 
   defp bracket(host) do
     if String.contains?(host, ":") and not String.starts_with?(host, "["), do: "[#{host}]", else: host
-  end
-
-  defp namespace_from_file!(sa_path, topology) do
-    path = Path.join(sa_path, "namespace")
-
-    case File.read(path) do
-      {:ok, ns} when byte_size(ns) > 0 ->
-        String.trim(ns)
-
-      other ->
-        raise ArgumentError,
-              "invalid config for topology #{inspect(topology)}: expected :kubernetes_namespace to be " <>
-                "set, or #{path} to hold the namespace, got: #{inspect(other)}"
-    end
   end
 end

@@ -7,7 +7,8 @@ use libcluster_core::kubernetes::{names_from_list, Lookup, NameMode, Naming};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let lookup = match args.get(1).map(String::as_str) {
-        Some("pods") => Lookup::Pods,
+        Some("pods") => Lookup::Pods { ready_only: false },
+        Some("ready-pods") => Lookup::Pods { ready_only: true },
         Some("endpointslices") => Lookup::EndpointSlices,
         _ => Lookup::Endpoints,
     };

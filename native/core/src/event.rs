@@ -130,6 +130,11 @@ pub enum Event {
     /// Gossip: the task's counters (accepted/rejected by reason, sent...), sent periodically when
     /// they changed. `{:gossip_stats, %{atom => non_neg_integer}}`
     GossipStats(Vec<(&'static str, u64)>),
+    /// Kubernetes: how the task follows the API server changed. `fallback: true`: the watch is
+    /// forbidden (the Role grants `list` but not `watch`), so the task lists every poll interval
+    /// and retries the watch now and then; `false`: it watches (again). `detail` is for the log.
+    /// `{:watch_mode, :poll_fallback | :watch, binary}`
+    WatchMode { fallback: bool, detail: String },
 }
 
 /// Where a task's events go. `send` returns `false` when nobody is listening any more (the owner

@@ -16,11 +16,13 @@ pub enum LookupMode {
     Endpointslices,
 }
 
-impl From<LookupMode> for Lookup {
-    fn from(m: LookupMode) -> Lookup {
-        match m {
+impl LookupMode {
+    fn lookup(self, pods_ready_only: bool) -> Lookup {
+        match self {
             LookupMode::Endpoints => Lookup::Endpoints,
-            LookupMode::Pods => Lookup::Pods,
+            LookupMode::Pods => Lookup::Pods {
+                ready_only: pods_ready_only,
+            },
             LookupMode::Endpointslices => Lookup::EndpointSlices,
         }
     }
@@ -50,6 +52,7 @@ pub struct KubernetesOpts {
     service_account_path: String,
     namespace: String,
     lookup: LookupMode,
+    pods_ready_only: bool,
     label_selector: Option<String>,
     field_selector: Option<String>,
     basename: String,
@@ -64,6 +67,9 @@ pub struct KubernetesOpts {
     watch_timeout_ms: u64,
     backoff_min_ms: u64,
     backoff_max_ms: u64,
+    poll_interval_ms: u64,
+    watch_retry_interval_ms: u64,
+    probe: bool,
 }
 
 fn ms(v: u64) -> NifResult<Duration> {
@@ -75,7 +81,10 @@ fn ms(v: u64) -> NifResult<Duration> {
 
 /// `kubernetes_start(tag, opts)`: with `watch: true`, a stream of `{:nodes, names}` whenever the
 /// set changes and `{:discovery_error, kind, msg}` on failures (it reconnects by itself); with
-/// `watch: false`, one list: one `{:nodes, names}` or one error.
+/// `watch: false`, one list: one `{:nodes, names}` or one error. A forbidden watch falls back to
+/// listing every `poll_interval_ms` (`{:watch_mode, :poll_fallback, msg}`, then
+/// `{:watch_mode, :watch, msg}` once a retry succeeds). `probe: true` (the dry run): list, try the
+/// watch once, send `{:watch_mode, ...}` and `{:nodes, names}`, end.
 #[rustler::nif]
 fn kubernetes_start<'a>(
     env: Env<'a>,
@@ -89,7 +98,7 @@ fn kubernetes_start<'a>(
         api_url: opts.api_url,
         service_account_path: PathBuf::from(opts.service_account_path),
         namespace: opts.namespace,
-        lookup: opts.lookup.into(),
+        lookup: opts.lookup.lookup(opts.pods_ready_only),
         label_selector: opts.label_selector,
         field_selector: opts.field_selector,
         naming: Naming {
@@ -105,6 +114,9 @@ fn kubernetes_start<'a>(
         watch_timeout: ms(opts.watch_timeout_ms)?,
         backoff_min: ms(opts.backoff_min_ms)?,
         backoff_max: ms(opts.backoff_max_ms)?,
+        poll_interval: ms(opts.poll_interval_ms)?,
+        watch_retry_interval: ms(opts.watch_retry_interval_ms)?,
+        probe: opts.probe,
     });
     let watch = opts.watch;
     Ok(spawn(env, tag, move |sink, _cancel| async move {
@@ -117,7 +129,8 @@ fn kubernetes_start<'a>(
 }
 
 /// `kubernetes_parse(lookup, mode, basename, namespace, cluster_domain, service_name, body)`:
-/// `{:ok, names}` or `{:error, {kind, message}}`. Dirty: a list body can be tens of MB.
+/// `{:ok, names}` or `{:error, {kind, message}}`, with the default rules (pods: every pod with an
+/// IP). Dirty: a list body can be tens of MB.
 #[rustler::nif(schedule = "DirtyCpu")]
 #[allow(clippy::too_many_arguments)]
 fn kubernetes_parse<'a>(
@@ -136,7 +149,7 @@ fn kubernetes_parse<'a>(
         service_name,
         cluster_domain,
     };
-    match kubernetes::names_from_list(lookup.into(), &naming, &namespace, body.as_slice()) {
+    match kubernetes::names_from_list(lookup.lookup(false), &naming, &namespace, body.as_slice()) {
         Ok((names, _version)) => (crate::atoms::ok(), names).encode(env),
         Err(e) => (
             crate::atoms::error(),

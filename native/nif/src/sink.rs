@@ -101,5 +101,13 @@ fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
                 crate::gossip::encode_stats(env, counters).unwrap_or_else(|_| Term::map_new(env));
             (atoms::gossip_stats(), map).encode(env)
         }
+        Event::WatchMode { fallback, detail } => {
+            let mode = if *fallback {
+                atoms::poll_fallback()
+            } else {
+                atoms::watch()
+            };
+            (atoms::watch_mode(), mode, detail.as_str()).encode(env)
+        }
     }
 }

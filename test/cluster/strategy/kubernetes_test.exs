@@ -2,8 +2,26 @@ defmodule Cluster.Strategy.KubernetesTest do
   # Against a fake API server on 127.0.0.1 (HTTPS, a CA made for the run, bearer tokens, list and
   # watch): every lookup mode and name form, watch semantics, token rotation, a wrong CA, each fault.
   use ExUnit.Case, async: false
+  import ExUnit.CaptureLog
 
   alias Cluster.Test.FakeKube
+
+  defmodule Recorder do
+    @moduledoc false
+    def connect(test, node) do
+      send(test, {:connect, node})
+      Agent.update(__MODULE__, &MapSet.put(&1, node))
+      true
+    end
+
+    def disconnect(test, node) do
+      send(test, {:disconnect, node})
+      Agent.update(__MODULE__, &MapSet.delete(&1, node))
+      true
+    end
+
+    def list_nodes, do: Agent.get(__MODULE__, &MapSet.to_list/1)
+  end
 
   setup do
     kube = FakeKube.start!()
@@ -18,6 +36,7 @@ defmodule Cluster.Strategy.KubernetesTest do
         service_account_path: kube.sa_path,
         namespace: "default",
         lookup: :endpoints,
+        pods_ready_only: false,
         label_selector: "app=myapp",
         field_selector: nil,
         basename: "app",
@@ -31,7 +50,10 @@ defmodule Cluster.Strategy.KubernetesTest do
         watch: false,
         watch_timeout_ms: 300_000,
         backoff_min_ms: 50,
-        backoff_max_ms: 200
+        backoff_max_ms: 200,
+        poll_interval_ms: 5_000,
+        watch_retry_interval_ms: 300_000,
+        probe: false
       },
       Map.new(overrides)
     )
@@ -55,6 +77,54 @@ defmodule Cluster.Strategy.KubernetesTest do
       timeout -> flunk("no event within #{timeout} ms")
     end
   end
+
+  defp start_recorder do
+    start_supervised!(%{
+      id: Recorder,
+      start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}
+    })
+  end
+
+  # Starts the strategy with the recorder MFAs (they send {:connect | :disconnect, node} here).
+  defp start_strategy(kube, topology, config) do
+    state = %Cluster.Strategy.State{
+      topology: topology,
+      connect: {Recorder, :connect, [self()]},
+      disconnect: {Recorder, :disconnect, [self()]},
+      list_nodes: {Recorder, :list_nodes, []},
+      config:
+        Keyword.merge(
+          [
+            kubernetes_node_basename: "app",
+            kubernetes_selector: "app=myapp",
+            kubernetes_master: kube.master,
+            kubernetes_service_account_path: kube.sa_path
+          ],
+          config
+        )
+    }
+
+    start_supervised!(Supervisor.child_spec({Cluster.Strategy.Kubernetes, [state]}, id: topology))
+  end
+
+  # Polls Cluster.status/1 until `fun` accepts it; returns that status.
+  defp status_until(topology, fun, ms \\ 5_000) do
+    {:ok, s} = Cluster.status(topology)
+
+    cond do
+      fun.(s) ->
+        s
+
+      ms <= 0 ->
+        flunk("the status never got there; last: #{inspect(s, pretty: true)}")
+
+      true ->
+        Process.sleep(20)
+        status_until(topology, fun, ms - 20)
+    end
+  end
+
+  defp occurrences(log, text), do: log |> String.split(text) |> length() |> Kernel.-(1)
 
   describe "lookup modes and node names" do
     test ":endpoints reads ready addresses, with and without targetRef", %{kube: kube} do
@@ -85,28 +155,55 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert req.auth == "Bearer token-1"
     end
 
-    test ":pods takes only running, ready pods that are not being deleted", %{kube: kube} do
+    test ":pods takes every pod with an IP, whatever its phase, readiness or deletion (libcluster)",
+         %{kube: kube} do
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-0", "10.1.0.1"))
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-1", "10.1.0.2", ready: false))
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-2", "10.1.0.3", phase: "Pending", ready: false))
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-3", "10.1.0.4", deleting: true))
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-4", "fd00::4"))
+      # Scheduled but without an IP yet: nothing to connect to.
+      FakeKube.put(kube, :pods, FakeKube.pod("myapp-5", nil, phase: "Pending", ready: false))
+
+      assert {:nodes, ["app@10.1.0.1", "app@10.1.0.2", "app@10.1.0.3", "app@10.1.0.4", "app@fd00::4"]} =
+               poll(kube, lookup: :pods)
+
+      # No field selector: libcluster asks for the selector's pods only.
+      [req] = FakeKube.requests(kube)
+      assert req.query == %{"labelSelector" => "app=myapp"}
+
+      assert {:nodes,
+              [
+                "app@myapp-0.myapp-headless.default.svc.cluster.local",
+                "app@myapp-1.myapp-headless.default.svc.cluster.local",
+                "app@myapp-2.myapp-headless.default.svc.cluster.local",
+                "app@myapp-3.myapp-headless.default.svc.cluster.local",
+                "app@myapp-4.myapp-headless.default.svc.cluster.local"
+              ]} = poll(kube, lookup: :pods, mode: :hostname)
+    end
+
+    test ":pods with pods_ready_only: running, ready pods that are not being deleted", %{kube: kube} do
       FakeKube.put(kube, :pods, FakeKube.pod("myapp-0", "10.1.0.1"))
       FakeKube.put(kube, :pods, FakeKube.pod("myapp-1", "10.1.0.2", ready: false))
       FakeKube.put(kube, :pods, FakeKube.pod("myapp-2", "10.1.0.3", phase: "Pending", ready: false))
       FakeKube.put(kube, :pods, FakeKube.pod("myapp-3", "10.1.0.4", deleting: true))
       FakeKube.put(kube, :pods, FakeKube.pod("myapp-4", "fd00::4"))
 
-      assert {:nodes, ["app@10.1.0.1", "app@fd00::4"]} = poll(kube, lookup: :pods)
+      assert {:nodes, ["app@10.1.0.1", "app@fd00::4"]} = poll(kube, lookup: :pods, pods_ready_only: true)
 
       assert {:nodes,
               [
                 "app@10-1-0-1.default.pod.cluster.local",
                 "app@fd00-0000-0000-0000-0000-0000-0000-0004.default.pod.cluster.local"
-              ]} = poll(kube, lookup: :pods, mode: :dns, field_selector: "status.phase=Running")
+              ]} =
+               poll(kube,
+                 lookup: :pods,
+                 pods_ready_only: true,
+                 mode: :dns,
+                 field_selector: "status.phase=Running"
+               )
 
       assert List.last(FakeKube.requests(kube)).query["fieldSelector"] == "status.phase=Running"
-
-      assert {:nodes,
-              [
-                "app@myapp-0.myapp-headless.default.svc.cluster.local",
-                "app@myapp-4.myapp-headless.default.svc.cluster.local"
-              ]} = poll(kube, lookup: :pods, mode: :hostname)
     end
 
     test ":endpointslices honours conditions, several slices and dual stack", %{kube: kube} do
@@ -217,18 +314,65 @@ defmodule Cluster.Strategy.KubernetesTest do
     test "a forbidden re-list keeps reporting errors, never an empty set", %{kube: kube} do
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
       tag = make_ref()
-      _handle = Cluster.Native.kubernetes_start(tag, native(kube, watch: true))
+      handle = Cluster.Native.kubernetes_start(tag, native(kube, watch: true))
       assert {:nodes, ["app@10.0.0.1"]} = next(tag)
       Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
-      FakeKube.fault(kube, :watch, {:status, 403})
-      FakeKube.fault(kube, :watch, {:status, 500})
-      FakeKube.break_watches(kube)
-      assert {:discovery_error, _, _} = next(tag)
+      FakeKube.fault(kube, :list, {:status, 403})
+      FakeKube.fault(kube, :list, {:status, 500})
+      # 410 Gone: the watch re-lists, and the re-lists fail.
+      FakeKube.expire(kube)
       assert {:discovery_error, :forbidden, msg} = next(tag)
-      assert msg =~ "may not watch endpoints in namespace default"
+      assert msg =~ "may not list endpoints in namespace default"
       assert {:discovery_error, :http_status, msg} = next(tag)
       assert msg =~ "500"
       assert {:nodes, ["app@10.0.0.1"]} = next(tag)
+      Cluster.Native.discovery_stop(handle)
+    end
+
+    test "a list-only Role: the watch's 403 falls back to polling, said once; a granted watch is picked up",
+         %{kube: kube} do
+      FakeKube.grant(kube, [:list])
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
+      tag = make_ref()
+      opts = native(kube, watch: true, poll_interval_ms: 100, watch_retry_interval_ms: 700)
+      # Kept referenced to the end: a collected handle stops its task.
+      handle = Cluster.Native.kubernetes_start(tag, opts)
+      assert {:nodes, ["app@10.0.0.1"]} = next(tag)
+      assert {:watch_mode, :poll_fallback, msg} = next(tag)
+      assert msg =~ "may not watch endpoints in namespace default"
+      assert msg =~ "priv/rbac/endpoints.json"
+
+      # Polling at poll_interval: a change arrives within a few intervals.
+      FakeKube.put(
+        kube,
+        :endpoints,
+        FakeKube.endpoints("myapp", ["10.0.0.1", "10.0.0.2"], labels: %{"app" => "myapp"})
+      )
+
+      assert {:nodes, ["app@10.0.0.1", "app@10.0.0.2"]} = next(tag, 1_000)
+
+      # A failed list while polling is an error, never an empty set; the next list recovers.
+      FakeKube.fault(kube, :list, {:status, 500})
+      assert {:discovery_error, :http_status, _} = next(tag, 1_000)
+      assert {:nodes, ["app@10.0.0.1", "app@10.0.0.2"]} = next(tag, 1_000)
+
+      # The watch is retried now and then, and each forbidden retry stays silent.
+      Cluster.Test.Peer.wait_until(
+        fn -> kube |> FakeKube.requests() |> Enum.count(&(&1.verb == :watch)) >= 3 end,
+        5_000
+      )
+
+      refute_received {:libcluster_rs, ^tag, _}
+
+      # The Role is fixed: the next retry watches, and changes arrive at once again.
+      FakeKube.grant(kube, [:list, :watch])
+      assert {:watch_mode, :watch, _} = next(tag, 3_000)
+      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      FakeKube.clear_requests(kube)
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.3"], labels: %{"app" => "myapp"}))
+      assert {:nodes, ["app@10.0.0.3"]} = next(tag, 500)
+      assert FakeKube.requests(kube) == []
+      Cluster.Native.discovery_stop(handle)
     end
   end
 
@@ -325,23 +469,6 @@ defmodule Cluster.Strategy.KubernetesTest do
   end
 
   describe "the strategy" do
-    defmodule Recorder do
-      @moduledoc false
-      def connect(test, node) do
-        send(test, {:connect, node})
-        Agent.update(__MODULE__, &MapSet.put(&1, node))
-        true
-      end
-
-      def disconnect(test, node) do
-        send(test, {:disconnect, node})
-        Agent.update(__MODULE__, &MapSet.delete(&1, node))
-        true
-      end
-
-      def list_nodes, do: Agent.get(__MODULE__, &MapSet.to_list/1)
-    end
-
     test "validates its config with precise messages" do
       state = %Cluster.Strategy.State{
         topology: :k8s,
@@ -371,14 +498,12 @@ defmodule Cluster.Strategy.KubernetesTest do
 
       state = %{
         state
-        | config: [
-            kubernetes_node_basename: "a",
-            kubernetes_selector: "x",
-            kubernetes_service_account_path: "/nonexistent"
-          ]
+        | config: [kubernetes_node_basename: "a", kubernetes_namespace: "d", kubernetes_selector: 7]
       }
 
-      assert_raise ArgumentError, ~r/kubernetes_namespace/, fn -> Cluster.Strategy.Kubernetes.init(state) end
+      assert_raise ArgumentError, ~r/expected :kubernetes_selector to be a non-empty string, got: 7/, fn ->
+        Cluster.Strategy.Kubernetes.init(state)
+      end
 
       state = %{
         state
@@ -426,10 +551,27 @@ defmodule Cluster.Strategy.KubernetesTest do
         ]
       }
 
-      {:ok, native, opts} = K.init(state)
-      assert native.field_selector == "status.phase=Running"
+      # :pods: no field selector and no readiness filter by default (libcluster's), both with
+      # kubernetes_pods_ready_only.
+      {:ok, %{native: native}, opts} = K.init(state)
+      assert native.field_selector == nil
+      refute native.pods_ready_only
       assert native.watch
       assert opts[:interval] == 5_000
+
+      {:ok, %{native: native}, _} =
+        K.init(%{state | config: state.config ++ [kubernetes_pods_ready_only: true]})
+
+      assert native.field_selector == "status.phase=Running"
+      assert native.pods_ready_only
+
+      {:ok, %{native: native}, _} =
+        K.init(%{
+          state
+          | config: state.config ++ [kubernetes_pods_ready_only: true, kubernetes_field_selector: nil]
+        })
+
+      assert native.field_selector == nil
 
       state = %{
         state
@@ -441,9 +583,17 @@ defmodule Cluster.Strategy.KubernetesTest do
           ]
       }
 
-      {:ok, native, _} = K.init(state)
+      {:ok, %{native: native}, _} = K.init(state)
       assert native.label_selector == "kubernetes.io/service-name=svc"
       assert native.field_selector == nil
+
+      # Ready-only means nothing outside :pods: said, not silently ignored.
+      log =
+        capture_log(fn ->
+          {:ok, _, _} = K.init(%{state | config: state.config ++ [kubernetes_pods_ready_only: true]})
+        end)
+
+      assert log =~ "kubernetes_pods_ready_only applies to kubernetes_ip_lookup_mode: :pods only"
     end
 
     test "polling: every fault keeps the last membership; a successful change prunes", %{kube: kube} do
@@ -489,8 +639,8 @@ defmodule Cluster.Strategy.KubernetesTest do
 
       FakeKube.clear_requests(kube)
       for f <- faults, do: FakeKube.fault(kube, :list, f)
-      # Pod b stops being ready while the API fails: only a successful answer may prune it.
-      FakeKube.put(kube, :pods, FakeKube.pod("b", "10.5.0.2", ready: false))
+      # Pod b is deleted while the API fails: only a successful answer may prune it.
+      FakeKube.delete(kube, :pods, "b")
       assert_receive {:disconnect, :"app@10.5.0.2"}, 10_000
       # Every fault was served before that successful answer, and none pruned anything.
       assert length(FakeKube.requests(kube)) >= length(faults) + 1
@@ -530,10 +680,10 @@ defmodule Cluster.Strategy.KubernetesTest do
       Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
 
       # Faults in a row: the watch ends with 410 Gone, the re-list is malformed, then forbidden,
-      # the next watch is forbidden too. Nothing is disconnected.
+      # the next watch fails too. Nothing is disconnected.
       FakeKube.fault(kube, :list, :malformed)
       FakeKube.fault(kube, :list, {:status, 403})
-      FakeKube.fault(kube, :watch, {:status, 403})
+      FakeKube.fault(kube, :watch, {:status, 500})
       FakeKube.expire(kube)
       Process.sleep(1_000)
       refute_received {:disconnect, _}
@@ -546,6 +696,246 @@ defmodule Cluster.Strategy.KubernetesTest do
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
       assert_receive {:disconnect, :"app@10.0.0.2"}, 3_000
       refute_received {:disconnect, :"app@10.0.0.1"}
+    end
+  end
+
+  describe "libcluster 3.5's behaviour" do
+    test "pods whose readiness waits for the cluster are connected; ready-only waits for Ready", %{kube: kube} do
+      start_recorder()
+      # The readiness probe of these pods passes only once they are clustered (Horde, Mnesia...).
+      FakeKube.put(kube, :pods, FakeKube.pod("a", "10.6.0.1", ready: false))
+      FakeKube.put(kube, :pods, FakeKube.pod("b", "10.6.0.2", phase: "Pending", ready: false))
+      start_strategy(kube, :k8s_not_ready, kubernetes_ip_lookup_mode: :pods)
+      assert_receive {:connect, :"app@10.6.0.1"}, 3_000
+      assert_receive {:connect, :"app@10.6.0.2"}, 3_000
+      refute Enum.any?(FakeKube.requests(kube), &Map.has_key?(&1.query, "fieldSelector"))
+
+      # A pod being deleted is still listed, so still connected, as in libcluster; it leaves with
+      # its object.
+      FakeKube.put(kube, :pods, FakeKube.pod("a", "10.6.0.1", ready: false, deleting: true))
+      FakeKube.delete(kube, :pods, "a")
+      assert_receive {:disconnect, :"app@10.6.0.1"}, 3_000
+      refute_received {:disconnect, :"app@10.6.0.2"}
+    end
+
+    test "kubernetes_pods_ready_only: Running, Ready and not being deleted", %{kube: kube} do
+      start_recorder()
+      FakeKube.put(kube, :pods, FakeKube.pod("a", "10.6.0.1", ready: false))
+      FakeKube.put(kube, :pods, FakeKube.pod("c", "10.6.0.3"))
+
+      start_strategy(kube, :k8s_ready_only, kubernetes_ip_lookup_mode: :pods, kubernetes_pods_ready_only: true)
+
+      assert_receive {:connect, :"app@10.6.0.3"}, 3_000
+      assert [%{query: %{"fieldSelector" => "status.phase=Running"}} | _] = FakeKube.requests(kube)
+      refute_received {:connect, :"app@10.6.0.1"}
+      FakeKube.put(kube, :pods, FakeKube.pod("a", "10.6.0.1"))
+      assert_receive {:connect, :"app@10.6.0.1"}, 3_000
+      FakeKube.put(kube, :pods, FakeKube.pod("c", "10.6.0.3", deleting: true))
+      assert_receive {:disconnect, :"app@10.6.0.3"}, 3_000
+    end
+
+    test "a list-only Role: polls, warns once, connects and prunes; a granted watch is picked up",
+         %{kube: kube} do
+      start_recorder()
+      FakeKube.grant(kube, [:list])
+      FakeKube.put(kube, :pods, FakeKube.pod("a", "10.7.0.1"))
+      topology = :k8s_list_only
+
+      log =
+        capture_log(fn ->
+          start_strategy(kube, topology,
+            kubernetes_ip_lookup_mode: :pods,
+            polling_interval: 200,
+            kubernetes_watch_retry_interval: 1_500
+          )
+
+          assert_receive {:connect, :"app@10.7.0.1"}, 3_000
+          s = status_until(topology, &(&1.extra.kubernetes.mode == :poll_fallback))
+          assert s.extra.kubernetes.watch_forbidden =~ "may not watch pods in namespace default"
+          assert s.last_error == nil
+
+          # A pod added after the first list is connected within a few polling intervals.
+          t0 = System.monotonic_time(:millisecond)
+          FakeKube.put(kube, :pods, FakeKube.pod("b", "10.7.0.2"))
+          assert_receive {:connect, :"app@10.7.0.2"}, 2_000
+          assert System.monotonic_time(:millisecond) - t0 < 1_500
+
+          # One removed is pruned.
+          FakeKube.delete(kube, :pods, "a")
+          assert_receive {:disconnect, :"app@10.7.0.1"}, 2_000
+
+          # Forbidden retries of the watch stay quiet.
+          Cluster.Test.Peer.wait_until(
+            fn -> kube |> FakeKube.requests() |> Enum.count(&(&1.verb == :watch)) >= 2 end,
+            5_000
+          )
+
+          # The Role is fixed: the strategy returns to watching.
+          FakeKube.grant(kube, [:list, :watch])
+          status_until(topology, &(&1.extra.kubernetes.mode == :watch), 5_000)
+          Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+          FakeKube.put(kube, :pods, FakeKube.pod("c", "10.7.0.3"))
+          assert_receive {:connect, :"app@10.7.0.3"}, 1_000
+        end)
+
+      assert occurrences(log, "watch forbidden, polling instead") == 1
+      [warning] = Regex.run(~r/\[warning\].*watch forbidden, polling instead.*/, log)
+      assert warning =~ "may not watch pods in namespace default"
+      assert warning =~ ~s(resources: ["pods"], verbs: ["list", "watch"])
+      assert warning =~ "priv/rbac/pods.json"
+      assert warning =~ "lists pods every 200 ms"
+      assert warning =~ "tries the watch again every 1500 ms"
+      assert log =~ "watching again"
+      refute log =~ "discovery failed"
+    end
+
+    test "no namespace file and no kubernetes_namespace: boots, says so once, picks the file up", %{
+      kube: kube
+    } do
+      start_recorder()
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.8.0.1"], labels: %{"app" => "myapp"}))
+      path = Path.join(kube.sa_path, "namespace")
+      File.rm!(path)
+      topology = :k8s_no_namespace
+
+      log =
+        capture_log(fn ->
+          start_strategy(kube, topology, polling_interval: 100)
+          s = status_until(topology, &(&1.error_streak >= 3))
+          assert %{kind: :config, message: message} = s.last_error
+          assert message =~ path
+          assert message =~ ":kubernetes_namespace"
+          refute_received {:connect, _}
+          assert FakeKube.requests(kube) == []
+
+          File.write!(path, "default")
+          assert_receive {:connect, :"app@10.8.0.1"}, 3_000
+        end)
+
+      assert occurrences(log, "namespace file #{path}") == 1
+      assert [_] = Regex.run(~r/\[error\].*namespace file #{Regex.escape(path)}/, log)
+    end
+
+    test "no token: boots, says so once, picks the token up", %{kube: kube} do
+      start_recorder()
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.8.0.2"], labels: %{"app" => "myapp"}))
+      path = Path.join(kube.sa_path, "token")
+      File.rm!(path)
+      topology = :k8s_no_token
+
+      log =
+        capture_log(fn ->
+          start_strategy(kube, topology, polling_interval: 200)
+          s = status_until(topology, &(&1.error_streak >= 2))
+          assert %{kind: :config, message: message} = s.last_error
+          assert message =~ path
+          assert message =~ "kubernetes_service_account_path"
+          assert FakeKube.requests(kube) == []
+
+          File.write!(path, "token-1\n")
+          assert_receive {:connect, :"app@10.8.0.2"}, 5_000
+        end)
+
+      assert occurrences(log, "cannot read the service account token #{path}") == 1
+      assert [_] = Regex.run(~r/\[error\].*service account token #{Regex.escape(path)}/, log)
+    end
+
+    test "a required key given as nil boots and says why at error level, once; a missing key raises",
+         %{kube: kube} do
+      start_recorder()
+      FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.8.0.3"], labels: %{"app" => "myapp"}))
+
+      for {key, topology} <- [
+            kubernetes_selector: :k8s_nil_selector,
+            kubernetes_node_basename: :k8s_nil_basename
+          ] do
+        log =
+          capture_log(fn ->
+            start_strategy(kube, topology, [{key, nil}, polling_interval: 100])
+            s = status_until(topology, &(&1.error_streak >= 3))
+            assert %{kind: :config, message: message} = s.last_error
+            assert message =~ "#{inspect(key)} is nil"
+          end)
+
+        assert occurrences(log, "#{inspect(key)} is nil") == 1
+        assert log =~ "[error]"
+      end
+
+      refute_received {:connect, _}
+      assert FakeKube.requests(kube) == []
+
+      state = %Cluster.Strategy.State{topology: :k8s, config: [kubernetes_node_basename: "a"]}
+      assert_raise ArgumentError, ~r/:kubernetes_selector/, fn -> Cluster.Strategy.Kubernetes.init(state) end
+    end
+
+    # Our own objects, shaped like the API's (and like the responses libcluster's tests record):
+    # each mode must give the node names libcluster 3.5 gives for them.
+    test "node names are libcluster's for the same API objects", %{kube: kube} do
+      FakeKube.put(
+        kube,
+        :endpoints,
+        FakeKube.endpoints("svc-a", [{"10.48.0.7", "web-0"}], namespace: "default", labels: %{"app" => "web"})
+      )
+
+      # An address whose pod lives in another namespace: libcluster names it after the targetRef's.
+      FakeKube.put(
+        kube,
+        :endpoints,
+        put_in(
+          FakeKube.endpoints("svc-b", [{"10.48.0.8", "web-1"}], labels: %{"app" => "web"}),
+          ["subsets", Access.at(0), "addresses", Access.at(0), "targetRef", "namespace"],
+          "team-b"
+        )
+      )
+
+      # A pod with nothing but its IP, hostname and namespace, as libcluster reads it.
+      FakeKube.put(kube, :pods, %{
+        "metadata" => %{"name" => "web-2", "namespace" => "default", "labels" => %{"app" => "web"}},
+        "spec" => %{"hostname" => "web-2"},
+        "status" => %{"podIP" => "10.48.0.9"}
+      })
+
+      names = fn config ->
+        state = %Cluster.Strategy.State{
+          topology: :k8s_names,
+          config:
+            [
+              kubernetes_node_basename: "base",
+              kubernetes_selector: "app=web",
+              kubernetes_master: kube.master,
+              kubernetes_service_account_path: kube.sa_path,
+              kubernetes_watch: false
+            ] ++ config
+        }
+
+        {:ok, impl, _} = Cluster.Strategy.Kubernetes.init(state)
+        tag = make_ref()
+        {{:async, _handle}, _impl} = Cluster.Strategy.Kubernetes.discover(impl, tag)
+        assert {:nodes, names} = next(tag)
+        names
+      end
+
+      assert names.([]) == ["base@10.48.0.7", "base@10.48.0.8"]
+
+      assert names.(mode: :dns, kubernetes_cluster_name: "my_cluster") ==
+               ["base@10-48-0-7.default.pod.my_cluster.local", "base@10-48-0-8.team-b.pod.my_cluster.local"]
+
+      assert names.(
+               mode: :hostname,
+               kubernetes_cluster_name: "my_cluster",
+               kubernetes_service_name: "my_service"
+             ) ==
+               [
+                 "base@web-0.my_service.default.svc.my_cluster.local",
+                 "base@web-1.my_service.team-b.svc.my_cluster.local"
+               ]
+
+      pods = [kubernetes_ip_lookup_mode: :pods]
+      assert names.(pods) == ["base@10.48.0.9"]
+      assert names.(pods ++ [mode: :dns]) == ["base@10-48-0-9.default.pod.cluster.local"]
+
+      assert names.(pods ++ [mode: :hostname, kubernetes_service_name: "web"]) ==
+               ["base@web-2.web.default.svc.cluster.local"]
     end
   end
 end

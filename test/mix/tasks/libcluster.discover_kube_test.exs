@@ -22,20 +22,19 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
 
   defp discover(args), do: Cluster.Test.DiscoverRun.run(args)
 
-  defp k8s(kube, config) do
+  defp k8s(kube, config, drop \\ []) do
     Application.put_env(:libcluster, :topologies,
       k8s: [
         strategy: Cluster.Strategy.Kubernetes,
         config:
-          Keyword.merge(
-            [
-              kubernetes_node_basename: "app",
-              kubernetes_selector: "app=myapp",
-              kubernetes_master: kube.master,
-              kubernetes_service_account_path: kube.sa_path
-            ],
-            config
-          ),
+          [
+            kubernetes_node_basename: "app",
+            kubernetes_selector: "app=myapp",
+            kubernetes_master: kube.master,
+            kubernetes_service_account_path: kube.sa_path
+          ]
+          |> Keyword.merge(config)
+          |> Keyword.drop(drop),
         connect: {Kernel, :send, [self()]},
         disconnect: {Kernel, :send, [self()]}
       ]
@@ -50,6 +49,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
     assert out =~ "found 2 node(s)"
     assert out =~ "app@10.0.0.1" and out =~ "app@10.0.0.2"
     assert out =~ "OK"
+    assert out =~ "mode: watch (the service account may watch endpoints in namespace default)"
     # It ended after the first list, long before the timeout, and left no watch open.
     assert ms < 5_000
     assert [%{verb: :list} | _] = FakeKube.requests(kube)
@@ -124,11 +124,71 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
   end
 
   test "bad Kubernetes config is a usage error naming the key", %{kube: kube} do
-    k8s(kube, kubernetes_selector: nil)
+    k8s(kube, [], [:kubernetes_selector])
     {status, out, _} = discover(["k8s"])
     assert status == 2
     assert out =~ "invalid config"
     assert out =~ ":kubernetes_selector"
+
+    k8s(kube, kubernetes_ip_lookup_mode: :nodes)
+    {status, out, _} = discover(["k8s"])
+    assert status == 2
+    assert out =~ ":kubernetes_ip_lookup_mode"
+  end
+
+  test "a required key given as nil: libcluster boots with it; the dry run says why nothing connects",
+       %{kube: kube} do
+    k8s(kube, kubernetes_selector: nil)
+    {status, out, _} = discover(["k8s"])
+    assert status == 1
+    assert out =~ "discovery failed (config): :kubernetes_selector is nil"
+    assert FakeKube.requests(kube) == []
+  end
+
+  test "a list-only Role: the dry run shows the poll fallback, the missing verb and the manifest",
+       %{kube: kube} do
+    FakeKube.grant(kube, [:list])
+    k8s(kube, polling_interval: 2_000)
+    {status, out, _} = discover(["k8s"])
+    # Discovery works (by polling): the nodes are found and the run succeeds.
+    assert status == 0
+    assert out =~ "found 2 node(s)"
+    assert out =~ "mode: poll_fallback (watch forbidden, polling instead"
+    assert out =~ "lists endpoints every 2000 ms"
+    assert out =~ "may not watch endpoints in namespace default"
+    assert out =~ ~s(resources: ["endpoints"], verbs: ["list", "watch"])
+    assert out =~ "priv/rbac/endpoints.json"
+  end
+
+  test "a polling topology shows its mode", %{kube: kube} do
+    k8s(kube, kubernetes_watch: false)
+    {status, out, _} = discover(["k8s"])
+    assert status == 0
+    assert out =~ "mode: poll every 5000 ms (kubernetes_watch: false)"
+    assert [%{verb: :list}] = FakeKube.requests(kube)
+  end
+
+  test "no namespace file and no kubernetes_namespace: the file and the key that fixes it", %{kube: kube} do
+    path = Path.join(kube.sa_path, "namespace")
+    File.rm!(path)
+    k8s(kube, [])
+    {status, out, _} = discover(["k8s"])
+    assert status == 1
+    assert out =~ "discovery failed (config): the service account's namespace file #{path} cannot be read"
+    assert out =~ "set :kubernetes_namespace"
+    assert out =~ "nothing would be pruned"
+    assert FakeKube.requests(kube) == []
+  end
+
+  test "no token: the file and the key that fixes it; nothing is sent", %{kube: kube} do
+    path = Path.join(kube.sa_path, "token")
+    File.rm!(path)
+    k8s(kube, [])
+    {status, out, _} = discover(["k8s"])
+    assert status == 1
+    assert out =~ "discovery failed (config): cannot read the service account token #{path}"
+    assert out =~ "kubernetes_service_account_path"
+    assert FakeKube.requests(kube) == []
   end
 
   test "Rancher: a dry run against a metadata server, then an HTTP error" do

@@ -204,12 +204,16 @@ pub(crate) struct SliceConditions {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub ip: IpAddr,
+    /// The address as the API wrote it (trimmed). `:ip` names use it verbatim, as libcluster does:
+    /// a node started with `RELEASE_NODE=app@$(POD_IP)` carries exactly this text.
+    pub address: String,
     pub namespace: String,
     pub hostname: Option<String>,
     /// The service that published it (Endpoints name, EndpointSlice service label, pod subdomain).
     pub service: Option<String>,
     /// What the address belongs to (`kind/namespace/name` of the targetRef), to pick one address
-    /// family per pod on dual-stack services.
+    /// family per pod on dual-stack services (EndpointSlices only: libcluster names every address
+    /// of an Endpoints object, and so do we).
     pub owner: Option<String>,
 }
 
@@ -222,23 +226,30 @@ pub struct Skipped {
 
 impl Target {
     /// An address published for `target_ref` (a pod, usually) in an object of namespace `obj_ns`;
-    /// without a targetRef the namespace is the object's.
+    /// without a targetRef the namespace is the object's. `owned`: remember the targetRef as the
+    /// owner, for the dual-stack rule.
     fn referenced(
-        ip: IpAddr,
+        (ip, address): (IpAddr, String),
         target_ref: Option<&ObjectRef<'_>>,
         obj_ns: &str,
         hostname: Option<&str>,
         service: Option<&str>,
+        owned: bool,
     ) -> Target {
         Target {
             ip,
+            address,
             namespace: target_ref
                 .and_then(|r| r.namespace.as_deref())
                 .unwrap_or(obj_ns)
                 .to_owned(),
             hostname: hostname.map(str::to_owned),
             service: service.map(str::to_owned),
-            owner: target_ref.and_then(|r| owner_key(r, obj_ns)),
+            owner: if owned {
+                target_ref.and_then(|r| owner_key(r, obj_ns))
+            } else {
+                None
+            },
         }
     }
 }
@@ -253,9 +264,11 @@ fn owner_key(r: &ObjectRef<'_>, fallback_ns: &str) -> Option<String> {
     ))
 }
 
-fn parse_ip(s: &str, skipped: &mut Skipped) -> Option<IpAddr> {
-    match s.trim().parse() {
-        Ok(ip) => Some(ip),
+/// The address and its text as the API wrote it.
+fn parse_ip(s: &str, skipped: &mut Skipped) -> Option<(IpAddr, String)> {
+    let s = s.trim();
+    match s.parse() {
+        Ok(ip) => Some((ip, s.to_owned())),
         Err(_) => {
             skipped.bad_ip += 1;
             None
@@ -280,6 +293,7 @@ impl Endpoints<'_> {
                     obj_ns,
                     a.hostname.as_deref(),
                     self.metadata.name.as_deref(),
+                    false,
                 ));
             }
         }
@@ -288,30 +302,29 @@ impl Endpoints<'_> {
 }
 
 impl Pod<'_> {
-    /// Running, not being deleted, and Ready: otherwise no target.
-    pub(crate) fn targets(&self, default_ns: &str, skipped: &mut Skipped) -> Vec<Target> {
-        if self.metadata.deletion_timestamp.is_some() {
-            return Vec::new();
-        }
+    /// libcluster's rule by default: every pod that has a `status.podIP`, whatever its phase,
+    /// readiness or deletion state (an app whose readiness probe waits for the cluster must still
+    /// be found). With `ready_only`: only pods that are `Running`, `Ready` and not being deleted.
+    pub(crate) fn targets(
+        &self,
+        default_ns: &str,
+        ready_only: bool,
+        skipped: &mut Skipped,
+    ) -> Vec<Target> {
         let Some(status) = &self.status else {
             return Vec::new();
         };
-        if status.phase.as_deref() != Some("Running") {
+        if ready_only && !self.running_ready_and_not_deleting(status) {
             return Vec::new();
         }
-        let ready = status
-            .conditions
-            .iter()
-            .any(|c| c.kind == "Ready" && c.status == "True");
-        if !ready {
-            return Vec::new();
-        }
-        let Some(ip) = status.pod_ip.as_deref().and_then(|s| parse_ip(s, skipped)) else {
+        let Some((ip, address)) = status.pod_ip.as_deref().and_then(|s| parse_ip(s, skipped))
+        else {
             return Vec::new();
         };
         let spec = self.spec.as_ref();
         vec![Target {
             ip,
+            address,
             namespace: self
                 .metadata
                 .namespace
@@ -322,6 +335,15 @@ impl Pod<'_> {
             service: spec.and_then(|s| s.subdomain.as_deref().map(str::to_owned)),
             owner: None,
         }]
+    }
+
+    fn running_ready_and_not_deleting(&self, status: &PodStatus<'_>) -> bool {
+        self.metadata.deletion_timestamp.is_none()
+            && status.phase.as_deref() == Some("Running")
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Ready" && c.status == "True")
     }
 }
 
@@ -357,6 +379,7 @@ impl EndpointSlice<'_> {
                 obj_ns,
                 ep.hostname.as_deref(),
                 service,
+                true,
             ));
         }
         out
@@ -388,9 +411,9 @@ pub(crate) fn object_targets(
                 t,
             )
         }
-        Lookup::Pods => {
+        Lookup::Pods { ready_only } => {
             let o: WatchEvent<Pod> = serde_json::from_slice(json)?;
-            let t = o.object.targets(default_ns, skipped);
+            let t = o.object.targets(default_ns, ready_only, skipped);
             (
                 key(&o.object.metadata),
                 o.object.metadata.resource_version,
@@ -428,13 +451,13 @@ pub(crate) fn parse_list(
         }
     }
     macro_rules! parse {
-        ($ty:ty) => {{
+        ($ty:ty, |$o:ident| $targets:expr) => {{
             let l: List<$ty> = serde_json::from_slice(body)?;
             let objects = l
                 .items
                 .iter()
                 .enumerate()
-                .map(|(i, o)| (key(&o.metadata, i), o.targets(default_ns, skipped)))
+                .map(|(i, $o)| (key(&$o.metadata, i), $targets))
                 .collect();
             ParsedList {
                 resource_version: l.metadata.resource_version,
@@ -443,9 +466,11 @@ pub(crate) fn parse_list(
         }};
     }
     let parsed = match lookup {
-        Lookup::Endpoints => parse!(Endpoints),
-        Lookup::Pods => parse!(Pod),
-        Lookup::EndpointSlices => parse!(EndpointSlice),
+        Lookup::Endpoints => parse!(Endpoints, |o| o.targets(default_ns, skipped)),
+        Lookup::Pods { ready_only } => {
+            parse!(Pod, |o| o.targets(default_ns, ready_only, skipped))
+        }
+        Lookup::EndpointSlices => parse!(EndpointSlice, |o| o.targets(default_ns, skipped)),
     };
     Ok(parsed)
 }
@@ -492,7 +517,7 @@ pub fn node_names<'a>(
         })
         .filter_map(|t| {
             let host = match naming.mode {
-                NameMode::Ip => t.ip.to_string(),
+                NameMode::Ip => t.address.clone(),
                 NameMode::Dns => format!("{}.{}.pod.{domain}", dashed(t.ip), t.namespace),
                 NameMode::Hostname => {
                     let service = naming.service_name.as_deref().or(t.service.as_deref());
@@ -583,29 +608,64 @@ mod tests {
         )
     }
 
-    #[test]
-    fn pods_running_ready_and_not_deleting() {
-        let body = format!(
-            r#"{{"kind":"PodList","metadata":{{"resourceVersion":"7"}},"items":[{},{},{},{},{}]}}"#,
+    fn pods_body() -> String {
+        format!(
+            r#"{{"kind":"PodList","metadata":{{"resourceVersion":"7"}},"items":[{},{},{},{},{},{},{}]}}"#,
             pod("a", "10.1.0.1", "Running", "True", false),
             pod("b", "10.1.0.2", "Pending", "False", false),
             pod("c", "10.1.0.3", "Running", "False", false),
             pod("d", "10.1.0.4", "Running", "True", true),
             pod("e", "fd00::5", "Running", "True", false),
+            // Scheduled, no IP yet: nothing to connect to in any mode.
+            r#"{"metadata":{"name":"f","namespace":"default"},"spec":{},"status":{"phase":"Pending"}}"#,
+            // Only what libcluster reads: a podIP, no phase, no conditions.
+            r#"{"metadata":{"name":"g","namespace":"other"},"spec":{"hostname":"g-0"},"status":{"podIP":"10.1.0.7"}}"#,
+        )
+    }
+
+    #[test]
+    fn pods_with_an_ip_whatever_their_phase_readiness_or_deletion_by_default() {
+        let body = pods_body();
+        let all = Lookup::Pods { ready_only: false };
+        assert_eq!(
+            names(all, NameMode::Ip, &body),
+            vec![
+                "app@10.1.0.1",
+                "app@10.1.0.2",
+                "app@10.1.0.3",
+                "app@10.1.0.4",
+                "app@10.1.0.7",
+                "app@fd00::5"
+            ]
         );
         assert_eq!(
-            names(Lookup::Pods, NameMode::Ip, &body),
+            names(all, NameMode::Dns, &body)[..2],
+            [
+                "app@10-1-0-1.default.pod.cluster.local",
+                "app@10-1-0-2.default.pod.cluster.local"
+            ]
+        );
+        assert!(names(all, NameMode::Dns, &body)
+            .contains(&"app@10-1-0-7.other.pod.cluster.local".to_string()));
+    }
+
+    #[test]
+    fn pods_ready_only_takes_running_ready_pods_that_are_not_being_deleted() {
+        let body = pods_body();
+        let ready = Lookup::Pods { ready_only: true };
+        assert_eq!(
+            names(ready, NameMode::Ip, &body),
             vec!["app@10.1.0.1", "app@fd00::5"]
         );
         assert_eq!(
-            names(Lookup::Pods, NameMode::Dns, &body),
+            names(ready, NameMode::Dns, &body),
             vec![
                 "app@10-1-0-1.default.pod.cluster.local",
                 "app@fd00-0000-0000-0000-0000-0000-0000-0005.default.pod.cluster.local"
             ]
         );
         assert_eq!(
-            names(Lookup::Pods, NameMode::Hostname, &body),
+            names(ready, NameMode::Hostname, &body),
             vec![
                 "app@a.myapp-headless.default.svc.cluster.local",
                 "app@e.myapp-headless.default.svc.cluster.local"
@@ -683,9 +743,54 @@ mod tests {
     #[test]
     fn malformed_and_wrongly_typed_bodies_are_errors() {
         let mut s = Skipped::default();
-        assert!(parse_list(Lookup::Pods, b"{\"items\":[", "d", &mut s).is_err());
-        assert!(parse_list(Lookup::Pods, b"{\"items\":{}}", "d", &mut s).is_err());
-        assert!(parse_list(Lookup::Pods, b"<html>", "d", &mut s).is_err());
+        assert!(parse_list(
+            Lookup::Pods { ready_only: false },
+            b"{\"items\":[",
+            "d",
+            &mut s
+        )
+        .is_err());
+        assert!(parse_list(
+            Lookup::Pods { ready_only: false },
+            b"{\"items\":{}}",
+            "d",
+            &mut s
+        )
+        .is_err());
+        assert!(parse_list(Lookup::Pods { ready_only: false }, b"<html>", "d", &mut s).is_err());
+    }
+
+    #[test]
+    fn ip_names_keep_the_address_as_the_api_wrote_it() {
+        // libcluster interpolates the API's text: so must we, or a node named after its POD_IP
+        // (the same text) would be dialled under another name.
+        let body = r#"{"items":[{"metadata":{"name":"x","namespace":"d"},"subsets":[{"addresses":[
+            {"ip":"FD00:0:0::4","targetRef":{"kind":"Pod","namespace":"d","name":"p"}},
+            {"ip":" 10.0.0.1 ","targetRef":{"kind":"Pod","namespace":"d","name":"q"}}]}]}]}"#;
+        assert_eq!(
+            names(Lookup::Endpoints, NameMode::Ip, body),
+            vec!["app@10.0.0.1", "app@FD00:0:0::4"]
+        );
+        assert_eq!(
+            names(Lookup::Endpoints, NameMode::Dns, body),
+            vec![
+                "app@10-0-0-1.d.pod.cluster.local",
+                "app@fd00-0000-0000-0000-0000-0000-0000-0004.d.pod.cluster.local"
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoints_name_every_address_even_two_families_of_one_pod() {
+        // libcluster connects every ready address of an Endpoints object; only EndpointSlices
+        // (not a libcluster mode) keep one family per pod.
+        let body = r#"{"items":[{"metadata":{"name":"x","namespace":"d"},"subsets":[{"addresses":[
+            {"ip":"10.0.0.1","targetRef":{"kind":"Pod","namespace":"d","name":"p"}},
+            {"ip":"fd00::1","targetRef":{"kind":"Pod","namespace":"d","name":"p"}}]}]}]}"#;
+        assert_eq!(
+            names(Lookup::Endpoints, NameMode::Ip, body),
+            vec!["app@10.0.0.1", "app@fd00::1"]
+        );
     }
 
     #[test]

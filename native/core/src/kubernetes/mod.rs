@@ -5,6 +5,11 @@
 //! Watch: list (optionally `resourceVersion=0`, served from the API server's cache), then watch
 //! from the list's resourceVersion with bookmarks; a clean end of the stream re-watches from the
 //! last resourceVersion seen, 410 Gone re-lists, any failure reconnects with exponential backoff.
+//!
+//! A Role that grants `list` but not `watch` (libcluster needs only `list`) gets a 403 on the
+//! watch: the task then falls back to listing every poll interval, says so once
+//! (`Event::WatchMode`), and retries the watch every `watch_retry_interval`, so a fixed Role is
+//! picked up without a restart.
 
 pub mod api;
 pub mod client;
@@ -22,7 +27,11 @@ use client::{ApiClient, Request};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     Endpoints,
-    Pods,
+    /// Pods of the selector. libcluster takes every pod with a `status.podIP`; `ready_only` keeps
+    /// only those that are `Running`, `Ready` and not being deleted.
+    Pods {
+        ready_only: bool,
+    },
     EndpointSlices,
 }
 
@@ -30,7 +39,7 @@ impl Lookup {
     fn resource(self) -> &'static str {
         match self {
             Lookup::Endpoints => "endpoints",
-            Lookup::Pods => "pods",
+            Lookup::Pods { .. } => "pods",
             Lookup::EndpointSlices => "endpointslices",
         }
     }
@@ -88,6 +97,12 @@ pub struct Config {
     pub watch_timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Between lists while the watch is forbidden (the strategy's `polling_interval`).
+    pub poll_interval: Duration,
+    /// How often a forbidden watch is tried again.
+    pub watch_retry_interval: Duration,
+    /// The dry run: list once, find out whether the watch is allowed, report both and end.
+    pub probe: bool,
 }
 
 impl Config {
@@ -280,7 +295,14 @@ impl Backoff {
     }
 }
 
-/// List + watch until cancelled (the future is dropped) or the owner goes away.
+/// `d` varied by up to `fraction` either way, so that many nodes do not ask in step.
+fn jittered(d: Duration, fraction: f64) -> Duration {
+    d.mul_f64(1.0 - fraction + rand::random::<f64>() * 2.0 * fraction)
+}
+
+/// List + watch until cancelled (the future is dropped) or the owner goes away. While the watch
+/// is forbidden, list every `poll_interval` instead and retry the watch every
+/// `watch_retry_interval`.
 pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
     let client = match cfg.client() {
         Ok(c) => c,
@@ -292,12 +314,17 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
             return;
         }
     };
+    if cfg.probe {
+        return probe(&cfg, &client, &*sink).await;
+    }
     let mut backoff = Backoff {
         min: cfg.backoff_min,
         max: cfg.backoff_max,
         failures: 0,
     };
     let mut members = Members::default();
+    // `Some(when the watch is tried again)` while the watch is forbidden.
+    let mut fallback: Option<tokio::time::Instant> = None;
     'relist: loop {
         let mut version = match list(&cfg, &client).await {
             Ok(parsed) => {
@@ -317,8 +344,39 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
         };
         backoff.reset();
         loop {
+            if let Some(retry_at) = fallback {
+                // Polling: one list per interval, as libcluster does; the watch when it is due.
+                tokio::time::sleep(jittered(cfg.poll_interval, 0.1)).await;
+                match list(&cfg, &client).await {
+                    Ok(parsed) => {
+                        members.objects = parsed.objects;
+                        version = parsed.resource_version.unwrap_or_default();
+                        if !members.publish(&cfg.naming, &*sink) {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        if !members.failed(e, &*sink) {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                if tokio::time::Instant::now() < retry_at {
+                    continue;
+                }
+            }
             let opened = tokio::time::Instant::now();
-            match watch_once(&cfg, &client, &mut version, &mut members, &*sink).await {
+            match watch_once(
+                &cfg,
+                &client,
+                &mut version,
+                &mut members,
+                &*sink,
+                &mut fallback,
+            )
+            .await
+            {
                 // A server that ends every watch at once must not be asked in a tight loop.
                 Ok(WatchEnd::Closed) if opened.elapsed() < Duration::from_secs(1) => {
                     tokio::time::sleep(backoff.next()).await
@@ -326,7 +384,29 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
                 Ok(WatchEnd::Closed) => backoff.reset(),
                 Ok(WatchEnd::Gone) => continue 'relist,
                 Ok(WatchEnd::Stop) => return,
+                Err(e) if e.kind == ErrorKind::Forbidden => {
+                    // The Role grants list (the list just worked) but not watch: poll instead.
+                    let entering = fallback.is_none();
+                    fallback =
+                        Some(tokio::time::Instant::now() + jittered(cfg.watch_retry_interval, 0.2));
+                    if entering {
+                        if !sink.send(Event::WatchMode {
+                            fallback: true,
+                            detail: e.message,
+                        }) {
+                            return;
+                        }
+                    } else {
+                        tracing::debug!("the watch is still forbidden; polling on");
+                    }
+                }
                 Err(e) => {
+                    if fallback.is_some() {
+                        // Still polling: try the watch again only at the next retry time.
+                        fallback = Some(
+                            tokio::time::Instant::now() + jittered(cfg.watch_retry_interval, 0.2),
+                        );
+                    }
                     if !members.failed(e, &*sink) {
                         return;
                     }
@@ -335,6 +415,52 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
             }
         }
     }
+}
+
+/// The dry run of a watching topology: list once, then open a watch and close it at once to learn
+/// whether the Role allows it; report the mode the strategy would run in, then the nodes, and end.
+async fn probe(cfg: &Config, client: &ApiClient, sink: &dyn Sink) {
+    let parsed = match list(cfg, client).await {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            sink.send(Event::Error(e));
+            return;
+        }
+    };
+    let version = parsed.resource_version.clone().unwrap_or_default();
+    let mut extra = vec![("watch", "1"), ("timeoutSeconds", "1")];
+    if !version.is_empty() {
+        extra.push(("resourceVersion", version.as_str()));
+    }
+    let mode = match cfg.request("watch", &extra) {
+        Ok(req) => match client.get(&req, Some(cfg.request_timeout)).await {
+            Ok(_stream) => Some(Event::WatchMode {
+                fallback: false,
+                detail: format!(
+                    "the service account may watch {} in namespace {}",
+                    cfg.lookup.resource(),
+                    cfg.namespace
+                ),
+            }),
+            Err(e) if e.kind == ErrorKind::Forbidden => Some(Event::WatchMode {
+                fallback: true,
+                detail: e.message,
+            }),
+            Err(e) => {
+                tracing::debug!(error = %e, "the watch probe failed");
+                None
+            }
+        },
+        Err(_) => None,
+    };
+    if let Some(event) = mode {
+        if !sink.send(event) {
+            return;
+        }
+    }
+    let mut skipped = Skipped::default();
+    let names = api::node_names(&cfg.naming, parsed.objects.values().flatten(), &mut skipped);
+    sink.send(Event::Nodes(names));
 }
 
 /// The longest watch event line we accept (one object).
@@ -346,6 +472,7 @@ async fn watch_once(
     version: &mut String,
     members: &mut Members,
     sink: &dyn Sink,
+    fallback: &mut Option<tokio::time::Instant>,
 ) -> Result<WatchEnd, Error> {
     // Spread re-watches of many nodes over time.
     let secs = cfg.watch_timeout.as_secs().max(1);
@@ -374,6 +501,19 @@ async fn watch_once(
             ))
         }
     };
+    // Allowed again after a fallback to polling: say so.
+    if fallback.take().is_some()
+        && !sink.send(Event::WatchMode {
+            fallback: false,
+            detail: format!(
+                "the watch of {} in namespace {} is allowed again",
+                cfg.lookup.resource(),
+                cfg.namespace
+            ),
+        })
+    {
+        return Ok(WatchEnd::Stop);
+    }
     // Connected: after an error, say so at once (the set itself may be unchanged).
     if !members.publish(&cfg.naming, sink) {
         return Ok(WatchEnd::Stop);
@@ -541,6 +681,9 @@ mod tests {
             watch_timeout: Duration::from_secs(300),
             backoff_min: Duration::from_millis(1),
             backoff_max: Duration::from_millis(1),
+            poll_interval: Duration::from_secs(5),
+            watch_retry_interval: Duration::from_secs(300),
+            probe: false,
         };
         let r = cfg.request("list", &[("resourceVersion", "0")]).unwrap();
         assert_eq!(
@@ -548,7 +691,7 @@ mod tests {
             "https://10.96.0.1/apis/discovery.k8s.io/v1/namespaces/prod/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Dmy+app&resourceVersion=0"
         );
         let mut cfg = cfg;
-        cfg.lookup = Lookup::Pods;
+        cfg.lookup = Lookup::Pods { ready_only: true };
         cfg.field_selector = Some("status.phase=Running".into());
         cfg.label_selector = Some("app=x".into());
         let r = cfg.request("watch", &[("watch", "1")]).unwrap();
@@ -617,7 +760,11 @@ mod rbac_tests {
 
     #[test]
     fn rbac_manifests_grant_list_and_watch_for_each_mode() {
-        for lookup in [Lookup::Endpoints, Lookup::Pods, Lookup::EndpointSlices] {
+        for lookup in [
+            Lookup::Endpoints,
+            Lookup::Pods { ready_only: false },
+            Lookup::EndpointSlices,
+        ] {
             let doc = manifest(lookup);
             assert_eq!(doc["apiVersion"], "v1");
             assert_eq!(doc["kind"], "List");
