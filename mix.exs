@@ -17,21 +17,21 @@ defmodule LibclusterRs.MixProject do
       description: description(),
       package: package(),
       docs: [main: "readme", extras: ["README.md" | Path.wildcard("docs/*.md")]],
-      test_coverage: [ignore_modules: [~r/^Cluster\.Test\./]]
+      test_coverage: [ignore_modules: [~r/^LibclusterRs\.Test\./]]
     ]
   end
 
   def application do
     [
       extra_applications: [:logger, :crypto] ++ test_applications(Mix.env()),
-      mod: {Cluster.App, []}
+      mod: {LibclusterRs.App, []}
     ]
   end
 
   # Existing users keep `config :libcluster, ...`. Mix warns about configuration for an application
   # that is not loaded, so load an empty application named :libcluster (from an inline spec, nothing
   # on disk) whenever Mix reads this project, including as a dependency of the user's project. At
-  # run time Cluster.LibclusterApp loads the same spec (a test keeps the two equal), unless the app
+  # run time LibclusterRs.LibclusterApp loads the same spec (a test keeps the two equal), unless the app
   # depends on the stub package compat/libcluster, which then is the one :libcluster application.
   @libcluster_app {:application, :libcluster,
                    [
@@ -133,7 +133,7 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
   end
 
   # libcluster_rs ships no `libcluster.app`: the :libcluster application is loaded from an
-  # in-memory spec at run time (Cluster.LibclusterApp), or is the stub package compat/libcluster.
+  # in-memory spec at run time (LibclusterRs.LibclusterApp), or is the stub package compat/libcluster.
   # Earlier builds wrote one into this ebin; remove it, or a release with the stub would hold two.
   defp remove_libcluster_app! do
     stale = Path.join(Mix.Project.compile_path(), "libcluster.app")

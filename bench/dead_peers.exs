@@ -10,9 +10,9 @@
 # (no ARP answer), half are namespaces whose port 4369 accepts and says nothing. The join time is
 # measured on the observer, from the start of Cluster.Supervisor to the live peer's nodeup.
 
-alias Cluster.Test.{DeadPeers, Peer}
+alias LibclusterRs.Test.{DeadPeers, Peer}
 
-unless Cluster.Test.Env.root?() do
+unless LibclusterRs.Test.Env.root?() do
   IO.puts(:stderr, "bench/dead_peers needs root (network namespaces) and iproute2")
   System.halt(1)
 end

@@ -12,7 +12,7 @@
 # A long_schedule system monitor (threshold 1 ms) watches every scheduler for the whole run.
 
 defmodule NativeBench do
-  alias Cluster.Native
+  alias LibclusterRs.Native
 
   @control_term Enum.to_list(1..400)
 
@@ -137,11 +137,11 @@ defmodule NativeBench do
 
     cells = fn f -> Enum.map(snapshots, fn {_, snap} -> f.(snap) end) end
 
-    # A NIF that blocked a scheduler would show up with a Cluster.Native function as its location.
-    nif_long = Enum.filter(long, fn {_pid, info} -> inspect(info) =~ "Cluster.Native" end)
+    # A NIF that blocked a scheduler would show up with a LibclusterRs.Native function as its location.
+    nif_long = Enum.filter(long, fn {_pid, info} -> inspect(info) =~ "LibclusterRs.Native" end)
 
     long_text =
-      "#{length(long)} in total, #{length(nif_long)} located in a Cluster.Native call" <>
+      "#{length(long)} in total, #{length(nif_long)} located in a LibclusterRs.Native call" <>
         if(long == [], do: "", else: "; first: #{inspect(hd(long), limit: 6)}")
 
     IO.puts("""

@@ -22,7 +22,7 @@ defmodule Cluster do
 
   ## Status
 
-  `status/1` returns, for a built-in strategy (one built on `Cluster.Discovery`):
+  `status/1` returns, for a built-in strategy (one built on `LibclusterRs.Discovery`):
 
     * `:topology`, `:strategy`, `:pid`
     * `:state` - `:running`, `:leaving` (after `leave/1` or while the system stops), `:ignored` (the
@@ -53,7 +53,7 @@ defmodule Cluster do
       DateTime}}`. `failing` is true while the failure streak lasts (`count` failures in a row);
       `error` and `at` are the last failure's; `total` counts all. `%{}` when none ever failed.
       (A failed resolver fun is a failed discovery: see `:last_error`.)
-    * `:extra` - strategy-specific details from the optional `c:Cluster.Discovery.status_extra/1`
+    * `:extra` - strategy-specific details from the optional `c:LibclusterRs.Discovery.status_extra/1`
       callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
       strategy reports nothing.
 
@@ -62,7 +62,7 @@ defmodule Cluster do
   keys are `nil`.
   """
 
-  alias Cluster.{Discovery, Membership}
+  alias LibclusterRs.{Discovery, Membership}
 
   @type topology :: atom()
   @type status :: %{required(atom()) => term()}
@@ -166,7 +166,7 @@ defmodule Cluster do
   defp count(nil, _timeout), do: length(Node.list())
 
   defp count(topology, timeout) do
-    case Registry.lookup(Cluster.Registry, {:membership, topology}) do
+    case Registry.lookup(LibclusterRs.Registry, {:membership, topology}) do
       [{pid, _}] ->
         case safe_call(fn -> Membership.status(pid, min(timeout, @call_timeout)) end) do
           {:ok, %{connected: connected}} -> MapSet.size(connected)
@@ -198,7 +198,7 @@ defmodule Cluster do
 
   @spec leave(topology()) :: :ok | {:error, :not_found}
   def leave(topology) do
-    case Registry.lookup(Cluster.Registry, {:discovery, topology}) do
+    case Registry.lookup(LibclusterRs.Registry, {:discovery, topology}) do
       [{pid, _}] -> leave_pid(pid)
       [] -> {:error, :not_found}
     end
@@ -231,7 +231,7 @@ defmodule Cluster do
   end
 
   defp registry_entries do
-    Registry.select(Cluster.Registry, [{{:"$1", :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}])
+    Registry.select(LibclusterRs.Registry, [{{:"$1", :"$2", :"$3"}, [], [{{:"$1", :"$2", :"$3"}}]}])
   rescue
     ArgumentError -> []
   end
@@ -335,7 +335,7 @@ defmodule Cluster do
   # anything but a list counts as none.
   defp list_nodes({m, f, a}) do
     task =
-      case Process.whereis(Cluster.TaskSupervisor) do
+      case Process.whereis(LibclusterRs.TaskSupervisor) do
         nil -> Task.async(fn -> safe_apply(m, f, a) end)
         sup -> Task.Supervisor.async_nolink(sup, fn -> safe_apply(m, f, a) end, shutdown: :brutal_kill)
       end

@@ -215,7 +215,7 @@ defmodule Demo do
 
     {:ok, _} =
       :peer.call(p, Supervisor, :start_child, [
-        Cluster.AppRoot,
+        LibclusterRs.AppRoot,
         %{id: :demo, start: {Cluster.Supervisor, :start_link, [[topology]]}, type: :supervisor}
       ])
   end

@@ -2,7 +2,7 @@ defmodule ClusterTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias Cluster.Test.{Dialer, ScriptedStrategy}
+  alias LibclusterRs.Test.{Dialer, ScriptedStrategy}
 
   @fast [backoff_min: 20, backoff_max: 40, min_dial_interval: 10]
 
@@ -85,11 +85,11 @@ defmodule ClusterTest do
       Dialer.connect(dialer, :"c@h3.example")
 
       start_topologies([
-        {custom, Dialer.topology(dialer, Cluster.Test.CustomStrategy, [])},
+        {custom, Dialer.topology(dialer, LibclusterRs.Test.CustomStrategy, [])},
         {ignored, [strategy: Cluster.Strategy.Epmd, config: [hosts: []]]}
       ])
 
-      assert {:ok, %{strategy: Cluster.Test.CustomStrategy, state: :running, pid: pid} = s} =
+      assert {:ok, %{strategy: LibclusterRs.Test.CustomStrategy, state: :running, pid: pid} = s} =
                Cluster.status(custom)
 
       assert is_pid(pid)
@@ -197,7 +197,7 @@ defmodule ClusterTest do
         ])
 
         assert_receive {:dial, :"z@h.example"}, 1_000
-        assert Cluster.App.prep_stop(:state) == :state
+        assert LibclusterRs.App.prep_stop(:state) == :state
       end)
 
       assert {:ok, %{state: :leaving}} = Cluster.status(t)

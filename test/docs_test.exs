@@ -48,21 +48,21 @@ defmodule Cluster.DocsTest do
   test "dns.md lists every DNS resolver option with the default in the code" do
     guide = File.read!("docs/dns.md")
 
-    for {key, default, _validator} <- Cluster.DNS.schema() do
+    for {key, default, _validator} <- LibclusterRs.DNS.schema() do
       text = if is_integer(default), do: underscored(default), else: inspect(default)
       assert guide =~ ~r/\| `#{key}` \|[^\n]*\(`#{Regex.escape(text)}`\) \|/, "#{key}: (`#{text}`)"
     end
 
     # libcluster's defaults: prune at once, apply an empty answer at once
-    assert Cluster.DNS.default_prune(5_000) == :immediate
+    assert LibclusterRs.DNS.default_prune(5_000) == :immediate
     assert guide =~ ~r/the default\s+prune policy is `:immediate`/
-    assert Cluster.DNS.confirm_empty() == 1
+    assert LibclusterRs.DNS.confirm_empty() == 1
     assert guide =~ "by default it is applied at once"
 
     # the recommended options for partial or rotating answers
     assert guide =~ "{:grace_period, max(3 * polling_interval, 30_000)}"
-    assert Cluster.DNS.recommended_grace(5_000) == {:grace_period, 30_000}
-    assert Cluster.DNS.recommended_grace(20_000) == {:grace_period, 60_000}
+    assert LibclusterRs.DNS.recommended_grace(5_000) == {:grace_period, 30_000}
+    assert LibclusterRs.DNS.recommended_grace(20_000) == {:grace_period, 60_000}
     assert guide =~ "confirm_empty: 2"
   end
 

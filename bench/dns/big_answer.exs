@@ -7,7 +7,7 @@
 #
 #     mix run bench/dns/big_answer.exs                    (DNS_BENCH_RUNS=21 by default)
 Code.require_file("support.exs", __DIR__)
-alias Cluster.Test.Dnsmasq
+alias LibclusterRs.Test.Dnsmasq
 
 runs = String.to_integer(System.get_env("DNS_BENCH_RUNS", "21"))
 IO.puts(Bench.DNS.build_info())
@@ -64,7 +64,7 @@ run = fn questions, expected ->
       p = probe.()
       tag = make_ref()
       t0 = System.monotonic_time(:microsecond)
-      _h = Cluster.Native.dns_lookup_start(tag, opts)
+      _h = LibclusterRs.Native.dns_lookup_start(tag, opts)
       t_call = System.monotonic_time(:microsecond) - t0
 
       names =
@@ -75,7 +75,7 @@ run = fn questions, expected ->
         end
 
       t_msg = System.monotonic_time(:microsecond) - t0
-      {nodes, []} = Cluster.NodeName.to_nodes(names)
+      {nodes, []} = LibclusterRs.NodeName.to_nodes(names)
       ^expected = length(nodes)
       t_atoms = System.monotonic_time(:microsecond) - t0 - t_msg
       send(p, :stop)

@@ -4,7 +4,7 @@
 #
 #     mix run bench/dns/change_to_connect.exs            (DNS_BENCH_RUNS=9 by default)
 Code.require_file("support.exs", __DIR__)
-alias Cluster.Test.{Dnsmasq, FakeNodes}
+alias LibclusterRs.Test.{Dnsmasq, FakeNodes}
 
 runs = String.to_integer(System.get_env("DNS_BENCH_RUNS", "9"))
 IO.puts(Bench.DNS.build_info())

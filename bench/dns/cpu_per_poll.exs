@@ -4,7 +4,7 @@
 #
 #     mix run bench/dns/cpu_per_poll.exs                  (DNS_BENCH_POLLS=2000 by default)
 Code.require_file("support.exs", __DIR__)
-alias Cluster.Test.Dnsmasq
+alias LibclusterRs.Test.Dnsmasq
 
 polls = String.to_integer(System.get_env("DNS_BENCH_POLLS", "2000"))
 IO.puts(Bench.DNS.build_info())
@@ -20,7 +20,7 @@ opts = %{
 
 poll = fn ->
   tag = make_ref()
-  _handle = Cluster.Native.dns_lookup_start(tag, opts)
+  _handle = LibclusterRs.Native.dns_lookup_start(tag, opts)
 
   receive do
     {:libcluster_rs, ^tag, {:nodes, [_, _, _]}} -> :ok

@@ -5,7 +5,7 @@
 #
 #     mix run bench/dns/idle_cost.exs                     (DNS_BENCH_SECONDS=60 by default)
 Code.require_file("support.exs", __DIR__)
-alias Cluster.Test.{Dnsmasq, FakeNodes}
+alias LibclusterRs.Test.{Dnsmasq, FakeNodes}
 
 seconds = String.to_integer(System.get_env("DNS_BENCH_SECONDS", "60"))
 IO.puts(Bench.DNS.build_info())
@@ -49,7 +49,7 @@ rounds =
     for sup <- sups,
         {_, sup2, _, _} <- Supervisor.which_children(sup),
         {_, pid, _, _} <- Supervisor.which_children(sup2),
-        do: Cluster.Discovery.status(pid).rounds
+        do: LibclusterRs.Discovery.status(pid).rounds
   )
 
 f = &Bench.DNS.fmt/1

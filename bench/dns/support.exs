@@ -1,7 +1,9 @@
 # Shared by the DNS benchmarks: a real dnsmasq on 127.0.0.1 (the test helper), fake
 # connect/list_nodes MFAs that report to the benchmark process, and statistics.
 for file <- ["test/support/dnsmasq.ex", "test/support/dns_nodes.ex"] do
-  unless Code.ensure_loaded?(if file =~ "dnsmasq", do: Cluster.Test.Dnsmasq, else: Cluster.Test.FakeNodes) do
+  unless Code.ensure_loaded?(
+           if file =~ "dnsmasq", do: LibclusterRs.Test.Dnsmasq, else: LibclusterRs.Test.FakeNodes
+         ) do
     Code.require_file(file)
   end
 end
@@ -33,7 +35,7 @@ defmodule Bench.DNS do
   def start_topology(table, config, name) do
     spec =
       {Cluster.Supervisor,
-       [[{name, Cluster.Test.FakeNodes.topology(table, Cluster.Strategy.DNSPoll, config)}]]}
+       [[{name, LibclusterRs.Test.FakeNodes.topology(table, Cluster.Strategy.DNSPoll, config)}]]}
 
     {:ok, sup} = Supervisor.start_link([spec], strategy: :one_for_one)
     sup

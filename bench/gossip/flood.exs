@@ -10,7 +10,7 @@
 #
 #     MIX_ENV=test mix run bench/gossip/flood.exs [--seconds 60] [--rate 1000]
 Code.require_file("bench/support/stats.exs")
-alias Cluster.Test.{GossipBench, GossipSender, Peer}
+alias LibclusterRs.Test.{GossipBench, GossipSender, Peer}
 
 {opts, _, _} = OptionParser.parse(System.argv(), strict: [seconds: :integer, rate: :integer])
 seconds = Keyword.get(opts, :seconds, 60)
@@ -75,7 +75,7 @@ flood_atoms =
   |> Enum.map(&Peer.call(v, GossipSender, :existing_atoms, [&1], 60_000))
   |> Enum.sum()
 
-{budget_created, budget_dropped} = Peer.call(v, Cluster.Native, :gossip_atom_budget, [])
+{budget_created, budget_dropped} = Peer.call(v, LibclusterRs.Native, :gossip_atom_budget, [])
 
 hz = 100
 pct = fn ticks -> Float.round(ticks / hz / wall * 100, 2) end

@@ -1,7 +1,7 @@
 # CPU of an idle gossiping node: three meshed nodes with the default heartbeat schedule; CPU ticks
 # of one node's OS process and of its libcluster_rs runtime threads over 20 s, compared with an
 # identical node that runs no strategy.
-alias Cluster.Test.{GossipBench, Peer}
+alias LibclusterRs.Test.{GossipBench, Peer}
 
 System.cmd("epmd", ["-daemon"])
 seconds = 20

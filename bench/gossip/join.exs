@@ -5,7 +5,7 @@
 #
 # With `--cold` the joiner's modules (and the NIF) are loaded on first use inside the timing, as in
 # a dev (interactive-mode) node; by default they are loaded first, as a release does at boot.
-alias Cluster.Test.{GossipBench, Peer}
+alias LibclusterRs.Test.{GossipBench, Peer}
 
 preload? = "--cold" not in System.argv()
 

@@ -11,7 +11,7 @@
 #
 #     MIX_ENV=test mix run bench/gossip/known_set.exs [--seconds 30] [--names 4096]
 Code.require_file("bench/support/stats.exs")
-alias Cluster.Test.{GossipBench, GossipSender, Peer}
+alias LibclusterRs.Test.{GossipBench, GossipSender, Peer}
 
 {opts, _, _} = OptionParser.parse(System.argv(), strict: [seconds: :integer, names: :integer])
 seconds = Keyword.get(opts, :seconds, 30)
@@ -36,7 +36,7 @@ topology = [gossip: [strategy: Cluster.Strategy.Gossip, config: config]]
 Peer.call(v, GossipBench, :preload, [])
 {:ok, sup} = Peer.start_cluster(v, topology)
 [{_, pid, _, _}] = Peer.call(v, Supervisor, :which_children, [sup])
-counters = fn -> Peer.call(v, Cluster.Discovery, :status, [pid]).extra.counters end
+counters = fn -> Peer.call(v, LibclusterRs.Discovery, :status, [pid]).extra.counters end
 Process.sleep(1_000)
 
 datagrams = GossipSender.fresh_names(count, "127.0.0.2") |> Enum.map(&elem(&1, 1))

@@ -1,6 +1,6 @@
 # Ten nodes started together: time from the first strategy start until every node is connected
 # to the nine others (median of 5 rounds). Default heartbeat schedule (random 1..5000 ms).
-alias Cluster.Test.{GossipBench, Peer}
+alias LibclusterRs.Test.{GossipBench, Peer}
 
 System.cmd("epmd", ["-daemon"])
 n = 10

@@ -1,5 +1,5 @@
 # Parse time and peak memory of a Kubernetes list, measured from the Elixir side: the body (a
-# binary, as it arrives) goes in, the node set comes out (`Cluster.Native.kubernetes_parse/7`, a
+# binary, as it arrives) goes in, the node set comes out (`LibclusterRs.Native.kubernetes_parse/7`, a
 # dirty NIF: the same parse and naming code as a poll or a watch's initial list).
 #
 #     MIX_ENV=prod mix run bench/kubernetes/parse.exs
@@ -13,7 +13,7 @@
 Code.require_file("test/support/json.ex")
 Code.require_file("test/support/fake_kube.ex")
 
-alias Cluster.Test.{FakeKube, JSON}
+alias LibclusterRs.Test.{FakeKube, JSON}
 
 defmodule Bench.Mem do
   def status(key) do
@@ -102,7 +102,7 @@ for {label, lookup, body} <- [
       {"5,000 endpoints in 50 EndpointSlices", :endpointslices, slice_body}
     ] do
   parse = fn ->
-    Cluster.Native.kubernetes_parse(lookup, :ip, "myapp", "default", "cluster.local", nil, body)
+    LibclusterRs.Native.kubernetes_parse(lookup, :ip, "myapp", "default", "cluster.local", nil, body)
   end
 
   {:ok, names} = parse.()

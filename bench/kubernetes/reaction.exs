@@ -8,7 +8,7 @@
 # 127.0.0.1: `watcher` runs Cluster.Strategy.Kubernetes, `target@127.0.0.1` is the pod that becomes
 # ready. Connection state is sampled through :peer (resolution about a millisecond).
 
-alias Cluster.Test.{FakeKube, Peer}
+alias LibclusterRs.Test.{FakeKube, Peer}
 
 Code.require_file("bench/support/stats.exs")
 

@@ -11,9 +11,9 @@
 # (the machine may be shared: read the figures with it).
 Code.require_file("../support/stats.exs", __DIR__)
 
-alias Cluster.Membership
+alias LibclusterRs.Membership
 alias Cluster.Strategy.State
-alias Cluster.Test.{Flapper, Peer}
+alias LibclusterRs.Test.{Flapper, Peer}
 
 defmodule Bench.Redial do
   # connect MFA: counts calls; returns true (never listed) or false

@@ -22,7 +22,7 @@ defmodule Cluster.Strategy do
   `connect_nodes/4` and `disconnect_nodes/4` are synchronous, as in libcluster: they call the MFAs in
   the caller, an exception raised by an MFA propagates to it, and a successful connect is logged
   ("connected to") on every call. The built-in strategies do not use them: they hand their
-  discoveries to `Cluster.Membership`, which connects concurrently in supervised tasks with a
+  discoveries to `LibclusterRs.Membership`, which connects concurrently in supervised tasks with a
   deadline per attempt, contains MFAs that raise or hang, counts a connect whose node `list_nodes`
   does not show afterwards as a failure, and retries failing peers with backoff (at most twice a
   second per node by default).
@@ -30,7 +30,7 @@ defmodule Cluster.Strategy do
   ## Telemetry
 
   libcluster's `[:libcluster, :connect_node | :disconnect_node, :ok | :error]` events are emitted
-  by these helpers as in libcluster; see `Cluster.Telemetry` for every event and its metadata.
+  by these helpers as in libcluster; see `LibclusterRs.Telemetry` for every event and its metadata.
   """
 
   alias Cluster.Strategy.State
@@ -109,7 +109,7 @@ defmodule Cluster.Strategy do
   end
 
   @doc false
-  # One connect attempt with telemetry and libcluster's log lines. Shared with Cluster.Membership,
+  # One connect attempt with telemetry and libcluster's log lines. Shared with LibclusterRs.Membership,
   # which runs it in a task with a deadline. `quiet_failure: true` logs a failure at debug level
   # (Membership logs the first failure of a streak as a warning itself); `quiet_success: true` logs
   # no "connected to" line (Membership logs it when the node is really up, once per connection).
@@ -122,7 +122,7 @@ defmodule Cluster.Strategy do
 
     case classify_connect(result) do
       :ok ->
-        Cluster.Telemetry.execute([:libcluster, :connect_node, :ok], %{duration: duration}, meta)
+        LibclusterRs.Telemetry.execute([:libcluster, :connect_node, :ok], %{duration: duration}, meta)
 
         unless Keyword.get(opts, :quiet_success, false),
           do: Cluster.Logger.info(topology, "connected to #{inspect(node)}")
@@ -130,7 +130,7 @@ defmodule Cluster.Strategy do
         :ok
 
       {:error, reason, telemetry_reason, text} ->
-        Cluster.Telemetry.execute(
+        LibclusterRs.Telemetry.execute(
           [:libcluster, :connect_node, :error],
           %{duration: duration},
           Map.put(meta, :reason, telemetry_reason)
@@ -164,12 +164,16 @@ defmodule Cluster.Strategy do
 
     case result do
       ok when ok in [true, :ok] ->
-        Cluster.Telemetry.execute([:libcluster, :disconnect_node, :ok], %{duration: duration}, meta)
+        LibclusterRs.Telemetry.execute([:libcluster, :disconnect_node, :ok], %{duration: duration}, meta)
         Cluster.Logger.info(topology, "disconnected from #{inspect(node)}")
         :ok
 
       false ->
-        Cluster.Telemetry.execute(error, %{duration: duration}, Map.put(meta, :reason, :already_disconnected))
+        LibclusterRs.Telemetry.execute(
+          error,
+          %{duration: duration},
+          Map.put(meta, :reason, :already_disconnected)
+        )
 
         Cluster.Logger.warn(
           topology,
@@ -179,7 +183,11 @@ defmodule Cluster.Strategy do
         :ok
 
       :ignored ->
-        Cluster.Telemetry.execute(error, %{duration: duration}, Map.put(meta, :reason, :not_part_of_network))
+        LibclusterRs.Telemetry.execute(
+          error,
+          %{duration: duration},
+          Map.put(meta, :reason, :not_part_of_network)
+        )
 
         Cluster.Logger.warn(
           topology,
@@ -190,7 +198,7 @@ defmodule Cluster.Strategy do
 
       reason ->
         # libcluster 3.5 puts inspect(value) in the event's reason (a string).
-        Cluster.Telemetry.execute(error, %{duration: duration}, Map.put(meta, :reason, inspect(reason)))
+        LibclusterRs.Telemetry.execute(error, %{duration: duration}, Map.put(meta, :reason, inspect(reason)))
         Cluster.Logger.warn(topology, "disconnect from #{inspect(node)} failed with: #{inspect(reason)}")
         {:error, reason}
     end

@@ -27,7 +27,7 @@ defmodule Cluster.Supervisor do
     * `:connect` - `{m, f, a}` called with the node appended (default `{:net_kernel, :connect_node, []}`)
     * `:disconnect` - default `{:erlang, :disconnect_node, []}`
     * `:list_nodes` - default `{:erlang, :nodes, [:connected]}`
-    * `:membership` - options for `Cluster.Membership` (built-in strategies only): `:prune`,
+    * `:membership` - options for `LibclusterRs.Membership` (built-in strategies only): `:prune`,
       `:connect_timeout`, `:max_concurrency`, `:backoff_min`, `:backoff_max`
     * `:await` - `[min_nodes: n, timeout: ms]`: after starting this topology, the supervisor's start
       waits (at most `timeout`) until the topology has `n` connected nodes, so that children started
@@ -72,7 +72,7 @@ defmodule Cluster.Supervisor do
 
     awaits =
       for {topology, spec} <- topologies, opts = Keyword.get(spec, :await), into: %{} do
-        {topology, Cluster.Await.child_spec(topology, opts)}
+        {topology, LibclusterRs.Await.child_spec(topology, opts)}
       end
 
     children =
@@ -95,10 +95,10 @@ defmodule Cluster.Supervisor do
       end
 
     warn_started_twice(Keyword.keys(topologies))
-    _ = Registry.register(Cluster.Registry, {:supervisor, self()}, info)
+    _ = Registry.register(LibclusterRs.Registry, {:supervisor, self()}, info)
     :ok
   rescue
-    # Cluster.Registry is started by the :libcluster_rs application; without it, status is unavailable.
+    # LibclusterRs.Registry is started by the :libcluster_rs application; without it, status is unavailable.
     ArgumentError -> :ok
   end
 
@@ -106,7 +106,7 @@ defmodule Cluster.Supervisor do
   # processes discover and dial the same nodes. libcluster says nothing; say which and where.
   defp warn_started_twice(names) do
     others =
-      Registry.select(Cluster.Registry, [
+      Registry.select(LibclusterRs.Registry, [
         {{{:supervisor, :"$1"}, :_, :"$2"}, [{:"=/=", :"$1", self()}], [{{:"$1", :"$2"}}]}
       ])
 
@@ -125,8 +125,8 @@ defmodule Cluster.Supervisor do
 
   defp place(pid) do
     case Process.info(pid, :registered_name) do
-      {:registered_name, Cluster.AppSupervisor} ->
-        "Cluster.AppSupervisor (the :libcluster_rs application, from `config :libcluster_rs, topologies:`)"
+      {:registered_name, LibclusterRs.AppSupervisor} ->
+        "LibclusterRs.AppSupervisor (the :libcluster_rs application, from `config :libcluster_rs, topologies:`)"
 
       {:registered_name, name} when is_atom(name) ->
         "the Cluster.Supervisor #{inspect(name)}"
@@ -158,7 +158,7 @@ defmodule Cluster.Supervisor do
             "invalid topology #{inspect(topology)}: expected :config to be a keyword list, got: #{inspect(config)}"
     end
 
-    config = Cluster.Config.resolve_system!(config, topology)
+    config = LibclusterRs.Config.resolve_system!(config, topology)
     config = if m = spec[:membership], do: Keyword.put_new(config, :membership, m), else: config
 
     state = %State{

@@ -2,7 +2,7 @@ defmodule Cluster.DeadPeersTest do
   # A topology whose host list holds dead and silent peers next to a live one: the live one joins
   # as fast as when it is alone, well before any dead peer's connect could have failed.
   use ExUnit.Case, async: false
-  alias Cluster.Test.{DeadPeers, Peer}
+  alias LibclusterRs.Test.{DeadPeers, Peer}
 
   @moduletag :root
   @moduletag timeout: 120_000

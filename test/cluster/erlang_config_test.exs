@@ -1,7 +1,7 @@
 defmodule Cluster.ErlangConfigTest do
   # The sys.config form and the Erlang shell session of docs/erlang.md, run for real.
   use ExUnit.Case, async: false
-  alias Cluster.Test.Peer
+  alias LibclusterRs.Test.Peer
 
   @doc_path "docs/erlang.md"
 

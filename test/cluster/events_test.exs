@@ -70,7 +70,7 @@ defmodule Cluster.EventsTest do
     ref = Process.monitor(dead)
     send(dead, :stop)
     assert_receive {:DOWN, ^ref, :process, ^dead, _}
-    Cluster.Test.Peer.wait_until(fn -> dead not in Events.subscribers() end, 1_000)
+    LibclusterRs.Test.Peer.wait_until(fn -> dead not in Events.subscribers() end, 1_000)
     assert alive in Events.subscribers()
     deliver({:nodeup, :"after@h.example"})
     assert_receive {:got, ^alive, {:nodeup, :"after@h.example"}}

@@ -1,6 +1,6 @@
 defmodule Cluster.GracefulLeaveTest do
   use ExUnit.Case, async: false
-  alias Cluster.Test.Peer
+  alias LibclusterRs.Test.Peer
 
   @tag timeout: 60_000
   @tag :tmp_dir
@@ -12,7 +12,9 @@ defmodule Cluster.GracefulLeaveTest do
     {peer, _node} = Peer.start(name, "127.0.0.1")
 
     # A peer that never comes: the topology re-dials it every 10-20 ms.
-    :ok = Peer.call(peer, Cluster.Test.DrainApp, :load_and_start, [path, [:"ghost_#{name}@127.0.0.1"], 500])
+    :ok =
+      Peer.call(peer, LibclusterRs.Test.DrainApp, :load_and_start, [path, [:"ghost_#{name}@127.0.0.1"], 500])
+
     Peer.wait_until(fn -> count(path, "dial ") >= 5 end, 10_000)
 
     # The node stops: the application's drainer takes 500 ms, during which the topology still runs.

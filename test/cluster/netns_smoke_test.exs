@@ -1,6 +1,6 @@
 defmodule Cluster.NetnsSmokeTest do
   use ExUnit.Case, async: false
-  alias Cluster.Test.{Netns, Peer}
+  alias LibclusterRs.Test.{Netns, Peer}
 
   @moduletag :root
   @tag timeout: 60_000

@@ -1,6 +1,6 @@
 defmodule Cluster.PeerSmokeTest do
   use ExUnit.Case, async: false
-  alias Cluster.Test.Peer
+  alias LibclusterRs.Test.Peer
 
   @tag timeout: 60_000
   test "three peers form a cluster through Epmd" do

@@ -4,7 +4,7 @@ defmodule Cluster.RedialStormTest do
   use ExUnit.Case, async: false
 
   alias Cluster.Strategy.Epmd
-  alias Cluster.Test.{Flapper, Peer}
+  alias LibclusterRs.Test.{Flapper, Peer}
 
   @moduletag timeout: 120_000
 

@@ -5,7 +5,7 @@ defmodule Cluster.StatusDNSTest do
   import ExUnit.CaptureLog
 
   alias Cluster.Strategy.DNSPoll
-  alias Cluster.Test.{Dialer, Dnsmasq}
+  alias LibclusterRs.Test.{Dialer, Dnsmasq}
 
   @moduletag :dnsmasq
 

@@ -4,7 +4,7 @@ defmodule Cluster.StatusStrategiesTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias Cluster.Test.{Dialer, FakeKube, Peer}
+  alias LibclusterRs.Test.{Dialer, FakeKube, Peer}
 
   defp wait_status(topology, fun, ms \\ 5_000) do
     Peer.wait_until(
@@ -105,8 +105,16 @@ defmodule Cluster.StatusStrategiesTest do
     assert s.strategy == Cluster.Strategy.Gossip and s.state == :running
     assert %{wire_format: :v1, port: ^port, counters: %{}} = s.extra
 
-    sender = Cluster.Test.GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
-    Cluster.Test.GossipSender.send_all(sender, {233, 252, 1, 32}, port, Cluster.Test.GossipSender.garbage(50))
+    sender =
+      LibclusterRs.Test.GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
+
+    LibclusterRs.Test.GossipSender.send_all(
+      sender,
+      {233, 252, 1, 32},
+      port,
+      LibclusterRs.Test.GossipSender.garbage(50)
+    )
+
     :gen_udp.close(sender)
 
     Peer.wait_until(

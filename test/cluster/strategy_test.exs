@@ -30,7 +30,7 @@ defmodule Cluster.StrategyTest do
   ]
 
   setup do
-    Cluster.Test.TelemetryForward.attach(@events, "strategy_")
+    LibclusterRs.Test.TelemetryForward.attach(@events, "strategy_")
     {:ok, t: :"strategy_#{System.unique_integer([:positive])}"}
   end
 

@@ -160,10 +160,10 @@ defmodule Cluster.SupervisorTest do
     defp reporter(t), do: [{t, [strategy: Reporter, config: [test: self()]]}]
 
     test "through config :libcluster_rs and the app's own supervisor: warned, naming both places", %{t: t} do
-      # What Cluster.App starts for `config :libcluster_rs, topologies: [...]`.
+      # What LibclusterRs.App starts for `config :libcluster_rs, topologies: [...]`.
       start_supervised!(%{
         id: :app_sup,
-        start: {Cluster.Supervisor, :start_link, [[reporter(t), [name: Cluster.AppSupervisor]]]}
+        start: {Cluster.Supervisor, :start_link, [[reporter(t), [name: LibclusterRs.AppSupervisor]]]}
       })
 
       log =
@@ -176,7 +176,7 @@ defmodule Cluster.SupervisorTest do
 
       assert log =~ "[warning]"
       assert log =~ "[libcluster:#{t}] topology #{inspect(t)} is started twice"
-      assert log =~ "Cluster.AppSupervisor" and log =~ "config :libcluster_rs"
+      assert log =~ "LibclusterRs.AppSupervisor" and log =~ "config :libcluster_rs"
       assert log =~ "Cluster.SupervisorTest.Own"
     end
 

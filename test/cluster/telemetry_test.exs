@@ -4,7 +4,7 @@ defmodule Cluster.TelemetryTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias Cluster.Test.{Dialer, ScriptedStrategy}
+  alias LibclusterRs.Test.{Dialer, ScriptedStrategy}
 
   @events [
     [:libcluster, :discovery, :start],
@@ -18,7 +18,7 @@ defmodule Cluster.TelemetryTest do
   ]
 
   setup do
-    Cluster.Test.TelemetryForward.attach(@events)
+    LibclusterRs.Test.TelemetryForward.attach(@events)
     t = :"tel_#{System.unique_integer([:positive])}"
     {:ok, topology: t}
   end
@@ -88,8 +88,8 @@ defmodule Cluster.TelemetryTest do
       assert_receive {:dial, :"b@h.example"}
       assert_receive {:dial, :"a@h.example"}
       Process.sleep(20)
-      [{disc, _}] = Registry.lookup(Cluster.Registry, {:discovery, t})
-      Cluster.Discovery.refresh(disc)
+      [{disc, _}] = Registry.lookup(LibclusterRs.Registry, {:discovery, t})
+      LibclusterRs.Discovery.refresh(disc)
       outcome({:discovered, [:"a@h.example"]})
 
       assert_receive {:telemetry, [:libcluster, :membership, :removed], %{count: 1},

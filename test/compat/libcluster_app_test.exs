@@ -1,16 +1,16 @@
 defmodule Cluster.Compat.LibclusterAppTest do
-  # The one :libcluster application: the in-memory spec (mix.exs at Mix time, Cluster.LibclusterApp
+  # The one :libcluster application: the in-memory spec (mix.exs at Mix time, LibclusterRs.LibclusterApp
   # at run time) and the stub package compat/libcluster; and the migration guide that explains them.
   use ExUnit.Case, async: true
 
-  test "mix.exs and Cluster.LibclusterApp load the same in-memory :libcluster spec" do
-    assert LibclusterRs.MixProject.libcluster_app() == Cluster.LibclusterApp.spec()
-    assert {:application, :libcluster, props} = Cluster.LibclusterApp.spec()
+  test "mix.exs and LibclusterRs.LibclusterApp load the same in-memory :libcluster spec" do
+    assert LibclusterRs.MixProject.libcluster_app() == LibclusterRs.LibclusterApp.spec()
+    assert {:application, :libcluster, props} = LibclusterRs.LibclusterApp.spec()
     assert props[:modules] == []
   end
 
   test ":libcluster is loaded once libcluster_rs runs, so `config :libcluster` applies" do
-    assert :ok = Cluster.LibclusterApp.load()
+    assert :ok = LibclusterRs.LibclusterApp.load()
     assert {:libcluster, _, _} = List.keyfind(Application.loaded_applications(), :libcluster, 0)
   end
 

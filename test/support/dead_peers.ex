@@ -1,4 +1,4 @@
-defmodule Cluster.Test.DeadPeers do
+defmodule LibclusterRs.Test.DeadPeers do
   @moduledoc false
   # A topology holding one live peer next to K peers that never answer, on namespaces of one bridge
   # (198.18.<subnet>.0/24). Used by test/cluster/dead_peers_test.exs and bench/dead_peers.exs.
@@ -15,7 +15,7 @@ defmodule Cluster.Test.DeadPeers do
   #
   # Needs root.
 
-  alias Cluster.Test.{Netns, Peer}
+  alias LibclusterRs.Test.{Netns, Peer}
 
   defstruct [:net, :observer_host, :live_host, :live_node, silent: [], unreachable: [], listeners: []]
 

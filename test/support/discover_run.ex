@@ -1,4 +1,4 @@
-defmodule Cluster.Test.DiscoverRun do
+defmodule LibclusterRs.Test.DiscoverRun do
   @moduledoc false
   # Running `mix libcluster.discover` in tests: the task runs in a process of its own (the owner of
   # the discovery), its stdout and stderr are captured, and the topologies config is restored after.

@@ -1,4 +1,4 @@
-defmodule Cluster.Test.FakeNodes do
+defmodule LibclusterRs.Test.FakeNodes do
   @moduledoc false
   # libcluster's testing habit: connect/disconnect/list_nodes MFAs that record "connections" in a
   # public ETS table and tell the test process, so strategies run without real nodes.

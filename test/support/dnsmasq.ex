@@ -1,4 +1,4 @@
-defmodule Cluster.Test.Dnsmasq do
+defmodule LibclusterRs.Test.Dnsmasq do
   @moduledoc false
   # A real DNS server for tests: Debian's dnsmasq, started on one address (127.0.0.1 by default)
   # and a high port, answering only from files this helper writes (`--no-resolv`, `--no-hosts`).

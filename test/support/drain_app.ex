@@ -1,4 +1,4 @@
-defmodule Cluster.Test.DrainApp do
+defmodule LibclusterRs.Test.DrainApp do
   @moduledoc false
   # A user application for the graceful-leave test, run on a peer: its tree is a Cluster.Supervisor
   # (started first, so stopped last) and a child that takes `drain_ms` to stop, like an endpoint

@@ -1,4 +1,4 @@
-defmodule Cluster.Test.Env do
+defmodule LibclusterRs.Test.Env do
   @moduledoc false
   # Which tagged tests can run here, decided once.
 

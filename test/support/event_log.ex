@@ -1,8 +1,8 @@
-defmodule Cluster.Test.EventLog do
+defmodule LibclusterRs.Test.EventLog do
   @moduledoc false
   # A Cluster.Events subscriber that records what it receives, for tests that cannot receive the
   # events themselves (the test node is not distributed; the subscriber runs on a peer). Start it
-  # on a peer with `Peer.call(p, Cluster.Test.EventLog, :start, [])`, read it with `events/0`.
+  # on a peer with `Peer.call(p, LibclusterRs.Test.EventLog, :start, [])`, read it with `events/0`.
 
   def start do
     parent = self()

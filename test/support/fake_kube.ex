@@ -1,4 +1,4 @@
-defmodule Cluster.Test.FakeKube do
+defmodule LibclusterRs.Test.FakeKube do
   @moduledoc false
   # A Kubernetes API server for tests: HTTPS on 127.0.0.1 (or `ip:`, e.g. a netns bridge) with a CA and server certificate made for
   # the run (openssl CLI), bearer-token checks, list and watch (chunked JSON event stream) of
@@ -17,7 +17,7 @@ defmodule Cluster.Test.FakeKube do
   # Role, whose every watch request is answered 403 Forbidden while lists succeed.
   use GenServer
 
-  alias Cluster.Test.JSON
+  alias LibclusterRs.Test.JSON
 
   defstruct [:pid, :port, :dir, :sa_path, :master, :ca, :wrong_ca_sa_path]
 

@@ -1,4 +1,4 @@
-defmodule Cluster.Test.Faulty do
+defmodule LibclusterRs.Test.Faulty do
   @moduledoc false
   # Topology MFAs and resolver funs that misbehave on demand, over a fake distribution kept in a
   # public ETS table (`{node}` rows are "connected"). `fault` is nil (behave) or `{kind, p}`: the
@@ -7,10 +7,10 @@ defmodule Cluster.Test.Faulty do
   # "sometimes" is deterministic). Every call that enters a fault is reported to the table's owner
   # as `{:fault_entered, what, kind}`.
   #
-  #   connect:    {Cluster.Test.Faulty, :connect, [table, fault]}
-  #   disconnect: {Cluster.Test.Faulty, :disconnect, [table, fault]}
-  #   list_nodes: {Cluster.Test.Faulty, :list_nodes, [table, fault]}
-  #   resolver:   Cluster.Test.Faulty.resolver(table, fault, answers)
+  #   connect:    {LibclusterRs.Test.Faulty, :connect, [table, fault]}
+  #   disconnect: {LibclusterRs.Test.Faulty, :disconnect, [table, fault]}
+  #   list_nodes: {LibclusterRs.Test.Faulty, :list_nodes, [table, fault]}
+  #   resolver:   LibclusterRs.Test.Faulty.resolver(table, fault, answers)
 
   def new do
     table = :ets.new(:faulty, [:public, :set])

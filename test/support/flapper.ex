@@ -1,4 +1,4 @@
-defmodule Cluster.Test.Flapper do
+defmodule LibclusterRs.Test.Flapper do
   @moduledoc false
   # Run on :peer nodes for the redial-storm test. On the flapping peer, `start_dropping/0` makes the
   # node accept every connection and drop it again at once (it disconnects every node that comes

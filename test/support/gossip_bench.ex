@@ -1,4 +1,4 @@
-defmodule Cluster.Test.GossipBench do
+defmodule LibclusterRs.Test.GossipBench do
   @moduledoc false
   # Runs on a peer for bench/gossip/*.exs: times measured where the connections happen.
 

@@ -1,8 +1,8 @@
-defmodule Cluster.Test.GossipLog do
+defmodule LibclusterRs.Test.GossipLog do
   @moduledoc false
   # Records the log lines of a node at `level` and above (an Erlang :logger handler), for tests
-  # whose strategy runs on a peer: `Peer.call(p, Cluster.Test.GossipLog, :start, [:error])`, then
-  # `Peer.call(p, Cluster.Test.GossipLog, :lines, [])`.
+  # whose strategy runs on a peer: `Peer.call(p, LibclusterRs.Test.GossipLog, :start, [:error])`, then
+  # `Peer.call(p, LibclusterRs.Test.GossipLog, :lines, [])`.
 
   @table __MODULE__
 

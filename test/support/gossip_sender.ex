@@ -1,4 +1,4 @@
-defmodule Cluster.Test.GossipSender do
+defmodule LibclusterRs.Test.GossipSender do
   @moduledoc false
   # A hostile (or merely foreign) gossip sender for tests. Runs on the test node or on a peer
   # (e.g. inside a fifth network namespace) and sends raw datagrams with :gen_udp.

@@ -1,4 +1,4 @@
-defmodule Cluster.Test.JSON do
+defmodule LibclusterRs.Test.JSON do
   @moduledoc false
   # A JSON encoder for test fixtures and benchmarks (the package has no JSON dependency): maps with
   # atom or string keys, lists, strings, numbers, booleans and nil. Returns iodata.

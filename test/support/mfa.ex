@@ -1,11 +1,11 @@
-defmodule Cluster.Test.Mfa do
+defmodule LibclusterRs.Test.Mfa do
   @moduledoc false
   # Injectable connect / disconnect / list_nodes MFAs (libcluster's testing habit): each call is
   # reported to the test process and answers what the test wants.
   #
-  #   connect:    {Cluster.Test.Mfa, :connect, [test_pid, reply]}     -> sends {:connect, node}
-  #   disconnect: {Cluster.Test.Mfa, :disconnect, [test_pid, reply]}  -> sends {:disconnect, node}
-  #   list_nodes: {Cluster.Test.Mfa, :list_nodes, [nodes_or_agent]}
+  #   connect:    {LibclusterRs.Test.Mfa, :connect, [test_pid, reply]}     -> sends {:connect, node}
+  #   disconnect: {LibclusterRs.Test.Mfa, :disconnect, [test_pid, reply]}  -> sends {:disconnect, node}
+  #   list_nodes: {LibclusterRs.Test.Mfa, :list_nodes, [nodes_or_agent]}
   #
   # `reply` is the value to return, or a 1-arity fun of the node returning it. `nodes_or_agent` is a
   # fixed list or an Agent holding a MapSet (see `connected/1`), which `connect_into/2` updates.

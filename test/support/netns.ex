@@ -1,4 +1,4 @@
-defmodule Cluster.Test.Netns do
+defmodule LibclusterRs.Test.Netns do
   @moduledoc false
   # Several "hosts" on one machine: network namespaces on a bridge, with addresses in 198.18.<k>.0/24
   # (a private benchmarking range). The root namespace holds 198.18.<k>.1 on the bridge, so a server

@@ -1,4 +1,4 @@
-defmodule Cluster.Test.Peer do
+defmodule LibclusterRs.Test.Peer do
   @moduledoc false
   # Real BEAM nodes for tests, started with OTP's :peer and controlled over stdio (so the test node
   # itself needs no distribution, and a peer in a network namespace is controlled the same way).

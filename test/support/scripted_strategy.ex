@@ -1,17 +1,17 @@
-defmodule Cluster.Test.ScriptedStrategy do
+defmodule LibclusterRs.Test.ScriptedStrategy do
   @moduledoc false
-  # A Cluster.Discovery strategy driven by the test: each round sends `{:round, discovery_pid, tag}`
+  # A LibclusterRs.Discovery strategy driven by the test: each round sends `{:round, discovery_pid, tag}`
   # to `config[:test]` and stays pending; the test then sends `{:libcluster_rs, tag, outcome}` to the
   # discovery pid, and every such event is taken as that outcome. `config[:result]` instead answers
-  # every round at once with that outcome. `config[:opts]` are the Cluster.Discovery options.
-  use Cluster.Discovery
+  # every round at once with that outcome. `config[:opts]` are the LibclusterRs.Discovery options.
+  use LibclusterRs.Discovery
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{config: config}) do
     if config[:ignore], do: :ignore, else: {:ok, Map.new(config), Keyword.get(config, :opts, [])}
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(impl, tag) do
     if pid = impl[:test], do: send(pid, {:round, self(), tag})
 
@@ -22,15 +22,15 @@ defmodule Cluster.Test.ScriptedStrategy do
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def handle_event({:raise, message}, _impl), do: raise(message)
   def handle_event(outcome, impl), do: {[outcome], impl}
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def status_extra(impl), do: %{scripted: true, test: impl[:test]}
 end
 
-defmodule Cluster.Test.Dialer do
+defmodule LibclusterRs.Test.Dialer do
   @moduledoc false
   # Injected connect / list_nodes MFAs: a fake distribution. Every dial is reported to the test as
   # `{:dial, node}`; nodes in `reachable` connect, the others fail (`false`).
@@ -74,9 +74,9 @@ defmodule Cluster.Test.Dialer do
   end
 end
 
-defmodule Cluster.Test.CustomStrategy do
+defmodule LibclusterRs.Test.CustomStrategy do
   @moduledoc false
-  # A libcluster-style custom strategy (not built on Cluster.Discovery).
+  # A libcluster-style custom strategy (not built on LibclusterRs.Discovery).
   use Cluster.Strategy
   use GenServer
 

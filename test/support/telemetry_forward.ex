@@ -1,4 +1,4 @@
-defmodule Cluster.Test.TelemetryForward do
+defmodule LibclusterRs.Test.TelemetryForward do
   @moduledoc false
   # Forwards telemetry events to the calling test process as `{:telemetry, event, measurements,
   # meta}`, detached when the test exits. With `topology_prefix`, only events whose topology name

@@ -91,14 +91,14 @@ defmodule Cluster.Strategy.DNSPoll do
           ]
         ]
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.{Config, DNS}
+  alias LibclusterRs.{Config, DNS}
   alias Cluster.Strategy.State
 
   @default_types [:a, :aaaa]
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     schema = DNS.interval_schema() ++ [{:resource_types, @default_types, &resource_types/1}] ++ DNS.schema()
 
@@ -116,11 +116,11 @@ defmodule Cluster.Strategy.DNSPoll do
 
   @doc false
   # A DNSPoll without a usable :query or :node_basename starts, as in libcluster, but connects
-  # nothing: Cluster.InvalidTopology says why at error level, once, and in Cluster.status/1.
+  # nothing: LibclusterRs.InvalidTopology says why at error level, once, and in Cluster.status/1.
   def child_spec([%State{config: config} = state] = args) do
     case config_problem(config) do
       nil -> super(args)
-      message -> Cluster.InvalidTopology.child_spec(state, __MODULE__, "DNSPoll: " <> message)
+      message -> LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "DNSPoll: " <> message)
     end
   end
 
@@ -133,7 +133,7 @@ defmodule Cluster.Strategy.DNSPoll do
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(%{resolver: nil} = impl, tag) do
     {DNS.poll(impl, impl.questions, tag), impl}
   end
@@ -155,7 +155,7 @@ defmodule Cluster.Strategy.DNSPoll do
     {DNS.run_resolver(lookups, impl.resolver_timeout, tag), impl}
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def handle_event(event, impl), do: {DNS.handle_event(event), impl}
 
   @doc false

@@ -8,7 +8,7 @@ defmodule Cluster.Strategy.Epmd do
 
   With `timeout: n` (an integer), as in libcluster, a node that is not connected is dialled again
   once per `n` ms and never more often, whatever happens: `n` is the topology's per-node dial floor
-  (`Cluster.Membership`'s `:min_dial_interval`). A node that keeps failing backs off further, up to
+  (`LibclusterRs.Membership`'s `:min_dial_interval`). A node that keeps failing backs off further, up to
   `:backoff_max` (10 s); set `membership: [backoff_max: n]` to dial it exactly once per `n` ms as
   libcluster does.
 
@@ -31,11 +31,11 @@ defmodule Cluster.Strategy.Epmd do
           ]
         ]
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.Config
+  alias LibclusterRs.Config
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     schema = [
       {:hosts, [], Config.list_of(&node_name/1, "node names (atoms such as :\"app@host\")")},
@@ -58,11 +58,11 @@ defmodule Cluster.Strategy.Epmd do
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(hosts, _tag), do: {{:discovered, hosts}, hosts}
 
   defp node_name(node) when is_atom(node) do
-    case Cluster.NodeName.to_node(node) do
+    case LibclusterRs.NodeName.to_node(node) do
       {:ok, node} -> {:ok, node}
       :error -> {:error, "a node name"}
     end

@@ -26,11 +26,11 @@ defmodule Cluster.Strategy.ErlangHosts do
           hosts: [strategy: Cluster.Strategy.ErlangHosts, config: [timeout: 30_000]]
         ]
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.Config
+  alias LibclusterRs.Config
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     schema = [
       {:timeout, :infinity, Config.interval()},
@@ -78,15 +78,15 @@ defmodule Cluster.Strategy.ErlangHosts do
       else: {:error, {:not_host_names, Enum.reject(hosts, &(is_atom(&1) or is_binary(&1) or is_list(&1)))}}
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(impl, tag) do
-    handle = Cluster.Native.epmd_names_start(tag, impl.hosts, impl.epmd_port, impl.epmd_timeout)
+    handle = LibclusterRs.Native.epmd_names_start(tag, impl.hosts, impl.epmd_port, impl.epmd_timeout)
     {{:async, handle}, %{impl | found: %{}, failed: %{}}}
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def handle_event({:epmd_names, host, {:ok, names}}, impl) do
-    {nodes, _} = Cluster.NodeName.to_nodes(Enum.map(names, &"#{&1}@#{host}"))
+    {nodes, _} = LibclusterRs.NodeName.to_nodes(Enum.map(names, &"#{&1}@#{host}"))
     # Connect each host's nodes as soon as that host answers.
     {[{:seen, nodes}], %{impl | found: Map.put(impl.found, host, nodes)}}
   end
@@ -107,5 +107,5 @@ defmodule Cluster.Strategy.ErlangHosts do
     {[{:discovered, impl.found |> Map.values() |> List.flatten()}], impl}
   end
 
-  def handle_event(event, impl), do: {[Cluster.Discovery.default_event(event)], impl}
+  def handle_event(event, impl), do: {[LibclusterRs.Discovery.default_event(event)], impl}
 end

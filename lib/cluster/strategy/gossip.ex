@@ -2,7 +2,7 @@ defmodule Cluster.Strategy.Gossip do
   @moduledoc """
   Forms a cluster with no infrastructure: every node sends a heartbeat to a UDP multicast group
   (IPv4 or IPv6) or to a broadcast address, and connects to every node it hears. A heartbeat from
-  an unknown node goes straight to `Cluster.Membership`, so a newcomer is connected within
+  an unknown node goes straight to `LibclusterRs.Membership`, so a newcomer is connected within
   milliseconds of its first heartbeat (sent at start). Gossip never disconnects a node that goes
   quiet: the distribution's own failure detection (`net_ticktime`) handles that.
 
@@ -111,16 +111,16 @@ defmodule Cluster.Strategy.Gossip do
   With the same secret, v1 and authenticated keys differ (SHA-256 vs HKDF), so keeping the secret
   is safe; changing it at step 3 is fine as well if every node gets the new one.
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.Config
+  alias LibclusterRs.Config
   alias __MODULE__.Watcher
 
   @default_multicast {233, 252, 1, 32}
   @default_atom_cap 10_000
   @default_broadcast {255, 255, 255, 255}
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     schema = [
       {:port, 45892, Config.port()},
@@ -232,7 +232,7 @@ defmodule Cluster.Strategy.Gossip do
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(impl, tag) do
     native_opts = %{
       node: current_node(),
@@ -254,7 +254,7 @@ defmodule Cluster.Strategy.Gossip do
       listen_only: Map.get(impl, :listen_only, false)
     }
 
-    {handle, stats} = Cluster.Native.gossip_start(tag, native_opts, impl.secret)
+    {handle, stats} = LibclusterRs.Native.gossip_start(tag, native_opts, impl.secret)
     watcher = impl.watcher || Watcher.start(self())
     send(watcher, {:task, stats, native_opts.node})
     {{:stream, handle}, %{impl | stats: stats, watcher: watcher}}
@@ -271,7 +271,7 @@ defmodule Cluster.Strategy.Gossip do
   @spec dry_run(map()) :: map()
   def dry_run(impl), do: Map.put(impl, :listen_only, true)
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def handle_event({:heartbeat, name, trusted}, impl) when is_boolean(trusted) do
     case node_atom(name, trusted, impl) do
       {:ok, node} ->
@@ -289,16 +289,16 @@ defmodule Cluster.Strategy.Gossip do
 
   def handle_event({:gossip_stats, counters}, impl) do
     counters = with_local_counters(counters, impl)
-    Cluster.Telemetry.execute([:libcluster, :gossip, :stats], counters, %{topology: impl.topology})
+    LibclusterRs.Telemetry.execute([:libcluster, :gossip, :stats], counters, %{topology: impl.topology})
     {[], %{impl | last_stats: counters}}
   end
 
-  def handle_event(event, impl), do: {[Cluster.Discovery.default_event(event)], impl}
+  def handle_event(event, impl), do: {[LibclusterRs.Discovery.default_event(event)], impl}
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def status_extra(impl) do
-    counters = if impl.stats, do: Cluster.Native.gossip_stats(impl.stats), else: impl.last_stats
-    {created, dropped} = Cluster.Native.gossip_atom_budget()
+    counters = if impl.stats, do: LibclusterRs.Native.gossip_stats(impl.stats), else: impl.last_stats
+    {created, dropped} = LibclusterRs.Native.gossip_atom_budget()
 
     %{
       wire_format: impl.wire_format,
@@ -316,7 +316,7 @@ defmodule Cluster.Strategy.Gossip do
   # a new name from an unauthenticated datagram spends one atom of the VM-wide budget.
   defp node_atom(name, trusted, impl) do
     cond do
-      not Cluster.NodeName.valid?(name) ->
+      not LibclusterRs.NodeName.valid?(name) ->
         :invalid
 
       existing = existing_atom(name) ->
@@ -326,7 +326,7 @@ defmodule Cluster.Strategy.Gossip do
         {:ok, String.to_atom(name)}
 
       true ->
-        case Cluster.Native.gossip_atom_reserve(impl.max_unauthenticated_atoms) do
+        case LibclusterRs.Native.gossip_atom_reserve(impl.max_unauthenticated_atoms) do
           :ok ->
             {:ok, String.to_atom(name)}
 
@@ -384,7 +384,7 @@ defmodule Cluster.Strategy.Gossip do
           loop(%{w | node: node, monitoring: subscribe(w.monitoring)})
 
         {:nodedown, node} ->
-          if w.task, do: Cluster.Native.gossip_node_down(w.task, Atom.to_string(node))
+          if w.task, do: LibclusterRs.Native.gossip_node_down(w.task, Atom.to_string(node))
           loop(w)
 
         {:DOWN, ref, :process, _, _} when ref == w.owner ->
@@ -397,9 +397,9 @@ defmodule Cluster.Strategy.Gossip do
 
     # A name the native validator refuses cannot be announced: announce none rather than crash.
     defp set_node(task, node) do
-      Cluster.Native.gossip_set_node(task, node)
+      LibclusterRs.Native.gossip_set_node(task, node)
     rescue
-      ArgumentError -> Cluster.Native.gossip_set_node(task, nil)
+      ArgumentError -> LibclusterRs.Native.gossip_set_node(task, nil)
     end
 
     defp subscribe(true), do: true

@@ -159,13 +159,13 @@ defmodule Cluster.Strategy.Kubernetes do
           ]
         ]
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.Config
+  alias LibclusterRs.Config
 
   @service_account_path "/var/run/secrets/kubernetes.io/serviceaccount"
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     opts = Config.validate!(config, schema(), topology, __MODULE__, [:membership])
     impl = impl(opts, config, topology)
@@ -183,7 +183,7 @@ defmodule Cluster.Strategy.Kubernetes do
      interval: opts.polling_interval, prune: true, round_timeout: opts.kubernetes_request_timeout + 5_000}
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   # A config the strategy cannot run with (a required key given as nil) or a namespace file that
   # is not there yet: the round fails with a :config error (logged at error level once per streak,
   # shown by Cluster.status), nothing is connected or pruned, and the next round tries again.
@@ -194,7 +194,7 @@ defmodule Cluster.Strategy.Kubernetes do
     case namespace(impl) do
       {:ok, namespace} ->
         native = %{impl.native | namespace: namespace, probe: impl.dry_run}
-        handle = Cluster.Native.kubernetes_start(tag, native)
+        handle = LibclusterRs.Native.kubernetes_start(tag, native)
         mode = if native.watch, do: :watch, else: :poll
         impl = %{impl | namespace: namespace, mode: mode, watch_forbidden: nil}
         {{if(native.watch, do: :stream, else: :async), handle}, impl}
@@ -204,7 +204,7 @@ defmodule Cluster.Strategy.Kubernetes do
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   # The native task reports when the watch is forbidden (it then polls) and when it is allowed again.
   def handle_event({:watch_mode, :poll_fallback, detail}, impl) do
     text =
@@ -234,9 +234,9 @@ defmodule Cluster.Strategy.Kubernetes do
     {[:pending], %{impl | mode: :watch, watch_forbidden: nil}}
   end
 
-  def handle_event(event, impl), do: {[Cluster.Discovery.default_event(event)], impl}
+  def handle_event(event, impl), do: {[LibclusterRs.Discovery.default_event(event)], impl}
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def status_extra(impl) do
     %{
       kubernetes: %{

@@ -20,11 +20,11 @@ defmodule Cluster.Strategy.LocalEpmd do
           local: [strategy: Cluster.Strategy.LocalEpmd]
         ]
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.Config
+  alias LibclusterRs.Config
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     schema = [
       {:polling_interval, 5_000, Config.interval()},
@@ -36,21 +36,21 @@ defmodule Cluster.Strategy.LocalEpmd do
     {:ok, Map.put(opts, :hosts, %{}), interval: opts.polling_interval, prune: false}
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(opts, tag) do
-    host = Cluster.NodeName.host(Node.self())
+    host = LibclusterRs.NodeName.host(Node.self())
 
     if Node.alive?() do
-      handle = Cluster.Native.epmd_names_start(tag, [host], opts.epmd_port, opts.timeout)
+      handle = LibclusterRs.Native.epmd_names_start(tag, [host], opts.epmd_port, opts.timeout)
       {{:async, handle}, opts}
     else
       {{:error, :config, "this node is not alive (start it with --name or --sname)"}, opts}
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def handle_event({:epmd_names, host, {:ok, names}}, opts) do
-    {nodes, _} = Cluster.NodeName.to_nodes(Enum.map(names, &"#{&1}@#{host}"))
+    {nodes, _} = LibclusterRs.NodeName.to_nodes(Enum.map(names, &"#{&1}@#{host}"))
     {[{:discovered, nodes}], opts}
   end
 
@@ -58,7 +58,7 @@ defmodule Cluster.Strategy.LocalEpmd do
     {[{:error, kind, "cannot ask epmd on #{host}: #{message}"}], opts}
   end
 
-  def handle_event(event, opts), do: {[Cluster.Discovery.default_event(event)], opts}
+  def handle_event(event, opts), do: {[LibclusterRs.Discovery.default_event(event)], opts}
 
   @doc false
   def default_epmd_port do

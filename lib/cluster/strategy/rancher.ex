@@ -28,13 +28,13 @@ defmodule Cluster.Strategy.Rancher do
           ]
         ]
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.Config
+  alias LibclusterRs.Config
 
   @default_url "http://rancher-metadata/latest/self/service"
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     schema = [
       {:node_basename, nil, Config.nullable(Config.string())},
@@ -59,13 +59,13 @@ defmodule Cluster.Strategy.Rancher do
 
   @doc false
   # A :node_basename that is present but unusable (nil, "", not a string) does not stop boot, as in
-  # libcluster (which warns at every poll): Cluster.InvalidTopology says why at error level, once,
+  # libcluster (which warns at every poll): LibclusterRs.InvalidTopology says why at error level, once,
   # and in Cluster.status/1. A missing key raises, as libcluster's Keyword.fetch! does.
   def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
     with true <- Keyword.keyword?(config),
          {:ok, value} <- Keyword.fetch(config, :node_basename),
          {:error, expected} <- Config.string().(value) do
-      Cluster.InvalidTopology.child_spec(
+      LibclusterRs.InvalidTopology.child_spec(
         state,
         __MODULE__,
         "Rancher: expected :node_basename to be #{expected}, got: #{inspect(value)}"
@@ -75,10 +75,15 @@ defmodule Cluster.Strategy.Rancher do
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(opts, tag) do
     handle =
-      Cluster.Native.rancher_start(tag, opts.rancher_metadata_url, opts.node_basename, opts.rancher_timeout)
+      LibclusterRs.Native.rancher_start(
+        tag,
+        opts.rancher_metadata_url,
+        opts.node_basename,
+        opts.rancher_timeout
+      )
 
     {{:async, handle}, opts}
   end

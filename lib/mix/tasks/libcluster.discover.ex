@@ -70,9 +70,9 @@ defmodule Mix.Tasks.Libcluster.Discover do
       answer or none of its nodes is registered, the strategy disabled itself (`:ignore`), or
       node names do not suit the name mode given
     * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
-      (one not built on `Cluster.Discovery` cannot run without connecting)
+      (one not built on `LibclusterRs.Discovery` cannot run without connecting)
 
-  Only built-in strategies (and custom ones built on `Cluster.Discovery`) can be dry-run. A
+  Only built-in strategies (and custom ones built on `LibclusterRs.Discovery`) can be dry-run. A
   strategy that would announce this node (gossip) may export `dry_run(impl) -> impl`; the task
   calls it between `init/1` and `discover/2`. The task's
   VM is not distributed; strategies that need this node's own name (`LocalEpmd`) need it to be:
@@ -81,7 +81,7 @@ defmodule Mix.Tasks.Libcluster.Discover do
   """
   use Mix.Task
 
-  alias Cluster.{Discovery, EpmdProbe, NodeName}
+  alias LibclusterRs.{Discovery, EpmdProbe, NodeName}
   alias Cluster.Strategy.{Epmd, ErlangHosts, LocalEpmd}
 
   @switches [timeout: :integer, longnames: :boolean, shortnames: :boolean, epmd_port: :integer]
@@ -169,7 +169,7 @@ defmodule Mix.Tasks.Libcluster.Discover do
         true ->
           fail(
             2,
-            "#{inspect(strategy)} is a custom strategy (not built on Cluster.Discovery): it cannot be " <>
+            "#{inspect(strategy)} is a custom strategy (not built on LibclusterRs.Discovery): it cannot be " <>
               "run without connecting"
           )
       end
@@ -237,7 +237,7 @@ defmodule Mix.Tasks.Libcluster.Discover do
   end
 
   defp stop(nil), do: :ok
-  defp stop(handle), do: Cluster.Native.discovery_stop(handle)
+  defp stop(handle), do: LibclusterRs.Native.discovery_stop(handle)
 
   defp apply_outcome({:discovered, nodes}, acc),
     do: %{acc | discovered: MapSet.union(acc.discovered || MapSet.new(), MapSet.new(nodes)), done: true}
@@ -302,7 +302,7 @@ defmodule Mix.Tasks.Libcluster.Discover do
         true -> {true, :assumed}
       end
 
-    problems = Enum.flat_map(nodes, &List.wrap(Cluster.NodeName.mode_problem(&1, longnames?)))
+    problems = Enum.flat_map(nodes, &List.wrap(LibclusterRs.NodeName.mode_problem(&1, longnames?)))
 
     cond do
       problems == [] ->

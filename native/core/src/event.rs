@@ -1,7 +1,7 @@
 //! The closed set of events a discovery task reports to its owner, and the [`Sink`] they go through.
 //!
 //! The `nif` crate encodes each event as `{:libcluster_rs, tag, event}`; the Elixir shapes are listed
-//! next to each variant and documented in `Cluster.Native`.
+//! next to each variant and documented in `LibclusterRs.Native`.
 
 use std::fmt;
 

@@ -9,4 +9,4 @@ mod kubernetes;
 mod runtime;
 mod sink;
 
-rustler::init!("Elixir.Cluster.Native");
+rustler::init!("Elixir.LibclusterRs.Native");

@@ -4,9 +4,9 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias Cluster.Discovery
+  alias LibclusterRs.Discovery
   alias Cluster.Strategy.{DNSPoll, Kubernetes}
-  alias Cluster.Test.{Dnsmasq, FakeNodes}
+  alias LibclusterRs.Test.{Dnsmasq, FakeNodes}
 
   @moduletag :dnsmasq
 
@@ -51,7 +51,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
         extra
       )
 
-    _handle = Cluster.Native.dns_lookup_start(tag, opts)
+    _handle = LibclusterRs.Native.dns_lookup_start(tag, opts)
     assert_receive {:libcluster_rs, ^tag, event}, 5_000
     event
   end
@@ -223,7 +223,11 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   # Runs round `n` now and waits until it has finished.
   defp poll(pid, n) do
     Discovery.refresh(pid)
-    Cluster.Test.Peer.wait_until(fn -> match?(%{rounds: ^n, mode: :idle}, Discovery.status(pid)) end, 3_000)
+
+    LibclusterRs.Test.Peer.wait_until(
+      fn -> match?(%{rounds: ^n, mode: :idle}, Discovery.status(pid)) end,
+      3_000
+    )
   end
 
   test "rotating answers do not make nodes flap with the recommended grace period", %{dns: dns} do
@@ -234,10 +238,10 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
     start(
       table,
       DNSPoll,
-      poll_config(dns, polling_interval: 100, membership: [prune: Cluster.DNS.recommended_grace(100)])
+      poll_config(dns, polling_interval: 100, membership: [prune: LibclusterRs.DNS.recommended_grace(100)])
     )
 
-    Cluster.Test.Peer.wait_until(fn -> length(FakeNodes.connected(table)) == 4 end, 3_000)
+    LibclusterRs.Test.Peer.wait_until(fn -> length(FakeNodes.connected(table)) == 4 end, 3_000)
 
     # The server now answers a rotating half of the records, changing every ~150 ms.
     Enum.reduce(1..8, dns, fn round, dns ->
@@ -275,11 +279,11 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
       attempts: 1
     }
 
-    {start_us, _handle} = :timer.tc(fn -> Cluster.Native.dns_lookup_start(tag, opts) end)
+    {start_us, _handle} = :timer.tc(fn -> LibclusterRs.Native.dns_lookup_start(tag, opts) end)
     assert start_us < 5_000
     assert_receive {:libcluster_rs, ^tag, {:nodes, nodes}}, 10_000
     assert length(nodes) == 10_000
-    {nodes, []} = Cluster.NodeName.to_nodes(nodes)
+    {nodes, []} = LibclusterRs.NodeName.to_nodes(nodes)
     assert length(nodes) == 10_000
   end
 

@@ -5,7 +5,7 @@ defmodule Cluster.Strategy.DNSNetnsTest do
   # removed from DNS is pruned; added back, it is reconnected.
   use ExUnit.Case, async: false
 
-  alias Cluster.Test.{Dnsmasq, Netns, Peer}
+  alias LibclusterRs.Test.{Dnsmasq, Netns, Peer}
 
   @moduletag :root
   @moduletag :dnsmasq

@@ -4,9 +4,9 @@ defmodule Cluster.Strategy.DNSResolverTest do
   use ExUnit.Case, async: true
   import ExUnit.CaptureLog
 
-  alias Cluster.Discovery
+  alias LibclusterRs.Discovery
   alias Cluster.Strategy.{DNSPoll, Kubernetes}
-  alias Cluster.Test.FakeNodes
+  alias LibclusterRs.Test.FakeNodes
 
   defp start(table, strategy, config) do
     topology = :"dns_#{System.unique_integer([:positive])}"
@@ -296,7 +296,7 @@ defmodule Cluster.Strategy.DNSResolverTest do
           node_basename: "app",
           resolver: resolver,
           polling_interval: 50,
-          membership: [prune: Cluster.DNS.recommended_grace(50)]
+          membership: [prune: LibclusterRs.DNS.recommended_grace(50)]
         )
 
       assert Discovery.status(pid).membership.opts.prune == {:grace_period, 30_000}
@@ -568,11 +568,11 @@ defmodule Cluster.Strategy.DNSResolverTest do
   describe "combining several queries" do
     test "some failing: found nodes are connected, nothing is pruned, the round is an error" do
       assert {:partial_nodes, ["a@1"], {:timeout, msg}} =
-               Cluster.DNS.combine([{"q1", {:ok, ["a@1"]}}, {"q2", {:error, :timeout, "slow"}}])
+               LibclusterRs.DNS.combine([{"q1", {:ok, ["a@1"]}}, {"q2", {:error, :timeout, "slow"}}])
 
       assert msg == "q2: slow"
-      assert {:nodes, ["a@1"]} = Cluster.DNS.combine([{"q1", {:ok, ["a@1", "a@1"]}}, {"q2", :nothing}])
-      assert {:discovery_error, :io, _} = Cluster.DNS.combine([{"q1", {:error, :io, "x"}}])
+      assert {:nodes, ["a@1"]} = LibclusterRs.DNS.combine([{"q1", {:ok, ["a@1", "a@1"]}}, {"q2", :nothing}])
+      assert {:discovery_error, :io, _} = LibclusterRs.DNS.combine([{"q1", {:error, :io, "x"}}])
     end
 
     test "with a resolver fun: the other queries' nodes still connect, and nothing is disconnected" do

@@ -4,7 +4,7 @@ defmodule Cluster.Strategy.EpmdTest do
   use ExUnit.Case, async: true
 
   alias Cluster.Strategy.Epmd
-  alias Cluster.Test.Mfa
+  alias LibclusterRs.Test.Mfa
 
   @moduletag capture_log: true
   @node :"epmd_peer@127.0.0.1"

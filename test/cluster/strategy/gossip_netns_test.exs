@@ -4,7 +4,7 @@ defmodule Cluster.Strategy.GossipNetnsTest do
   use ExUnit.Case, async: false
 
   alias Cluster.Strategy.Gossip
-  alias Cluster.Test.{GossipSender, Netns, Peer}
+  alias LibclusterRs.Test.{GossipSender, Netns, Peer}
 
   @moduletag :root
   @subnet 20
@@ -72,7 +72,7 @@ defmodule Cluster.Strategy.GossipNetnsTest do
   defp counters(p, sup) do
     [{_, pid, _, _}] = Peer.call(p, Supervisor, :which_children, [sup])
     true = Peer.call(p, Process, :alive?, [pid])
-    Peer.call(p, Cluster.Discovery, :status, [pid]).extra.counters
+    Peer.call(p, LibclusterRs.Discovery, :status, [pid]).extra.counters
   end
 
   @tag timeout: 60_000

@@ -1,9 +1,9 @@
 defmodule Cluster.Strategy.GossipTest do
   use ExUnit.Case, async: false
 
-  alias Cluster.Native
+  alias LibclusterRs.Native
   alias Cluster.Strategy.{Gossip, State}
-  alias Cluster.Test.{GossipLog, GossipSender, Peer}
+  alias LibclusterRs.Test.{GossipLog, GossipSender, Peer}
 
   describe "libcluster 3.5 wire compatibility" do
     test "a heartbeat written by term_to_binary on this OTP (ATOM_EXT on OTP 25) is accepted" do
@@ -58,7 +58,7 @@ defmodule Cluster.Strategy.GossipTest do
 
       assert :erlang.system_info(:atom_count) == before
 
-      # valid heartbeats of unknown names make no atom either: only Cluster.NodeName does, later
+      # valid heartbeats of unknown names make no atom either: only LibclusterRs.NodeName does, later
       flood = GossipSender.fresh_names(50, "127.0.0.1")
       for {_, d} <- flood, do: assert({:ok, _} = Native.gossip_decode(d, "v1", nil))
       assert GossipSender.existing_atoms(Enum.map(flood, &elem(&1, 0))) == 0
@@ -215,7 +215,7 @@ defmodule Cluster.Strategy.GossipTest do
 
       [{_, pid, _, _}] = Peer.call(p1, Supervisor, :which_children, [hd(sups)])
       Process.sleep(500)
-      status = Peer.call(p1, Cluster.Discovery, :status, [pid])
+      status = Peer.call(p1, LibclusterRs.Discovery, :status, [pid])
       counters = status.extra.counters
       assert counters.rejected_malformed > 0
       assert counters.rejected_too_large > 0
@@ -243,7 +243,7 @@ defmodule Cluster.Strategy.GossipTest do
       [{_, pid, _, _}] = Peer.call(p, Supervisor, :which_children, [sup])
       Process.sleep(1_500)
       assert Peer.call(p, Process, :alive?, [pid])
-      status = Peer.call(p, Cluster.Discovery, :status, [pid])
+      status = Peer.call(p, LibclusterRs.Discovery, :status, [pid])
       assert {_kind, message, _} = status.last_error
       assert message =~ "nosuchif0"
       assert status.extra.counters.socket_open_failed >= 2
@@ -288,7 +288,7 @@ defmodule Cluster.Strategy.GossipTest do
       # (pids of a peer without distribution do not survive the trip here and back: compare their
       # local part, and ask the peer for everything else by topology name)
       strategy = fn ->
-        [{pid, _}] = Peer.call(late, Registry, :lookup, [Cluster.Registry, {:discovery, :gossip}])
+        [{pid, _}] = Peer.call(late, Registry, :lookup, [LibclusterRs.Registry, {:discovery, :gossip}])
         pid |> :erlang.pid_to_list() |> to_string() |> String.split(".") |> tl()
       end
 
@@ -377,7 +377,7 @@ defmodule Cluster.Strategy.GossipTest do
 
       flood2 = GossipSender.fresh_names(500, "127.0.0.1")
       GossipSender.send_all(sender, {233, 252, 1, 32}, port, Enum.map(flood2, &elem(&1, 1)))
-      status = fn -> Peer.call(v, Cluster.Discovery, :status, [pid]).extra end
+      status = fn -> Peer.call(v, LibclusterRs.Discovery, :status, [pid]).extra end
       Peer.wait_until(fn -> status.().counters[:rejected_atom_cap] end, 5_000)
 
       # and after the flood too

@@ -5,7 +5,7 @@ defmodule Cluster.Strategy.KubernetesE2ETest do
   # list-only Role the strategies poll (the same prune and join), then watch again once it is fixed.
   use ExUnit.Case, async: false
 
-  alias Cluster.Test.{FakeKube, Netns, Peer}
+  alias LibclusterRs.Test.{FakeKube, Netns, Peer}
 
   @moduletag :root
   @subnet 30

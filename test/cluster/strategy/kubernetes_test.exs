@@ -4,7 +4,7 @@ defmodule Cluster.Strategy.KubernetesTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias Cluster.Test.FakeKube
+  alias LibclusterRs.Test.FakeKube
 
   defmodule Recorder do
     @moduledoc false
@@ -61,7 +61,7 @@ defmodule Cluster.Strategy.KubernetesTest do
 
   defp poll(kube, overrides \\ []) do
     tag = make_ref()
-    _handle = Cluster.Native.kubernetes_start(tag, native(kube, overrides))
+    _handle = LibclusterRs.Native.kubernetes_start(tag, native(kube, overrides))
 
     receive do
       {:libcluster_rs, ^tag, event} -> event
@@ -263,9 +263,9 @@ defmodule Cluster.Strategy.KubernetesTest do
     test "lists, then streams changes within milliseconds; bookmarks, 410 and broken streams", %{kube: kube} do
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
       tag = make_ref()
-      handle = Cluster.Native.kubernetes_start(tag, native(kube, watch: true))
+      handle = LibclusterRs.Native.kubernetes_start(tag, native(kube, watch: true))
       assert {:nodes, ["app@10.0.0.1"]} = next(tag)
-      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
 
       [list, watch] = FakeKube.requests(kube)
       assert list.verb == :list
@@ -303,20 +303,20 @@ defmodule Cluster.Strategy.KubernetesTest do
       FakeKube.delete(kube, :endpoints, "myapp")
       assert {:nodes, []} = next(tag)
 
-      Cluster.Test.Peer.wait_until(
+      LibclusterRs.Test.Peer.wait_until(
         fn -> Enum.map(FakeKube.requests(kube), & &1.verb) == [:list, :watch] end,
         3_000
       )
 
-      Cluster.Native.discovery_stop(handle)
+      LibclusterRs.Native.discovery_stop(handle)
     end
 
     test "a forbidden re-list keeps reporting errors, never an empty set", %{kube: kube} do
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
       tag = make_ref()
-      handle = Cluster.Native.kubernetes_start(tag, native(kube, watch: true))
+      handle = LibclusterRs.Native.kubernetes_start(tag, native(kube, watch: true))
       assert {:nodes, ["app@10.0.0.1"]} = next(tag)
-      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
       FakeKube.fault(kube, :list, {:status, 403})
       FakeKube.fault(kube, :list, {:status, 500})
       # 410 Gone: the watch re-lists, and the re-lists fail.
@@ -326,7 +326,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert {:discovery_error, :http_status, msg} = next(tag)
       assert msg =~ "500"
       assert {:nodes, ["app@10.0.0.1"]} = next(tag)
-      Cluster.Native.discovery_stop(handle)
+      LibclusterRs.Native.discovery_stop(handle)
     end
 
     test "a list-only Role: the watch's 403 falls back to polling, said once; a granted watch is picked up",
@@ -336,7 +336,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       tag = make_ref()
       opts = native(kube, watch: true, poll_interval_ms: 100, watch_retry_interval_ms: 700)
       # Kept referenced to the end: a collected handle stops its task.
-      handle = Cluster.Native.kubernetes_start(tag, opts)
+      handle = LibclusterRs.Native.kubernetes_start(tag, opts)
       assert {:nodes, ["app@10.0.0.1"]} = next(tag)
       assert {:watch_mode, :poll_fallback, msg} = next(tag)
       assert msg =~ "may not watch endpoints in namespace default"
@@ -357,7 +357,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert {:nodes, ["app@10.0.0.1", "app@10.0.0.2"]} = next(tag, 1_000)
 
       # The watch is retried now and then, and each forbidden retry stays silent.
-      Cluster.Test.Peer.wait_until(
+      LibclusterRs.Test.Peer.wait_until(
         fn -> kube |> FakeKube.requests() |> Enum.count(&(&1.verb == :watch)) >= 3 end,
         5_000
       )
@@ -367,12 +367,12 @@ defmodule Cluster.Strategy.KubernetesTest do
       # The Role is fixed: the next retry watches, and changes arrive at once again.
       FakeKube.grant(kube, [:list, :watch])
       assert {:watch_mode, :watch, _} = next(tag, 3_000)
-      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
       FakeKube.clear_requests(kube)
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.3"], labels: %{"app" => "myapp"}))
       assert {:nodes, ["app@10.0.0.3"]} = next(tag, 500)
       assert FakeKube.requests(kube) == []
-      Cluster.Native.discovery_stop(handle)
+      LibclusterRs.Native.discovery_stop(handle)
     end
   end
 
@@ -386,9 +386,9 @@ defmodule Cluster.Strategy.KubernetesTest do
 
     test "a watch reconnect picks up a rotated token", %{kube: kube} do
       tag = make_ref()
-      _handle = Cluster.Native.kubernetes_start(tag, native(kube, watch: true))
+      _handle = LibclusterRs.Native.kubernetes_start(tag, native(kube, watch: true))
       assert {:nodes, []} = next(tag)
-      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
       FakeKube.rotate_token(kube, "token-3")
       FakeKube.break_watches(kube)
       assert {:discovery_error, _, _} = next(tag)
@@ -677,7 +677,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       start_supervised!({Cluster.Strategy.Kubernetes, [state]})
       assert_receive {:connect, :"app@10.0.0.1"}, 3_000
       assert_receive {:connect, :"app@10.0.0.2"}, 3_000
-      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
 
       # Faults in a row: the watch ends with 410 Gone, the re-list is malformed, then forbidden,
       # the next watch fails too. Nothing is disconnected.
@@ -689,7 +689,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       refute_received {:disconnect, _}
 
       # Recovery, then a real change prunes.
-      Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 10_000)
+      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 10_000)
       refute_received {:disconnect, _}
       verbs = kube |> FakeKube.requests() |> Enum.map(& &1.verb)
       assert Enum.count(verbs, &(&1 == :list)) == 4
@@ -765,7 +765,7 @@ defmodule Cluster.Strategy.KubernetesTest do
           assert_receive {:disconnect, :"app@10.7.0.1"}, 2_000
 
           # Forbidden retries of the watch stay quiet.
-          Cluster.Test.Peer.wait_until(
+          LibclusterRs.Test.Peer.wait_until(
             fn -> kube |> FakeKube.requests() |> Enum.count(&(&1.verb == :watch)) >= 2 end,
             5_000
           )
@@ -773,7 +773,7 @@ defmodule Cluster.Strategy.KubernetesTest do
           # The Role is fixed: the strategy returns to watching.
           FakeKube.grant(kube, [:list, :watch])
           status_until(topology, &(&1.extra.kubernetes.mode == :watch), 5_000)
-          Cluster.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+          LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
           FakeKube.put(kube, :pods, FakeKube.pod("c", "10.7.0.3"))
           assert_receive {:connect, :"app@10.7.0.3"}, 1_000
         end)

@@ -4,7 +4,7 @@ defmodule Cluster.Strategy.RancherTest do
   # never prune.
   use ExUnit.Case, async: false
 
-  alias Cluster.Test.JSON
+  alias LibclusterRs.Test.JSON
 
   defmodule Recorder do
     @moduledoc false
@@ -81,7 +81,7 @@ defmodule Cluster.Strategy.RancherTest do
   test "the native poll reads /self/service and names containers by their first IP" do
     {port, _} = metadata_server([{:json, service(["10.42.0.2", "10.42.0.3"])}])
     tag = make_ref()
-    _h = Cluster.Native.rancher_start(tag, "http://127.0.0.1:#{port}/latest/self/service", "app", 2_000)
+    _h = LibclusterRs.Native.rancher_start(tag, "http://127.0.0.1:#{port}/latest/self/service", "app", 2_000)
     assert_receive {:libcluster_rs, ^tag, {:nodes, ["app@10.42.0.2", "app@10.42.0.3"]}}, 3_000
     assert_receive {:request, "GET /latest/self/service HTTP/1.1", true}
   end
@@ -92,7 +92,7 @@ defmodule Cluster.Strategy.RancherTest do
 
     for expected <- [:http_status, :malformed] do
       tag = make_ref()
-      _h = Cluster.Native.rancher_start(tag, url, "app", 2_000)
+      _h = LibclusterRs.Native.rancher_start(tag, url, "app", 2_000)
       assert_receive {:libcluster_rs, ^tag, {:discovery_error, ^expected, msg}}, 3_000
       assert msg =~ url
     end
@@ -101,7 +101,7 @@ defmodule Cluster.Strategy.RancherTest do
     {:ok, closed} = :inet.port(l)
     :gen_tcp.close(l)
     tag = make_ref()
-    _h = Cluster.Native.rancher_start(tag, "http://127.0.0.1:#{closed}/", "app", 2_000)
+    _h = LibclusterRs.Native.rancher_start(tag, "http://127.0.0.1:#{closed}/", "app", 2_000)
     assert_receive {:libcluster_rs, ^tag, {:discovery_error, :refused, _}}, 3_000
   end
 
@@ -174,7 +174,7 @@ defmodule Cluster.Strategy.RancherTest do
   end
 
   test "end to end: real nodes in network namespaces connect, survive errors, and are pruned" do
-    alias Cluster.Test.{Netns, Peer}
+    alias LibclusterRs.Test.{Netns, Peer}
     net = Netns.setup(31, 3)
     on_exit(fn -> Netns.teardown(net) end)
     for h <- net.hosts, do: Netns.exec!(h.ns, "epmd", ["-daemon"])

@@ -3,7 +3,7 @@ defmodule Cluster.Strategy.StaticTest do
   # epmd on a free loopback port (ERL_EPMD_PORT), so LocalEpmd sees only this test's nodes.
   use ExUnit.Case, async: false
 
-  alias Cluster.Test.Peer
+  alias LibclusterRs.Test.Peer
 
   @moduletag timeout: 120_000
   @host "127.0.0.1"
@@ -65,7 +65,7 @@ defmodule Cluster.Strategy.StaticTest do
 
     on_exit(fn -> Enum.each(peers, fn {p, _} -> Peer.stop(p) end) end)
     [{p1, n1}, {p2, _n2}, {p3, n3}] = peers
-    :ok = Peer.call(p1, Cluster.Test.EventLog, :start, [])
+    :ok = Peer.call(p1, LibclusterRs.Test.EventLog, :start, [])
 
     t0 = System.monotonic_time(:millisecond)
     for {p, _} <- peers, do: {:ok, _} = Peer.start_cluster(p, topology.(nodes))
@@ -77,7 +77,12 @@ defmodule Cluster.Strategy.StaticTest do
     formed_ms = System.monotonic_time(:millisecond) - t0
 
     os_kill(p3)
-    Peer.wait_until(fn -> {:nodedown, n3} in Peer.call(p1, Cluster.Test.EventLog, :events, []) end, 10_000)
+
+    Peer.wait_until(
+      fn -> {:nodedown, n3} in Peer.call(p1, LibclusterRs.Test.EventLog, :events, []) end,
+      10_000
+    )
+
     assert n3 not in Peer.nodes(p1)
     assert n3 not in Peer.nodes(p2)
 
@@ -88,7 +93,7 @@ defmodule Cluster.Strategy.StaticTest do
     Peer.wait_until(fn -> Enum.sort(Peer.nodes(p3b)) == Enum.sort(nodes -- [n3]) end, 15_000)
     Peer.wait_until(fn -> n3 in Peer.nodes(p1) and n3 in Peer.nodes(p2) end, 15_000)
 
-    events = Peer.call(p1, Cluster.Test.EventLog, :events, [])
+    events = Peer.call(p1, LibclusterRs.Test.EventLog, :events, [])
     down_at = Enum.find_index(events, &(&1 == {:nodedown, n3}))
     assert {:nodeup, n3} in Enum.drop(events, down_at + 1), inspect(events)
     assert n1 not in for({_, n} <- events, do: n)

@@ -2,12 +2,12 @@ defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
   # The dry run against a real DNS server: dnsmasq on 127.0.0.1 (a high port) started by the test.
   use ExUnit.Case, async: false
 
-  alias Cluster.Test.Dnsmasq
+  alias LibclusterRs.Test.Dnsmasq
 
   @moduletag :dnsmasq
 
   setup do
-    Cluster.Test.DiscoverRun.isolate_topologies()
+    LibclusterRs.Test.DiscoverRun.isolate_topologies()
 
     dns =
       Dnsmasq.start([
@@ -46,7 +46,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
   end
 
   defp discover(args) do
-    {status, output, _ms} = Cluster.Test.DiscoverRun.run(args)
+    {status, output, _ms} = LibclusterRs.Test.DiscoverRun.run(args)
     {status, output}
   end
 
@@ -83,7 +83,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
     File.write!(path, "search cluster.test\nnameserver 10.96.0.10\nnameserver fd00::10\n")
     opts = %{resolver: nil, nameservers: [], resolv_conf: path}
 
-    assert Cluster.DNS.empty_message(opts, [{"app", "_app._tcp.x.test", [:srv]}]) ==
+    assert LibclusterRs.DNS.empty_message(opts, [{"app", "_app._tcp.x.test", [:srv]}]) ==
              ~s|the DNS name "_app._tcp.x.test" does not exist (NXDOMAIN) or has no SRV records, | <>
                "asked of 10.96.0.10:53, [fd00::10]:53 (from #{path})"
   end

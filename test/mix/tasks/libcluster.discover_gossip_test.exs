@@ -3,15 +3,15 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
   # would dial the dry run's VM).
   use ExUnit.Case, async: false
 
-  alias Cluster.Test.GossipSender
+  alias LibclusterRs.Test.GossipSender
 
   defmodule DryRunProbe do
     # Reports whether the task called its dry_run/1 hook before discover/2.
-    use Cluster.Discovery
-    @impl Cluster.Discovery
+    use LibclusterRs.Discovery
+    @impl LibclusterRs.Discovery
     def init(_state), do: {:ok, %{dry: false}, []}
     def dry_run(impl), do: %{impl | dry: true}
-    @impl Cluster.Discovery
+    @impl LibclusterRs.Discovery
     def discover(%{dry: dry} = impl, _tag),
       do: {{:discovered, [if(dry, do: :"dry@10.0.0.1", else: :"wet@10.0.0.1")]}, impl}
   end
@@ -62,19 +62,19 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
       listen_only: true
     }
 
-    {handle, stats} = Cluster.Native.gossip_start(tag, opts, nil)
-    on_exit(fn -> Cluster.Native.discovery_stop(handle) end)
+    {handle, stats} = LibclusterRs.Native.gossip_start(tag, opts, nil)
+    on_exit(fn -> LibclusterRs.Native.discovery_stop(handle) end)
 
-    Cluster.Test.Peer.wait_until(
-      fn -> Map.get(Cluster.Native.gossip_stats(stats), :socket_opened, 0) == 1 end,
+    LibclusterRs.Test.Peer.wait_until(
+      fn -> Map.get(LibclusterRs.Native.gossip_stats(stats), :socket_opened, 0) == 1 end,
       3_000
     )
 
     sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
-    heartbeat = Cluster.Native.gossip_encode_v1("peer1@127.0.0.1", nil)
+    heartbeat = LibclusterRs.Native.gossip_encode_v1("peer1@127.0.0.1", nil)
 
     # Repeated until heard: the socket may join the group just after it opened.
-    Cluster.Test.Peer.wait_until(
+    LibclusterRs.Test.Peer.wait_until(
       fn ->
         GossipSender.send_all(sender, {233, 252, 1, 32}, port, [heartbeat])
 
@@ -90,7 +90,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
     :gen_udp.close(sender)
     # 300 ms is six heartbeat intervals: none was sent.
     Process.sleep(300)
-    counters = Cluster.Native.gossip_stats(stats)
+    counters = LibclusterRs.Native.gossip_stats(stats)
     assert counters.accepted >= 1
     assert Map.get(counters, :sent, 0) == 0
     assert Map.get(counters, :own, 0) == 0
@@ -111,7 +111,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
     Application.put_env(:libcluster, :topologies, gossip: [strategy: Cluster.Strategy.Gossip, config: config])
 
     sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
-    heartbeat = Cluster.Native.gossip_encode_v1("heardpeer@127.0.0.1", nil)
+    heartbeat = LibclusterRs.Native.gossip_encode_v1("heardpeer@127.0.0.1", nil)
 
     beating =
       Task.async(fn ->

@@ -4,10 +4,10 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
   # messages an operator reads.
   use ExUnit.Case, async: false
 
-  alias Cluster.Test.{FakeKube, JSON}
+  alias LibclusterRs.Test.{FakeKube, JSON}
 
   setup do
-    Cluster.Test.DiscoverRun.isolate_topologies()
+    LibclusterRs.Test.DiscoverRun.isolate_topologies()
     kube = FakeKube.start!()
     on_exit(fn -> FakeKube.stop(kube) end)
 
@@ -20,7 +20,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
     {:ok, kube: kube}
   end
 
-  defp discover(args), do: Cluster.Test.DiscoverRun.run(args)
+  defp discover(args), do: LibclusterRs.Test.DiscoverRun.run(args)
 
   defp k8s(kube, config, drop \\ []) do
     Application.put_env(:libcluster, :topologies,
@@ -54,7 +54,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
     assert ms < 5_000
     assert [%{verb: :list} | _] = FakeKube.requests(kube)
     # The fake notices a closed watch when it writes to it: bookmarks until it does.
-    Cluster.Test.Peer.wait_until(
+    LibclusterRs.Test.Peer.wait_until(
       fn ->
         FakeKube.bookmark(kube)
         FakeKube.watchers(kube) == 0

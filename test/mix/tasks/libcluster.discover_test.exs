@@ -2,23 +2,23 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias Cluster.Test.ScriptedStrategy
+  alias LibclusterRs.Test.ScriptedStrategy
 
   setup do
-    Cluster.Test.DiscoverRun.isolate_topologies()
+    LibclusterRs.Test.DiscoverRun.isolate_topologies()
     :ok
   end
 
   defp discover(args, during \\ fn _ -> :ok end) do
-    {status, output, _ms} = Cluster.Test.DiscoverRun.run(args, during)
+    {status, output, _ms} = LibclusterRs.Test.DiscoverRun.run(args, during)
     {status, output}
   end
 
   describe "a static topology is probed through each host's epmd (real epmd, a real peer)" do
     setup do
       name = "probe_#{System.unique_integer([:positive])}"
-      {peer, node} = Cluster.Test.Peer.start(name, "127.0.0.1")
-      on_exit(fn -> Cluster.Test.Peer.stop(peer) end)
+      {peer, node} = LibclusterRs.Test.Peer.start(name, "127.0.0.1")
+      on_exit(fn -> LibclusterRs.Test.Peer.stop(peer) end)
       {:ok, peer: node, name: name}
     end
 
@@ -97,12 +97,12 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
 
     test "LocalEpmd, run on a distributed node: the nodes in this host's epmd, without itself", ctx do
       {runner, runner_node} =
-        Cluster.Test.Peer.start("probe_runner_#{System.unique_integer([:positive])}", "127.0.0.1")
+        LibclusterRs.Test.Peer.start("probe_runner_#{System.unique_integer([:positive])}", "127.0.0.1")
 
-      on_exit(fn -> Cluster.Test.Peer.stop(runner) end)
+      on_exit(fn -> LibclusterRs.Test.Peer.stop(runner) end)
 
       :ok =
-        Cluster.Test.Peer.call(runner, Application, :put_env, [
+        LibclusterRs.Test.Peer.call(runner, Application, :put_env, [
           :libcluster,
           :topologies,
           [local: [strategy: Cluster.Strategy.LocalEpmd]]
@@ -118,7 +118,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
       {status, lines |> Enum.take_while(& &1) |> Enum.join("\\n")}
       """
 
-      {{status, out}, _} = Cluster.Test.Peer.call(runner, Code, :eval_string, [code])
+      {{status, out}, _} = LibclusterRs.Test.Peer.call(runner, Code, :eval_string, [code])
       assert status == 0, out
       assert out =~ "strategy: Cluster.Strategy.LocalEpmd"
       assert out =~ "127.0.0.1: epmd on 127.0.0.1 lists: "
@@ -203,7 +203,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
   test "usage and config problems exit 2 with a plain message" do
     Application.put_env(:libcluster, :topologies,
       static: [strategy: Cluster.Strategy.Epmd, config: [hosts: [:"a@h.example"]]],
-      custom: [strategy: Cluster.Test.CustomStrategy],
+      custom: [strategy: LibclusterRs.Test.CustomStrategy],
       broken: [strategy: Cluster.Strategy.Epmd, config: [hosts: "a@h"]]
     )
 
@@ -213,7 +213,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
 
     {status, out} = discover(["custom"])
     assert status == 2
-    assert out =~ "is a custom strategy (not built on Cluster.Discovery)"
+    assert out =~ "is a custom strategy (not built on LibclusterRs.Discovery)"
 
     {status, out} = discover(["broken"])
     assert status == 2

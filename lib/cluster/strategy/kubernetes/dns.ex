@@ -57,11 +57,11 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
           ]
         ]
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.{Config, DNS}
+  alias LibclusterRs.{Config, DNS}
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     schema = DNS.interval_schema() ++ DNS.schema()
     opts = Config.validate!(config, schema, topology, __MODULE__, [:service, :application_name, :membership])
@@ -101,15 +101,15 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
 
   @doc false
   # Without a usable :service, :application_name, it starts (as in libcluster) but
-  # connects nothing: Cluster.InvalidTopology says why at error level, once, and in Cluster.status/1.
+  # connects nothing: LibclusterRs.InvalidTopology says why at error level, once, and in Cluster.status/1.
   def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
     case __MODULE__.config_problem(config, [:service, :application_name]) do
       nil -> super(args)
-      message -> Cluster.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNS: " <> message)
+      message -> LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNS: " <> message)
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(%{resolver: nil} = impl, tag) do
     {DNS.poll(impl, impl.questions, tag), impl}
   end
@@ -129,7 +129,7 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
     {DNS.run_resolver([{"resolver(#{inspect(service)})", lookup}], impl.resolver_timeout, tag), impl}
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def handle_event(event, impl), do: {DNS.handle_event(event), impl}
 
   @doc false

@@ -58,12 +58,12 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
         ]
 
   """
-  use Cluster.Discovery
+  use LibclusterRs.Discovery
 
-  alias Cluster.{Config, DNS}
+  alias LibclusterRs.{Config, DNS}
   alias Cluster.Strategy.Kubernetes.DNS, as: K8sDNS
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     schema = DNS.interval_schema() ++ DNS.schema()
 
@@ -93,15 +93,15 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
 
   @doc false
   # Without a usable :service, :namespace, :application_name, it starts (as in libcluster) but
-  # connects nothing: Cluster.InvalidTopology says why at error level, once, and in Cluster.status/1.
+  # connects nothing: LibclusterRs.InvalidTopology says why at error level, once, and in Cluster.status/1.
   def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
     case K8sDNS.config_problem(config, [:service, :namespace, :application_name]) do
       nil -> super(args)
-      message -> Cluster.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNSSRV: " <> message)
+      message -> LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNSSRV: " <> message)
     end
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def discover(%{resolver: nil} = impl, tag) do
     {DNS.poll(impl, impl.questions, tag), impl}
   end
@@ -125,7 +125,7 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
     {DNS.run_resolver([{"resolver(#{inspect(query)})", lookup}], impl.resolver_timeout, tag), impl}
   end
 
-  @impl Cluster.Discovery
+  @impl LibclusterRs.Discovery
   def handle_event(event, impl), do: {DNS.handle_event(event), impl}
 
   @doc false

@@ -1,4 +1,4 @@
-defmodule Cluster.NodeName do
+defmodule LibclusterRs.NodeName do
   @moduledoc false
   # The only place where names from discovery become atoms. A name must look like `name@host`
   # (ASCII letters, digits, `_`, `-`, `.` in the name; a hostname or an IP address as the host) and

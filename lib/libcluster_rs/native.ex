@@ -1,4 +1,4 @@
-defmodule Cluster.Native do
+defmodule LibclusterRs.Native do
   @moduledoc false
   # The NIF's Elixir face: stubs only. Every function returns within microseconds; discovery work
   # runs on the NIF's tokio runtime and answers the calling process by message:

@@ -1,8 +1,8 @@
-defmodule Cluster.DNS do
+defmodule LibclusterRs.DNS do
   @moduledoc false
   # What the DNS strategies (DNSPoll, Kubernetes.DNS, Kubernetes.DNSSRV) share: the resolver
   # options, one poll (native, or a user `resolver` fun run outside the strategy process with a
-  # deadline), the translation of answers into Cluster.Discovery outcomes, and the DNS defaults,
+  # deadline), the translation of answers into LibclusterRs.Discovery outcomes, and the DNS defaults,
   # which are libcluster 3.5's:
   #
   #   * prune `:immediate` - a node that an earlier poll returned and this one omits is disconnected
@@ -16,7 +16,7 @@ defmodule Cluster.DNS do
   # For DNS services that return partial or rotating answers (Route 53 multivalue, Consul DNS), the
   # guide recommends `{:grace_period, recommended_grace(interval)}` and `confirm_empty: 2`.
 
-  alias Cluster.{Config, NodeName}
+  alias LibclusterRs.{Config, NodeName}
 
   @confirm_empty 1
   @grace_polls 3
@@ -44,7 +44,7 @@ defmodule Cluster.DNS do
   end
 
   @doc """
-  Options for `Cluster.Discovery` with the DNS defaults, from the validated `opts` (interval
+  Options for `LibclusterRs.Discovery` with the DNS defaults, from the validated `opts` (interval
   entries and `confirm_empty` included); a `membership: [prune: ...]` in config wins.
   """
   def discovery_opts(opts, config) do
@@ -74,11 +74,11 @@ defmodule Cluster.DNS do
 
   @doc """
   Starts one poll. `questions` are `{basename, name, types}`. Returns what
-  `Cluster.Discovery.discover/2` returns for it (with `impl` unchanged).
+  `LibclusterRs.Discovery.discover/2` returns for it (with `impl` unchanged).
   """
   def poll(opts, questions, tag) do
     handle =
-      Cluster.Native.dns_lookup_start(tag, %{
+      LibclusterRs.Native.dns_lookup_start(tag, %{
         questions: questions,
         nameservers: opts.nameservers,
         resolv_conf: opts.resolv_conf,
@@ -126,7 +126,7 @@ defmodule Cluster.DNS do
   end
 
   defp start_supervised(fun) do
-    case Cluster.Discovery.task_supervisor() do
+    case LibclusterRs.Discovery.task_supervisor() do
       nil -> {:ok, _} = Task.start(fun)
       sup -> {:ok, _} = Task.Supervisor.start_child(sup, fun, shutdown: :brutal_kill)
     end
@@ -208,7 +208,7 @@ defmodule Cluster.DNS do
     [{:seen, nodes}, {:error, kind, "some queries failed, nothing pruned: " <> to_string(message)}]
   end
 
-  def handle_event(event), do: [Cluster.Discovery.default_event(event)]
+  def handle_event(event), do: [LibclusterRs.Discovery.default_event(event)]
 
   @doc "`basename@<ip>` for each IP tuple; anything that is not an IP address is dropped."
   def names_from_ips(basename, ips) when is_list(ips) do

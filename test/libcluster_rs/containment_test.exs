@@ -1,10 +1,10 @@
-defmodule Cluster.ContainmentTest do
+defmodule LibclusterRs.ContainmentTest do
   # Nothing a user's MFA or resolver fun does crashes a topology or anything above it, every
   # failure shows in Cluster.status, and every process a topology starts ends with it.
   use ExUnit.Case, async: false
 
   alias Cluster.Strategy.DNSPoll
-  alias Cluster.Test.{Faulty, Peer}
+  alias LibclusterRs.Test.{Faulty, Peer}
 
   @moduletag capture_log: true
   @moduletag timeout: 180_000
@@ -64,7 +64,7 @@ defmodule Cluster.ContainmentTest do
   @kinds [:raise, :exit, :throw, :garbage, :hang]
 
   test "the fault matrix: every MFA and the resolver, failing in every way, always or every 4th call" do
-    app_root = Process.whereis(Cluster.AppRoot)
+    app_root = Process.whereis(LibclusterRs.AppRoot)
     assert is_pid(app_root)
 
     cases =
@@ -88,7 +88,7 @@ defmodule Cluster.ContainmentTest do
     assert failures == [], Enum.join(failures, "\n")
 
     # the application is still up, with the same root
-    assert Process.whereis(Cluster.AppRoot) == app_root
+    assert Process.whereis(LibclusterRs.AppRoot) == app_root
     assert Enum.any?(Application.started_applications(), &(elem(&1, 0) == :libcluster_rs))
   end
 
@@ -138,7 +138,7 @@ defmodule Cluster.ContainmentTest do
         s.mfa_errors[:list_nodes] && s
       end)
 
-    assert %{mfa: "Cluster.Test.Faulty.list_nodes/2", error: error, count: n, failing: true} =
+    assert %{mfa: "LibclusterRs.Test.Faulty.list_nodes/2", error: error, count: n, failing: true} =
              status.mfa_errors.list_nodes
 
     assert error =~ "raised RuntimeError: list_nodes fault"
@@ -160,7 +160,7 @@ defmodule Cluster.ContainmentTest do
         stop_user_tree(tree)
       end)
 
-    lines = log |> String.split("\n") |> Enum.filter(&(&1 =~ "Cluster.Test.Faulty.list_nodes/2 raised"))
+    lines = log |> String.split("\n") |> Enum.filter(&(&1 =~ "LibclusterRs.Test.Faulty.list_nodes/2 raised"))
     assert length(lines) == 1, log
   end
 
@@ -169,7 +169,7 @@ defmodule Cluster.ContainmentTest do
     name = :status_stuck
     tree = start_user_tree(name, [{name, topology(table, %{}, interval: 1_000)}])
     on_exit(fn -> stop_user_tree(tree) end)
-    [{membership, _}] = Registry.lookup(Cluster.Registry, {:membership, name})
+    [{membership, _}] = Registry.lookup(LibclusterRs.Registry, {:membership, name})
 
     :ok = :sys.suspend(membership)
     {:ok, status} = Cluster.status(name)
@@ -196,7 +196,7 @@ defmodule Cluster.ContainmentTest do
     name = :custom_hang
 
     spec = [
-      strategy: Cluster.Test.CustomStrategy,
+      strategy: LibclusterRs.Test.CustomStrategy,
       list_nodes: {Faulty, :list_nodes, [table, {:hang, 1.0}]}
     ]
 

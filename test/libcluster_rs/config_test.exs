@@ -1,9 +1,9 @@
-defmodule Cluster.ConfigTest do
+defmodule LibclusterRs.ConfigTest do
   # {:system, ...} config values and the ArgumentErrors of the static strategies.
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias Cluster.Config
+  alias LibclusterRs.Config
   alias Cluster.Strategy.{Epmd, ErlangHosts, LocalEpmd, State}
 
   @var "LIBCLUSTER_RS_CORE2_CONFIG_TEST"
@@ -89,7 +89,7 @@ defmodule Cluster.ConfigTest do
       System.put_env(@var, "2500")
 
       spec = [
-        strategy: Cluster.ConfigTest.Echo,
+        strategy: LibclusterRs.ConfigTest.Echo,
         config: [test: self(), interval: {:system, :integer, @var, 5_000}, name: {:system, @var, "x"}]
       ]
 
@@ -101,7 +101,7 @@ defmodule Cluster.ConfigTest do
 
     test "a bad environment value fails the start with the variable named", %{t: t} do
       System.put_env(@var, "soon")
-      spec = [strategy: Cluster.ConfigTest.Echo, config: [interval: {:system, :integer, @var, 5_000}]]
+      spec = [strategy: LibclusterRs.ConfigTest.Echo, config: [interval: {:system, :integer, @var, 5_000}]]
       assert {:error, reason} = start_supervised({Cluster.Supervisor, [[{t, spec}]]})
       assert inspect(reason) =~ @var
       e = assert_raise ArgumentError, fn -> Cluster.Supervisor.get_configured_topologies([{t, spec}]) end
@@ -186,7 +186,7 @@ defmodule Cluster.ConfigTest do
   end
 end
 
-defmodule Cluster.ConfigTest.Echo do
+defmodule LibclusterRs.ConfigTest.Echo do
   @moduledoc false
   # A custom strategy that reports the state it was started with.
   use Cluster.Strategy

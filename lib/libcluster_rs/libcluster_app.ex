@@ -1,4 +1,4 @@
-defmodule Cluster.LibclusterApp do
+defmodule LibclusterRs.LibclusterApp do
   @moduledoc false
   # The one `:libcluster` application of a node, so that existing `config :libcluster, ...`
   # (`topologies`, `debug`) keeps working: OTP applies an application's config (sys.config, a

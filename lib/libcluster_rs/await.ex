@@ -1,4 +1,4 @@
-defmodule Cluster.Await do
+defmodule LibclusterRs.Await do
   @moduledoc false
   # The `await:` topology option: a temporary child, started right after its topology, whose start
   # waits (bounded) for the topology's peers and then returns :ignore, so no process remains.

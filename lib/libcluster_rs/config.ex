@@ -1,4 +1,4 @@
-defmodule Cluster.Config do
+defmodule LibclusterRs.Config do
   @moduledoc false
   # Config resolution and validation shared by the supervisor and every built-in strategy.
   #

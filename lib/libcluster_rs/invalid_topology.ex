@@ -1,4 +1,4 @@
-defmodule Cluster.InvalidTopology do
+defmodule LibclusterRs.InvalidTopology do
   @moduledoc false
   # Stands in for a topology whose config cannot work but which libcluster 3.5 boots anyway (for
   # example DNSPoll without a usable `:query`: libcluster logs and connects nothing, it does not
@@ -14,11 +14,11 @@ defmodule Cluster.InvalidTopology do
   #     def child_spec([%State{} = state] = args) do
   #       case config_problem(state.config) do
   #         nil -> super(args)
-  #         message -> Cluster.InvalidTopology.child_spec(state, __MODULE__, message)
+  #         message -> LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, message)
   #       end
   #     end
   #
-  # The status reply has the shape of `Cluster.Discovery.status/2`'s, so `Cluster.status/1` reads it
+  # The status reply has the shape of `LibclusterRs.Discovery.status/2`'s, so `Cluster.status/1` reads it
   # like any built-in topology's.
 
   use GenServer
@@ -50,9 +50,9 @@ defmodule Cluster.InvalidTopology do
         _ -> nil
       end
 
-    # Cluster.Registry is started by the :libcluster_rs application; without it, status is unavailable.
+    # LibclusterRs.Registry is started by the :libcluster_rs application; without it, status is unavailable.
     try do
-      Registry.register(Cluster.Registry, {:discovery, topology}, %{supervisor: supervisor})
+      Registry.register(LibclusterRs.Registry, {:discovery, topology}, %{supervisor: supervisor})
     rescue
       ArgumentError -> :ok
     end

@@ -1,7 +1,7 @@
-defmodule Cluster.EpmdProbeTest do
+defmodule LibclusterRs.EpmdProbeTest do
   use ExUnit.Case, async: true
 
-  alias Cluster.EpmdProbe
+  alias LibclusterRs.EpmdProbe
 
   test "compare: registered, absent (with what the host lists) and hosts that did not answer" do
     answers = %{

@@ -1,25 +1,25 @@
-defmodule Cluster.DiscoveryTest do
+defmodule LibclusterRs.DiscoveryTest do
   use ExUnit.Case, async: true
   import ExUnit.CaptureLog
 
-  alias Cluster.{Discovery, Membership}
+  alias LibclusterRs.{Discovery, Membership}
   alias Cluster.Strategy.State
-  alias Cluster.Test.{Mfa, Peer}
+  alias LibclusterRs.Test.{Mfa, Peer}
 
   @moduletag capture_log: true
 
   # A strategy whose rounds are scripted by the test: `config[:script]` is a fun called with
   # (round_number, tag) that returns an outcome; every call is reported to `config[:test]`.
   defmodule Fake do
-    use Cluster.Discovery
+    use LibclusterRs.Discovery
 
-    @impl Cluster.Discovery
+    @impl LibclusterRs.Discovery
     def init(%State{config: config}) do
       send(config[:test], {:init, self()})
       {:ok, %{config: config, round: 0}, Keyword.get(config, :opts, [])}
     end
 
-    @impl Cluster.Discovery
+    @impl LibclusterRs.Discovery
     def discover(%{round: n, config: config} = impl, tag) do
       send(config[:test], {:round, n + 1, tag})
       {config[:script].(n + 1, tag), %{impl | round: n + 1}}
@@ -131,7 +131,7 @@ defmodule Cluster.DiscoveryTest do
     {_l, port} = silent_listener()
 
     script = fn
-      1, tag -> {:async, Cluster.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)}
+      1, tag -> {:async, LibclusterRs.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)}
       _, _ -> {:discovered, [:b@h]}
     end
 
@@ -150,7 +150,7 @@ defmodule Cluster.DiscoveryTest do
   test "events with a stale tag are ignored; the current tag's events are applied", ctx do
     {_l, port} = silent_listener()
 
-    script = fn _, tag -> {:async, Cluster.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)} end
+    script = fn _, tag -> {:async, LibclusterRs.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)} end
     pid = start(ctx, script, interval: :infinity)
     assert_receive {:round, 1, tag}
     send(pid, {:libcluster_rs, make_ref(), {:nodes, ["stale@h"]}})
@@ -168,7 +168,7 @@ defmodule Cluster.DiscoveryTest do
     test = self()
 
     script = fn _, tag ->
-      handle = Cluster.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)
+      handle = LibclusterRs.Native.epmd_names_start(tag, ["127.0.0.1"], port, 60_000)
       send(test, {:handle, handle})
       {:async, handle}
     end
@@ -176,9 +176,9 @@ defmodule Cluster.DiscoveryTest do
     pid = start(ctx, script, interval: :infinity)
     assert_receive {:round, 1, tag}
     assert_receive {:handle, handle}
-    refute Cluster.Native.discovery_stopped(handle)
+    refute LibclusterRs.Native.discovery_stopped(handle)
     send(pid, {:libcluster_rs, tag, {:nodes, []}})
-    Peer.wait_until(fn -> Cluster.Native.discovery_stopped(handle) end, 1_000)
+    Peer.wait_until(fn -> LibclusterRs.Native.discovery_stopped(handle) end, 1_000)
   end
 
   test "refresh/1 runs a round now", ctx do
@@ -191,10 +191,10 @@ defmodule Cluster.DiscoveryTest do
   test "membership options given in the config reach the membership", ctx do
     pid = start(ctx, fn _, _ -> {:discovered, []} end, interval: :infinity, membership: [prune: :never])
     assert %{membership: %{opts: %{prune: :never}}} = Discovery.status(pid)
-    assert is_pid(Registry.lookup(Cluster.Registry, {:membership, ctx.topology}) |> hd() |> elem(0))
+    assert is_pid(Registry.lookup(LibclusterRs.Registry, {:membership, ctx.topology}) |> hd() |> elem(0))
 
     assert Membership.status(
-             Registry.lookup(Cluster.Registry, {:membership, ctx.topology})
+             Registry.lookup(LibclusterRs.Registry, {:membership, ctx.topology})
              |> hd()
              |> elem(0)
            )

@@ -1,7 +1,7 @@
-defmodule Cluster.NativeTest do
+defmodule LibclusterRs.NativeTest do
   use ExUnit.Case, async: true
 
-  alias Cluster.Native
+  alias LibclusterRs.Native
 
   # A fake epmd on loopback that answers NAMES with the given names.
   defp fake_epmd(names) do

@@ -1,6 +1,6 @@
-defmodule Cluster.Discovery do
+defmodule LibclusterRs.Discovery do
   @moduledoc false
-  # The process behind every built-in strategy. It owns the topology's Cluster.Membership, runs
+  # The process behind every built-in strategy. It owns the topology's LibclusterRs.Membership, runs
   # discovery rounds (never two at once, never inside `init`, on a jittered schedule), turns native
   # events into membership updates, and applies the rules that hold for every strategy:
   #
@@ -11,19 +11,19 @@ defmodule Cluster.Discovery do
   #   * an empty result after a non-empty one is applied only after `confirm_empty` consecutive
   #     empty rounds
   #
-  # A strategy module implements the callbacks below; `use Cluster.Discovery` provides
+  # A strategy module implements the callbacks below; `use LibclusterRs.Discovery` provides
   # `start_link/1` and `child_spec/1` (via `use Cluster.Strategy`).
 
   use GenServer
 
-  alias Cluster.{Membership, NodeName}
+  alias LibclusterRs.{Membership, NodeName}
 
   # How long a status or leave waits for the membership (which answers at once unless stuck).
   @membership_timeout 500
   alias Cluster.Strategy.State
 
   # `{:seen, nodes}` is a sighting from an untrusted source (e.g. an unauthenticated heartbeat);
-  # `{:seen, nodes, trusted: true}` one from an authenticated source. See Cluster.Membership.seen/3.
+  # `{:seen, nodes, trusted: true}` one from an authenticated source. See LibclusterRs.Membership.seen/3.
   @typedoc "What a round, or one native event, produced."
   @type outcome ::
           {:discovered, [node()]}
@@ -42,13 +42,13 @@ defmodule Cluster.Discovery do
     * `:confirm_empty` - consecutive empty rounds needed before an empty result replaces a
       non-empty one (default `1`)
     * `:round_timeout` - the deadline of one asynchronous round in ms (default `30_000`)
-    * `:membership` - options for `Cluster.Membership`
+    * `:membership` - options for `LibclusterRs.Membership`
   """
   @type opts :: Keyword.t()
 
   @callback init(State.t()) :: {:ok, impl :: term(), opts()} | :ignore
   @callback discover(impl :: term(), tag :: reference()) ::
-              {outcome() | {:async, Cluster.Native.handle()} | {:stream, Cluster.Native.handle()},
+              {outcome() | {:async, LibclusterRs.Native.handle()} | {:stream, LibclusterRs.Native.handle()},
                impl :: term()}
   @callback handle_event(event :: term(), impl :: term()) :: {[outcome()], impl :: term()}
 
@@ -64,10 +64,11 @@ defmodule Cluster.Discovery do
   defmacro __using__(_opts) do
     quote do
       use Cluster.Strategy
-      @behaviour Cluster.Discovery
+      @behaviour LibclusterRs.Discovery
 
       @impl Cluster.Strategy
-      def start_link([%Cluster.Strategy.State{} = state]), do: Cluster.Discovery.start_link(__MODULE__, state)
+      def start_link([%Cluster.Strategy.State{} = state]),
+        do: LibclusterRs.Discovery.start_link(__MODULE__, state)
     end
   end
 
@@ -86,15 +87,15 @@ defmodule Cluster.Discovery do
   @doc false
   # The topology's Task.Supervisor, for work a strategy starts from the discovery process (e.g. a
   # DNS `resolver` fun): it is linked to the discovery, so that work ends with the topology. Outside
-  # a discovery process (the dry run), the application's Cluster.TaskSupervisor, if running.
+  # a discovery process (the dry run), the application's LibclusterRs.TaskSupervisor, if running.
   @spec task_supervisor() :: pid() | atom() | nil
   def task_supervisor do
-    Process.get(:cluster_task_supervisor) || Process.whereis(Cluster.TaskSupervisor)
+    Process.get(:cluster_task_supervisor) || Process.whereis(LibclusterRs.TaskSupervisor)
   end
 
   @doc """
   Stops discovery and reconnection for good (graceful leave): no further rounds, the native task
-  stops, and the membership stops dialling (see `Cluster.Membership.leave/1`). Nothing is
+  stops, and the membership stops dialling (see `LibclusterRs.Membership.leave/1`). Nothing is
   disconnected. Idempotent.
   """
   @spec leave(pid()) :: :ok
@@ -217,7 +218,7 @@ defmodule Cluster.Discovery do
         _ -> nil
       end
 
-    _ = Registry.register(Cluster.Registry, {:discovery, topology}, %{supervisor: supervisor})
+    _ = Registry.register(LibclusterRs.Registry, {:discovery, topology}, %{supervisor: supervisor})
     :ok
   end
 
@@ -249,7 +250,7 @@ defmodule Cluster.Discovery do
   end
 
   defp emit_exception(%{span: {started, meta}}, kind, reason, stacktrace) do
-    Cluster.Telemetry.execute(
+    LibclusterRs.Telemetry.execute(
       [:libcluster, :discovery, :exception],
       %{duration: System.monotonic_time() - started, monotonic_time: System.monotonic_time()},
       Map.merge(meta, %{kind: kind, reason: reason, stacktrace: stacktrace})
@@ -262,7 +263,7 @@ defmodule Cluster.Discovery do
     meta = %{topology: s.state.topology, strategy: s.module, round: s.rounds}
     now = System.monotonic_time()
 
-    Cluster.Telemetry.execute(
+    LibclusterRs.Telemetry.execute(
       [:libcluster, :discovery, :start],
       %{system_time: System.system_time(), monotonic_time: now},
       meta
@@ -282,7 +283,7 @@ defmodule Cluster.Discovery do
         _ -> nil
       end
 
-    Cluster.Telemetry.execute(
+    LibclusterRs.Telemetry.execute(
       [:libcluster, :discovery, :stop],
       Map.merge(%{duration: now - started, monotonic_time: now}, s.round_counts),
       Map.merge(meta, %{result: result, error: error})
@@ -341,12 +342,12 @@ defmodule Cluster.Discovery do
 
   def handle_call(:leave, _from, s) do
     for t <- [s.timer, s.round_timer], t != nil, do: Process.cancel_timer(t)
-    if s.handle, do: Cluster.Native.discovery_stop(s.handle)
+    if s.handle, do: LibclusterRs.Native.discovery_stop(s.handle)
     s = close_span(s, :left)
     _ = safe_call(fn -> Membership.leave(s.membership, @membership_timeout) end)
     Cluster.Logger.info(s.state.topology, "leaving: discovery and reconnection stopped")
 
-    Cluster.Telemetry.execute([:libcluster, :topology, :leave], %{}, %{
+    LibclusterRs.Telemetry.execute([:libcluster, :topology, :leave], %{}, %{
       topology: s.state.topology,
       strategy: s.module
     })
@@ -371,7 +372,7 @@ defmodule Cluster.Discovery do
 
   @impl true
   def terminate(_reason, s) do
-    if s.handle, do: Cluster.Native.discovery_stop(s.handle)
+    if s.handle, do: LibclusterRs.Native.discovery_stop(s.handle)
     :ok
   end
 
@@ -478,7 +479,7 @@ defmodule Cluster.Discovery do
   defp finish_round(s, result) do
     s = close_span(s, result)
     if s.round_timer, do: Process.cancel_timer(s.round_timer)
-    if s.handle, do: Cluster.Native.discovery_stop(s.handle)
+    if s.handle, do: LibclusterRs.Native.discovery_stop(s.handle)
     s = %{s | mode: :idle, handle: nil, round_timer: nil, tag: nil}
     schedule(s, result)
   end

@@ -1,10 +1,10 @@
-defmodule Cluster.NativeLeakTest do
+defmodule LibclusterRs.NativeLeakTest do
   # Resource hygiene of the native runtime: many start/stop cycles and owner deaths leave OS threads,
   # open file descriptors and memory flat, and no NIF call blocks a scheduler long enough for a
   # `long_schedule` system monitor event. Everything talks to fake epmd listeners on loopback.
   use ExUnit.Case, async: false
 
-  alias Cluster.Native
+  alias LibclusterRs.Native
 
   @moduletag timeout: 60_000
   @cycles 10_000
@@ -162,14 +162,14 @@ defmodule Cluster.NativeLeakTest do
 
     in_nif =
       Enum.filter(long, fn info ->
-        Enum.any?([info[:in], info[:out]], &match?({Cluster.Native, _, _}, &1))
+        Enum.any?([info[:in], info[:out]], &match?({LibclusterRs.Native, _, _}, &1))
       end)
 
     IO.puts(
       "\nnative leak: #{@cycles} cycles in #{div(cycle_us, 1000)} ms " <>
         "(#{round(@cycles / (cycle_us / 1_000_000))}/s), #{@owner_deaths} owner deaths; " <>
         "threads #{threads0} -> #{threads1}, fds #{fds0} -> #{fds1}, rss #{rss0} -> #{rss1} kB, " <>
-        "long_schedule events #{length(long)} (in Cluster.Native: #{length(in_nif)})"
+        "long_schedule events #{length(long)} (in LibclusterRs.Native: #{length(in_nif)})"
     )
 
     assert threads1 == threads0

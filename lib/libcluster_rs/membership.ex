@@ -1,4 +1,4 @@
-defmodule Cluster.Membership do
+defmodule LibclusterRs.Membership do
   @moduledoc """
   Applies discovery results for one topology: the single path through which every built-in
   strategy connects and disconnects nodes.
@@ -74,11 +74,11 @@ defmodule Cluster.Membership do
   its own discovery while the rest of the application stops.
 
   Membership changes are reported as telemetry events (`added`, `removed`, `pruned`, `backoff`);
-  see `Cluster.Telemetry`.
+  see `LibclusterRs.Telemetry`.
   """
   use GenServer
 
-  alias Cluster.Config
+  alias LibclusterRs.Config
   alias Cluster.Strategy.State
 
   @type prune :: :immediate | :never | {:grace_period, pos_integer()}
@@ -223,7 +223,7 @@ defmodule Cluster.Membership do
   @impl true
   def init({state, opts}) do
     topology = state.topology
-    _ = Registry.register(Cluster.Registry, {:membership, topology}, self())
+    _ = Registry.register(LibclusterRs.Registry, {:membership, topology}, self())
     # The topology's tasks (connects, disconnects, list_nodes): linked to this process, so they
     # end with the topology.
     {:ok, tasks} = Task.Supervisor.start_link()
@@ -499,7 +499,7 @@ defmodule Cluster.Membership do
       )
     end
 
-    Cluster.Telemetry.execute(
+    LibclusterRs.Telemetry.execute(
       [:libcluster, :membership, :backoff],
       %{failures: failures, delay: delay},
       %{topology: m.topology, node: node, reason: reason}
@@ -808,7 +808,7 @@ defmodule Cluster.Membership do
             end
 
           if reason == :timeout do
-            Cluster.Telemetry.execute(
+            LibclusterRs.Telemetry.execute(
               [:libcluster, :connect_node, :error],
               %{duration: System.convert_time_unit(m.opts.connect_timeout, :millisecond, :native)},
               %{node: node, topology: m.topology, reason: :timeout}
@@ -1029,7 +1029,7 @@ defmodule Cluster.Membership do
     nodes = Enum.to_list(nodes)
 
     if nodes != [] do
-      Cluster.Telemetry.execute(
+      LibclusterRs.Telemetry.execute(
         [:libcluster, :membership, event],
         %{count: length(nodes)},
         Map.merge(meta, %{topology: m.topology, nodes: nodes})

@@ -1,4 +1,4 @@
-defmodule Cluster.Telemetry do
+defmodule LibclusterRs.Telemetry do
   # `:telemetry` is optional: events are emitted only when it is loaded. The one list of events is
   # docs/telemetry.md, included here.
   @external_resource Path.expand("../../docs/telemetry.md", __DIR__)

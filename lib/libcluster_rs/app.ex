@@ -1,4 +1,4 @@
-defmodule Cluster.App do
+defmodule LibclusterRs.App do
   @moduledoc false
   # The :libcluster_rs application: the event server, the registry of memberships, a task
   # supervisor, and (opt-in) the topologies of `config :libcluster_rs, topologies: [...]`.
@@ -7,24 +7,24 @@ defmodule Cluster.App do
   @impl true
   def start(_type, _args) do
     # `config :libcluster, ...` (sys.config, runtime.exs) is applied only to a loaded :libcluster.
-    _ = Cluster.LibclusterApp.load()
+    _ = LibclusterRs.LibclusterApp.load()
     topologies = Application.get_env(:libcluster_rs, :topologies, [])
 
     children =
       [
-        {Registry, keys: :unique, name: Cluster.Registry},
+        {Registry, keys: :unique, name: LibclusterRs.Registry},
         # Short tasks of the library outside any topology (e.g. `Cluster.status/1` asking a custom
         # strategy's list_nodes); each topology has a Task.Supervisor of its own.
-        {Task.Supervisor, name: Cluster.TaskSupervisor},
+        {Task.Supervisor, name: LibclusterRs.TaskSupervisor},
         Cluster.Events
       ] ++
         if topologies == [] do
           []
         else
-          [{Cluster.Supervisor, [topologies, [name: Cluster.AppSupervisor]]}]
+          [{Cluster.Supervisor, [topologies, [name: LibclusterRs.AppSupervisor]]}]
         end
 
-    Supervisor.start_link(children, strategy: :rest_for_one, name: Cluster.AppRoot)
+    Supervisor.start_link(children, strategy: :rest_for_one, name: LibclusterRs.AppRoot)
   end
 
   # Graceful leave: before the tree stops, every topology still running stops discovering and

@@ -1,8 +1,8 @@
-defmodule Cluster.NodeNameModeTest do
+defmodule LibclusterRs.NodeNameModeTest do
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
-  alias Cluster.NodeName
-  alias Cluster.Test.Peer
+  alias LibclusterRs.NodeName
+  alias LibclusterRs.Test.Peer
 
   test "mode_problem/2: what Erlang refuses to dial under each name mode" do
     # long names (--name)

@@ -1,11 +1,11 @@
-defmodule Cluster.EpmdProbe do
+defmodule LibclusterRs.EpmdProbe do
   @moduledoc false
   # What the epmd of each host says, for the dry run of the static topologies (Epmd, ErlangHosts,
   # LocalEpmd): every host is asked natively (the EPMD NAMES request, concurrently, each with its
   # own deadline), and the answers are compared with the nodes the topology lists. Nothing is
   # connected.
 
-  alias Cluster.NodeName
+  alias LibclusterRs.NodeName
 
   @type answer :: {:ok, [String.t()]} | {:error, {atom(), String.t()}}
 
@@ -19,7 +19,7 @@ defmodule Cluster.EpmdProbe do
   def ask(hosts, port, timeout) do
     hosts = Enum.uniq(hosts)
     tag = make_ref()
-    handle = Cluster.Native.epmd_names_start(tag, hosts, port, timeout)
+    handle = LibclusterRs.Native.epmd_names_start(tag, hosts, port, timeout)
     # The native side gives each host `timeout`; leave it a little more to report it.
     deadline = System.monotonic_time(:millisecond) + timeout + 1_000
 
@@ -35,7 +35,7 @@ defmodule Cluster.EpmdProbe do
          )}
       end)
     after
-      Cluster.Native.discovery_stop(handle)
+      LibclusterRs.Native.discovery_stop(handle)
     end
   end
 

@@ -1,12 +1,12 @@
-defmodule Cluster.MembershipTest do
-  # Cluster.Membership driven directly, over a fake distribution (injected MFAs). Every dial is
+defmodule LibclusterRs.MembershipTest do
+  # LibclusterRs.Membership driven directly, over a fake distribution (injected MFAs). Every dial is
   # reported to the test as `{:dial, node, attempt_pid}`; how a dial ends is set per node.
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
-  alias Cluster.Membership
+  alias LibclusterRs.Membership
   alias Cluster.Strategy.State
-  alias Cluster.Test.Peer
+  alias LibclusterRs.Test.Peer
 
   defmodule Net do
     @moduledoc false
@@ -57,7 +57,7 @@ defmodule Cluster.MembershipTest do
   ]
 
   setup do
-    Cluster.Test.TelemetryForward.attach(@events, "mem_")
+    LibclusterRs.Test.TelemetryForward.attach(@events, "mem_")
     {:ok, t: :"mem_#{System.unique_integer([:positive])}"}
   end
 
