@@ -38,6 +38,11 @@ defmodule LibclusterRs.NodeNameModeTest do
     {peer, _} = Peer.start(name, "127.0.0.1")
     on_exit(fn -> Peer.stop(peer) end)
 
+    # `shorthost` must never reach the system resolver: the peer resolves it from its own hosts
+    # table only.
+    :ok = Peer.call(peer, :inet_db, :add_host, [{127, 0, 0, 1}, [~c"shorthost"]])
+    :ok = Peer.call(peer, :inet_db, :set_lookup, [[:file]])
+
     {:ok, _} =
       Peer.start_cluster(peer,
         mixed: [strategy: Cluster.Strategy.Epmd, config: [hosts: [:a@shorthost, :"b@127.0.0.1"]]]
