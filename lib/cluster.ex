@@ -269,7 +269,7 @@ defmodule Cluster do
           name_problems: d.name_problems,
           extra: d.extra,
           membership: membership,
-          mfa_errors: mfa_errors(m.mfa_errors)
+          mfa_errors: mfa_errors(Map.get(m, :mfa_errors, %{}))
         }
 
       :error ->

@@ -78,7 +78,8 @@ defmodule LibclusterRs.InvalidTopology do
         topology: s.topology,
         connected: MapSet.new(),
         pending: %{},
-        leaving: false
+        leaving: false,
+        mfa_errors: %{}
       }
     }
 

@@ -751,6 +751,12 @@ defmodule LibclusterRs.Membership do
   # once per failure streak itself.
   @doc false
   def attempt(topology, connect, list_nodes, node) do
+    # When the MFA really runs (a task may start late on a loaded VM): the redial floor counts from here.
+    dialled_at = System.monotonic_time(:millisecond)
+    {:dialled, dialled_at, attempt_result(topology, connect, list_nodes, node)}
+  end
+
+  defp attempt_result(topology, connect, list_nodes, node) do
     result =
       try do
         Cluster.Strategy.connect_node(topology, connect, node, quiet_failure: true, quiet_success: true)
@@ -777,6 +783,18 @@ defmodule LibclusterRs.Membership do
       {:fault, error} ->
         {:error, :connect_failed, {:connect, error}}
     end
+  end
+
+  defp attempt_done(m, ref, {:dialled, dialled_at, result}) do
+    {node, _pid, _started, _timer} = Map.fetch!(m.inflight, ref)
+
+    m =
+      case Map.fetch(m.peers, node) do
+        {:ok, peer} -> %{m | peers: Map.put(m.peers, node, %{peer | last_dial_at: dialled_at})}
+        :error -> m
+      end
+
+    attempt_done(m, ref, result)
   end
 
   defp attempt_done(m, ref, result) do
