@@ -165,10 +165,19 @@ defmodule Cluster.Strategy.GossipNetnsTest do
     _ = start(started, [newcomer], [config])
     Peer.wait_until(fn -> meshed?(peers) end, 2_000)
 
-    # the flood was still on when it joined, and it was being limited
+    # The flood was still on when it joined, and it was being limited: every running node keeps
+    # rejecting its names (the join itself can take a few ms, too short to count on).
+    Peer.wait_until(
+      fn ->
+        limited_after =
+          for {{p, _}, sup} <- Enum.zip(cluster, sups), do: counters(p, sup).rejected_rate_limited
+
+        Enum.zip(limited_before, limited_after) |> Enum.all?(fn {b, a} -> a > b + 100 end)
+      end,
+      3_000
+    )
+
     assert Task.yield(flood, 0) == nil
-    limited_after = for {{p, _}, sup} <- Enum.zip(cluster, sups), do: counters(p, sup).rejected_rate_limited
-    assert Enum.zip(limited_before, limited_after) |> Enum.all?(fn {b, a} -> a > b + 100 end)
     names = Task.await(flood, 20_000)
     assert length(names) > 6_000
   end
