@@ -271,19 +271,15 @@ defmodule LibclusterRs.Precompiled do
       |> String.split(",", trim: true)
       |> Enum.map(&(&1 |> String.trim() |> String.to_charlist()))
 
-    for {key, vars} <- [proxy: ["HTTP_PROXY", "http_proxy"], https_proxy: ["HTTPS_PROXY", "https_proxy"]] do
-      case Enum.find_value(vars, &System.get_env/1) do
-        value when value in [nil, ""] ->
-          {key, {:undefined, []}}
+    for {key, vars} <- [proxy: ["HTTP_PROXY", "http_proxy"], https_proxy: ["HTTPS_PROXY", "https_proxy"]],
+        value = Enum.find_value(vars, &System.get_env/1),
+        value not in [nil, ""] do
+      case URI.parse(if value =~ "://", do: value, else: "http://" <> value) do
+        %URI{host: host, port: port} when is_binary(host) and host != "" ->
+          {key, {{String.to_charlist(host), port}, no_proxy}}
 
-        value ->
-          case URI.parse(if value =~ "://", do: value, else: "http://" <> value) do
-            %URI{host: host, port: port} when is_binary(host) and host != "" ->
-              {key, {{String.to_charlist(host), port}, no_proxy}}
-
-            _ ->
-              Mix.raise("libcluster_rs: #{hd(vars)} is not a proxy URL: #{inspect(value)}")
-          end
+        _ ->
+          Mix.raise("libcluster_rs: #{hd(vars)} is not a proxy URL: #{inspect(value)}")
       end
     end
   end
