@@ -104,6 +104,10 @@ defmodule LibclusterRs.PackageTest do
     assert Compiler.cargo_target_dir("/ci/target", "/app/_build/prod") == "/ci/target"
   end
 
+  test "developing libcluster_rs itself (the root project) always builds from source, never downloads" do
+    assert Compiler.mode() == {:source, :root}
+  end
+
   test "this project's NIF is its Mix env's, in the build dir, not in the source tree" do
     priv = List.to_string(:code.priv_dir(:libcluster_rs))
     assert priv == Path.join(Mix.Project.app_path(), "priv")

@@ -115,6 +115,33 @@ defmodule LibclusterRs.PrecompiledTest do
     # Unchanged since: a second compile does nothing.
     {out, 0} = compile(ctx, base_url: "file:///nonexistent", cache: ctx.cache)
     refute out =~ "libcluster_rs:"
+
+    # A release carries it.
+    {out, status} =
+      compile(ctx, base_url: "file:///nonexistent", cache: ctx.cache, task: ~w(release --overwrite))
+
+    assert status == 0, out
+
+    [released] =
+      Path.wildcard(
+        Path.join(ctx.app, "_build/dev/rel/pkg_app/lib/libcluster_rs-*/priv/native/libcluster_nif.so")
+      )
+
+    assert File.read!(released) == library_in(ctx.tarball)
+  end
+
+  test "the package as shipped before its first release (no checksums), without cargo: a clear error", ctx do
+    lib = Path.join(ctx.tmp, "pkg_no_checksums/libcluster_rs")
+    File.mkdir_p!(lib)
+    File.cp_r!(ctx.lib, lib)
+    File.write!(Path.join(lib, Precompiled.checksum_file_name()), "%{}\n")
+    app = new_app!(Path.join(ctx.tmp, "app_no_checksums"), lib)
+
+    {out, status} = compile(%{ctx | app: app}, base_url: "file://" <> ctx.dist, cache: ctx.cache)
+    assert status != 0
+    assert out =~ "no precompiled artifact checksums in this package version"
+    assert out =~ "LIBCLUSTER_RS_BUILD=1"
+    assert_nothing_written(%{ctx | app: app})
   end
 
   test "a tampered artifact is refused, nothing written", ctx do
@@ -230,7 +257,7 @@ defmodule LibclusterRs.PrecompiledTest do
       {"LIBCLUSTER_RS_TARGET", opts[:target]}
     ]
 
-    cmd("mix", ["compile"], ctx.app, env)
+    cmd("mix", opts[:task] || ["compile"], ctx.app, env)
   end
 
   defp cmd(exe, args, dir, env) do
