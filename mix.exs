@@ -424,6 +424,7 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
   @impl true
   def clean do
     File.rm(manifest_path())
+    File.rm(manifest_path() <> ".so")
     File.rm(nif_path())
     :ok
   end
