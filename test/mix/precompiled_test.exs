@@ -198,7 +198,8 @@ defmodule LibclusterRs.PrecompiledTest do
     assert_nothing_written(ctx)
   end
 
-  test "LIBCLUSTER_RS_BUILD=1 builds a read-only copy of the package with cargo, into the app's _build",
+  test "LIBCLUSTER_RS_BUILD=1 builds a read-only copy of the package with cargo, into the app's _build; " <>
+         "so does a target without an artifact when cargo is there",
        ctx do
     ro = read_only!(ctx.lib, Path.join(ctx.tmp, "ro/libcluster_rs"))
     before = tree(ctx.lib)
@@ -227,6 +228,28 @@ defmodule LibclusterRs.PrecompiledTest do
     [p] = start_peers(app, 1)
     assert is_binary(:peer.call(p, Cluster.Native, :gossip_encode_v1, ["a@127.0.0.1", nil]))
     :peer.stop(p)
+
+    # Not forced, but no artifact for the target: with cargo on the PATH, a source build.
+    File.rm!(nif(app))
+
+    {out, status} =
+      cmd("mix", ["compile"], app, [
+        {"MIX_ENV", "dev"},
+        {"LIBCLUSTER_RS_TARGET", "riscv64gc-unknown-linux-gnu"},
+        {"LIBCLUSTER_RS_BASE_URL", "file:///nonexistent"},
+        {"LIBCLUSTER_RS_CACHE_DIR", ctx.cache},
+        {"CARGO_TARGET_DIR", shared_target()},
+        {"CARGO_NET_OFFLINE", "true"}
+      ])
+
+    assert status == 0, out
+
+    assert out =~
+             "no precompiled NIF for target riscv64gc-unknown-linux-gnu; building the NIF from source with cargo"
+
+    assert out =~ "==> cargo build -p libcluster_nif"
+    assert File.exists?(nif(app))
+    assert tree(ctx.lib) == before
   end
 
   ## Helpers
