@@ -416,7 +416,7 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
           end
       end
 
-    write_libcluster_app!()
+    remove_libcluster_app!()
     result
   end
 
