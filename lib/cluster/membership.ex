@@ -34,8 +34,21 @@ defmodule Cluster.Membership do
       nodes never tried before first
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±25% jitter (defaults `250` / `10_000` ms)
+    * `:probe` - `true` (default) or `false`: ask the epmd of backed-off peers' hosts whether they
+      are back, to redial them before their backoff ends (see "Healing" below)
 
   Errors never prune: a failed discovery leaves the last known set in place.
+
+  ## Healing
+
+  After a partition, peers have backed off up to `:backoff_max`. So that the cluster does not wait
+  that long once the network is back, a probe (`Cluster.Membership.Probe`) asks the epmd of the
+  backed-off peers' hosts every 500 ms which names are registered, through the NIF (no scheduler
+  and no `net_kernel` call waits for it). A peer whose name appears again is redialled at once, and
+  so are peers whose hosts cannot be probed. A host is only asked when it is an IP literal or in the
+  local hosts table: the probe never causes a DNS lookup. Failure counts are kept, so a peer that
+  answers epmd but still cannot be connected backs off as before: backoff is never shortened for a
+  dead peer, and a live one never waits for a dead one. `probe: false` turns it off.
 
   ## Leaving
 
@@ -60,7 +73,8 @@ defmodule Cluster.Membership do
     connect_timeout: 10_000,
     max_concurrency: 64,
     backoff_min: 250,
-    backoff_max: 10_000
+    backoff_max: 10_000,
+    probe: true
   }
 
   defstruct topology: nil,
@@ -88,7 +102,9 @@ defmodule Cluster.Membership do
             last_error: nil,
             discoveries: 0,
             errors: 0,
-            leaving: false
+            leaving: false,
+            # heal probe: the Cluster.Membership.Probe pid, or nil (`probe: false`)
+            probe: nil
 
   ## API
 
@@ -131,7 +147,8 @@ defmodule Cluster.Membership do
       {:connect_timeout, @defaults.connect_timeout, Config.pos_integer()},
       {:max_concurrency, @defaults.max_concurrency, Config.pos_integer()},
       {:backoff_min, @defaults.backoff_min, Config.pos_integer()},
-      {:backoff_max, @defaults.backoff_max, Config.pos_integer()}
+      {:backoff_max, @defaults.backoff_max, Config.pos_integer()},
+      {:probe, @defaults.probe, Config.boolean()}
     ]
 
     validated = Config.validate!(opts, schema, topology, __MODULE__)
@@ -174,7 +191,7 @@ defmodule Cluster.Membership do
     }
 
     :ok = :net_kernel.monitor_nodes(true)
-    {:ok, m}
+    {:ok, start_probe(m)}
   end
 
   @impl true
@@ -319,6 +336,7 @@ defmodule Cluster.Membership do
     {:noreply, %{m | peers: Map.delete(m.peers, node)}}
   end
 
+  def handle_info({:probe_reachable, nodes}, m), do: {:noreply, probe_reachable(m, nodes)}
   def handle_info(_other, m), do: {:noreply, m}
 
   ## Reconciling
@@ -379,6 +397,7 @@ defmodule Cluster.Membership do
     end
 
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
+    Cluster.Membership.Probe.watch(m.probe, %{})
     %{m | leaving: true, inflight: %{}, queue: [], busy: MapSet.new(), retry_timer: nil}
   end
 
@@ -442,6 +461,7 @@ defmodule Cluster.Membership do
 
   defp schedule_retry(m) do
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
+    sync_probe(m)
     connected = connected(m)
     now = now()
 
@@ -456,6 +476,39 @@ defmodule Cluster.Membership do
       nil -> %{m | retry_timer: nil}
       at -> %{m | retry_timer: Process.send_after(self(), :retry, max(at - now, 0))}
     end
+  end
+
+  ## Heal probe (Cluster.Membership.Probe): the whole hook is start_probe/1, sync_probe/1 (called
+  ## from schedule_retry/1 and stop_dialling/1) and probe_reachable/2 (the :probe_reachable message).
+
+  defp start_probe(%{opts: %{probe: true}} = m) do
+    {:ok, probe} = Cluster.Membership.Probe.start_link(topology: m.topology)
+    %{m | probe: probe}
+  end
+
+  defp start_probe(m), do: m
+
+  # The backed-off nodes (those with a backoff entry) and their failure counts.
+  defp sync_probe(m) do
+    Cluster.Membership.Probe.watch(m.probe, Map.new(m.peers, fn {node, peer} -> {node, peer.failures} end))
+  end
+
+  # `nodes` are reachable again: their backoff ends now and they are redialled. Failure counts
+  # stay, so a node that still fails backs off from where it was (no hammering of dead peers).
+  defp probe_reachable(%{leaving: true} = m, _nodes), do: m
+
+  defp probe_reachable(m, nodes) do
+    now = now()
+
+    peers =
+      Enum.reduce(nodes, m.peers, fn node, peers ->
+        case peers do
+          %{^node => peer} -> Map.put(peers, node, %{peer | next_at: now})
+          _ -> peers
+        end
+      end)
+
+    reconcile(%{m | peers: peers})
   end
 
   ## Pruning
