@@ -48,7 +48,9 @@ defmodule Cluster.Membership do
   so are peers whose hosts cannot be probed. A host is only asked when it is an IP literal or in the
   local hosts table: the probe never causes a DNS lookup. Failure counts are kept, so a peer that
   answers epmd but still cannot be connected backs off as before: backoff is never shortened for a
-  dead peer, and a live one never waits for a dead one. `probe: false` turns it off.
+  dead peer, and a live one never waits for a dead one. A connection setup to a returning peer that
+  is still stuck in a TCP connect started during the partition is ended rather than left to its
+  `net_setuptime`. `probe: false` turns all of this off.
 
   ## Leaving
 

@@ -47,6 +47,23 @@ defmodule Cluster.Membership.Probe do
   distribution port) gets at most two early attempts per return, then waits out its backoff as
   usual: the probe never turns backoff into hammering.
 
+  ## Connection setups stuck in the partition
+
+  A connect made during a partition does not fail at once: its TCP SYNs are lost, the kernel resends
+  them after 1 s, 3 s, ..., and `net_kernel` keeps the setup pending for up to `net_setuptime`
+  (7 s by default). While it is pending, every other connect to that node waits for it, and the
+  peer's own connect to us is refused when its name sorts lower (OTP's rule for simultaneous
+  connects). Measured on 5 nodes, such setups were pending for every pair across the split when the
+  network came back, and they, not the backoff, set the heal time.
+
+  So when a peer returns, the outgoing setups towards it that were already pending when its host
+  last failed to answer, and that are still blocked in their TCP connect, are ended as
+  `net_setuptime` would end them later (the setup process is killed; `net_kernel` answers its
+  callers `false`, and the membership's follow-up attempt starts a fresh setup at once). They are
+  found in `net_kernel`'s `sys_dist` table and recognised by shape (a pending `#connection{}` whose
+  owner is a `do_setup` process currently in `prim_inet` connect). An OTP release that stores them
+  differently only loses this part; a setup that has got past its TCP connect is never touched.
+
   ## Custom connect MFAs
 
   The probe runs for any connect MFA: it only moves a retry that the membership would make anyway
@@ -64,7 +81,7 @@ defmodule Cluster.Membership.Probe do
   @typedoc "A backed-off node and its failure count."
   @type watched :: %{node() => non_neg_integer()}
 
-  defstruct watched: %{}, in_flight: false, resolve: nil
+  defstruct watched: %{}, resolve: nil, setups: nil, abort: []
 
   @type t :: %__MODULE__{}
 
@@ -93,8 +110,11 @@ defmodule Cluster.Membership.Probe do
   ## Pure core: decisions as functions of state, host answers and the local hosts table
 
   @doc false
-  @spec new((String.t() -> String.t() | nil)) :: t()
-  def new(resolve \\ &local_address/1), do: %__MODULE__{resolve: resolve}
+  # `resolve`: host -> address or nil (local table only); `setups`: node -> pids of its stuck
+  # outgoing connection setups (see stuck_setups/1).
+  @spec new((String.t() -> String.t() | nil), (node() -> [pid()])) :: t()
+  def new(resolve \\ &local_address/1, setups \\ &stuck_setups/1),
+    do: %__MODULE__{resolve: resolve, setups: setups}
 
   @doc false
   # Takes the membership's backed-off set. New nodes get their host resolved once (locally only);
@@ -132,20 +152,36 @@ defmodule Cluster.Membership.Probe do
         {:error, _} -> MapSet.new()
       end
 
-    {reports, returned?, watched} =
-      Enum.reduce(p.watched, {[], false, p.watched}, fn
-        {node, %{host: ^host} = entry}, {reports, returned?, acc} ->
+    {reports, returned?, watched, abort} =
+      Enum.reduce(p.watched, {[], false, p.watched, p.abort}, fn
+        {node, %{host: ^host} = entry}, {reports, returned?, acc, abort} ->
+          # While the host does not answer, the connection setups stuck towards its nodes were
+          # started during the outage: remember those of the last such answer. If the next answer
+          # is the node's return, they are ended (see abort_stale/2).
+          stale = entry.stale
+
+          entry =
+            if match?({:error, _}, result),
+              do: %{entry | stale: MapSet.new(p.setups.(node))},
+              else: %{entry | stale: MapSet.new()}
+
           case observe(entry, MapSet.member?(names, entry.basename)) do
-            {:edge, entry} -> {[node | reports], true, Map.put(acc, node, entry)}
-            {:followup, entry} -> {[node | reports], returned?, Map.put(acc, node, entry)}
-            {:quiet, entry} -> {reports, returned?, Map.put(acc, node, entry)}
+            {:edge, entry} ->
+              abort = Enum.map(stale, &{node, &1}) ++ abort
+              {[node | reports], true, Map.put(acc, node, entry), abort}
+
+            {:followup, entry} ->
+              {[node | reports], returned?, Map.put(acc, node, entry), abort}
+
+            {:quiet, entry} ->
+              {reports, returned?, Map.put(acc, node, entry), abort}
           end
 
         _other, acc ->
           acc
       end)
 
-    p = %{p | watched: watched}
+    p = %{p | watched: watched, abort: abort}
 
     if returned? do
       {blind, p} = unprobed_due(p)
@@ -154,6 +190,27 @@ defmodule Cluster.Membership.Probe do
       {Enum.sort(reports), p}
     end
   end
+
+  @doc false
+  # Follow-ups due now: a reported node whose attempt failed after the report while its name is
+  # still registered (the last answer showed it) is reported again at once, not at the next round.
+  @spec followups(t()) :: {[node()], t()}
+  def followups(%__MODULE__{} = p) do
+    Enum.reduce(p.watched, {[], p}, fn
+      {node, %{seen: :present, followup: true, reported: r, failures: f} = entry}, {acc, p} when f > r ->
+        entry = %{entry | reported: f, followup: false}
+        {[node | acc], %{p | watched: Map.put(p.watched, node, entry)}}
+
+      _other, acc ->
+        acc
+    end)
+    |> then(fn {nodes, p} -> {Enum.sort(nodes), p} end)
+  end
+
+  @doc false
+  # The `{node, setup_pid}` pairs to abort, and the state without them.
+  @spec take_abort(t()) :: {[{node(), pid()}], t()}
+  def take_abort(%__MODULE__{} = p), do: {p.abort, %{p | abort: []}}
 
   @doc false
   @spec forget(t(), node()) :: t()
@@ -169,7 +226,8 @@ defmodule Cluster.Membership.Probe do
       failures: 0,
       seen: :unknown,
       reported: nil,
-      followup: false
+      followup: false,
+      stale: MapSet.new()
     }
   end
 
@@ -218,6 +276,58 @@ defmodule Cluster.Membership.Probe do
     end
   end
 
+  @doc false
+  # The outgoing connection setups to `node` that net_kernel has pending and that are blocked in a
+  # TCP connect right now (a SYN lost in a partition is resent only after 1 s, 3 s, ..., and the
+  # setup holds the node for up to `net_setuptime`, 7 s by default: meanwhile every other connect to
+  # it, ours or the peer's, waits or is refused). Read from net_kernel's `sys_dist` table
+  # (`#connection{}` records, checked field by field): any other shape yields `[]`, so an OTP that
+  # keeps this elsewhere only loses the acceleration.
+  @spec stuck_setups(node()) :: [pid()]
+  def stuck_setups(node) do
+    :ets.lookup(:sys_dist, node)
+    |> Enum.flat_map(fn
+      conn when is_tuple(conn) and tuple_size(conn) > 4 and elem(conn, 0) == :connection ->
+        owner = elem(conn, 4)
+
+        if elem(conn, 1) == node and elem(conn, 3) == :pending and stuck_in_connect?(owner),
+          do: [owner],
+          else: []
+
+      _ ->
+        []
+    end)
+  rescue
+    ArgumentError -> []
+  end
+
+  defp stuck_in_connect?(pid) when is_pid(pid) do
+    case Process.info(pid, [:initial_call, :current_function]) do
+      [initial_call: {_, :do_setup, _}, current_function: {:prim_inet, connect, _}]
+      when connect in [:connect, :connect0] ->
+        true
+
+      _ ->
+        false
+    end
+  end
+
+  defp stuck_in_connect?(_), do: false
+
+  # A setup that was already pending while its host did not answer, and is still pending and
+  # blocked in its TCP connect now that the host answers, is ended as net_setuptime would end it
+  # later: its callers get `false` and the next connect starts afresh.
+  defp abort_stale(s, pairs) do
+    for {node, pid} <- pairs, pid in s.setups.(node) do
+      if s.topology,
+        do: Cluster.Logger.debug(s.topology, "ending a stale connection setup to #{inspect(node)}")
+
+      Process.exit(pid, :kill)
+    end
+
+    :ok
+  end
+
   ## Server
 
   @impl true
@@ -230,7 +340,8 @@ defmodule Cluster.Membership.Probe do
       interval: interval,
       deadline: Keyword.get(opts, :deadline, min(@deadline, interval)),
       port: Keyword.get_lazy(opts, :port, &Cluster.Strategy.LocalEpmd.default_epmd_port/0),
-      core: new(Keyword.get(opts, :resolve, &local_address/1)),
+      setups: Keyword.get(opts, :setups, &stuck_setups/1),
+      core: new(Keyword.get(opts, :resolve, &local_address/1), Keyword.get(opts, :setups, &stuck_setups/1)),
       timer: nil,
       round: nil
     }
@@ -241,7 +352,9 @@ defmodule Cluster.Membership.Probe do
 
   @impl true
   def handle_cast({:watch, watched}, s) do
-    {:noreply, schedule(%{s | core: put_watched(s.core, watched)})}
+    {reports, core} = s.core |> put_watched(watched) |> followups()
+    report(s, reports)
+    {:noreply, schedule(%{s | core: core})}
   end
 
   @impl true
@@ -270,6 +383,8 @@ defmodule Cluster.Membership.Probe do
     case event do
       {:epmd_names, host, result} ->
         {reports, core} = answer(s.core, host, result)
+        {abort, core} = take_abort(core)
+        abort_stale(s, abort)
         report(s, reports)
         {:noreply, %{s | core: core}}
 

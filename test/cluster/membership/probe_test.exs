@@ -69,6 +69,34 @@ defmodule Cluster.Membership.ProbeTest do
       assert {[:b@h2, :x@elsewhere], _} = Probe.answer(p, "10.0.0.2", {:ok, ["b"]})
     end
 
+    test "a follow-up is due at once when the failure count grows right after a report" do
+      p = probe(%{:a@h1 => 2, :b@h1 => 2})
+      {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      assert {[], p} = Probe.followups(p)
+      p = Probe.put_watched(p, %{:a@h1 => 3, :b@h1 => 3})
+      # b was never reported (its name is absent): no follow-up for it.
+      assert {[:a@h1], p} = Probe.followups(p)
+      p = Probe.put_watched(p, %{:a@h1 => 4, :b@h1 => 4})
+      assert {[], _} = Probe.followups(p)
+    end
+
+    test "setups stuck while the host did not answer are ended when the node returns, no others" do
+      stuck = spawn(fn -> Process.sleep(:infinity) end)
+      later = spawn(fn -> Process.sleep(:infinity) end)
+      setups = %{:a@h1 => [stuck], :b@h2 => [later]}
+      p = Probe.new(&table/1, &Map.get(setups, &1, [])) |> Probe.put_watched(%{:a@h1 => 1, :b@h2 => 1})
+
+      {[], p} = Probe.answer(p, "10.0.0.1", {:error, {:timeout, "no answer"}})
+      assert {[], p} = Probe.take_abort(p)
+      {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      assert {[{:a@h1, ^stuck}], p} = Probe.take_abort(p)
+
+      # b's host answered (without b) before b returned: its pending setup is not from an outage.
+      {[], p} = Probe.answer(p, "10.0.0.2", {:ok, []})
+      {[:b@h2], p} = Probe.answer(p, "10.0.0.2", {:ok, ["b"]})
+      assert {[], _} = Probe.take_abort(p)
+    end
+
     test "a peer that leaves the backed-off set is forgotten; its next streak starts afresh" do
       p = probe(%{:a@h1 => 1})
       {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
@@ -222,9 +250,10 @@ defmodule Cluster.Membership.ProbeTest do
       # Failed: the next attempt is 22.5-37.5 s away.
       Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
 
+      # The fake distribution accepts it from now on; it registers in epmd while it boots.
+      Agent.update(agent, &%{&1 | up: [node]})
       {peer, ^node} = Peer.start(name, "127.0.0.1")
       on_exit(fn -> Peer.stop(peer) end)
-      Agent.update(agent, &%{&1 | up: [node]})
       assert_receive {:dial, ^node}, 3_000
       Peer.wait_until(fn -> node in Dial.list(agent) end, 1_000)
       assert Membership.status(m).pending == %{}
@@ -239,9 +268,10 @@ defmodule Cluster.Membership.ProbeTest do
       assert_receive {:dial, ^node}, 1_000
       Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
 
+      # The fake distribution accepts it from now on; it registers in epmd while it boots.
+      Agent.update(agent, &%{&1 | up: [node]})
       {peer, ^node} = Peer.start(name, "127.0.0.1")
       on_exit(fn -> Peer.stop(peer) end)
-      Agent.update(agent, &%{&1 | up: [node]})
       refute_receive {:dial, ^node}, 3_000
     end
 
