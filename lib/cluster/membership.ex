@@ -34,17 +34,18 @@ defmodule Cluster.Membership do
       nodes never tried before first
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±25% jitter (defaults `250` / `10_000` ms)
-    * `:probe` - `true` (default) or `false`: ask the epmd of backed-off peers' hosts whether they
-      are back, to redial them before their backoff ends (see "Healing" below)
+    * `:probe` - `true` (default) or `false`: ask the epmd of unreachable peers' hosts whether they
+      are back, to redial them at once (see "Healing" below)
 
   Errors never prune: a failed discovery leaves the last known set in place.
 
   ## Healing
 
-  After a partition, peers have backed off up to `:backoff_max`. So that the cluster does not wait
-  that long once the network is back, a probe (`Cluster.Membership.Probe`) asks the epmd of the
-  backed-off peers' hosts every 500 ms which names are registered, through the NIF (no scheduler
-  and no `net_kernel` call waits for it). A peer whose name appears again is redialled at once, and
+  After a partition, peers have backed off up to `:backoff_max`, and connects started during the
+  partition hang in their TCP connect. So that the cluster does not wait for either once the network
+  is back, a probe (`Cluster.Membership.Probe`) asks the epmd of the unreachable peers' hosts (being
+  dialled or in backoff) every 500 ms which names are registered, through the NIF (no scheduler and
+  no `net_kernel` call waits for it). A peer whose name appears again is redialled at once, and
   so are peers whose hosts cannot be probed. A host is only asked when it is an IP literal or in the
   local hosts table: the probe never causes a DNS lookup. Failure counts are kept, so a peer that
   answers epmd but still cannot be connected backs off as before: backoff is never shortened for a
@@ -490,9 +491,14 @@ defmodule Cluster.Membership do
 
   defp start_probe(m), do: m
 
-  # The backed-off nodes (those with a backoff entry) and their failure counts.
+  # The desired nodes being dialled (queued or in flight, failure count 0 until they fail) and the
+  # nodes in backoff (always desired), with their failure counts: after a nodedown the first attempt
+  # may hang for seconds in a partition, and the probe must watch that node already. Nodes only
+  # sighted (gossip) are never probed: their names come from the network.
   defp sync_probe(m) do
-    Cluster.Membership.Probe.watch(m.probe, Map.new(m.peers, fn {node, peer} -> {node, peer.failures} end))
+    dialling = for node <- m.busy, MapSet.member?(m.desired, node), into: %{}, do: {node, 0}
+    backoff = Map.new(m.peers, fn {node, peer} -> {node, peer.failures} end)
+    Cluster.Membership.Probe.watch(m.probe, Map.merge(dialling, backoff))
   end
 
   # `nodes` are reachable again: their backoff ends now and they are redialled. Failure counts

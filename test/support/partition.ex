@@ -102,6 +102,8 @@ defmodule Cluster.Test.Partition do
   def teardown(%__MODULE__{} = p) do
     for peer <- p.peers, do: Peer.stop(peer)
     Netns.teardown(p.net)
+    # A namespace is destroyed asynchronously after its deletion: remove its veths now.
+    for h <- p.net.hosts, do: System.cmd("ip", ["link", "del", h.veth], stderr_to_stdout: true)
     {up_a, _} = p.uplink
     System.cmd("ip", ["link", "del", up_a], stderr_to_stdout: true)
     System.cmd("ip", ["link", "del", p.bridge_b], stderr_to_stdout: true)

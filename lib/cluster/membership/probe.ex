@@ -1,22 +1,24 @@
 defmodule Cluster.Membership.Probe do
   @moduledoc """
-  Shortens the backoff of peers that come back: while a membership has peers in backoff, their
-  hosts' epmd is asked which node names it has registered, and a peer whose name appears again is
-  handed back to the membership to be redialled at once.
+  Shortens the wait of peers that come back: while a membership has peers it cannot reach (in
+  backoff, or with an attempt that hangs), their hosts' epmd is asked which node names it has
+  registered, and a peer whose name appears again is handed back to the membership to be redialled
+  at once.
 
   A membership owns one probe (a process linked to it, started unless `probe: false`, see
-  `Cluster.Membership`). The membership tells the probe which nodes are backed off, with their
-  failure counts (`watch/2`), after every change; the probe sends the membership
+  `Cluster.Membership`). After every change the membership tells the probe which nodes it is
+  dialling or has in backoff, with their failure counts (`watch/2`); the probe sends the membership
   `{:probe_reachable, nodes}`, and the membership makes those nodes due now. The probe never
   connects anything and never delays anything: it only ends waits early. Which nodes are
   connected, and whether, stays the membership's (and the connect MFA's) decision.
 
   ## What is asked, and how often
 
-    * every `500` ms, and only while there are backed-off peers, one EPMD `NAMES` query per
+    * every `500` ms, and only while there are such peers, one EPMD `NAMES` query per
       distinct host (several peers on one host share it), each with a deadline of `400` ms, through
       the NIF (`Cluster.Native.epmd_names_start/4`): no scheduler and no `net_kernel` call waits for
-      it. A round starts only once the previous one has ended
+      it. A round starts only once the previous one has ended, and asks at most 256 hosts (more
+      take turns, round by round)
     * the epmd port is `ERL_EPMD_PORT` when set, else `4369`
     * a peer's nodeup (seen through `:net_kernel.monitor_nodes/1`) stops its probing at once
 
@@ -71,14 +73,16 @@ defmodule Cluster.Membership.Probe do
   Erlang distribution with epmd (the default `:net_kernel.connect_node/1`, or a wrapper around it).
   Where nodes do not register in epmd (an `-epmd_module` without epmd, or a connect that does not
   use distribution), peers are never reported and the probe costs one refused or unanswered query
-  per host every 500 ms while peers are backed off; `probe: false` turns it off.
+  per host every 500 ms while peers are unreachable; `probe: false` turns it off.
   """
   use GenServer
 
   @interval 500
   @deadline 400
+  # At most this many hosts are asked per round; more take turns.
+  @max_hosts 256
 
-  @typedoc "A backed-off node and its failure count."
+  @typedoc "A node being dialled or in backoff, and its failure count (0 before its first failure)."
   @type watched :: %{node() => non_neg_integer()}
 
   defstruct watched: %{}, resolve: nil, setups: nil, abort: []
@@ -91,7 +95,8 @@ defmodule Cluster.Membership.Probe do
   Starts a probe that reports to `owner` (default: the caller), linked to the caller.
 
   Options: `:topology` (for log lines), `:interval` and `:deadline` in ms (defaults `500` and
-  `400`), `:port` (the epmd port; default `ERL_EPMD_PORT` or `4369`), `:owner`.
+  `400`), `:port` (the epmd port; default `ERL_EPMD_PORT` or `4369`), `:owner`; for tests,
+  `:resolve` (host -> address or nil) and `:setups` (node -> stuck setup pids).
   """
   @spec start_link(Keyword.t()) :: GenServer.on_start()
   def start_link(opts \\ []) do
@@ -100,8 +105,8 @@ defmodule Cluster.Membership.Probe do
   end
 
   @doc """
-  Sets the backed-off nodes to probe, with their failure counts. Nodes not in `watched` stop being
-  probed. A `nil` probe (probing disabled) is accepted and ignored.
+  Sets the nodes to probe (being dialled or in backoff), with their failure counts. Nodes not in
+  `watched` stop being probed. A `nil` probe (probing disabled) is accepted and ignored.
   """
   @spec watch(pid() | nil, watched()) :: :ok
   def watch(nil, _watched), do: :ok
@@ -117,7 +122,7 @@ defmodule Cluster.Membership.Probe do
     do: %__MODULE__{resolve: resolve, setups: setups}
 
   @doc false
-  # Takes the membership's backed-off set. New nodes get their host resolved once (locally only);
+  # Takes the membership's set of unreachable nodes. New nodes get their host resolved once (locally only);
   # nodes that left the set are forgotten, so their next streak starts afresh.
   @spec put_watched(t(), watched()) :: t()
   def put_watched(%__MODULE__{} = p, watched) do
@@ -140,6 +145,18 @@ defmodule Cluster.Membership.Probe do
   @spec hosts(t()) :: [String.t()]
   def hosts(%__MODULE__{} = p) do
     p.watched |> Map.values() |> Enum.map(& &1.host) |> Enum.reject(&is_nil/1) |> Enum.uniq()
+  end
+
+  @doc false
+  # The hosts of round number `round`: all of them, or a window of `max` that moves each round.
+  @spec round_hosts([String.t()], non_neg_integer(), pos_integer()) :: [String.t()]
+  def round_hosts(hosts, _round, max) when length(hosts) <= max, do: hosts
+
+  def round_hosts(hosts, round, max) do
+    hosts = Enum.sort(hosts)
+    offset = rem(round * max, length(hosts))
+    {tail, head} = Enum.split(hosts, offset)
+    Enum.take(head ++ tail, max)
   end
 
   @doc false
@@ -333,6 +350,7 @@ defmodule Cluster.Membership.Probe do
   @impl true
   def init(opts) do
     interval = Keyword.get(opts, :interval, @interval)
+    setups = Keyword.get(opts, :setups, &stuck_setups/1)
 
     state = %{
       owner: Keyword.fetch!(opts, :owner),
@@ -340,8 +358,10 @@ defmodule Cluster.Membership.Probe do
       interval: interval,
       deadline: Keyword.get(opts, :deadline, min(@deadline, interval)),
       port: Keyword.get_lazy(opts, :port, &Cluster.Strategy.LocalEpmd.default_epmd_port/0),
-      setups: Keyword.get(opts, :setups, &stuck_setups/1),
-      core: new(Keyword.get(opts, :resolve, &local_address/1), Keyword.get(opts, :setups, &stuck_setups/1)),
+      setups: setups,
+      core: new(Keyword.get(opts, :resolve, &local_address/1), setups),
+      max_hosts: Keyword.get(opts, :max_hosts, @max_hosts),
+      rounds: 0,
       timer: nil,
       round: nil
     }
@@ -372,8 +392,9 @@ defmodule Cluster.Membership.Probe do
 
         {nil, hosts} ->
           tag = make_ref()
+          hosts = round_hosts(hosts, s.rounds, s.max_hosts)
           handle = Cluster.Native.epmd_names_start(tag, hosts, s.port, s.deadline)
-          %{s | round: {tag, handle}}
+          %{s | round: {tag, handle}, rounds: s.rounds + 1}
       end
 
     {:noreply, schedule(s)}

@@ -21,6 +21,14 @@ defmodule Cluster.Membership.ProbeTest do
       assert Enum.sort(Probe.hosts(p)) == ["10.0.0.1", "10.0.0.2"]
     end
 
+    test "at most max hosts a round; more take turns" do
+      hosts = for i <- 1..5, do: "10.0.0.#{i}"
+      assert Probe.round_hosts(hosts, 7, 5) == hosts
+      rounds = for r <- 0..4, do: Probe.round_hosts(hosts, r, 2)
+      assert Enum.all?(rounds, &(length(&1) == 2))
+      assert rounds |> List.flatten() |> Enum.uniq() |> Enum.sort() == hosts
+    end
+
     test "a peer is reported when its name appears, not again while it stays registered" do
       p = probe(%{:a@h1 => 3})
       assert {[], p} = Probe.answer(p, "10.0.0.1", {:error, {:timeout, "no answer"}})
@@ -216,6 +224,7 @@ defmodule Cluster.Membership.ProbeTest do
       @moduledoc false
       def connect(test, agent, node) do
         send(test, {:dial, node})
+        if node in Agent.get(agent, & &1.hang), do: Process.sleep(:infinity)
 
         Agent.get_and_update(agent, fn s ->
           if node in s.up, do: {true, %{s | connected: [node | s.connected]}}, else: {false, s}
@@ -226,7 +235,7 @@ defmodule Cluster.Membership.ProbeTest do
     end
 
     defp membership(opts) do
-      {:ok, agent} = Agent.start_link(fn -> %{up: [], connected: []} end)
+      {:ok, agent} = Agent.start_link(fn -> %{up: [], connected: [], hang: [:"hangs@10.1.1.3"]} end)
       topology = :"probe_#{System.unique_integer([:positive])}"
 
       state = %State{
@@ -273,6 +282,23 @@ defmodule Cluster.Membership.ProbeTest do
       {peer, ^node} = Peer.start(name, "127.0.0.1")
       on_exit(fn -> Peer.stop(peer) end)
       refute_receive {:dial, ^node}, 3_000
+    end
+
+    test "discovered nodes are watched from their first attempt on, sighted ones never" do
+      {m, _agent} = membership(backoff_min: 30_000, backoff_max: 30_000)
+      Membership.seen(m, [:"sighted@10.1.1.1"])
+      assert_receive {:dial, :"sighted@10.1.1.1"}, 1_000
+      Membership.discovered(m, [:"listed@10.1.1.2", :"hangs@10.1.1.3"])
+      assert_receive {:dial, :"listed@10.1.1.2"}, 1_000
+      assert_receive {:dial, :"hangs@10.1.1.3"}, 1_000
+
+      probe = :sys.get_state(m).probe
+      expected = %{:"listed@10.1.1.2" => 1, :"hangs@10.1.1.3" => 0}
+
+      Peer.wait_until(
+        fn -> :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) == expected end,
+        1_000
+      )
     end
 
     test "probe must be a boolean" do
