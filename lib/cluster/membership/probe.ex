@@ -85,7 +85,8 @@ defmodule Cluster.Membership.Probe do
   @typedoc "A node being dialled or in backoff, and its failure count (0 before its first failure)."
   @type watched :: %{node() => non_neg_integer()}
 
-  defstruct watched: %{}, resolve: nil, setups: nil, abort: []
+  # `by_host`: address => the watched nodes on it, so that an answer touches only its host's nodes.
+  defstruct watched: %{}, by_host: %{}, resolve: nil, setups: nil, abort: []
 
   @type t :: %__MODULE__{}
 
@@ -137,15 +138,18 @@ defmodule Cluster.Membership.Probe do
         {node, %{entry | failures: failures}}
       end)
 
-    %{p | watched: entries}
+    by_host =
+      entries
+      |> Enum.reject(fn {_node, entry} -> is_nil(entry.host) end)
+      |> Enum.group_by(fn {_node, entry} -> entry.host end, fn {node, _entry} -> node end)
+
+    %{p | watched: entries, by_host: by_host}
   end
 
   @doc false
   # The addresses to ask in one round: one per distinct host.
   @spec hosts(t()) :: [String.t()]
-  def hosts(%__MODULE__{} = p) do
-    p.watched |> Map.values() |> Enum.map(& &1.host) |> Enum.reject(&is_nil/1) |> Enum.uniq()
-  end
+  def hosts(%__MODULE__{} = p), do: Map.keys(p.by_host)
 
   @doc false
   # The hosts of round number `round`: all of them, or a window of `max` that moves each round.
@@ -170,32 +174,31 @@ defmodule Cluster.Membership.Probe do
       end
 
     {reports, returned?, watched, abort} =
-      Enum.reduce(p.watched, {[], false, p.watched, p.abort}, fn
-        {node, %{host: ^host} = entry}, {reports, returned?, acc, abort} ->
-          # While the host does not answer, the connection setups stuck towards its nodes were
-          # started during the outage: remember those of the last such answer. If the next answer
-          # is the node's return, they are ended (see abort_stale/2).
-          stale = entry.stale
+      p.by_host
+      |> Map.get(host, [])
+      |> Enum.reduce({[], false, p.watched, p.abort}, fn node, {reports, returned?, acc, abort} ->
+        entry = Map.fetch!(acc, node)
+        # While the host does not answer, the connection setups stuck towards its nodes were
+        # started during the outage: remember those of the last such answer. If the next answer
+        # is the node's return, they are ended (see abort_stale/2).
+        stale = entry.stale
 
-          entry =
-            if match?({:error, _}, result),
-              do: %{entry | stale: MapSet.new(p.setups.(node))},
-              else: %{entry | stale: MapSet.new()}
+        entry =
+          if match?({:error, _}, result),
+            do: %{entry | stale: MapSet.new(p.setups.(node))},
+            else: %{entry | stale: MapSet.new()}
 
-          case observe(entry, MapSet.member?(names, entry.basename)) do
-            {:edge, entry} ->
-              abort = Enum.map(stale, &{node, &1}) ++ abort
-              {[node | reports], true, Map.put(acc, node, entry), abort}
+        case observe(entry, MapSet.member?(names, entry.basename)) do
+          {:edge, entry} ->
+            abort = Enum.map(stale, &{node, &1}) ++ abort
+            {[node | reports], true, Map.put(acc, node, entry), abort}
 
-            {:followup, entry} ->
-              {[node | reports], returned?, Map.put(acc, node, entry), abort}
+          {:followup, entry} ->
+            {[node | reports], returned?, Map.put(acc, node, entry), abort}
 
-            {:quiet, entry} ->
-              {reports, returned?, Map.put(acc, node, entry), abort}
-          end
-
-        _other, acc ->
-          acc
+          {:quiet, entry} ->
+            {reports, returned?, Map.put(acc, node, entry), abort}
+        end
       end)
 
     p = %{p | watched: watched, abort: abort}
@@ -231,7 +234,8 @@ defmodule Cluster.Membership.Probe do
 
   @doc false
   @spec forget(t(), node()) :: t()
-  def forget(%__MODULE__{} = p, node), do: %{p | watched: Map.delete(p.watched, node)}
+  def forget(%__MODULE__{} = p, node),
+    do: put_watched(p, p.watched |> Map.delete(node) |> Map.new(fn {n, e} -> {n, e.failures} end))
 
   # `seen` is what the last answer said: :unknown (none since the streak began), :absent, :present.
   defp new_entry(node, resolve) do
