@@ -1,10 +1,14 @@
 # Heal time after a partition: 5 real nodes in network namespaces, split 2|3 by cutting the link
-# between their two bridges (packets lost silently), kept apart for S seconds, healed. The heal time
-# is from the link coming back up to the moment the last node sees all 4 others (measured on the
-# nodes themselves, OS clock).
+# between their two bridges, kept apart for S seconds (counted from the split), healed. The heal
+# time is from the link coming back up to the moment the last node sees all 4 others (measured on
+# the nodes themselves, OS clock). See test/support/partition.ex for the network.
 #
 #     MIX_ENV=test mix run bench/partition.exs                (as root: it makes network namespaces)
-#     RUNS=5 SPLITS=10,30,60 CONFIGS=probe,no_probe MIX_ENV=test mix run bench/partition.exs
+#     RUNS=5 SPLITS=10,30,60 CONFIGS=probe,no_probe MODE=drop GLOBAL=1 MIX_ENV=test mix run bench/partition.exs
+#
+# MODE=drop (default): packets across the split are lost silently (permanent ARP entries), as behind
+# a router or firewall that drops them; a connect across the split hangs until net_setuptime.
+# MODE=link: a plain link cut; ARP across the split fails too.
 #
 # Configs: `probe` is the default membership (the heal probe of Cluster.Membership.Probe);
 # `no_probe` is `membership: [probe: false]`, which is exactly the membership before the probe (the
@@ -89,8 +93,8 @@ fmt = fn ms -> :erlang.float_to_binary(ms / 1, decimals: 0) <> " ms" end
 
 IO.puts("""
 
-Heal time after a 2|3 partition of 5 nodes (network namespaces, link cut between two bridges),
-Cluster.Strategy.Epmd, net_ticktime 4 s, #{runs} runs per partition length
+Heal time after a 2|3 partition of 5 nodes (network namespaces, link cut between two bridges,
+mode #{mode}#{if erl_args != [], do: ", -connect_all false", else: ""}), Cluster.Strategy.Epmd, net_ticktime 4 s, #{runs} runs per partition length
 (load average #{load_before} before, #{loadavg.()} after; #{System.schedulers_online()} cores, shared machine):
 
 | config | partition | median | max | all runs | target ≤ #{target_ms} ms |
