@@ -34,8 +34,9 @@ defmodule Cluster.Membership do
       nodes never tried before first
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±25% jitter (defaults `250` / `10_000` ms)
-    * `:probe` - `true` (default) or `false`: ask the epmd of unreachable peers' hosts whether they
-      are back, to redial them at once (see "Healing" below)
+    * `:probe` - `:auto` (default), `true` or `false`: ask the epmd of unreachable peers' hosts
+      whether they are back, to redial them at once (see "Healing" below). `:auto` probes when the
+      topology connects with the default `{:net_kernel, :connect_node, []}`
 
   Errors never prune: a failed discovery leaves the last known set in place.
 
@@ -51,7 +52,9 @@ defmodule Cluster.Membership do
   answers epmd but still cannot be connected backs off as before: backoff is never shortened for a
   dead peer, and a live one never waits for a dead one. A connection setup to a returning peer that
   is still stuck in a TCP connect started during the partition is ended rather than left to its
-  `net_setuptime`. `probe: false` turns all of this off.
+  `net_setuptime`. The probe runs by default when the topology connects with the default
+  `{:net_kernel, :connect_node, []}`; with a custom connect MFA, `probe: true` turns it on (it then
+  only moves the MFA's retries earlier); `probe: false` turns it off.
 
   ## Leaving
 
@@ -77,7 +80,7 @@ defmodule Cluster.Membership do
     max_concurrency: 64,
     backoff_min: 250,
     backoff_max: 10_000,
-    probe: true
+    probe: :auto
   }
 
   defstruct topology: nil,
@@ -151,7 +154,7 @@ defmodule Cluster.Membership do
       {:max_concurrency, @defaults.max_concurrency, Config.pos_integer()},
       {:backoff_min, @defaults.backoff_min, Config.pos_integer()},
       {:backoff_max, @defaults.backoff_max, Config.pos_integer()},
-      {:probe, @defaults.probe, Config.boolean()}
+      {:probe, @defaults.probe, Config.one_of([:auto, true, false])}
     ]
 
     validated = Config.validate!(opts, schema, topology, __MODULE__)
@@ -484,8 +487,13 @@ defmodule Cluster.Membership do
   ## Heal probe (Cluster.Membership.Probe): the whole hook is start_probe/1, sync_probe/1 (called
   ## from schedule_retry/1 and stop_dialling/1) and probe_reachable/2 (the :probe_reachable message).
 
-  defp start_probe(%{opts: %{probe: true}} = m) do
-    {:ok, probe} = Cluster.Membership.Probe.start_link(topology: m.topology)
+  # `:auto`: only for Erlang distribution's own connect; a custom connect MFA may not use epmd (or
+  # net_kernel) at all, so probing is then asked for with `probe: true`.
+  defp start_probe(%{opts: %{probe: mode}} = m)
+       when mode == true or (mode == :auto and m.connect == {:net_kernel, :connect_node, []}) do
+    {:ok, probe} =
+      Cluster.Membership.Probe.start_link(topology: m.topology, only_when_distributed: mode == :auto)
+
     %{m | probe: probe}
   end
 

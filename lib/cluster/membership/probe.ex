@@ -66,14 +66,17 @@ defmodule Cluster.Membership.Probe do
   owner is a `do_setup` process currently in `prim_inet` connect). An OTP release that stores them
   differently only loses this part; a setup that has got past its TCP connect is never touched.
 
-  ## Custom connect MFAs
+  ## When it runs, and custom connect MFAs
 
-  The probe runs for any connect MFA: it only moves a retry that the membership would make anyway
-  earlier, so a custom connect still decides what connecting means. It helps when the connect uses
-  Erlang distribution with epmd (the default `:net_kernel.connect_node/1`, or a wrapper around it).
-  Where nodes do not register in epmd (an `-epmd_module` without epmd, or a connect that does not
-  use distribution), peers are never reported and the probe costs one refused or unanswered query
-  per host every 500 ms while peers are unreachable; `probe: false` turns it off.
+  By default (`probe: :auto`) a membership starts a probe when its topology connects with the
+  default `{:net_kernel, :connect_node, []}`: epmd registration is then exactly what the connect
+  depends on. A custom connect MFA may not use epmd, or Erlang distribution, at all (libcluster's
+  tests connect by sending messages), so it gets no probe unless `probe: true` is given; the probe
+  then only moves the MFA's retries earlier, and the MFA still decides what connecting means.
+  Where nodes do not register in epmd (an `-epmd_module` without epmd), peers are never reported
+  and the probe costs one refused or unanswered query per host every 500 ms while peers are
+  unreachable; `probe: false` turns it off. With `:auto`, no query is sent while this node is not
+  distributed (net_kernel could connect nothing anyway).
   """
   use GenServer
 
@@ -96,7 +99,8 @@ defmodule Cluster.Membership.Probe do
   Starts a probe that reports to `owner` (default: the caller), linked to the caller.
 
   Options: `:topology` (for log lines), `:interval` and `:deadline` in ms (defaults `500` and
-  `400`), `:port` (the epmd port; default `ERL_EPMD_PORT` or `4369`), `:owner`; for tests,
+  `400`), `:port` (the epmd port; default `ERL_EPMD_PORT` or `4369`), `:owner`,
+  `:only_when_distributed` (default `false`: ask nothing while this node is not distributed); for tests,
   `:resolve` (host -> address or nil) and `:setups` (node -> stuck setup pids).
   """
   @spec start_link(Keyword.t()) :: GenServer.on_start()
@@ -365,6 +369,7 @@ defmodule Cluster.Membership.Probe do
       setups: setups,
       core: new(Keyword.get(opts, :resolve, &local_address/1), setups),
       max_hosts: Keyword.get(opts, :max_hosts, @max_hosts),
+      only_when_distributed: Keyword.get(opts, :only_when_distributed, false),
       rounds: 0,
       timer: nil,
       round: nil
@@ -385,6 +390,9 @@ defmodule Cluster.Membership.Probe do
   def handle_info(:tick, s) do
     s = %{s | timer: nil}
 
+    # Not distributed (yet): net_kernel can connect nothing, so nothing is worth asking.
+    idle? = s.only_when_distributed and not Node.alive?()
+
     s =
       case {s.round, hosts(s.core)} do
         # The previous round is still out (a loaded machine): skip this tick.
@@ -392,6 +400,9 @@ defmodule Cluster.Membership.Probe do
           s
 
         {nil, []} ->
+          s
+
+        {nil, _hosts} when idle? ->
           s
 
         {nil, hosts} ->

@@ -253,7 +253,7 @@ defmodule Cluster.Membership.ProbeTest do
     test "a backed-off peer that registers in epmd again is redialled before its backoff ends" do
       name = "probem#{System.unique_integer([:positive])}"
       node = :"#{name}@127.0.0.1"
-      {m, agent} = membership(backoff_min: 30_000, backoff_max: 30_000)
+      {m, agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
       Membership.discovered(m, [node])
       assert_receive {:dial, ^node}, 1_000
       # Failed: the next attempt is 22.5-37.5 s away.
@@ -285,7 +285,7 @@ defmodule Cluster.Membership.ProbeTest do
     end
 
     test "discovered nodes are watched from their first attempt on, sighted ones never" do
-      {m, _agent} = membership(backoff_min: 30_000, backoff_max: 30_000)
+      {m, _agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
       Membership.seen(m, [:"sighted@10.1.1.1"])
       assert_receive {:dial, :"sighted@10.1.1.1"}, 1_000
       Membership.discovered(m, [:"listed@10.1.1.2", :"hangs@10.1.1.3"])
@@ -301,9 +301,24 @@ defmodule Cluster.Membership.ProbeTest do
       )
     end
 
-    test "probe must be a boolean" do
+    test "probe is :auto (on for net_kernel's connect only), true or false" do
       assert_raise ArgumentError, ~r/:probe/, fn -> Membership.validate_opts!(:t, probe: :yes) end
-      assert Membership.validate_opts!(:t, []).probe == true
+      assert Membership.validate_opts!(:t, []).probe == :auto
+
+      {custom, _agent} = membership([])
+      assert :sys.get_state(custom).probe == nil
+
+      state = %State{
+        topology: :"probe_#{System.unique_integer([:positive])}",
+        connect: {:net_kernel, :connect_node, []},
+        disconnect: {:erlang, :disconnect_node, []},
+        list_nodes: {:erlang, :nodes, [:connected]}
+      }
+
+      {:ok, default} = Membership.start_link(state, [])
+      assert is_pid(:sys.get_state(default).probe)
+      {:ok, off} = Membership.start_link(%{state | topology: :"#{state.topology}_off"}, probe: false)
+      assert :sys.get_state(off).probe == nil
     end
   end
 end
