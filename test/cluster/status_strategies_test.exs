@@ -2,12 +2,13 @@ defmodule Cluster.StatusStrategiesTest do
   # `Cluster.status/1` for real strategies: Kubernetes (watch) against the fake API server through
   # its lifecycle, and gossip's counters under `extra` on a peer node.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
 
-  alias LibclusterRs.Test.{Dialer, FakeKube, Peer}
+  alias LibclusterRs.Test.{FakeDist, FakeKube, Peer}
 
   defp wait_status(topology, fun, ms \\ 5_000) do
-    Peer.wait_until(
+    eventually(
       fn ->
         {:ok, s} = Cluster.status(topology)
         fun.(s) && s
@@ -27,10 +28,10 @@ defmodule Cluster.StatusStrategiesTest do
       FakeKube.endpoints("myapp", ["10.0.0.1", "10.0.0.2"], labels: %{"app" => "myapp"})
     )
 
-    dialer = Dialer.start(self(), [a])
+    dialer = FakeDist.new(reachable: [a])
 
     spec =
-      Dialer.topology(
+      FakeDist.topology(
         dialer,
         Cluster.Strategy.Kubernetes,
         kubernetes_node_basename: "app",
@@ -52,7 +53,7 @@ defmodule Cluster.StatusStrategiesTest do
       assert %{^b => %{failures: f, next_attempt_in: next}} = s.pending
       assert f >= 1 and is_integer(next)
       assert s.error_streak == 0
-      Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
 
       # The watch expires (410), the re-lists are forbidden twice: the error is kept, nothing pruned.
       FakeKube.fault(kube, :list, {:status, 403})
@@ -66,14 +67,14 @@ defmodule Cluster.StatusStrategiesTest do
       assert s.last_discovered == [a, b]
       assert s.connected == [a]
       assert Map.has_key?(s.pending, b)
-      refute_received {:hangup, _}
+      refute_received {:disconnect, _}
 
       # Recovery: a successful list clears the streak, keeps the last error for the record, and a
       # real change prunes.
       s = wait_status(t, &(&1.error_streak == 0 and &1.last_error != nil), 10_000)
       assert s.last_discovered == [a, b]
-      refute_received {:hangup, _}
-      Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 5_000)
+      refute_received {:disconnect, _}
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 5_000)
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
       s = wait_status(t, &(&1.last_discovered == [a]))
       assert s.pending == %{}
@@ -117,7 +118,7 @@ defmodule Cluster.StatusStrategiesTest do
 
     :gen_udp.close(sender)
 
-    Peer.wait_until(
+    eventually(
       fn ->
         {:ok, s} = Peer.call(p, Cluster, :status, [:gossip])
 

@@ -4,22 +4,14 @@ defmodule Cluster.Strategy.EpmdTest do
   use ExUnit.Case, async: true
 
   alias Cluster.Strategy.Epmd
-  alias LibclusterRs.Test.Mfa
+  alias LibclusterRs.Test.FakeDist
 
   @moduletag capture_log: true
   @node :"epmd_peer@127.0.0.1"
 
-  defp start(config, reply) do
+  defp start(config, peer) do
     topology = :"epmd_#{System.unique_integer([:positive])}"
-
-    spec = [
-      strategy: Epmd,
-      config: [hosts: [@node]] ++ config,
-      connect: {Mfa, :connect, [self(), reply]},
-      disconnect: {Mfa, :disconnect, [self(), true]},
-      list_nodes: {Mfa, :list_nodes, [[]]}
-    ]
-
+    spec = FakeDist.topology(FakeDist.new(connect: peer), Epmd, [hosts: [@node]] ++ config)
     start_supervised!({Cluster.Supervisor, [[{topology, spec}]]})
   end
 
@@ -38,7 +30,7 @@ defmodule Cluster.Strategy.EpmdTest do
 
   defp gaps(times), do: times |> Enum.chunk_every(2, 1, :discard) |> Enum.map(fn [a, b] -> b - a end)
 
-  for {what, reply} <- [{"fails (false)", false}, {"returns true but is never listed", true}] do
+  for {what, reply} <- [{"fails (false)", :refuse}, {"returns true but is never listed", :accept_then_drop}] do
     test "timeout: n - a node whose connect #{what} is dialled once per n ms, not sooner" do
       start([timeout: 400], unquote(reply))
       times = dial_times(2_100)
@@ -49,7 +41,7 @@ defmodule Cluster.Strategy.EpmdTest do
   end
 
   test "timeout: :infinity keeps redialling with backoff" do
-    start([], false)
+    start([], :refuse)
     times = dial_times(1_700)
     assert length(times) >= 2
     assert Enum.all?(gaps(times), &(&1 >= 450)), inspect(gaps(times))
