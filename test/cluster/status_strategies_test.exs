@@ -7,16 +7,6 @@ defmodule Cluster.StatusStrategiesTest do
 
   alias LibclusterRs.Test.{FakeDist, FakeKube, Peer}
 
-  defp wait_status(topology, fun, ms \\ 5_000) do
-    eventually(
-      fn ->
-        {:ok, s} = Cluster.status(topology)
-        fun.(s) && s
-      end,
-      ms
-    )
-  end
-
   test "Kubernetes (watch): discovered, connected, a 403 keeps everything, recovery" do
     kube = FakeKube.start!()
     on_exit(fn -> FakeKube.stop(kube) end)
@@ -47,7 +37,7 @@ defmodule Cluster.StatusStrategiesTest do
       start_supervised!({Cluster.Supervisor, [[{t, spec}]]}, restart: :temporary)
 
       # Discovered both; a connects, b is in backoff with its next attempt.
-      s = wait_status(t, &(&1.last_discovered == [a, b] and &1.connected == [a]))
+      s = status_until(t, &(&1.last_discovered == [a, b] and &1.connected == [a]))
       assert %{strategy: Cluster.Strategy.Kubernetes, state: :running, last_error: nil} = s
       assert %DateTime{} = s.last_discovered_at
       assert %{^b => %{failures: f, next_attempt_in: next}} = s.pending
@@ -59,7 +49,7 @@ defmodule Cluster.StatusStrategiesTest do
       FakeKube.fault(kube, :list, {:status, 403})
       FakeKube.fault(kube, :list, {:status, 403})
       FakeKube.expire(kube)
-      s = wait_status(t, &(&1.last_error != nil and &1.last_error.kind == :forbidden))
+      s = status_until(t, &(&1.last_error != nil and &1.last_error.kind == :forbidden))
       assert s.last_error.message =~ "may not list endpoints in namespace default"
       assert s.last_error.message =~ "priv/rbac/endpoints.json"
       assert %DateTime{} = s.last_error.at
@@ -71,12 +61,12 @@ defmodule Cluster.StatusStrategiesTest do
 
       # Recovery: a successful list clears the streak, keeps the last error for the record, and a
       # real change prunes.
-      s = wait_status(t, &(&1.error_streak == 0 and &1.last_error != nil), 10_000)
+      s = status_until(t, &(&1.error_streak == 0 and &1.last_error != nil), 10_000)
       assert s.last_discovered == [a, b]
       refute_received {:disconnect, _}
       eventually(fn -> FakeKube.watchers(kube) == 1 end, 5_000)
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
-      s = wait_status(t, &(&1.last_discovered == [a]))
+      s = status_until(t, &(&1.last_discovered == [a]))
       assert s.pending == %{}
       assert s.connected == [a]
     end)

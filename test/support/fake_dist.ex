@@ -14,9 +14,12 @@ defmodule LibclusterRs.Test.FakeDist do
   #   FakeDist.topology(dist, strategy, config, extra \\ [])   # a topology entry with the three MFAs
   #   FakeDist.mfas(dist)                                        # [connect:, disconnect:, list_nodes:]
   #   FakeDist.up(dist)                                          # the nodes up now, sorted
+  #   FakeDist.calls(dist)                                       # [{op, node, at_ms}], call order
   #   FakeDist.peer(dist, node, connect: b, disconnect: b)      # one awkward peer
   #   FakeDist.bring_up(dist, nodes)                             # nodes already up, unreported
   #   FakeDist.take_all_down(dist)                               # the network is cut, unreported
+  #   FakeDist.drop(dist, node)                                  # the peer drops the connection
+  #   FakeDist.reply(pid, behaviour)                             # ends a :wait connect
   #   FakeDist.set(dist, :connect | :disconnect | :list_nodes, behaviour)
   #   FakeDist.reachable(dist, :all | [...])
   #
@@ -28,6 +31,9 @@ defmodule LibclusterRs.Test.FakeDist do
   #   {:reply, term}            returns `term` (true, false, :ignored, garbage), nothing else changes
   #   {:delay, ms, behaviour}   sleeps `ms` ms first (a slow handshake), then behaves as `behaviour`
   #   :hang                     never returns (a peer whose handshake never finishes)
+  #   :wait                     waits until the test calls `reply(pid, behaviour)`, then behaves so
+  # A connect that does not return at once (:hang, :wait) also reports the calling process, after
+  # `{:connect, node}`, as `{:pending, :connect, node, pid}`.
   #   {kind, p}                 a fault (LibclusterRs.Test.Faulty): raise, exit, throw, garbage or hang
   #                             always (p = 1.0) or on every round(1 / p)-th call
   # Disconnect behaviours (default `:accept`): `:accept` (down; true if it was up, else false),
@@ -87,6 +93,21 @@ defmodule LibclusterRs.Test.FakeDist do
   @doc "Takes every node down, as if the network had been cut (no message is sent)."
   def take_all_down(dist), do: :ets.match_delete(dist, {{:up, :_}, :_})
 
+  @doc "Takes `node` down, as a peer that drops the connection does (no message is sent)."
+  def drop(dist, node), do: :ets.delete(dist, {:up, node})
+
+  @doc "Ends the pending `:wait` connect running in `pid`: it behaves as `behaviour`."
+  def reply(pid, behaviour), do: send(pid, {__MODULE__, :reply, behaviour})
+
+  @doc """
+  Every connect and disconnect so far, in call order, as `{op, node, at}` where `at` is the
+  monotonic time (ms) at which the call started: for timing checks that must not include the
+  delivery of the message to the test.
+  """
+  def calls(dist) do
+    for {{:call, _}, op, node, at} <- :ets.tab2list(dist) |> Enum.sort(), do: {op, node, at}
+  end
+
   @doc "The nodes up now, sorted."
   def up(dist), do: dist |> up_nodes() |> Enum.sort()
 
@@ -133,6 +154,19 @@ defmodule LibclusterRs.Test.FakeDist do
 
   defp connect_as(dist, node, {:accept_then_drop, ms}),
     do: :ets.insert(dist, {{:up, node}, now() + ms})
+
+  defp connect_as(dist, node, :hang) do
+    report(dist, {:pending, :connect, node, self()})
+    Process.sleep(:infinity)
+  end
+
+  defp connect_as(dist, node, :wait) do
+    report(dist, {:pending, :connect, node, self()})
+
+    receive do
+      {__MODULE__, :reply, behaviour} -> connect_as(dist, node, behaviour)
+    end
+  end
 
   defp connect_as(dist, node, {:delay, ms, behaviour}) do
     Process.sleep(ms)
@@ -187,7 +221,14 @@ defmodule LibclusterRs.Test.FakeDist do
 
   defp behaviour(dist, op), do: :ets.lookup_element(dist, {:behaviour, op}, 2)
 
-  defp report(dist, message), do: send(:ets.lookup_element(dist, :__owner__, 2), message)
+  defp report(dist, message) do
+    owner = :ets.lookup_element(dist, :__owner__, 2)
+
+    with {op, node} when op in [:connect, :disconnect] <- message,
+         do: :ets.insert(dist, {{:call, System.unique_integer([:monotonic])}, op, node, now()})
+
+    send(owner, message)
+  end
 
   defp now, do: System.monotonic_time(:millisecond)
 end
