@@ -5,7 +5,7 @@ defmodule LibclusterRs.ContainmentTest do
   import LibclusterRs.Test.Eventually
 
   alias Cluster.Strategy.DNSPoll
-  alias LibclusterRs.Test.{FakeDist, Faulty, Peer}
+  alias LibclusterRs.Test.{FakeDist, Faulty}
 
   @moduletag capture_log: true
   @moduletag timeout: 180_000
