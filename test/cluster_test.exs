@@ -1,8 +1,9 @@
 defmodule ClusterTest do
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
 
-  alias LibclusterRs.Test.{Dialer, ScriptedStrategy}
+  alias LibclusterRs.Test.{FakeDist, ScriptedStrategy}
 
   @fast [backoff_min: 20, backoff_max: 40, min_dial_interval: 10]
 
@@ -21,10 +22,10 @@ defmodule ClusterTest do
   describe "status/1 through a topology's lifecycle" do
     test "started, discovered, partly connected, failed, left" do
       t = unique(:st)
-      dialer = Dialer.start(self(), [:"a@h1.example"])
+      dialer = FakeDist.new(reachable: [:"a@h1.example"])
 
       start_topologies([
-        {t, Dialer.topology(dialer, ScriptedStrategy, test: self(), membership: @fast)}
+        {t, FakeDist.topology(dialer, ScriptedStrategy, test: self(), membership: @fast)}
       ])
 
       # Started: a round is in flight, nothing discovered yet.
@@ -40,9 +41,10 @@ defmodule ClusterTest do
       log =
         capture_log(fn ->
           send(disc, {:libcluster_rs, tag, {:discovered, [:"a@h1.example", :"b@h2.example"]}})
-          assert_receive {:dial, :"b@h2.example"}, 1_000
-          assert_receive {:dial, :"a@h1.example"}, 1_000
-          Process.sleep(50)
+          assert_receive {:connect, :"b@h2.example"}, 1_000
+          assert_receive {:connect, :"a@h1.example"}, 1_000
+          status_until(t, &(&1.connected == [:"a@h1.example"] and Map.has_key?(&1.pending, :"b@h2.example")))
+          Logger.flush()
         end)
 
       assert log =~ "cannot connect to :\"b@h2.example\""
@@ -61,7 +63,7 @@ defmodule ClusterTest do
       capture_log(fn ->
         send(disc, :discover)
         send_outcome({:error, :nxdomain, "app.internal does not resolve (asked 127.0.0.1:53)"})
-        Process.sleep(30)
+        status_until(t, &(&1.error_streak == 1))
       end)
 
       {:ok, s} = Cluster.status(t)
@@ -75,17 +77,16 @@ defmodule ClusterTest do
       assert s.state == :leaving
       assert s.next_round_in == nil
       flush_dials()
-      refute_receive {:dial, _}, 200
+      refute_receive {:connect, _}, 200
     end
 
     test "custom strategies and ignored topologies show what is known" do
       custom = unique(:custom)
       ignored = unique(:ignored)
-      dialer = Dialer.start(self(), [:"c@h3.example"])
-      Dialer.connect(dialer, :"c@h3.example")
+      dialer = FakeDist.new(up: [:"c@h3.example"])
 
       start_topologies([
-        {custom, Dialer.topology(dialer, LibclusterRs.Test.CustomStrategy, [])},
+        {custom, FakeDist.topology(dialer, LibclusterRs.Test.CustomStrategy, [])},
         {ignored, [strategy: Cluster.Strategy.Epmd, config: [hosts: []]]}
       ])
 
@@ -105,20 +106,20 @@ defmodule ClusterTest do
   describe "await/1" do
     test "returns :ok once enough nodes are connected in the topology" do
       t = unique(:aw)
-      dialer = Dialer.start(self(), [:"a@h1.example", :"b@h2.example"])
-      start_topologies([{t, Dialer.topology(dialer, ScriptedStrategy, test: self(), membership: @fast)}])
+      dialer = FakeDist.new(reachable: [:"a@h1.example", :"b@h2.example"])
+      start_topologies([{t, FakeDist.topology(dialer, ScriptedStrategy, test: self(), membership: @fast)}])
 
       task = Task.async(fn -> Cluster.await(topology: t, min_nodes: 2, timeout: 5_000) end)
-      Process.sleep(100)
-      assert Task.yield(task, 0) == nil
+      # not before the nodes are connected
+      assert Task.yield(task, 100) == nil
       send_outcome({:discovered, [:"a@h1.example", :"b@h2.example"]})
       assert Task.await(task) == :ok
     end
 
     test "times out, bounded, when the nodes never come" do
       t = unique(:aw)
-      dialer = Dialer.start(self(), [])
-      start_topologies([{t, Dialer.topology(dialer, ScriptedStrategy, test: self(), membership: @fast)}])
+      dialer = FakeDist.new(reachable: [])
+      start_topologies([{t, FakeDist.topology(dialer, ScriptedStrategy, test: self(), membership: @fast)}])
 
       capture_log(fn ->
         send_outcome({:discovered, [:"a@h1.example"]})
@@ -145,10 +146,10 @@ defmodule ClusterTest do
 
     test "the topology option holds the supervisor's start until the nodes are connected" do
       t = unique(:aw)
-      dialer = Dialer.start(self(), [:"a@h1.example"])
+      dialer = FakeDist.new(reachable: [:"a@h1.example"])
 
       spec =
-        Dialer.topology(
+        FakeDist.topology(
           dialer,
           ScriptedStrategy,
           [result: {:discovered, [:"a@h1.example"]}, membership: @fast],
@@ -157,7 +158,7 @@ defmodule ClusterTest do
 
       sup = start_topologies([{t, spec}])
       # start_link returned: the node was connected by then.
-      assert Dialer.list(dialer) == [:"a@h1.example"]
+      assert FakeDist.up(dialer) == [:"a@h1.example"]
       # The await child leaves nothing behind.
       ids = for {id, _, _, _} <- Supervisor.which_children(sup), do: id
       assert ids == [t]
@@ -165,10 +166,10 @@ defmodule ClusterTest do
 
     test "the topology option gives up after its timeout and starts anyway" do
       t = unique(:aw)
-      dialer = Dialer.start(self(), [])
+      dialer = FakeDist.new(reachable: [])
 
       spec =
-        Dialer.topology(dialer, ScriptedStrategy, [result: {:discovered, []}],
+        FakeDist.topology(dialer, ScriptedStrategy, [result: {:discovered, []}],
           await: [min_nodes: 1, timeout: 200]
         )
 
@@ -185,30 +186,30 @@ defmodule ClusterTest do
   describe "the application stopping" do
     test "prep_stop makes every running topology leave" do
       t = unique(:app)
-      dialer = Dialer.start(self(), [])
+      dialer = FakeDist.new(reachable: [])
 
       capture_log(fn ->
         start_topologies([
           {t,
-           Dialer.topology(dialer, ScriptedStrategy,
+           FakeDist.topology(dialer, ScriptedStrategy,
              result: {:discovered, [:"z@h.example"]},
              membership: @fast
            )}
         ])
 
-        assert_receive {:dial, :"z@h.example"}, 1_000
+        assert_receive {:connect, :"z@h.example"}, 1_000
         assert LibclusterRs.App.prep_stop(:state) == :state
       end)
 
       assert {:ok, %{state: :leaving}} = Cluster.status(t)
       flush_dials()
-      refute_receive {:dial, _}, 200
+      refute_receive {:connect, _}, 200
     end
   end
 
   defp flush_dials do
     receive do
-      {:dial, _} -> flush_dials()
+      {:connect, _} -> flush_dials()
     after
       0 -> :ok
     end

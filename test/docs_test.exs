@@ -1,7 +1,7 @@
 defmodule Cluster.DocsTest do
   # The `config :libcluster` snippets of the guides evaluate, and each topology in them passes the
   # validation done at start (for the strategies available in this build).
-  use ExUnit.Case, async: false
+  use ExUnit.Case, async: true
   import ExUnit.CaptureLog
 
   @guides Path.wildcard("docs/*.md")

@@ -1,6 +1,7 @@
 defmodule Cluster.ErlangConfigTest do
   # The sys.config form and the Erlang shell session of docs/erlang.md, run for real.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   alias LibclusterRs.Test.Peer
 
   @doc_path "docs/erlang.md"
@@ -30,7 +31,7 @@ defmodule Cluster.ErlangConfigTest do
     on_exit(fn -> Peer.stop(p2) end)
 
     # The shell session: nodes(), Cluster:status(example), Cluster:await/1.
-    Peer.wait_until(fn -> Peer.call(p2, :erlang, :nodes, []) == [n1] end)
+    eventually(fn -> Peer.call(p2, :erlang, :nodes, []) == [n1] end)
     {:ok, status} = Peer.call(p2, Cluster, :status, [:example])
     assert status.connected == [n1]
     assert status.strategy == Cluster.Strategy.Epmd

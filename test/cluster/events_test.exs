@@ -3,6 +3,7 @@ defmodule Cluster.EventsTest do
   # (:net_kernel.monitor_nodes); here they are injected as the distribution delivers them. Real
   # nodeup/nodedown from real peers are in test/cluster/strategy/static_test.exs.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
 
   alias Cluster.Events
 
@@ -70,7 +71,7 @@ defmodule Cluster.EventsTest do
     ref = Process.monitor(dead)
     send(dead, :stop)
     assert_receive {:DOWN, ^ref, :process, ^dead, _}
-    LibclusterRs.Test.Peer.wait_until(fn -> dead not in Events.subscribers() end, 1_000)
+    eventually(fn -> dead not in Events.subscribers() end, 1_000)
     assert alive in Events.subscribers()
     deliver({:nodeup, :"after@h.example"})
     assert_receive {:got, ^alive, {:nodeup, :"after@h.example"}}

@@ -1,5 +1,6 @@
 defmodule Cluster.GracefulLeaveTest do
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   alias LibclusterRs.Test.Peer
 
   @tag timeout: 60_000
@@ -15,7 +16,7 @@ defmodule Cluster.GracefulLeaveTest do
     :ok =
       Peer.call(peer, LibclusterRs.Test.DrainApp, :load_and_start, [path, [:"ghost_#{name}@127.0.0.1"], 500])
 
-    Peer.wait_until(fn -> count(path, "dial ") >= 5 end, 10_000)
+    eventually(fn -> count(path, "dial ") >= 5 end, 10_000)
 
     # The node stops: the application's drainer takes 500 ms, during which the topology still runs.
     # (The peer may go before its reply does.)

@@ -1,5 +1,6 @@
 defmodule Cluster.NetnsSmokeTest do
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   alias LibclusterRs.Test.{Netns, Peer}
 
   @moduletag :root
@@ -14,6 +15,6 @@ defmodule Cluster.NetnsSmokeTest do
     {p2, n2} = Peer.start("app", h2.ip, netns: h2.ns)
     on_exit(fn -> Enum.each([p1, p2], &Peer.stop/1) end)
     {:ok, _} = Peer.start_cluster(p1, static: [strategy: Cluster.Strategy.Epmd, config: [hosts: [n1, n2]]])
-    Peer.wait_until(fn -> Peer.nodes(p2) == [n1] end)
+    eventually(fn -> Peer.nodes(p2) == [n1] end)
   end
 end

@@ -1,5 +1,6 @@
 defmodule Cluster.PeerSmokeTest do
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   alias LibclusterRs.Test.Peer
 
   @tag timeout: 60_000
@@ -13,7 +14,7 @@ defmodule Cluster.PeerSmokeTest do
     end
 
     for {p, node} <- peers do
-      Peer.wait_until(fn -> Enum.sort(Peer.nodes(p)) == Enum.sort(names -- [node]) end)
+      eventually(fn -> Enum.sort(Peer.nodes(p)) == Enum.sort(names -- [node]) end)
     end
   end
 end

@@ -38,6 +38,7 @@ defmodule Cluster.RedialStormTest do
   # (and dropped) connections meanwhile.
   defp count_calls(ctx, ms) do
     t0 = System.monotonic_time(:millisecond)
+    # (the sleep is the counting window)
     Process.sleep(ms)
     calls = Peer.call(ctx.dialer, Flapper, :calls, [])
     elapsed = System.monotonic_time(:millisecond) - t0

@@ -2,10 +2,11 @@ defmodule Cluster.StatusDNSTest do
   # `Cluster.status/1` through a DNSPoll topology's lifecycle against a real DNS server (dnsmasq
   # on 127.0.0.1, a high port), with injected connect/list_nodes MFAs (no real nodes).
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
 
   alias Cluster.Strategy.DNSPoll
-  alias LibclusterRs.Test.{Dialer, Dnsmasq}
+  alias LibclusterRs.Test.{Dnsmasq, FakeDist}
 
   @moduletag :dnsmasq
 
@@ -15,35 +16,13 @@ defmodule Cluster.StatusDNSTest do
 
   defp records(ips), do: for(ip <- ips, do: {:a, "app.cluster.test", ip})
 
-  # Polls the status until `fun` accepts it; returns that status.
-  defp status_until(topology, fun, ms \\ 5_000) do
-    deadline = System.monotonic_time(:millisecond) + ms
-    do_status_until(topology, fun, deadline)
-  end
-
-  defp do_status_until(topology, fun, deadline) do
-    {:ok, s} = Cluster.status(topology)
-
-    cond do
-      fun.(s) ->
-        s
-
-      System.monotonic_time(:millisecond) > deadline ->
-        flunk("status never reached the expected stage; last: #{inspect(s, pretty: true)}")
-
-      true ->
-        Process.sleep(20)
-        do_status_until(topology, fun, deadline)
-    end
-  end
-
   test "discovered, connected, pending in backoff, last error during an outage, recovery" do
     dns = Dnsmasq.start(records(["10.0.0.1", "10.0.0.2"]))
     on_exit(fn -> Dnsmasq.cleanup(dns) end)
 
     topology = :"status_dns_#{System.unique_integer([:positive])}"
     # app@10.0.0.2 refuses connections until the test makes it reachable.
-    dialer = Dialer.start(self(), [@one])
+    dialer = FakeDist.new(reachable: [@one])
 
     config = [
       query: "app.cluster.test",
@@ -59,7 +38,7 @@ defmodule Cluster.StatusDNSTest do
 
     log =
       capture_log(fn ->
-        start_supervised!({Cluster.Supervisor, [[{topology, Dialer.topology(dialer, DNSPoll, config)}]]})
+        start_supervised!({Cluster.Supervisor, [[{topology, FakeDist.topology(dialer, DNSPoll, config)}]]})
 
         # Discovered: both records; one connected, the other pending with its failure and backoff.
         s = status_until(topology, &(&1.last_discovered != nil and &1.pending != %{}))
@@ -87,10 +66,10 @@ defmodule Cluster.StatusDNSTest do
         assert s.last_discovered == [@one, @two]
         assert s.connected == [@one]
         assert Map.has_key?(s.pending, @two)
-        refute_received {:hangup, _}
+        refute_received {:disconnect, _}
 
         # Recovery: the server is back with a third node, and app@10.0.0.2 accepts connections.
-        Agent.update(dialer, fn d -> %{d | reachable: MapSet.new([@one, @two, @three])} end)
+        FakeDist.reachable(dialer, [@one, @two, @three])
         dns = Dnsmasq.restart(dns)
         Dnsmasq.set_records(dns, records(["10.0.0.1", "10.0.0.2", "10.0.0.3"]))
 

@@ -2,19 +2,10 @@ defmodule Cluster.StatusStrategiesTest do
   # `Cluster.status/1` for real strategies: Kubernetes (watch) against the fake API server through
   # its lifecycle, and gossip's counters under `extra` on a peer node.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
 
-  alias LibclusterRs.Test.{Dialer, FakeKube, Peer}
-
-  defp wait_status(topology, fun, ms \\ 5_000) do
-    Peer.wait_until(
-      fn ->
-        {:ok, s} = Cluster.status(topology)
-        fun.(s) && s
-      end,
-      ms
-    )
-  end
+  alias LibclusterRs.Test.{FakeDist, FakeKube, Peer}
 
   test "Kubernetes (watch): discovered, connected, a 403 keeps everything, recovery" do
     kube = FakeKube.start!()
@@ -27,10 +18,10 @@ defmodule Cluster.StatusStrategiesTest do
       FakeKube.endpoints("myapp", ["10.0.0.1", "10.0.0.2"], labels: %{"app" => "myapp"})
     )
 
-    dialer = Dialer.start(self(), [a])
+    dialer = FakeDist.new(reachable: [a])
 
     spec =
-      Dialer.topology(
+      FakeDist.topology(
         dialer,
         Cluster.Strategy.Kubernetes,
         kubernetes_node_basename: "app",
@@ -46,19 +37,19 @@ defmodule Cluster.StatusStrategiesTest do
       start_supervised!({Cluster.Supervisor, [[{t, spec}]]}, restart: :temporary)
 
       # Discovered both; a connects, b is in backoff with its next attempt.
-      s = wait_status(t, &(&1.last_discovered == [a, b] and &1.connected == [a]))
+      s = status_until(t, &(&1.last_discovered == [a, b] and &1.connected == [a]))
       assert %{strategy: Cluster.Strategy.Kubernetes, state: :running, last_error: nil} = s
       assert %DateTime{} = s.last_discovered_at
       assert %{^b => %{failures: f, next_attempt_in: next}} = s.pending
       assert f >= 1 and is_integer(next)
       assert s.error_streak == 0
-      Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
 
       # The watch expires (410), the re-lists are forbidden twice: the error is kept, nothing pruned.
       FakeKube.fault(kube, :list, {:status, 403})
       FakeKube.fault(kube, :list, {:status, 403})
       FakeKube.expire(kube)
-      s = wait_status(t, &(&1.last_error != nil and &1.last_error.kind == :forbidden))
+      s = status_until(t, &(&1.last_error != nil and &1.last_error.kind == :forbidden))
       assert s.last_error.message =~ "may not list endpoints in namespace default"
       assert s.last_error.message =~ "priv/rbac/endpoints.json"
       assert %DateTime{} = s.last_error.at
@@ -66,16 +57,16 @@ defmodule Cluster.StatusStrategiesTest do
       assert s.last_discovered == [a, b]
       assert s.connected == [a]
       assert Map.has_key?(s.pending, b)
-      refute_received {:hangup, _}
+      refute_received {:disconnect, _}
 
       # Recovery: a successful list clears the streak, keeps the last error for the record, and a
       # real change prunes.
-      s = wait_status(t, &(&1.error_streak == 0 and &1.last_error != nil), 10_000)
+      s = status_until(t, &(&1.error_streak == 0 and &1.last_error != nil), 10_000)
       assert s.last_discovered == [a, b]
-      refute_received {:hangup, _}
-      Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 5_000)
+      refute_received {:disconnect, _}
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 5_000)
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.1"], labels: %{"app" => "myapp"}))
-      s = wait_status(t, &(&1.last_discovered == [a]))
+      s = status_until(t, &(&1.last_discovered == [a]))
       assert s.pending == %{}
       assert s.connected == [a]
     end)
@@ -117,7 +108,7 @@ defmodule Cluster.StatusStrategiesTest do
 
     :gen_udp.close(sender)
 
-    Peer.wait_until(
+    eventually(
       fn ->
         {:ok, s} = Peer.call(p, Cluster, :status, [:gossip])
 

@@ -35,13 +35,6 @@ defmodule Cluster.SupervisorTest do
     end
   end
 
-  def connect(test, node) do
-    send(test, {:dial, node})
-    true
-  end
-
-  def list, do: []
-
   test "[topologies, [name: ...]]: one :one_for_one child per topology, id = topology name", %{t: t} do
     a = :"#{t}_a"
     b = :"#{t}_b"
@@ -85,16 +78,19 @@ defmodule Cluster.SupervisorTest do
   end
 
   test "a custom strategy gets the topology's MFAs and connects through connect_nodes/4", %{t: t} do
+    dist = LibclusterRs.Test.FakeDist.new()
+    mfas = LibclusterRs.Test.FakeDist.mfas(dist)
+
     spec = [
       strategy: Reporter,
       config: [test: self(), nodes: [:"x@h.example"]],
-      connect: {__MODULE__, :connect, [self()]},
-      list_nodes: {__MODULE__, :list, []}
+      connect: mfas[:connect],
+      list_nodes: mfas[:list_nodes]
     ]
 
     capture_log(fn ->
       start_supervised!({Cluster.Supervisor, [[{t, spec}]]})
-      assert_receive {:dial, :"x@h.example"}
+      assert_receive {:connect, :"x@h.example"}
       assert_receive {:connected, ^t, :ok}
     end)
   end

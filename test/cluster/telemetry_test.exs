@@ -1,10 +1,11 @@
 defmodule Cluster.TelemetryTest do
   # Runs against the real :telemetry when it is loaded, or the test double in
   # test/support/telemetry_double.ex otherwise.
-  use ExUnit.Case, async: false
+  use ExUnit.Case, async: true
+  import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
 
-  alias LibclusterRs.Test.{Dialer, ScriptedStrategy}
+  alias LibclusterRs.Test.{FakeDist, ScriptedStrategy}
 
   @events [
     [:libcluster, :discovery, :start],
@@ -18,13 +19,13 @@ defmodule Cluster.TelemetryTest do
   ]
 
   setup do
-    LibclusterRs.Test.TelemetryForward.attach(@events)
+    LibclusterRs.Test.TelemetryForward.attach(@events, "tel_")
     t = :"tel_#{System.unique_integer([:positive])}"
     {:ok, topology: t}
   end
 
   defp start(t, dialer, config, extra \\ []) do
-    spec = Dialer.topology(dialer, ScriptedStrategy, [test: self()] ++ config, extra)
+    spec = FakeDist.topology(dialer, ScriptedStrategy, [test: self()] ++ config, extra)
     start_supervised!({Cluster.Supervisor, [[{t, spec}]]}, restart: :temporary)
   end
 
@@ -35,7 +36,7 @@ defmodule Cluster.TelemetryTest do
 
   test "a discovery round is a span with topology, strategy and counts", %{topology: t} do
     capture_log(fn ->
-      start(t, Dialer.start(self(), [:"a@h.example", :"b@h.example"]), [])
+      start(t, FakeDist.new(reachable: [:"a@h.example", :"b@h.example"]), [])
 
       assert_receive {:telemetry, [:libcluster, :discovery, :start], %{system_time: _, monotonic_time: _},
                       %{topology: ^t, strategy: ScriptedStrategy, round: 1}}
@@ -56,7 +57,7 @@ defmodule Cluster.TelemetryTest do
 
   test "a failed round stops with result :error and the error", %{topology: t} do
     capture_log(fn ->
-      start(t, Dialer.start(self(), []), [])
+      start(t, FakeDist.new(reachable: []), [])
       outcome({:error, :http, "403 Forbidden"})
 
       assert_receive {:telemetry, [:libcluster, :discovery, :stop], %{discovered: 0},
@@ -66,7 +67,7 @@ defmodule Cluster.TelemetryTest do
 
   test "a strategy that raises emits :exception", %{topology: t} do
     capture_log(fn ->
-      start(t, Dialer.start(self(), []), [])
+      start(t, FakeDist.new(reachable: []), [])
       outcome({:raise, "boom"})
 
       assert_receive {:telemetry, [:libcluster, :discovery, :exception], %{duration: _},
@@ -82,12 +83,12 @@ defmodule Cluster.TelemetryTest do
 
   test "removed and pruned, with the prune policy", %{topology: t} do
     capture_log(fn ->
-      dialer = Dialer.start(self(), [:"a@h.example", :"b@h.example"])
+      dialer = FakeDist.new(reachable: [:"a@h.example", :"b@h.example"])
       start(t, dialer, opts: [interval: :infinity])
       outcome({:discovered, [:"a@h.example", :"b@h.example"]})
-      assert_receive {:dial, :"b@h.example"}
-      assert_receive {:dial, :"a@h.example"}
-      Process.sleep(20)
+      assert_receive {:connect, :"b@h.example"}
+      assert_receive {:connect, :"a@h.example"}
+      status_until(t, &(length(&1.connected) == 2))
       [{disc, _}] = Registry.lookup(LibclusterRs.Registry, {:discovery, t})
       LibclusterRs.Discovery.refresh(disc)
       outcome({:discovered, [:"a@h.example"]})
@@ -98,13 +99,13 @@ defmodule Cluster.TelemetryTest do
       assert_receive {:telemetry, [:libcluster, :membership, :pruned], %{count: 1},
                       %{topology: ^t, nodes: [:"b@h.example"], prune: :immediate}}
 
-      assert_receive {:hangup, :"b@h.example"}
+      assert_receive {:disconnect, :"b@h.example"}
     end)
   end
 
   test "backoff after a failed connect", %{topology: t} do
     capture_log(fn ->
-      start(t, Dialer.start(self(), []),
+      start(t, FakeDist.new(reachable: []),
         membership: [backoff_min: 100, backoff_max: 200, min_dial_interval: 50]
       )
 

@@ -2,9 +2,10 @@ defmodule LibclusterRs.ContainmentTest do
   # Nothing a user's MFA or resolver fun does crashes a topology or anything above it, every
   # failure shows in Cluster.status, and every process a topology starts ends with it.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
 
   alias Cluster.Strategy.DNSPoll
-  alias LibclusterRs.Test.{Faulty, Peer}
+  alias LibclusterRs.Test.{FakeDist, Faulty}
 
   @moduletag capture_log: true
   @moduletag timeout: 180_000
@@ -26,6 +27,7 @@ defmodule LibclusterRs.ContainmentTest do
 
   defp topology(table, faults, opts \\ []) do
     interval = Keyword.get(opts, :interval, 40)
+    for op <- [:connect, :disconnect, :list_nodes], do: FakeDist.set(table, op, faults[op] || :accept)
 
     [
       strategy: DNSPoll,
@@ -36,11 +38,8 @@ defmodule LibclusterRs.ContainmentTest do
         resolver: Faulty.resolver(table, faults[:resolver], @answers),
         resolver_timeout: 100
       ],
-      connect: {Faulty, :connect, [table, faults[:connect]]},
-      disconnect: {Faulty, :disconnect, [table, faults[:disconnect]]},
-      list_nodes: {Faulty, :list_nodes, [table, faults[:list_nodes]]},
       membership: @membership
-    ]
+    ] ++ FakeDist.mfas(table)
   end
 
   # The user's own supervision tree: a Supervisor with Cluster.Supervisor as a child.
@@ -70,14 +69,15 @@ defmodule LibclusterRs.ContainmentTest do
     cases =
       for target <- @targets, kind <- @kinds, p <- [1.0, 0.25] do
         name = :"fault_#{target}_#{kind}_#{round(p * 100)}"
-        table = Faulty.new()
+        table = FakeDist.new()
         tree = start_user_tree(name, [{name, topology(table, %{target => {kind, p}})}])
         {name, target, kind, p, table, tree}
       end
 
     on_exit(fn -> for {_, _, _, _, _, tree} <- cases, do: stop_user_tree(tree) end)
 
-    # a few rounds: at 40 ms per poll, 1.5 s is over 30 polls
+    # The sleep is the test: every topology survives a few rounds of its fault (at 40 ms per
+    # poll, 1.5 s is over 30 polls), then shows it in its status.
     Process.sleep(1_500)
 
     failures =
@@ -127,18 +127,18 @@ defmodule LibclusterRs.ContainmentTest do
   end
 
   test "the failure is named in the status: MFA and error" do
-    table = Faulty.new()
+    table = FakeDist.new()
     name = :fault_named
     tree = start_user_tree(name, [{name, topology(table, %{list_nodes: {:raise, 1.0}})}])
     on_exit(fn -> stop_user_tree(tree) end)
 
     status =
-      Peer.wait_until(fn ->
+      eventually(fn ->
         {:ok, s} = Cluster.status(name)
         s.mfa_errors[:list_nodes] && s
       end)
 
-    assert %{mfa: "LibclusterRs.Test.Faulty.list_nodes/2", error: error, count: n, failing: true} =
+    assert %{mfa: "LibclusterRs.Test.FakeDist.list_nodes/1", error: error, count: n, failing: true} =
              status.mfa_errors.list_nodes
 
     assert error =~ "raised RuntimeError: list_nodes fault"
@@ -146,26 +146,28 @@ defmodule LibclusterRs.ContainmentTest do
   end
 
   test "a raising MFA is logged once per streak, naming the MFA" do
-    table = Faulty.new()
+    table = FakeDist.new()
     name = :fault_logged
 
     log =
       ExUnit.CaptureLog.capture_log(fn ->
         tree = start_user_tree(name, [{name, topology(table, %{list_nodes: {:raise, 1.0}})}])
 
-        Peer.wait_until(fn ->
+        eventually(fn ->
           match?({:ok, %{mfa_errors: %{list_nodes: %{count: c}}}} when c >= 5, Cluster.status(name))
         end)
 
         stop_user_tree(tree)
       end)
 
-    lines = log |> String.split("\n") |> Enum.filter(&(&1 =~ "LibclusterRs.Test.Faulty.list_nodes/2 raised"))
+    lines =
+      log |> String.split("\n") |> Enum.filter(&(&1 =~ "LibclusterRs.Test.FakeDist.list_nodes/1 raised"))
+
     assert length(lines) == 1, log
   end
 
   test "Cluster.status answers when a membership or a discovery is stuck, and nothing crashes" do
-    table = Faulty.new()
+    table = FakeDist.new()
     name = :status_stuck
     tree = start_user_tree(name, [{name, topology(table, %{}, interval: 1_000)}])
     on_exit(fn -> stop_user_tree(tree) end)
@@ -176,7 +178,8 @@ defmodule LibclusterRs.ContainmentTest do
     assert status.membership == :unresponsive
     assert status.state == :running
 
-    # the discovery's own wait for the membership ended without crashing it
+    # the discovery's own wait for the membership ends without crashing it: the sleep outlasts
+    # that wait, and the check is that nothing happened during it
     Process.sleep(700)
     assert Process.alive?(tree.strategy)
     :ok = :sys.resume(membership)
@@ -192,12 +195,12 @@ defmodule LibclusterRs.ContainmentTest do
   end
 
   test "the custom-strategy status does not hang on a hanging list_nodes" do
-    table = Faulty.new()
+    table = FakeDist.new(list_nodes: :hang)
     name = :custom_hang
 
     spec = [
       strategy: LibclusterRs.Test.CustomStrategy,
-      list_nodes: {Faulty, :list_nodes, [table, {:hang, 1.0}]}
+      list_nodes: FakeDist.mfas(table)[:list_nodes]
     ]
 
     tree = start_user_tree(name, [{name, spec}])
@@ -212,13 +215,13 @@ defmodule LibclusterRs.ContainmentTest do
     # Connect, disconnect and list_nodes hang in turn; each cycle waits until the hanging call is
     # in flight, then stops the topology.
     test "1,000 start/stop cycles with hanging MFAs leave no process behind" do
-      table = Faulty.new()
+      table = FakeDist.new()
 
       cycle = fn i ->
         target = Enum.at([:connect, :disconnect, :list_nodes, :resolver], rem(i, 4))
         name = :"cycle_#{rem(i, 4)}"
         faults = %{target => {:hang, 1.0}}
-        :ets.match_delete(table, {:_})
+        FakeDist.take_all_down(table)
         {:ok, sup} = Cluster.Supervisor.start_link([[{name, topology(table, faults, interval: 5)}]])
         assert_receive {:fault_entered, ^target, :hang}, 5_000
         Supervisor.stop(sup)
@@ -239,6 +242,8 @@ defmodule LibclusterRs.ContainmentTest do
   defp flush do
     receive do
       {:fault_entered, _, _} -> flush()
+      {:connect, _} -> flush()
+      {:disconnect, _} -> flush()
     after
       0 -> :ok
     end

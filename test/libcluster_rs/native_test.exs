@@ -1,5 +1,6 @@
 defmodule LibclusterRs.NativeTest do
   use ExUnit.Case, async: true
+  import LibclusterRs.Test.Eventually
 
   alias LibclusterRs.Native
 
@@ -61,7 +62,7 @@ defmodule LibclusterRs.NativeTest do
     assert_receive {:handle, handle}
     refute Native.discovery_stopped(handle)
     Process.exit(owner, :kill)
-    wait_until(fn -> Native.discovery_stopped(handle) end)
+    eventually(fn -> Native.discovery_stopped(handle) end, 1_000)
   end
 
   test "garbage-collecting a handle cancels its task and closes its socket" do
@@ -94,13 +95,5 @@ defmodule LibclusterRs.NativeTest do
     assert_receive {:client_closed, {:error, :closed}}, 5_000
     assert Process.alive?(owner)
     Process.exit(owner, :kill)
-  end
-
-  defp wait_until(fun, tries \\ 100) do
-    cond do
-      fun.() -> :ok
-      tries == 0 -> flunk("condition never became true")
-      true -> Process.sleep(10) && wait_until(fun, tries - 1)
-    end
   end
 end

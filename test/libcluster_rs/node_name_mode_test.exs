@@ -1,5 +1,6 @@
 defmodule LibclusterRs.NodeNameModeTest do
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
   alias LibclusterRs.NodeName
   alias LibclusterRs.Test.Peer
@@ -25,7 +26,7 @@ defmodule LibclusterRs.NodeNameModeTest do
           restart: :temporary
         )
 
-        Process.sleep(20)
+        Logger.flush()
       end)
 
     assert log =~ "[libcluster:nodist] this node is not running distributed Erlang"
@@ -48,7 +49,7 @@ defmodule LibclusterRs.NodeNameModeTest do
         mixed: [strategy: Cluster.Strategy.Epmd, config: [hosts: [:a@shorthost, :"b@127.0.0.1"]]]
       )
 
-    Peer.wait_until(fn ->
+    eventually(fn ->
       match?({:ok, %{name_problems: [_]}}, Peer.call(peer, Cluster, :status, [:mixed]))
     end)
 

@@ -157,7 +157,7 @@ defmodule LibclusterRs.Test.DeadPeers do
   defp wait_listening(ip) do
     {:ok, addr} = :inet.parse_address(to_charlist(ip))
 
-    Peer.wait_until(
+    LibclusterRs.Test.Eventually.eventually(
       fn ->
         case :gen_tcp.connect(addr, 4369, [active: false], 200) do
           {:ok, s} ->

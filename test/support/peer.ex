@@ -78,24 +78,6 @@ defmodule LibclusterRs.Test.Peer do
     end
   end
 
-  @doc "Polls `fun` every 20 ms until it returns a truthy value or `timeout` ms pass."
-  def wait_until(fun, timeout \\ 10_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    do_wait(fun, deadline)
-  end
-
-  defp do_wait(fun, deadline) do
-    case fun.() do
-      result when result not in [nil, false] ->
-        result
-
-      _ ->
-        if System.monotonic_time(:millisecond) > deadline do
-          raise ExUnit.AssertionError, message: "condition not met in time"
-        else
-          Process.sleep(20)
-          do_wait(fun, deadline)
-        end
-    end
-  end
+  @doc "LibclusterRs.Test.Eventually.eventually/2, under its older name."
+  defdelegate wait_until(fun, timeout \\ 10_000), to: LibclusterRs.Test.Eventually, as: :eventually
 end

@@ -30,50 +30,6 @@ defmodule LibclusterRs.Test.ScriptedStrategy do
   def status_extra(impl), do: %{scripted: true, test: impl[:test]}
 end
 
-defmodule LibclusterRs.Test.Dialer do
-  @moduledoc false
-  # Injected connect / list_nodes MFAs: a fake distribution. Every dial is reported to the test as
-  # `{:dial, node}`; nodes in `reachable` connect, the others fail (`false`).
-  use Agent
-
-  def start(test, reachable) do
-    {:ok, pid} =
-      Agent.start(fn -> %{test: test, reachable: MapSet.new(reachable), connected: MapSet.new()} end)
-
-    pid
-  end
-
-  def connect(agent, node) do
-    Agent.get_and_update(agent, fn s ->
-      send(s.test, {:dial, node})
-
-      if MapSet.member?(s.reachable, node),
-        do: {true, %{s | connected: MapSet.put(s.connected, node)}},
-        else: {false, s}
-    end)
-  end
-
-  def disconnect(agent, node) do
-    Agent.get_and_update(agent, fn s ->
-      send(s.test, {:hangup, node})
-      {MapSet.member?(s.connected, node), %{s | connected: MapSet.delete(s.connected, node)}}
-    end)
-  end
-
-  def list(agent), do: Agent.get(agent, &MapSet.to_list(&1.connected))
-
-  @doc "A topology spec using this dialer."
-  def topology(agent, strategy, config, extra \\ []) do
-    [
-      strategy: strategy,
-      config: config,
-      connect: {__MODULE__, :connect, [agent]},
-      disconnect: {__MODULE__, :disconnect, [agent]},
-      list_nodes: {__MODULE__, :list, [agent]}
-    ] ++ extra
-  end
-end
-
 defmodule LibclusterRs.Test.CustomStrategy do
   @moduledoc false
   # A libcluster-style custom strategy (not built on LibclusterRs.Discovery).

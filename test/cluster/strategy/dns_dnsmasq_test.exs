@@ -2,11 +2,12 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   # The DNS strategies' native lookups against a real DNS server (dnsmasq on 127.0.0.1, a high
   # port, records rewritten and reloaded by the test), with fake connect/list_nodes MFAs.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
 
   alias LibclusterRs.Discovery
   alias Cluster.Strategy.{DNSPoll, Kubernetes}
-  alias LibclusterRs.Test.{Dnsmasq, FakeNodes}
+  alias LibclusterRs.Test.{Dnsmasq, FakeDist}
 
   @moduletag :dnsmasq
 
@@ -18,7 +19,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
 
   defp start(table, strategy, config) do
     topology = :"dnsmasq_#{System.unique_integer([:positive])}"
-    spec = {Cluster.Supervisor, [[{topology, FakeNodes.topology(table, strategy, config)}]]}
+    spec = {Cluster.Supervisor, [[{topology, FakeDist.topology(table, strategy, config)}]]}
     sup = start_supervised!(Supervisor.child_spec(spec, id: topology))
     [{^topology, pid, _, _}] = Supervisor.which_children(sup)
     pid
@@ -57,7 +58,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   end
 
   test "A records: nodes are added and removed as the records change", %{dns: dns} do
-    table = FakeNodes.new()
+    table = FakeDist.new()
     start(table, DNSPoll, poll_config(dns, membership: [prune: :immediate]))
     assert_receive {:connect, :"app@10.0.0.1"}, 2_000
     assert_receive {:connect, :"app@10.0.0.2"}, 2_000
@@ -67,7 +68,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
 
     assert_receive {:connect, :"app@10.0.0.3"}, 2_000
     assert_receive {:disconnect, :"app@10.0.0.1"}, 2_000
-    assert FakeNodes.connected(table) == [:"app@10.0.0.2", :"app@10.0.0.3"]
+    assert FakeDist.up(table) == [:"app@10.0.0.2", :"app@10.0.0.3"]
     Dnsmasq.stop(dns)
   end
 
@@ -77,7 +78,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
     assert {:nodes, ["app@10.0.0.1", "app@fd00::1:2"]} =
              one_poll(dns, [{"app", "app.cluster.test", [:a, :aaaa]}])
 
-    table = FakeNodes.new()
+    table = FakeDist.new()
     start(table, DNSPoll, poll_config(dns, resource_types: [:aaaa]))
     assert_receive {:connect, :"app@fd00::1:2"}, 2_000
     refute_receive {:connect, :"app@10.0.0.1"}, 300
@@ -89,7 +90,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
       {:aaaa, "myapp-headless.default.svc.cluster.local", "fd00::8"}
     ])
 
-    table = FakeNodes.new()
+    table = FakeDist.new()
 
     start(table, Kubernetes.DNS,
       service: "myapp-headless.default.svc.cluster.local.",
@@ -109,7 +110,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
       {:srv, String.trim_trailing(query, "."), "myapp-1.myapp-headless.default.svc.cluster.local", 4000}
     ])
 
-    table = FakeNodes.new()
+    table = FakeDist.new()
 
     start(table, Kubernetes.DNSSRV,
       service: "myapp-headless",
@@ -130,22 +131,21 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
     ])
 
     assert {:nodes, ["app@10.0.0.7"]} = one_poll(dns, [{"app", "app.cluster.test", [:a]}])
-    table = FakeNodes.new()
+    table = FakeDist.new()
     start(table, DNSPoll, poll_config(dns, []))
     assert_receive {:connect, :"app@10.0.0.7"}, 2_000
   end
 
   test "outage: nothing is pruned while the server is down, and discovery recovers", %{dns: dns} do
-    table = FakeNodes.new()
+    table = FakeDist.new()
     pid = start(table, DNSPoll, poll_config(dns, membership: [prune: :immediate]))
     assert_receive {:connect, :"app@10.0.0.2"}, 2_000
     dns = Dnsmasq.stop(dns)
 
     log =
       capture_log(fn ->
-        Process.sleep(1_200)
-        status = Discovery.status(pid)
-        assert status.error_streak >= 1
+        status = eventually(fn -> Discovery.status(pid) |> then(&(&1.error_streak >= 1 && &1)) end, 5_000)
+        Logger.flush()
         assert {kind, message, _} = status.last_error
         assert kind in [:timeout, :refused, :unreachable, :io]
         # The message names the query and the server asked.
@@ -155,7 +155,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
 
     assert log =~ "discovery failed"
     refute_received {:disconnect, _}
-    assert FakeNodes.connected(table) == [:"app@10.0.0.1", :"app@10.0.0.2"]
+    assert FakeDist.up(table) == [:"app@10.0.0.1", :"app@10.0.0.2"]
 
     # Back, with a new node: found at the next retry (backoff from 1 s).
     dns = Dnsmasq.restart(dns)
@@ -185,7 +185,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   end
 
   test "by default (libcluster's), a sudden NXDOMAIN is applied at the first poll", %{dns: dns} do
-    table = FakeNodes.new()
+    table = FakeDist.new()
     pid = start(table, DNSPoll, poll_config(dns, polling_interval: 60_000))
     assert_receive {:connect, :"app@10.0.0.2"}, 2_000
     dns = Dnsmasq.set_records(dns, [])
@@ -196,7 +196,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   end
 
   test "with confirm_empty: 2, a sudden NXDOMAIN is trusted only on the second consecutive poll", %{dns: dns} do
-    table = FakeNodes.new()
+    table = FakeDist.new()
     # Polls only when the test asks (refresh), so that each poll is counted exactly.
     pid =
       start(
@@ -224,14 +224,14 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   defp poll(pid, n) do
     Discovery.refresh(pid)
 
-    LibclusterRs.Test.Peer.wait_until(
+    eventually(
       fn -> match?(%{rounds: ^n, mode: :idle}, Discovery.status(pid)) end,
       3_000
     )
   end
 
   test "rotating answers do not make nodes flap with the recommended grace period", %{dns: dns} do
-    table = FakeNodes.new()
+    table = FakeDist.new()
     all = for i <- 1..4, do: {:a, "app.cluster.test", "10.0.0.#{i}"}
     dns = Dnsmasq.set_records(dns, all)
 
@@ -241,16 +241,17 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
       poll_config(dns, polling_interval: 100, membership: [prune: LibclusterRs.DNS.recommended_grace(100)])
     )
 
-    LibclusterRs.Test.Peer.wait_until(fn -> length(FakeNodes.connected(table)) == 4 end, 3_000)
+    eventually(fn -> length(FakeDist.up(table)) == 4 end, 3_000)
 
     # The server now answers a rotating half of the records, changing every ~150 ms.
+    # (the sleep paces the changes: it is the scenario, not a wait)
     Enum.reduce(1..8, dns, fn round, dns ->
       Process.sleep(150)
       Dnsmasq.set_records(dns, Enum.take(Enum.drop(all ++ all, rem(round, 4)), 2))
     end)
 
     refute_received {:disconnect, _}
-    assert length(FakeNodes.connected(table)) == 4
+    assert length(FakeDist.up(table)) == 4
   end
 
   test "a 1,000-record answer (truncated over UDP, retried over TCP)", %{dns: dns} do

@@ -4,52 +4,35 @@ defmodule Cluster.Strategy.EpmdTest do
   use ExUnit.Case, async: true
 
   alias Cluster.Strategy.Epmd
-  alias LibclusterRs.Test.Mfa
+  alias LibclusterRs.Test.FakeDist
 
   @moduletag capture_log: true
   @node :"epmd_peer@127.0.0.1"
 
-  defp start(config, reply) do
+  defp start(config, peer) do
     topology = :"epmd_#{System.unique_integer([:positive])}"
+    dist = FakeDist.new(connect: peer)
 
-    test = self()
+    start_supervised!(
+      {Cluster.Supervisor, [[{topology, FakeDist.topology(dist, Epmd, [hosts: [@node]] ++ config)}]]}
+    )
 
-    # The MFA stamps the time it runs: a loaded VM may deliver the message late.
-    stamped = fn node ->
-      send(test, {:dialled_at, node, System.monotonic_time(:millisecond)})
-      reply
-    end
-
-    spec = [
-      strategy: Epmd,
-      config: [hosts: [@node]] ++ config,
-      connect: {Mfa, :connect, [self(), stamped]},
-      disconnect: {Mfa, :disconnect, [self(), true]},
-      list_nodes: {Mfa, :list_nodes, [[]]}
-    ]
-
-    start_supervised!({Cluster.Supervisor, [[{topology, spec}]]})
+    dist
   end
 
-  defp dial_times(ms) do
-    deadline = System.monotonic_time(:millisecond) + ms
-    collect(deadline, [])
-  end
-
-  defp collect(deadline, acc) do
-    receive do
-      {:dialled_at, @node, at} -> collect(deadline, [at | acc])
-    after
-      max(deadline - System.monotonic_time(:millisecond), 0) -> Enum.reverse(acc)
-    end
+  # When the connect MFA ran, for every dial in the first `ms` ms (the sleep is the counting
+  # window; the times are taken in the MFA, not when the test receives the message).
+  defp dial_times(dist, ms) do
+    Process.sleep(ms)
+    for {:connect, @node, at} <- FakeDist.calls(dist), do: at
   end
 
   defp gaps(times), do: times |> Enum.chunk_every(2, 1, :discard) |> Enum.map(fn [a, b] -> b - a end)
 
-  for {what, reply} <- [{"fails (false)", false}, {"returns true but is never listed", true}] do
+  for {what, reply} <- [{"fails (false)", :refuse}, {"returns true but is never listed", :accept_then_drop}] do
     test "timeout: n - a node whose connect #{what} is dialled once per n ms, not sooner" do
-      start([timeout: 400], unquote(reply))
-      times = dial_times(2_100)
+      dist = start([timeout: 400], unquote(reply))
+      times = dial_times(dist, 2_100)
       # about one dial per 400 ms (libcluster's rhythm), never two within 400 ms
       assert length(times) in 2..6, "#{length(times)} dials: #{inspect(gaps(times))}"
       assert Enum.all?(gaps(times), &(&1 >= 390)), inspect(gaps(times))
@@ -57,8 +40,8 @@ defmodule Cluster.Strategy.EpmdTest do
   end
 
   test "timeout: :infinity keeps redialling with backoff" do
-    start([], false)
-    times = dial_times(1_700)
+    dist = start([], :refuse)
+    times = dial_times(dist, 1_700)
     assert length(times) >= 2
     assert Enum.all?(gaps(times), &(&1 >= 450)), inspect(gaps(times))
   end

@@ -2,6 +2,7 @@ defmodule Cluster.Strategy.GossipNetnsTest do
   # Four hosts (network namespaces on a bridge, 198.18.20.0/24), each running a node, and a
   # hostile fifth. The nodes run with -connect_all false, so every connection is made by gossip.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
 
   alias Cluster.Strategy.Gossip
   alias LibclusterRs.Test.{GossipSender, Netns, Peer}
@@ -122,7 +123,7 @@ defmodule Cluster.Strategy.GossipNetnsTest do
 
     Task.await(hostile, 30_000)
 
-    Peer.wait_until(fn -> meshed?(peers) end, 15_000)
+    eventually(fn -> meshed?(peers) end, 15_000)
     elapsed_s = div(System.monotonic_time(:millisecond) - t0, 1000) + 1
     names = Enum.map(flood, &elem(&1, 0))
 
@@ -147,7 +148,7 @@ defmodule Cluster.Strategy.GossipNetnsTest do
     config = [port: 45896, heartbeat_interval: 200, stats_interval: 200, multicast_if: "eth0"]
     [newcomer | cluster] = peers
     sups = start(started, cluster, List.duplicate(config, 3))
-    Peer.wait_until(fn -> meshed?(cluster) end, 15_000)
+    eventually(fn -> meshed?(cluster) end, 15_000)
 
     # From the hostile namespace, naming only its own address (connect attempts stay there).
     sock_opts = [multicast_if: ip(evil.ip), multicast_ttl: 1]
@@ -163,11 +164,11 @@ defmodule Cluster.Strategy.GossipNetnsTest do
     limited_before = for {{p, _}, sup} <- Enum.zip(cluster, sups), do: counters(p, sup).rejected_rate_limited
 
     _ = start(started, [newcomer], [config])
-    Peer.wait_until(fn -> meshed?(peers) end, 2_000)
+    eventually(fn -> meshed?(peers) end, 2_000)
 
     # The flood was still on when it joined, and it was being limited: every running node keeps
     # rejecting its names (the join itself can take a few ms, too short to count on).
-    Peer.wait_until(
+    eventually(
       fn ->
         limited_after =
           for {{p, _}, sup} <- Enum.zip(cluster, sups), do: counters(p, sup).rejected_rate_limited
@@ -192,14 +193,14 @@ defmodule Cluster.Strategy.GossipNetnsTest do
     ]
 
     _ = start(started, peers, List.duplicate(config, 4))
-    Peer.wait_until(fn -> meshed?(peers) end, 10_000)
+    eventually(fn -> meshed?(peers) end, 10_000)
   end
 
   @tag timeout: 30_000
   test "IPv6 multicast (ff02::, interface by name)", %{peers: peers, started: started} do
     config = [multicast_addr: "ff02::4c43", multicast_if: "eth0", port: 45894, heartbeat_interval: 200]
     _ = start(started, peers, List.duplicate(config, 4))
-    Peer.wait_until(fn -> meshed?(peers) end, 15_000)
+    eventually(fn -> meshed?(peers) end, 15_000)
   end
 
   @tag timeout: 30_000
@@ -221,7 +222,7 @@ defmodule Cluster.Strategy.GossipNetnsTest do
 
     sups = start(started, peers, configs)
     [{p1, n1}, {p2, n2}, {p3, n3}, {p4, n4}] = peers
-    Peer.wait_until(fn -> Peer.nodes(p1) == [n2] and Peer.nodes(p3) == [n4] end, 10_000)
+    eventually(fn -> Peer.nodes(p1) == [n2] and Peer.nodes(p3) == [n4] end, 10_000)
 
     recorded = Task.await(recording, 10_000)
     assert is_binary(recorded)
@@ -236,6 +237,7 @@ defmodule Cluster.Strategy.GossipNetnsTest do
       sock_opts
     ])
 
+    # (the sleep is the window in which no replayed or forged packet may connect anything)
     Process.sleep(1_000)
     assert Peer.nodes(p1) == [n2]
     assert Peer.nodes(p2) == [n1]

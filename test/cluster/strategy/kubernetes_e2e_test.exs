@@ -4,6 +4,7 @@ defmodule Cluster.Strategy.KubernetesE2ETest do
   # ready and is connected, faults keep everyone connected, a terminating pod is pruned. With a
   # list-only Role the strategies poll (the same prune and join), then watch again once it is fixed.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
 
   alias LibclusterRs.Test.{FakeKube, Netns, Peer}
 
@@ -49,14 +50,15 @@ defmodule Cluster.Strategy.KubernetesE2ETest do
 
     # The third node is a pod that is not ready yet: it runs, but nobody may connect to it.
     for p <- [p1, p2], do: {:ok, _} = Peer.start_cluster(p, topology)
-    Peer.wait_until(fn -> Peer.nodes(p1) == [n2] and Peer.nodes(p2) == [n1] end, 10_000)
+    eventually(fn -> Peer.nodes(p1) == [n2] and Peer.nodes(p2) == [n1] end, 10_000)
+    # (the sleep is the window in which nobody may connect to it)
     Process.sleep(300)
     assert Peer.nodes(p3) == []
 
     # Ready: connected by both within the watch's reaction time.
     t0 = System.monotonic_time(:millisecond)
     put.([ip1, ip2, ip3], [])
-    Peer.wait_until(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 5_000)
+    eventually(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 5_000)
     reaction = System.monotonic_time(:millisecond) - t0
     assert reaction < 2_000, "took #{reaction} ms"
 
@@ -66,29 +68,30 @@ defmodule Cluster.Strategy.KubernetesE2ETest do
     FakeKube.fault(kube, :watch, {:status, 500})
     FakeKube.fault(kube, :watch, {:status, 500})
     FakeKube.break_watches(kube)
+    # (the sleep is the window in which nobody may be disconnected)
     Process.sleep(1_500)
     assert Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2])
     assert n2 in Peer.nodes(p1)
 
     # Terminating: the pod leaves the ready addresses; both running strategies prune it.
-    Peer.wait_until(fn -> FakeKube.watchers(kube) == 2 end, 10_000)
+    eventually(fn -> FakeKube.watchers(kube) == 2 end, 10_000)
     put.([ip1, ip2], [ip3])
-    Peer.wait_until(fn -> Peer.nodes(p3) == [] end, 5_000)
+    eventually(fn -> Peer.nodes(p3) == [] end, 5_000)
     assert Peer.nodes(p1) == [n2]
 
     # The Role loses `watch` (libcluster needs only `list`): the strategies fall back to polling
     # every 300 ms; the pod becomes ready again and is connected, then leaves and is pruned.
     FakeKube.grant(kube, [:list])
     FakeKube.break_watches(kube)
-    Peer.wait_until(fn -> FakeKube.watchers(kube) == 0 end, 5_000)
+    eventually(fn -> FakeKube.watchers(kube) == 0 end, 5_000)
     put.([ip1, ip2, ip3], [])
-    Peer.wait_until(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 5_000)
+    eventually(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 5_000)
     put.([ip1, ip2], [ip3])
-    Peer.wait_until(fn -> Peer.nodes(p3) == [] end, 5_000)
+    eventually(fn -> Peer.nodes(p3) == [] end, 5_000)
 
     # Fixed: both return to watching within a retry interval.
     FakeKube.grant(kube, [:list, :watch])
-    Peer.wait_until(fn -> FakeKube.watchers(kube) == 2 end, 10_000)
+    eventually(fn -> FakeKube.watchers(kube) == 2 end, 10_000)
     assert Peer.nodes(p1) == [n2]
   end
 end

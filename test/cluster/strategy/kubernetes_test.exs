@@ -2,26 +2,10 @@ defmodule Cluster.Strategy.KubernetesTest do
   # Against a fake API server on 127.0.0.1 (HTTPS, a CA made for the run, bearer tokens, list and
   # watch): every lookup mode and name form, watch semantics, token rotation, a wrong CA, each fault.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
 
-  alias LibclusterRs.Test.FakeKube
-
-  defmodule Recorder do
-    @moduledoc false
-    def connect(test, node) do
-      send(test, {:connect, node})
-      Agent.update(__MODULE__, &MapSet.put(&1, node))
-      true
-    end
-
-    def disconnect(test, node) do
-      send(test, {:disconnect, node})
-      Agent.update(__MODULE__, &MapSet.delete(&1, node))
-      true
-    end
-
-    def list_nodes, do: Agent.get(__MODULE__, &MapSet.to_list/1)
-  end
+  alias LibclusterRs.Test.{FakeDist, FakeKube}
 
   setup do
     kube = FakeKube.start!()
@@ -78,20 +62,15 @@ defmodule Cluster.Strategy.KubernetesTest do
     end
   end
 
-  defp start_recorder do
-    start_supervised!(%{
-      id: Recorder,
-      start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}
-    })
-  end
-
-  # Starts the strategy with the recorder MFAs (they send {:connect | :disconnect, node} here).
+  # Starts the strategy over the test's FakeDist (it sends {:connect | :disconnect, node} here).
   defp start_strategy(kube, topology, config) do
+    dist = FakeDist.new()
+
     state = %Cluster.Strategy.State{
       topology: topology,
-      connect: {Recorder, :connect, [self()]},
-      disconnect: {Recorder, :disconnect, [self()]},
-      list_nodes: {Recorder, :list_nodes, []},
+      connect: {FakeDist, :connect, [dist]},
+      disconnect: {FakeDist, :disconnect, [dist]},
+      list_nodes: {FakeDist, :list_nodes, [dist]},
       config:
         Keyword.merge(
           [
@@ -105,23 +84,6 @@ defmodule Cluster.Strategy.KubernetesTest do
     }
 
     start_supervised!(Supervisor.child_spec({Cluster.Strategy.Kubernetes, [state]}, id: topology))
-  end
-
-  # Polls Cluster.status/1 until `fun` accepts it; returns that status.
-  defp status_until(topology, fun, ms \\ 5_000) do
-    {:ok, s} = Cluster.status(topology)
-
-    cond do
-      fun.(s) ->
-        s
-
-      ms <= 0 ->
-        flunk("the status never got there; last: #{inspect(s, pretty: true)}")
-
-      true ->
-        Process.sleep(20)
-        status_until(topology, fun, ms - 20)
-    end
   end
 
   defp occurrences(log, text), do: log |> String.split(text) |> length() |> Kernel.-(1)
@@ -265,7 +227,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       tag = make_ref()
       handle = LibclusterRs.Native.kubernetes_start(tag, native(kube, watch: true))
       assert {:nodes, ["app@10.0.0.1"]} = next(tag)
-      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
 
       [list, watch] = FakeKube.requests(kube)
       assert list.verb == :list
@@ -303,7 +265,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       FakeKube.delete(kube, :endpoints, "myapp")
       assert {:nodes, []} = next(tag)
 
-      LibclusterRs.Test.Peer.wait_until(
+      eventually(
         fn -> Enum.map(FakeKube.requests(kube), & &1.verb) == [:list, :watch] end,
         3_000
       )
@@ -316,7 +278,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       tag = make_ref()
       handle = LibclusterRs.Native.kubernetes_start(tag, native(kube, watch: true))
       assert {:nodes, ["app@10.0.0.1"]} = next(tag)
-      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
       FakeKube.fault(kube, :list, {:status, 403})
       FakeKube.fault(kube, :list, {:status, 500})
       # 410 Gone: the watch re-lists, and the re-lists fail.
@@ -357,7 +319,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert {:nodes, ["app@10.0.0.1", "app@10.0.0.2"]} = next(tag, 1_000)
 
       # The watch is retried now and then, and each forbidden retry stays silent.
-      LibclusterRs.Test.Peer.wait_until(
+      eventually(
         fn -> kube |> FakeKube.requests() |> Enum.count(&(&1.verb == :watch)) >= 3 end,
         5_000
       )
@@ -367,7 +329,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       # The Role is fixed: the next retry watches, and changes arrive at once again.
       FakeKube.grant(kube, [:list, :watch])
       assert {:watch_mode, :watch, _} = next(tag, 3_000)
-      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
       FakeKube.clear_requests(kube)
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.0.0.3"], labels: %{"app" => "myapp"}))
       assert {:nodes, ["app@10.0.0.3"]} = next(tag, 500)
@@ -388,7 +350,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       tag = make_ref()
       _handle = LibclusterRs.Native.kubernetes_start(tag, native(kube, watch: true))
       assert {:nodes, []} = next(tag)
-      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
       FakeKube.rotate_token(kube, "token-3")
       FakeKube.break_watches(kube)
       assert {:discovery_error, _, _} = next(tag)
@@ -597,20 +559,15 @@ defmodule Cluster.Strategy.KubernetesTest do
     end
 
     test "polling: every fault keeps the last membership; a successful change prunes", %{kube: kube} do
-      start_supervised!(%{
-        id: Recorder,
-        start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}
-      })
-
-      test = self()
+      dist = FakeDist.new()
       FakeKube.put(kube, :pods, FakeKube.pod("a", "10.5.0.1"))
       FakeKube.put(kube, :pods, FakeKube.pod("b", "10.5.0.2"))
 
       state = %Cluster.Strategy.State{
         topology: :k8s_poll,
-        connect: {Recorder, :connect, [test]},
-        disconnect: {Recorder, :disconnect, [test]},
-        list_nodes: {Recorder, :list_nodes, []},
+        connect: {FakeDist, :connect, [dist]},
+        disconnect: {FakeDist, :disconnect, [dist]},
+        list_nodes: {FakeDist, :list_nodes, [dist]},
         config: [
           kubernetes_node_basename: "app",
           kubernetes_selector: "app=myapp",
@@ -648,12 +605,7 @@ defmodule Cluster.Strategy.KubernetesTest do
     end
 
     test "connects what the API lists, prunes what it drops, and keeps everything on errors", %{kube: kube} do
-      start_supervised!(%{
-        id: Recorder,
-        start: {Agent, :start_link, [fn -> MapSet.new() end, [name: Recorder]]}
-      })
-
-      test = self()
+      dist = FakeDist.new()
 
       FakeKube.put(
         kube,
@@ -663,9 +615,9 @@ defmodule Cluster.Strategy.KubernetesTest do
 
       state = %Cluster.Strategy.State{
         topology: :k8s,
-        connect: {Recorder, :connect, [test]},
-        disconnect: {Recorder, :disconnect, [test]},
-        list_nodes: {Recorder, :list_nodes, []},
+        connect: {FakeDist, :connect, [dist]},
+        disconnect: {FakeDist, :disconnect, [dist]},
+        list_nodes: {FakeDist, :list_nodes, [dist]},
         config: [
           kubernetes_node_basename: "app",
           kubernetes_selector: "app=myapp",
@@ -677,7 +629,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       start_supervised!({Cluster.Strategy.Kubernetes, [state]})
       assert_receive {:connect, :"app@10.0.0.1"}, 3_000
       assert_receive {:connect, :"app@10.0.0.2"}, 3_000
-      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
 
       # Faults in a row: the watch ends with 410 Gone, the re-list is malformed, then forbidden,
       # the next watch fails too. Nothing is disconnected.
@@ -685,11 +637,10 @@ defmodule Cluster.Strategy.KubernetesTest do
       FakeKube.fault(kube, :list, {:status, 403})
       FakeKube.fault(kube, :watch, {:status, 500})
       FakeKube.expire(kube)
-      Process.sleep(1_000)
-      refute_received {:disconnect, _}
+      refute_receive {:disconnect, _}, 1_000
 
       # Recovery, then a real change prunes.
-      LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 10_000)
+      eventually(fn -> FakeKube.watchers(kube) == 1 end, 10_000)
       refute_received {:disconnect, _}
       verbs = kube |> FakeKube.requests() |> Enum.map(& &1.verb)
       assert Enum.count(verbs, &(&1 == :list)) == 4
@@ -701,7 +652,6 @@ defmodule Cluster.Strategy.KubernetesTest do
 
   describe "libcluster 3.5's behaviour" do
     test "pods whose readiness waits for the cluster are connected; ready-only waits for Ready", %{kube: kube} do
-      start_recorder()
       # The readiness probe of these pods passes only once they are clustered (Horde, Mnesia...).
       FakeKube.put(kube, :pods, FakeKube.pod("a", "10.6.0.1", ready: false))
       FakeKube.put(kube, :pods, FakeKube.pod("b", "10.6.0.2", phase: "Pending", ready: false))
@@ -719,7 +669,6 @@ defmodule Cluster.Strategy.KubernetesTest do
     end
 
     test "kubernetes_pods_ready_only: Running, Ready and not being deleted", %{kube: kube} do
-      start_recorder()
       FakeKube.put(kube, :pods, FakeKube.pod("a", "10.6.0.1", ready: false))
       FakeKube.put(kube, :pods, FakeKube.pod("c", "10.6.0.3"))
 
@@ -736,7 +685,6 @@ defmodule Cluster.Strategy.KubernetesTest do
 
     test "a list-only Role: polls, warns once, connects and prunes; a granted watch is picked up",
          %{kube: kube} do
-      start_recorder()
       FakeKube.grant(kube, [:list])
       FakeKube.put(kube, :pods, FakeKube.pod("a", "10.7.0.1"))
       topology = :k8s_list_only
@@ -765,7 +713,7 @@ defmodule Cluster.Strategy.KubernetesTest do
           assert_receive {:disconnect, :"app@10.7.0.1"}, 2_000
 
           # Forbidden retries of the watch stay quiet.
-          LibclusterRs.Test.Peer.wait_until(
+          eventually(
             fn -> kube |> FakeKube.requests() |> Enum.count(&(&1.verb == :watch)) >= 2 end,
             5_000
           )
@@ -773,7 +721,7 @@ defmodule Cluster.Strategy.KubernetesTest do
           # The Role is fixed: the strategy returns to watching.
           FakeKube.grant(kube, [:list, :watch])
           status_until(topology, &(&1.extra.kubernetes.mode == :watch), 5_000)
-          LibclusterRs.Test.Peer.wait_until(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
+          eventually(fn -> FakeKube.watchers(kube) == 1 end, 3_000)
           FakeKube.put(kube, :pods, FakeKube.pod("c", "10.7.0.3"))
           assert_receive {:connect, :"app@10.7.0.3"}, 1_000
         end)
@@ -792,7 +740,6 @@ defmodule Cluster.Strategy.KubernetesTest do
     test "no namespace file and no kubernetes_namespace: boots, says so once, picks the file up", %{
       kube: kube
     } do
-      start_recorder()
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.8.0.1"], labels: %{"app" => "myapp"}))
       path = Path.join(kube.sa_path, "namespace")
       File.rm!(path)
@@ -817,7 +764,6 @@ defmodule Cluster.Strategy.KubernetesTest do
     end
 
     test "no token: boots, says so once, picks the token up", %{kube: kube} do
-      start_recorder()
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.8.0.2"], labels: %{"app" => "myapp"}))
       path = Path.join(kube.sa_path, "token")
       File.rm!(path)
@@ -842,7 +788,6 @@ defmodule Cluster.Strategy.KubernetesTest do
 
     test "a required key given as nil boots and says why at error level, once; a missing key raises",
          %{kube: kube} do
-      start_recorder()
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.8.0.3"], labels: %{"app" => "myapp"}))
 
       for {key, topology} <- [

@@ -3,23 +3,9 @@ defmodule Cluster.Strategy.RancherTest do
   # for the end-to-end test with real nodes): names from the service's containers, and errors that
   # never prune.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
 
-  alias LibclusterRs.Test.JSON
-
-  defmodule Recorder do
-    @moduledoc false
-    def connect(test, node) do
-      send(test, {:connect, node})
-      true
-    end
-
-    def disconnect(test, node) do
-      send(test, {:disconnect, node})
-      true
-    end
-
-    def list_nodes(agent), do: Agent.get(agent, & &1)
-  end
+  alias LibclusterRs.Test.{FakeDist, JSON}
 
   # A metadata server answering every request with the head of its queue of answers (the last
   # answer repeats). Answers: `{:json, term}`, `{:status, code}`, `:garbage`.
@@ -114,14 +100,13 @@ defmodule Cluster.Strategy.RancherTest do
         {:json, service(["10.42.0.2"])}
       ])
 
-    {:ok, connected} = Agent.start_link(fn -> [:"app@10.42.0.2", :"app@10.42.0.3"] end)
-    test = self()
+    dist = FakeDist.new(up: [:"app@10.42.0.2", :"app@10.42.0.3"])
 
     state = %Cluster.Strategy.State{
       topology: :rancher,
-      connect: {Recorder, :connect, [test]},
-      disconnect: {Recorder, :disconnect, [test]},
-      list_nodes: {Recorder, :list_nodes, [connected]},
+      connect: {FakeDist, :connect, [dist]},
+      disconnect: {FakeDist, :disconnect, [dist]},
+      list_nodes: {FakeDist, :list_nodes, [dist]},
       config: [
         node_basename: "app",
         polling_interval: 100,
@@ -203,20 +188,21 @@ defmodule Cluster.Strategy.RancherTest do
 
     # The third container runs but is not in the service yet.
     for p <- [p1, p2], do: {:ok, _} = Peer.start_cluster(p, topology)
-    Peer.wait_until(fn -> Peer.nodes(p1) == [n2] end, 10_000)
+    eventually(fn -> Peer.nodes(p1) == [n2] end, 10_000)
     assert Peer.nodes(p3) == []
 
     Agent.update(agent, fn _ -> [{:json, service([ip1, ip2, ip3])}] end)
-    Peer.wait_until(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 5_000)
+    eventually(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 5_000)
 
-    # The metadata service fails and then answers garbage: nobody is disconnected.
+    # The metadata service fails and then answers garbage: nobody is disconnected (the sleep is
+    # the window in which nothing may happen).
     Agent.update(agent, fn _ -> [{:status, 503}, {:status, 500}, :garbage, :garbage] end)
     Process.sleep(1_500)
     assert Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2])
 
     # The container leaves the service: both running strategies prune it.
     Agent.update(agent, fn _ -> [{:json, service([ip1, ip2])}] end)
-    Peer.wait_until(fn -> Peer.nodes(p3) == [] end, 5_000)
+    eventually(fn -> Peer.nodes(p3) == [] end, 5_000)
     assert Peer.nodes(p1) == [n2]
   end
 end

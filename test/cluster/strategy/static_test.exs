@@ -2,6 +2,7 @@ defmodule Cluster.Strategy.StaticTest do
   # Epmd, LocalEpmd and ErlangHosts with real peers and real distribution. The peers use a private
   # epmd on a free loopback port (ERL_EPMD_PORT), so LocalEpmd sees only this test's nodes.
   use ExUnit.Case, async: false
+  import LibclusterRs.Test.Eventually
 
   alias LibclusterRs.Test.Peer
 
@@ -25,7 +26,7 @@ defmodule Cluster.Strategy.StaticTest do
     on_exit(fn -> System.cmd("kill", ["-9", Integer.to_string(os_pid)], stderr_to_stdout: true) end)
 
     # wait until it answers
-    Peer.wait_until(
+    eventually(
       fn -> match?({_, 0}, System.cmd("epmd", ["-port", "#{port}", "-names"], stderr_to_stdout: true)) end,
       5_000
     )
@@ -71,14 +72,14 @@ defmodule Cluster.Strategy.StaticTest do
     for {p, _} <- peers, do: {:ok, _} = Peer.start_cluster(p, topology.(nodes))
 
     for {p, node} <- peers do
-      Peer.wait_until(fn -> Enum.sort(Peer.nodes(p)) == Enum.sort(nodes -- [node]) end, 15_000)
+      eventually(fn -> Enum.sort(Peer.nodes(p)) == Enum.sort(nodes -- [node]) end, 15_000)
     end
 
     formed_ms = System.monotonic_time(:millisecond) - t0
 
     os_kill(p3)
 
-    Peer.wait_until(
+    eventually(
       fn -> {:nodedown, n3} in Peer.call(p1, LibclusterRs.Test.EventLog, :events, []) end,
       10_000
     )
@@ -90,8 +91,8 @@ defmodule Cluster.Strategy.StaticTest do
     on_exit(fn -> Peer.stop(p3b) end)
     {:ok, _} = Peer.start_cluster(p3b, topology.(nodes))
 
-    Peer.wait_until(fn -> Enum.sort(Peer.nodes(p3b)) == Enum.sort(nodes -- [n3]) end, 15_000)
-    Peer.wait_until(fn -> n3 in Peer.nodes(p1) and n3 in Peer.nodes(p2) end, 15_000)
+    eventually(fn -> Enum.sort(Peer.nodes(p3b)) == Enum.sort(nodes -- [n3]) end, 15_000)
+    eventually(fn -> n3 in Peer.nodes(p1) and n3 in Peer.nodes(p2) end, 15_000)
 
     events = Peer.call(p1, LibclusterRs.Test.EventLog, :events, [])
     down_at = Enum.find_index(events, &(&1 == {:nodedown, n3}))
