@@ -33,9 +33,12 @@ defmodule Cluster.Strategy.EpmdTest do
     test "timeout: n - a node whose connect #{what} is dialled once per n ms, not sooner" do
       dist = start([timeout: 400], unquote(reply))
       times = dial_times(dist, 2_100)
-      # about one dial per 400 ms (libcluster's rhythm), never two within 400 ms
+      # About one dial per 400 ms (libcluster's rhythm), never two within 400 ms. The membership
+      # stamps a dial just before it calls the MFA and the fake stamps it inside the MFA: on a
+      # loaded VM the two stamps of one dial can be ms apart, hence 5 % of slack. (Without the
+      # floor, the gaps were 0–1 ms: 1,623 dials in 2.1 s.)
       assert length(times) in 2..6, "#{length(times)} dials: #{inspect(gaps(times))}"
-      assert Enum.all?(gaps(times), &(&1 >= 390)), inspect(gaps(times))
+      assert Enum.all?(gaps(times), &(&1 >= 380)), inspect(gaps(times))
     end
   end
 
