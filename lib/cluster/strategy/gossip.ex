@@ -265,7 +265,7 @@ defmodule Cluster.Strategy.Gossip do
   defp ip_string(name) when is_binary(name), do: name
   defp ip_string(ip) when is_tuple(ip), do: ip |> :inet.ntoa() |> List.to_string()
 
-  @doc false
+  @impl LibclusterRs.Discovery
   # `mix libcluster.discover`: listen only. A dry run must not announce its own node, or the
   # cluster's nodes would dial it.
   @spec dry_run(map()) :: map()
