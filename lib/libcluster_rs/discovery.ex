@@ -133,10 +133,8 @@ defmodule LibclusterRs.Discovery do
   @spec leave(pid()) :: :ok
   def leave(pid), do: GenServer.call(pid, :leave)
 
-  @doc false
-  # The outcomes of one native event, as the discovery process computes them (used by the dry run).
-  @spec translate(module(), term(), term()) :: {[outcome()], term()}
-  def translate(module, event, impl) do
+  # The outcomes of one native event.
+  defp translate(module, event, impl) do
     if function_exported?(module, :handle_event, 2) do
       module.handle_event(event, impl)
     else
@@ -234,21 +232,23 @@ defmodule LibclusterRs.Discovery do
       rounds: 0,
       # the open telemetry span of the current round (Discovery.Span), or nil
       span: nil,
-      diagnostics: %Diagnostics{}
+      diagnostics: %Diagnostics{},
+      dry_run: opts[:dry_run] == true
     }
   end
 
   @impl true
-  def handle_continue(:discover, s), do: {:noreply, run_round(s)}
+  def handle_continue(:discover, s), do: contain(s, fn -> {:noreply, run_round(s)} end)
 
   @impl true
   def handle_info(:discover, %{mode: :left} = s), do: {:noreply, s}
   def handle_info(:discover, s), do: {:noreply, run_round(%{s | timer: nil})}
 
   def handle_info({:libcluster_rs, tag, event}, %{tag: tag} = s) when tag != nil do
-    {outcomes, impl} = guarded(s, fn -> translate(s.module, event, s.impl) end)
-
-    {:noreply, Enum.reduce(outcomes, %{s | impl: impl}, &apply_outcome/2)}
+    contain(s, fn ->
+      {outcomes, impl} = guarded(s, fn -> translate(s.module, event, s.impl) end)
+      {:noreply, Enum.reduce(outcomes, %{s | impl: impl}, &apply_outcome/2)}
+    end)
   end
 
   def handle_info({:libcluster_rs, _stale_tag, _event}, s), do: {:noreply, s}
@@ -293,6 +293,24 @@ defmodule LibclusterRs.Discovery do
   defp status_extra(s) do
     if function_exported?(s.module, :status_extra, 1), do: s.module.status_extra(s.impl), else: %{}
   end
+
+  # The discovery's own log lines; a dry run prints what it found itself.
+  defp log(%{dry_run: true}, _level, _text), do: :ok
+  defp log(s, :debug, text), do: Cluster.Logger.debug(s.state.topology, text)
+  defp log(s, :info, text), do: Cluster.Logger.info(s.state.topology, text)
+  defp log(s, :warn, text), do: Cluster.Logger.warn(s.state.topology, text)
+  defp log(s, :error, text), do: Cluster.Logger.error(s.state.topology, text)
+
+  # In a dry run, strategy code that raises stops the discovery with `{:shutdown, {:raised, kind,
+  # reason, stacktrace}}` for the task to report (no crash report); otherwise it crashes the
+  # discovery, which its topology's supervisor restarts.
+  defp contain(%{dry_run: true} = s, fun) do
+    fun.()
+  catch
+    kind, reason -> {:stop, {:shutdown, {:raised, kind, reason, __STACKTRACE__}}, s}
+  end
+
+  defp contain(_s, fun), do: fun.()
 
   # Runs strategy code; an exception closes the round's span with an :exception event and is re-raised.
   defp guarded(s, fun) do
@@ -340,7 +358,7 @@ defmodule LibclusterRs.Discovery do
   defp check_name_mode(s, nodes, source) do
     longnames? = if Node.alive?(), do: :net_kernel.longnames()
     {diagnostics, warning} = Diagnostics.check(s.diagnostics, nodes, source, longnames?)
-    if warning, do: Cluster.Logger.warn(s.state.topology, warning)
+    if warning, do: log(s, :warn, warning)
     %{s | diagnostics: diagnostics}
   end
 
@@ -442,8 +460,9 @@ defmodule LibclusterRs.Discovery do
     s =
       case Trust.on_discovered(nodes, s.last_nodes, s.empty_streak, s.confirm_empty) do
         {:hold, empty_streak} ->
-          Cluster.Logger.info(
-            s.state.topology,
+          log(
+            s,
+            :info,
             "discovery returned no nodes after #{MapSet.size(s.last_nodes)}; keeping them until " <>
               "#{s.confirm_empty} consecutive rounds agree"
           )
@@ -457,7 +476,7 @@ defmodule LibclusterRs.Discovery do
       end
 
     if s.error_streak > 0 do
-      Cluster.Logger.info(s.state.topology, "discovery recovered after #{s.error_streak} failed round(s)")
+      log(s, :info, "discovery recovered after #{s.error_streak} failed round(s)")
     end
 
     s = %{s | error_streak: 0, last_ok_at: System.system_time(:millisecond)}
@@ -465,16 +484,10 @@ defmodule LibclusterRs.Discovery do
   end
 
   defp apply_outcome({:error, kind, message}, s) do
-    topology = s.state.topology
-
     text =
       "discovery failed (#{kind}): #{message}; keeping the last known #{MapSet.size(s.last_nodes)} node(s)"
 
-    case Trust.error_level(s.error_streak, kind) do
-      :debug -> Cluster.Logger.debug(topology, text)
-      :error -> Cluster.Logger.error(topology, text)
-      :warn -> Cluster.Logger.warn(topology, text)
-    end
+    log(s, Trust.error_level(s.error_streak, kind), text)
 
     {mod, target} = s.membership
     mod.discovery_failed(target, {kind, message})
