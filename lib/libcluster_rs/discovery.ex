@@ -118,8 +118,9 @@ defmodule LibclusterRs.Discovery do
 
   @doc false
   # The topology's Task.Supervisor, for work a strategy starts from the discovery process (e.g. a
-  # DNS `resolver` fun): it is linked to the discovery, so that work ends with the topology. Outside
-  # a discovery process (the dry run), the application's LibclusterRs.TaskSupervisor, if running.
+  # DNS `resolver` fun, the gossip watcher): it is linked to the discovery, so that work ends with
+  # the topology (the dry run's discovery has one too). Outside a discovery process, the
+  # application's LibclusterRs.TaskSupervisor, if running.
   @spec task_supervisor() :: pid() | atom() | nil
   def task_supervisor do
     Process.get(:cluster_task_supervisor) || Process.whereis(LibclusterRs.TaskSupervisor)
