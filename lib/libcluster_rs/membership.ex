@@ -62,8 +62,28 @@ defmodule LibclusterRs.Membership do
     * `:untrusted_connect_rate` - connect attempts per second that untrusted sightings (`seen/3`
       with `trusted: false`, e.g. unauthenticated gossip) may cause in this topology, all nodes
       together (default `10`); sightings beyond it are dropped until the next one
+    * `:probe` - `:auto` (default), `true` or `false`: ask the epmd of unreachable peers' hosts
+      whether they are back, to redial them at once (see "Healing" below). `:auto` probes when the
+      topology connects with the default `{:net_kernel, :connect_node, []}`
 
   Errors never prune: a failed discovery leaves the last known set in place.
+
+  ## Healing
+
+  After a partition, peers have backed off up to `:backoff_max`, and connects started during the
+  partition hang in their TCP connect. So that the cluster does not wait for either once the network
+  is back, a probe (`LibclusterRs.Membership.Probe`) asks the epmd of the unreachable peers' hosts
+  (being dialled or in backoff) every 500 ms which names are registered, through the NIF (no
+  scheduler and no `net_kernel` call waits for it). A peer whose name appears again is redialled at
+  once, and so are peers whose hosts cannot be probed. A host is only asked when it is an IP literal
+  or in the local hosts table: the probe never causes a DNS lookup. Failure counts are kept, so a
+  peer that answers epmd but still cannot be connected backs off as before: backoff is never
+  shortened for a dead peer, and a live one never waits for a dead one (`:min_dial_interval` still
+  holds). A connection setup to a returning peer that is still stuck in a TCP connect started during
+  the partition is ended rather than left to its `net_setuptime`. The probe runs by default when the
+  topology connects with the default `{:net_kernel, :connect_node, []}`; with a custom connect MFA,
+  `probe: true` turns it on (it then only moves the MFA's retries earlier); `probe: false` turns it
+  off.
 
   ## Leaving
 
@@ -92,7 +112,8 @@ defmodule LibclusterRs.Membership do
     min_dial_interval: 500,
     stable_after: 5_000,
     list_nodes_timeout: 5_000,
-    untrusted_connect_rate: 10
+    untrusted_connect_rate: 10,
+    probe: :auto
   }
 
   # Backoff entries of nodes that are neither wanted nor connected are dropped beyond this many.
@@ -145,7 +166,9 @@ defmodule LibclusterRs.Membership do
             last_error: nil,
             discoveries: 0,
             errors: 0,
-            leaving: false
+            leaving: false,
+            # heal probe: the LibclusterRs.Membership.Probe pid, or nil (off)
+            probe: nil
 
   ## API
 
@@ -199,7 +222,8 @@ defmodule LibclusterRs.Membership do
       {:min_dial_interval, @defaults.min_dial_interval, Config.pos_integer()},
       {:stable_after, @defaults.stable_after, Config.non_neg_integer()},
       {:list_nodes_timeout, @defaults.list_nodes_timeout, Config.pos_integer()},
-      {:untrusted_connect_rate, @defaults.untrusted_connect_rate, Config.pos_integer()}
+      {:untrusted_connect_rate, @defaults.untrusted_connect_rate, Config.pos_integer()},
+      {:probe, @defaults.probe, Config.one_of([:auto, true, false])}
     ]
 
     validated = Config.validate!(opts, schema, topology, __MODULE__)
@@ -249,7 +273,7 @@ defmodule LibclusterRs.Membership do
     }
 
     :ok = :net_kernel.monitor_nodes(true)
-    {:ok, m}
+    {:ok, start_probe(m)}
   end
 
   @impl true
@@ -454,6 +478,7 @@ defmodule LibclusterRs.Membership do
     end
   end
 
+  def handle_info({:probe_reachable, nodes}, m), do: {:noreply, probe_reachable(m, nodes)}
   def handle_info(_other, m), do: {:noreply, m}
 
   ## Backoff state
@@ -714,6 +739,7 @@ defmodule LibclusterRs.Membership do
     end
 
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
+    LibclusterRs.Membership.Probe.watch(m.probe, %{})
 
     %{
       m
@@ -855,6 +881,7 @@ defmodule LibclusterRs.Membership do
 
   defp schedule_retry(m) do
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
+    sync_probe(m)
     now = now()
 
     # A node without a backoff entry is due now (monotonic time may be negative: never default to 0).
@@ -868,6 +895,63 @@ defmodule LibclusterRs.Membership do
       nil -> %{m | retry_timer: nil}
       at -> %{m | retry_timer: Process.send_after(self(), :retry, max(at - now, 0))}
     end
+  end
+
+  ## Heal probe (LibclusterRs.Membership.Probe): the whole hook is start_probe/1, sync_probe/1
+  ## (called from schedule_retry/1 and stop_dialling/1) and probe_reachable/2.
+
+  # `:auto`: only for Erlang distribution's own connect; a custom connect MFA may not use epmd (or
+  # net_kernel) at all, so probing is then asked for with `probe: true`.
+  defp start_probe(%{opts: %{probe: mode}} = m)
+       when mode == true or (mode == :auto and m.connect == {:net_kernel, :connect_node, []}) do
+    {:ok, probe} =
+      LibclusterRs.Membership.Probe.start_link(topology: m.topology, only_when_distributed: mode == :auto)
+
+    %{m | probe: probe}
+  end
+
+  defp start_probe(m), do: m
+
+  # The desired nodes being dialled (queued or in flight) and the desired nodes that are down with
+  # backoff state, with their failure counts: after a nodedown the first attempt may hang for
+  # seconds in a partition, and the probe must watch that node already. Nodes only sighted (gossip)
+  # are never probed: their names come from the network.
+  defp sync_probe(%{probe: nil}), do: :ok
+
+  defp sync_probe(m) do
+    watched =
+      for {node, peer} <- m.peers,
+          MapSet.member?(m.desired, node),
+          peer.up_since == nil,
+          peer.failures > 0 or attempting?(m, node),
+          into: %{},
+          do: {node, peer.failures}
+
+    dialling = for node <- m.busy, MapSet.member?(m.desired, node), into: %{}, do: {node, 0}
+    LibclusterRs.Membership.Probe.watch(m.probe, Map.merge(dialling, watched))
+  end
+
+  # `nodes` are reachable again: their backoff ends now (never sooner than `:min_dial_interval`
+  # after their last dial) and they are redialled. Failure counts stay, so a node that still fails
+  # backs off from where it was (no hammering of dead peers).
+  defp probe_reachable(%{leaving: true} = m, _nodes), do: m
+
+  defp probe_reachable(m, nodes) do
+    now = now()
+
+    peers =
+      Enum.reduce(nodes, m.peers, fn node, peers ->
+        case peers do
+          %{^node => peer} ->
+            floor_at = (peer.last_dial_at || now) + m.opts.min_dial_interval
+            Map.put(peers, node, %{peer | next_at: max(now, floor_at)})
+
+          _ ->
+            peers
+        end
+      end)
+
+    refresh(%{m | peers: peers})
   end
 
   ## MFA failures

@@ -12,10 +12,18 @@ defmodule Cluster.Strategy.EpmdTest do
   defp start(config, reply) do
     topology = :"epmd_#{System.unique_integer([:positive])}"
 
+    test = self()
+
+    # The MFA stamps the time it runs: a loaded VM may deliver the message late.
+    stamped = fn node ->
+      send(test, {:dialled_at, node, System.monotonic_time(:millisecond)})
+      reply
+    end
+
     spec = [
       strategy: Epmd,
       config: [hosts: [@node]] ++ config,
-      connect: {Mfa, :connect, [self(), reply]},
+      connect: {Mfa, :connect, [self(), stamped]},
       disconnect: {Mfa, :disconnect, [self(), true]},
       list_nodes: {Mfa, :list_nodes, [[]]}
     ]
@@ -30,7 +38,7 @@ defmodule Cluster.Strategy.EpmdTest do
 
   defp collect(deadline, acc) do
     receive do
-      {:connect, @node} -> collect(deadline, [System.monotonic_time(:millisecond) | acc])
+      {:dialled_at, @node, at} -> collect(deadline, [at | acc])
     after
       max(deadline - System.monotonic_time(:millisecond), 0) -> Enum.reverse(acc)
     end

@@ -1,0 +1,324 @@
+defmodule LibclusterRs.Membership.ProbeTest do
+  # The heal probe: its decisions as plain functions, then the process against a fake epmd and the
+  # real one (with a real peer node), then the membership hook.
+  use ExUnit.Case, async: false
+
+  alias LibclusterRs.Membership
+  alias LibclusterRs.Membership.Probe
+  alias Cluster.Strategy.State
+  alias LibclusterRs.Test.{Dnsmasq, FakeEpmd, Peer}
+
+  # A resolver standing in for the local hosts table: "h1" and "h2" are known, the rest are not.
+  defp table("h1"), do: "10.0.0.1"
+  defp table("h2"), do: "10.0.0.2"
+  defp table(_), do: nil
+
+  defp probe(watched), do: Probe.new(&table/1) |> Probe.put_watched(watched)
+
+  describe "decisions" do
+    test "one query per distinct host; hosts outside the local table are never asked" do
+      p = probe(%{:a@h1 => 1, :b@h1 => 4, :c@h2 => 1, :d@elsewhere => 2, :nohost => 1})
+      assert Enum.sort(Probe.hosts(p)) == ["10.0.0.1", "10.0.0.2"]
+    end
+
+    test "at most max hosts a round; more take turns" do
+      hosts = for i <- 1..5, do: "10.0.0.#{i}"
+      assert Probe.round_hosts(hosts, 7, 5) == hosts
+      rounds = for r <- 0..4, do: Probe.round_hosts(hosts, r, 2)
+      assert Enum.all?(rounds, &(length(&1) == 2))
+      assert rounds |> List.flatten() |> Enum.uniq() |> Enum.sort() == hosts
+    end
+
+    test "a peer is reported when its name appears, not again while it stays registered" do
+      p = probe(%{:a@h1 => 3})
+      assert {[], p} = Probe.answer(p, "10.0.0.1", {:error, {:timeout, "no answer"}})
+      assert {[], p} = Probe.answer(p, "10.0.0.1", {:ok, ["other"]})
+      assert {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["other", "a"]})
+      assert {[], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      assert {[], _} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+    end
+
+    test "the first answer of a streak that shows the name reports it (a short partition)" do
+      p = probe(%{:a@h1 => 1})
+      assert {[:a@h1], _} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+    end
+
+    test "one follow-up if the attempt in flight fails after the report, then backoff rules" do
+      p = probe(%{:a@h1 => 5})
+      {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      # The attempt that was in flight failed: failures 5 -> 6 while the name stays registered.
+      p = Probe.put_watched(p, %{:a@h1 => 6})
+      assert {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      # And the redial failed too (another cookie, a closed distribution port): no more reports.
+      p = Probe.put_watched(p, %{:a@h1 => 7})
+      assert {[], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      p = Probe.put_watched(p, %{:a@h1 => 8})
+      assert {[], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      # Until it goes away and comes back.
+      {[], p} = Probe.answer(p, "10.0.0.1", {:error, {:refused, "closed"}})
+      assert {[:a@h1], _} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+    end
+
+    test "an answer only concerns the peers of its host" do
+      p = probe(%{:a@h1 => 1, :a@h2 => 1})
+      assert {[:a@h2], p} = Probe.answer(p, "10.0.0.2", {:ok, ["a"]})
+      assert {[:a@h1], _} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+    end
+
+    test "peers that cannot be probed are reported when a probed one returns, once per failure count" do
+      p = probe(%{:a@h1 => 2, :b@h2 => 2, :x@elsewhere => 4})
+      # A host answering without a return says nothing about the network.
+      assert {[], p} = Probe.answer(p, "10.0.0.2", {:ok, []})
+      assert {[:a@h1, :x@elsewhere], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      {[], p} = Probe.answer(p, "10.0.0.1", {:error, {:timeout, "gone"}})
+      # Another return while x has not failed again: x is not redialled twice for one failure.
+      assert {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      p = Probe.put_watched(p, %{:a@h1 => 2, :b@h2 => 2, :x@elsewhere => 5})
+      assert {[:b@h2, :x@elsewhere], _} = Probe.answer(p, "10.0.0.2", {:ok, ["b"]})
+    end
+
+    test "a follow-up is due at once when the failure count grows right after a report" do
+      p = probe(%{:a@h1 => 2, :b@h1 => 2})
+      {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      assert {[], p} = Probe.followups(p)
+      p = Probe.put_watched(p, %{:a@h1 => 3, :b@h1 => 3})
+      # b was never reported (its name is absent): no follow-up for it.
+      assert {[:a@h1], p} = Probe.followups(p)
+      p = Probe.put_watched(p, %{:a@h1 => 4, :b@h1 => 4})
+      assert {[], _} = Probe.followups(p)
+    end
+
+    test "setups stuck while the host did not answer are ended when the node returns, no others" do
+      stuck = spawn(fn -> Process.sleep(:infinity) end)
+      later = spawn(fn -> Process.sleep(:infinity) end)
+      setups = %{:a@h1 => [stuck], :b@h2 => [later]}
+      p = Probe.new(&table/1, &Map.get(setups, &1, [])) |> Probe.put_watched(%{:a@h1 => 1, :b@h2 => 1})
+
+      {[], p} = Probe.answer(p, "10.0.0.1", {:error, {:timeout, "no answer"}})
+      assert {[], p} = Probe.take_abort(p)
+      {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      assert {[{:a@h1, ^stuck}], p} = Probe.take_abort(p)
+
+      # b's host answered (without b) before b returned: its pending setup is not from an outage.
+      {[], p} = Probe.answer(p, "10.0.0.2", {:ok, []})
+      {[:b@h2], p} = Probe.answer(p, "10.0.0.2", {:ok, ["b"]})
+      assert {[], _} = Probe.take_abort(p)
+    end
+
+    test "a peer that leaves the backed-off set is forgotten; its next streak starts afresh" do
+      p = probe(%{:a@h1 => 1})
+      {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      p = Probe.put_watched(p, %{})
+      assert Probe.hosts(p) == []
+      assert {[], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      p = Probe.put_watched(p, %{:a@h1 => 1})
+      assert {[:a@h1], p} = Probe.answer(p, "10.0.0.1", {:ok, ["a"]})
+      assert Probe.forget(p, :a@h1) |> Probe.hosts() == []
+    end
+  end
+
+  describe "local_address/1" do
+    test "IP literals as they are, names from the local hosts table" do
+      assert Probe.local_address("10.1.2.3") == "10.1.2.3"
+      assert Probe.local_address("::1") == "::1"
+      assert Probe.local_address("localhost") == "127.0.0.1"
+
+      name = ~c"probe-#{System.unique_integer([:positive])}.test"
+      :ok = :inet_db.add_host({10, 9, 8, 7}, [name])
+      on_exit(fn -> :inet_db.del_host({10, 9, 8, 7}) end)
+      assert Probe.local_address(to_string(name)) == "10.9.8.7"
+      assert Probe.local_address("not-in-any-table.invalid") == nil
+    end
+
+    @tag :dnsmasq
+    test "a name that only DNS knows is not resolved (no lookup leaves the machine)" do
+      dns = Dnsmasq.start([{:a, "only-in-dns.test", "10.7.7.7"}])
+      on_exit(fn -> Dnsmasq.cleanup(dns) end)
+
+      lookup = :inet_db.res_option(:lookup)
+      nameservers = :inet_db.res_option(:nameservers)
+
+      on_exit(fn ->
+        :inet_db.res_option(:lookup, lookup)
+        :inet_db.res_option(:nameservers, nameservers)
+      end)
+
+      :inet_db.res_option(:nameservers, [{{127, 0, 0, 1}, dns.port}])
+      :inet_db.res_option(:lookup, [:file, :dns])
+      # The VM's resolver does know it...
+      assert {:ok, {10, 7, 7, 7}} = :inet.getaddr(~c"only-in-dns.test", :inet)
+      # ...the probe does not ask it.
+      assert Probe.local_address("only-in-dns.test") == nil
+      assert Probe.new() |> Probe.put_watched(%{:"a@only-in-dns.test" => 1}) |> Probe.hosts() == []
+    end
+  end
+
+  describe "the process" do
+    test "reports a peer when the fake epmd starts listing it, once" do
+      epmd = FakeEpmd.start(["other"])
+      {:ok, probe} = Probe.start_link(port: epmd.port, interval: 50, deadline: 40)
+      Probe.watch(probe, %{:"app@127.0.0.1" => 3})
+
+      refute_receive {:probe_reachable, _}, 300
+      assert FakeEpmd.queries(epmd) >= 2
+
+      FakeEpmd.set_names(epmd, ["other", "app"])
+      assert_receive {:probe_reachable, [:"app@127.0.0.1"]}, 1_000
+      refute_receive {:probe_reachable, _}, 300
+    end
+
+    test "asks each host once per round, and stops asking when nothing is backed off" do
+      epmd = FakeEpmd.start([])
+      {:ok, probe} = Probe.start_link(port: epmd.port, interval: 100, deadline: 80)
+      watched = Map.new(1..5, &{:"n#{&1}@127.0.0.1", 1})
+      Probe.watch(probe, watched)
+      Process.sleep(1_050)
+      rounds = FakeEpmd.queries(epmd)
+      # 5 peers on one host: about 10 rounds of one query each, not 50 queries.
+      assert rounds in 5..11, "#{rounds} queries in 1 s"
+
+      Probe.watch(probe, %{})
+      # A round may have been out when the set emptied.
+      Process.sleep(150)
+      before = FakeEpmd.queries(epmd)
+      Process.sleep(400)
+      assert FakeEpmd.queries(epmd) == before
+    end
+
+    test "a nodeup ends the probing of that peer" do
+      epmd = FakeEpmd.start([])
+      {:ok, probe} = Probe.start_link(port: epmd.port, interval: 50, deadline: 40)
+      Probe.watch(probe, %{:"app@127.0.0.1" => 1})
+      Peer.wait_until(fn -> FakeEpmd.queries(epmd) >= 1 end, 2_000)
+      send(probe, {:nodeup, :"app@127.0.0.1"})
+      Process.sleep(150)
+      before = FakeEpmd.queries(epmd)
+      Process.sleep(300)
+      assert FakeEpmd.queries(epmd) == before
+    end
+
+    @tag timeout: 120_000
+    test "against the real epmd: a real node is reported when it comes back" do
+      name = "probe#{System.unique_integer([:positive])}"
+      node = :"#{name}@127.0.0.1"
+      {:ok, probe} = Probe.start_link(interval: 100)
+      Probe.watch(probe, %{node => 1})
+      refute_receive {:probe_reachable, _}, 500
+
+      {peer, ^node} = Peer.start(name, "127.0.0.1")
+      assert_receive {:probe_reachable, [^node]}, 2_000
+
+      # It goes away (its name leaves epmd) and comes back: reported again.
+      Peer.stop(peer)
+      Process.sleep(500)
+      refute_received {:probe_reachable, _}
+      {peer, ^node} = Peer.start(name, "127.0.0.1")
+      on_exit(fn -> Peer.stop(peer) end)
+      assert_receive {:probe_reachable, [^node]}, 2_000
+    end
+  end
+
+  describe "the membership hook" do
+    # A connect MFA over a fake distribution: the node connects once the test says so.
+    defmodule Dial do
+      @moduledoc false
+      def connect(test, agent, node) do
+        send(test, {:dial, node})
+        if node in Agent.get(agent, & &1.hang), do: Process.sleep(:infinity)
+
+        Agent.get_and_update(agent, fn s ->
+          if node in s.up, do: {true, %{s | connected: [node | s.connected]}}, else: {false, s}
+        end)
+      end
+
+      def list(agent), do: Agent.get(agent, & &1.connected)
+    end
+
+    defp membership(opts) do
+      {:ok, agent} = Agent.start_link(fn -> %{up: [], connected: [], hang: [:"hangs@10.1.1.3"]} end)
+      topology = :"probe_#{System.unique_integer([:positive])}"
+
+      state = %State{
+        topology: topology,
+        connect: {Dial, :connect, [self(), agent]},
+        disconnect: {:erlang, :disconnect_node, []},
+        list_nodes: {Dial, :list, [agent]}
+      }
+
+      {:ok, m} = Membership.start_link(state, opts)
+      {m, agent}
+    end
+
+    @tag timeout: 120_000
+    test "a backed-off peer that registers in epmd again is redialled before its backoff ends" do
+      name = "probem#{System.unique_integer([:positive])}"
+      node = :"#{name}@127.0.0.1"
+      {m, agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
+      Membership.discovered(m, [node])
+      assert_receive {:dial, ^node}, 1_000
+      # Failed: the next attempt is 22.5-37.5 s away.
+      Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
+
+      # The fake distribution accepts it from now on; it registers in epmd while it boots.
+      Agent.update(agent, &%{&1 | up: [node]})
+      {peer, ^node} = Peer.start(name, "127.0.0.1")
+      on_exit(fn -> Peer.stop(peer) end)
+      assert_receive {:dial, ^node}, 3_000
+      Peer.wait_until(fn -> node in Dial.list(agent) end, 1_000)
+      assert Membership.status(m).pending == %{}
+    end
+
+    @tag timeout: 120_000
+    test "with probe: false the same peer waits out its backoff" do
+      name = "probem#{System.unique_integer([:positive])}"
+      node = :"#{name}@127.0.0.1"
+      {m, agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: false)
+      Membership.discovered(m, [node])
+      assert_receive {:dial, ^node}, 1_000
+      Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
+
+      # The fake distribution accepts it from now on; it registers in epmd while it boots.
+      Agent.update(agent, &%{&1 | up: [node]})
+      {peer, ^node} = Peer.start(name, "127.0.0.1")
+      on_exit(fn -> Peer.stop(peer) end)
+      refute_receive {:dial, ^node}, 3_000
+    end
+
+    test "discovered nodes are watched from their first attempt on, sighted ones never" do
+      {m, _agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
+      Membership.seen(m, [:"sighted@10.1.1.1"])
+      assert_receive {:dial, :"sighted@10.1.1.1"}, 1_000
+      Membership.discovered(m, [:"listed@10.1.1.2", :"hangs@10.1.1.3"])
+      assert_receive {:dial, :"listed@10.1.1.2"}, 1_000
+      assert_receive {:dial, :"hangs@10.1.1.3"}, 1_000
+
+      probe = :sys.get_state(m).probe
+      expected = %{:"listed@10.1.1.2" => 1, :"hangs@10.1.1.3" => 0}
+
+      Peer.wait_until(
+        fn -> :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) == expected end,
+        1_000
+      )
+    end
+
+    test "probe is :auto (on for net_kernel's connect only), true or false" do
+      assert_raise ArgumentError, ~r/:probe/, fn -> Membership.validate_opts!(:t, probe: :yes) end
+      assert Membership.validate_opts!(:t, []).probe == :auto
+
+      {custom, _agent} = membership([])
+      assert :sys.get_state(custom).probe == nil
+
+      state = %State{
+        topology: :"probe_#{System.unique_integer([:positive])}",
+        connect: {:net_kernel, :connect_node, []},
+        disconnect: {:erlang, :disconnect_node, []},
+        list_nodes: {:erlang, :nodes, [:connected]}
+      }
+
+      {:ok, default} = Membership.start_link(state, [])
+      assert is_pid(:sys.get_state(default).probe)
+      {:ok, off} = Membership.start_link(%{state | topology: :"#{state.topology}_off"}, probe: false)
+      assert :sys.get_state(off).probe == nil
+    end
+  end
+end
