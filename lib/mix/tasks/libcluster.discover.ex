@@ -72,9 +72,11 @@ defmodule Mix.Tasks.Libcluster.Discover do
     * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
       (one not built on `LibclusterRs.Discovery` cannot run without connecting)
 
-  Only built-in strategies (and custom ones built on `LibclusterRs.Discovery`) can be dry-run. A
-  strategy that would announce this node (gossip) may export `dry_run(impl) -> impl`; the task
-  calls it between `init/1` and `discover/2`. The task's
+  Only built-in strategies (and custom ones built on `LibclusterRs.Discovery`) can be dry-run: the
+  task runs the strategy's real discovery process with a membership that records what it is told
+  instead of connecting. A strategy that would announce this node (gossip) implements the optional
+  callback `dry_run/1` (`impl -> impl`), called between `init/1` and `discover/2`; one that can say
+  why a round found nothing (DNS) implements `dry_run_empty/1`. The task's
   VM is not distributed; strategies that need this node's own name (`LocalEpmd`) need it to be:
 
       $ elixir --sname dryrun -S mix libcluster.discover local
