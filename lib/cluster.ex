@@ -334,11 +334,11 @@ defmodule Cluster do
   # A custom strategy's list_nodes is user code: run with a deadline, outside the caller, and
   # anything but a list counts as none.
   defp list_nodes({m, f, a}) do
+    # (Reached only through the application's registry, so its Task.Supervisor runs.)
     task =
-      case Process.whereis(LibclusterRs.TaskSupervisor) do
-        nil -> Task.async(fn -> safe_apply(m, f, a) end)
-        sup -> Task.Supervisor.async_nolink(sup, fn -> safe_apply(m, f, a) end, shutdown: :brutal_kill)
-      end
+      Task.Supervisor.async_nolink(LibclusterRs.TaskSupervisor, fn -> safe_apply(m, f, a) end,
+        shutdown: :brutal_kill
+      )
 
     case Task.yield(task, @call_timeout) || Task.shutdown(task, :brutal_kill) do
       {:ok, list} when is_list(list) -> list

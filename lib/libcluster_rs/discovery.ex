@@ -13,10 +13,22 @@ defmodule LibclusterRs.Discovery do
   #
   # A strategy module implements the callbacks below; `use LibclusterRs.Discovery` provides
   # `start_link/1` and `child_spec/1` (via `use Cluster.Strategy`).
+  #
+  # The decisions live in pure modules, tested without a process: when the next round is
+  # (Discovery.Schedule), what to trust (Discovery.Trust), the telemetry span (Discovery.Span) and
+  # the name-mode diagnostics (Discovery.Diagnostics). This process holds the state, routes the
+  # messages and performs the effects they decide (timers, telemetry, logs, membership calls).
+  #
+  # The membership target is `{module, term}`: `module.discovered(term, nodes, prune: bool)`,
+  # `seen(term, nodes, opts)`, `discovery_failed(term, error)`, `status(term, timeout)`,
+  # `leave(term, timeout)` and, if exported, `round_finished(term, info)` at the end of each round
+  # (info: `%{mode, result, strategy, impl}`). The default is the topology's LibclusterRs.Membership;
+  # the dry run (`mix libcluster.discover`) passes a recorder.
 
   use GenServer
 
   alias LibclusterRs.{Membership, NodeName}
+  alias LibclusterRs.Discovery.{Diagnostics, Schedule, Span, Trust}
 
   # How long a status or leave waits for the membership (which answers at once unless stuck).
   @membership_timeout 500
@@ -59,7 +71,18 @@ defmodule LibclusterRs.Discovery do
   cheap and must not block.
   """
   @callback status_extra(impl :: term()) :: map()
-  @optional_callbacks handle_event: 2, status_extra: 1
+
+  @doc """
+  `mix libcluster.discover`: the impl a dry run uses instead of `impl`, e.g. one that listens
+  without announcing this node (gossip) or lists once instead of watching (Kubernetes). Called
+  between `init/1` and the first `discover/2`.
+  """
+  @callback dry_run(impl :: term()) :: term()
+
+  @doc "`mix libcluster.discover`: why a round that succeeded found no node (e.g. the DNS name asked)."
+  @callback dry_run_empty(impl :: term()) :: String.t()
+
+  @optional_callbacks handle_event: 2, status_extra: 1, dry_run: 1, dry_run_empty: 1
 
   defmacro __using__(_opts) do
     quote do
@@ -73,8 +96,17 @@ defmodule LibclusterRs.Discovery do
   end
 
   @doc false
-  def start_link(module, %State{} = state) do
-    GenServer.start_link(__MODULE__, {module, state})
+  # `opts`: `membership: {module, term}` (the membership target, see above; default: a new
+  # LibclusterRs.Membership) and `dry_run: true` (the strategy's `dry_run/1` impl, no registration,
+  # no distribution warning, and a failing `init/1` stops with `{:shutdown, {:init_failed, kind,
+  # reason, stacktrace}}` instead of crashing). The dry run starts it unlinked with `start/3`.
+  def start_link(module, %State{} = state, opts \\ []) do
+    GenServer.start_link(__MODULE__, {module, state, opts})
+  end
+
+  @doc false
+  def start(module, %State{} = state, opts) do
+    GenServer.start(__MODULE__, {module, state, opts})
   end
 
   @doc """
@@ -86,8 +118,9 @@ defmodule LibclusterRs.Discovery do
 
   @doc false
   # The topology's Task.Supervisor, for work a strategy starts from the discovery process (e.g. a
-  # DNS `resolver` fun): it is linked to the discovery, so that work ends with the topology. Outside
-  # a discovery process (the dry run), the application's LibclusterRs.TaskSupervisor, if running.
+  # DNS `resolver` fun, the gossip watcher): it is linked to the discovery, so that work ends with
+  # the topology (the dry run's discovery has one too). Outside a discovery process, the
+  # application's LibclusterRs.TaskSupervisor, if running.
   @spec task_supervisor() :: pid() | atom() | nil
   def task_supervisor do
     Process.get(:cluster_task_supervisor) || Process.whereis(LibclusterRs.TaskSupervisor)
@@ -101,10 +134,8 @@ defmodule LibclusterRs.Discovery do
   @spec leave(pid()) :: :ok
   def leave(pid), do: GenServer.call(pid, :leave)
 
-  @doc false
-  # The outcomes of one native event, as the discovery process computes them (used by the dry run).
-  @spec translate(module(), term(), term()) :: {[outcome()], term()}
-  def translate(module, event, impl) do
+  # The outcomes of one native event.
+  defp translate(module, event, impl) do
     if function_exported?(module, :handle_event, 2) do
       module.handle_event(event, impl)
     else
@@ -130,67 +161,95 @@ defmodule LibclusterRs.Discovery do
   ## Server
 
   @impl true
-  def init({module, %State{} = state}) do
-    case module.init(state) do
-      :ignore ->
-        :ignore
+  def init({module, %State{} = state, opts}) do
+    if opts[:dry_run] do
+      try do
+        case module.init(state) do
+          {:ok, impl, dopts} ->
+            impl = if function_exported?(module, :dry_run, 1), do: module.dry_run(impl), else: impl
+            {:ok, impl, dopts}
 
-      {:ok, impl, opts} ->
-        register(state.topology)
-        warn_unless_distributed(state.topology)
-        {:ok, tasks} = Task.Supervisor.start_link()
-        Process.put(:cluster_task_supervisor, tasks)
+          :ignore ->
+            :ignore
+        end
+      catch
+        kind, reason -> {:stop, {:shutdown, {:init_failed, kind, reason, __STACKTRACE__}}}
+      else
+        :ignore -> :ignore
+        {:ok, impl, dopts} -> {:ok, new(module, impl, state, dopts, opts), {:continue, :discover}}
+      end
+    else
+      case module.init(state) do
+        :ignore ->
+          :ignore
 
-        membership_opts =
-          Keyword.merge(Keyword.get(state.config, :membership, []), Keyword.get(opts, :membership, []))
-
-        # Validated here so that a bad option raises in the strategy's init, naming the key.
-        _ = Membership.validate_opts!(state.topology, membership_opts)
-        {:ok, membership} = Membership.start_link(state, membership_opts)
-
-        s = %{
-          module: module,
-          impl: impl,
-          state: state,
-          membership: membership,
-          interval: Keyword.get(opts, :interval, 5_000),
-          jitter: Keyword.get(opts, :jitter, 0.1),
-          prune: Keyword.get(opts, :prune, true),
-          confirm_empty: Keyword.get(opts, :confirm_empty, 1),
-          round_timeout: Keyword.get(opts, :round_timeout, 30_000),
-          tag: nil,
-          handle: nil,
-          mode: :idle,
-          timer: nil,
-          round_timer: nil,
-          error_streak: 0,
-          empty_streak: 0,
-          last_nodes: if(match?(%MapSet{}, state.meta), do: state.meta, else: MapSet.new()),
-          last_ok_at: nil,
-          last_error: nil,
-          rounds: 0,
-          # the open telemetry span of the current round: {monotonic start, metadata}
-          span: nil,
-          round_counts: %{discovered: 0, seen: 0},
-          name_mode_warned: false,
-          name_problems: []
-        }
-
-        {:ok, s, {:continue, :discover}}
+        {:ok, impl, dopts} ->
+          register(state.topology)
+          warn_unless_distributed(state.topology)
+          {:ok, new(module, impl, state, dopts, opts), {:continue, :discover}}
+      end
     end
   end
 
+  defp new(module, impl, state, dopts, opts) do
+    {:ok, tasks} = Task.Supervisor.start_link()
+    Process.put(:cluster_task_supervisor, tasks)
+
+    membership =
+      case opts[:membership] do
+        {_mod, _term} = target ->
+          target
+
+        nil ->
+          membership_opts =
+            Keyword.merge(Keyword.get(state.config, :membership, []), Keyword.get(dopts, :membership, []))
+
+          # Validated here so that a bad option raises in the strategy's init, naming the key.
+          _ = Membership.validate_opts!(state.topology, membership_opts)
+          {:ok, membership} = Membership.start_link(state, membership_opts)
+          {Membership, membership}
+      end
+
+    %{
+      module: module,
+      impl: impl,
+      state: state,
+      membership: membership,
+      interval: Keyword.get(dopts, :interval, 5_000),
+      jitter: Keyword.get(dopts, :jitter, 0.1),
+      prune: Keyword.get(dopts, :prune, true),
+      confirm_empty: Keyword.get(dopts, :confirm_empty, 1),
+      round_timeout: Keyword.get(dopts, :round_timeout, 30_000),
+      tag: nil,
+      handle: nil,
+      mode: :idle,
+      timer: nil,
+      round_timer: nil,
+      error_streak: 0,
+      empty_streak: 0,
+      last_nodes: if(match?(%MapSet{}, state.meta), do: state.meta, else: MapSet.new()),
+      last_ok_at: nil,
+      last_error: nil,
+      rounds: 0,
+      # the open telemetry span of the current round (Discovery.Span), or nil
+      span: nil,
+      diagnostics: %Diagnostics{},
+      dry_run: opts[:dry_run] == true
+    }
+  end
+
   @impl true
-  def handle_continue(:discover, s), do: {:noreply, run_round(s)}
+  def handle_continue(:discover, s), do: contain(s, fn -> {:noreply, run_round(s)} end)
 
   @impl true
   def handle_info(:discover, %{mode: :left} = s), do: {:noreply, s}
   def handle_info(:discover, s), do: {:noreply, run_round(%{s | timer: nil})}
 
   def handle_info({:libcluster_rs, tag, event}, %{tag: tag} = s) when tag != nil do
-    {outcomes, impl} = guarded(s, fn -> translate(s.module, event, s.impl) end)
-
-    {:noreply, Enum.reduce(outcomes, %{s | impl: impl}, &apply_outcome/2)}
+    contain(s, fn ->
+      {outcomes, impl} = guarded(s, fn -> translate(s.module, event, s.impl) end)
+      {:noreply, Enum.reduce(outcomes, %{s | impl: impl}, &apply_outcome/2)}
+    end)
   end
 
   def handle_info({:libcluster_rs, _stale_tag, _event}, s), do: {:noreply, s}
@@ -236,6 +295,24 @@ defmodule LibclusterRs.Discovery do
     if function_exported?(s.module, :status_extra, 1), do: s.module.status_extra(s.impl), else: %{}
   end
 
+  # The discovery's own log lines; a dry run prints what it found itself.
+  defp log(%{dry_run: true}, _level, _text), do: :ok
+  defp log(s, :debug, text), do: Cluster.Logger.debug(s.state.topology, text)
+  defp log(s, :info, text), do: Cluster.Logger.info(s.state.topology, text)
+  defp log(s, :warn, text), do: Cluster.Logger.warn(s.state.topology, text)
+  defp log(s, :error, text), do: Cluster.Logger.error(s.state.topology, text)
+
+  # In a dry run, strategy code that raises stops the discovery with `{:shutdown, {:raised, kind,
+  # reason, stacktrace}}` for the task to report (no crash report); otherwise it crashes the
+  # discovery, which its topology's supervisor restarts.
+  defp contain(%{dry_run: true} = s, fun) do
+    fun.()
+  catch
+    kind, reason -> {:stop, {:shutdown, {:raised, kind, reason, __STACKTRACE__}}, s}
+  end
+
+  defp contain(_s, fun), do: fun.()
+
   # Runs strategy code; an exception closes the round's span with an :exception event and is re-raised.
   defp guarded(s, fun) do
     fun.()
@@ -249,73 +326,41 @@ defmodule LibclusterRs.Discovery do
       :erlang.raise(kind, reason, __STACKTRACE__)
   end
 
-  defp emit_exception(%{span: {started, meta}}, kind, reason, stacktrace) do
-    LibclusterRs.Telemetry.execute(
-      [:libcluster, :discovery, :exception],
-      %{duration: System.monotonic_time() - started, monotonic_time: System.monotonic_time()},
-      Map.merge(meta, %{kind: kind, reason: reason, stacktrace: stacktrace})
-    )
+  defp emit_exception(%{span: %Span{} = span}, kind, reason, stacktrace) do
+    emit(Span.exception(span, kind, reason, stacktrace, System.monotonic_time()))
   end
 
   defp emit_exception(_s, _kind, _reason, _stacktrace), do: :ok
 
+  defp emit({event, measurements, metadata}),
+    do: LibclusterRs.Telemetry.execute(event, measurements, metadata)
+
   defp open_span(s) do
-    meta = %{topology: s.state.topology, strategy: s.module, round: s.rounds}
-    now = System.monotonic_time()
+    {span, event} =
+      Span.open(s.state.topology, s.module, s.rounds, System.monotonic_time(), System.system_time())
 
-    LibclusterRs.Telemetry.execute(
-      [:libcluster, :discovery, :start],
-      %{system_time: System.system_time(), monotonic_time: now},
-      meta
-    )
-
-    %{s | span: {now, meta}, round_counts: %{discovered: 0, seen: 0}}
+    emit(event)
+    %{s | span: span}
   end
 
   defp close_span(%{span: nil} = s, _result), do: s
 
-  defp close_span(%{span: {started, meta}} = s, result) do
-    now = System.monotonic_time()
-
+  defp close_span(%{span: span} = s, result) do
     error =
       case {result, s.last_error} do
         {:error, {kind, message, _at}} -> {kind, message}
         _ -> nil
       end
 
-    LibclusterRs.Telemetry.execute(
-      [:libcluster, :discovery, :stop],
-      Map.merge(%{duration: now - started, monotonic_time: now}, s.round_counts),
-      Map.merge(meta, %{result: result, error: error})
-    )
-
+    emit(Span.close(span, result, error, System.monotonic_time()))
     %{s | span: nil}
   end
 
-  # Node names whose host part cannot work with this node's name mode: kept for status (at most
-  # 10; a complete discovery replaces them, sightings add to them), logged once per topology.
   defp check_name_mode(s, nodes, source) do
-    problems =
-      if Node.alive?() do
-        longnames? = :net_kernel.longnames()
-
-        nodes
-        |> Stream.map(&NodeName.mode_problem(&1, longnames?))
-        |> Stream.reject(&is_nil/1)
-        |> Enum.take(10)
-      else
-        []
-      end
-
-    if problems != [] and not s.name_mode_warned do
-      Cluster.Logger.warn(
-        s.state.topology,
-        "discovered node names that cannot be connected from this node, e.g. #{hd(problems)}"
-      )
-    end
-
-    problems = if source == :seen, do: Enum.take(Enum.uniq(problems ++ s.name_problems), 10), else: problems
-    %{s | name_problems: problems, name_mode_warned: s.name_mode_warned or problems != []}
+    longnames? = if Node.alive?(), do: :net_kernel.longnames()
+    {diagnostics, warning} = Diagnostics.check(s.diagnostics, nodes, source, longnames?)
+    if warning, do: log(s, :warn, warning)
+    %{s | diagnostics: diagnostics}
   end
 
   @impl true
@@ -331,7 +376,7 @@ defmodule LibclusterRs.Discovery do
       error_streak: s.error_streak,
       next_round_in: (s.timer && Process.read_timer(s.timer)) || nil,
       extra: status_extra(s),
-      name_problems: s.name_problems,
+      name_problems: s.diagnostics.problems,
       membership: membership_status(s.membership)
     }
 
@@ -344,7 +389,8 @@ defmodule LibclusterRs.Discovery do
     for t <- [s.timer, s.round_timer], t != nil, do: Process.cancel_timer(t)
     if s.handle, do: LibclusterRs.Native.discovery_stop(s.handle)
     s = close_span(s, :left)
-    _ = safe_call(fn -> Membership.leave(s.membership, @membership_timeout) end)
+    {mod, target} = s.membership
+    _ = safe_call(fn -> mod.leave(target, @membership_timeout) end)
     Cluster.Logger.info(s.state.topology, "leaving: discovery and reconnection stopped")
 
     LibclusterRs.Telemetry.execute([:libcluster, :topology, :leave], %{}, %{
@@ -357,8 +403,8 @@ defmodule LibclusterRs.Discovery do
 
   # A membership never waits for user code, but a status must not crash the discovery even if it
   # is stuck: it then says so.
-  defp membership_status(membership) do
-    case safe_call(fn -> Membership.status(membership, @membership_timeout) end) do
+  defp membership_status({mod, target}) do
+    case safe_call(fn -> mod.status(target, @membership_timeout) end) do
       {:ok, status} -> status
       :error -> :unresponsive
     end
@@ -402,40 +448,36 @@ defmodule LibclusterRs.Discovery do
   defp apply_outcome({:seen, nodes}, s), do: apply_outcome({:seen, nodes, []}, s)
 
   defp apply_outcome({:seen, nodes, opts}, s) do
-    Membership.seen(s.membership, nodes, opts)
-    s = update_in(s.round_counts.seen, &(&1 + length(nodes)))
+    {mod, target} = s.membership
+    mod.seen(target, nodes, opts)
+    s = %{s | span: Span.seen(s.span, length(nodes))}
     check_name_mode(s, nodes, :seen)
   end
 
   defp apply_outcome({:discovered, nodes}, s) do
     nodes = MapSet.new(nodes)
+    s = check_name_mode(%{s | span: Span.discovered(s.span, MapSet.size(nodes))}, nodes, :discovered)
 
     s =
-      check_name_mode(
-        %{s | round_counts: %{s.round_counts | discovered: MapSet.size(nodes)}},
-        nodes,
-        :discovered
-      )
-
-    s =
-      cond do
-        MapSet.size(nodes) == 0 and MapSet.size(s.last_nodes) > 0 and
-            s.empty_streak + 1 < s.confirm_empty ->
-          Cluster.Logger.info(
-            s.state.topology,
+      case Trust.on_discovered(nodes, s.last_nodes, s.empty_streak, s.confirm_empty) do
+        {:hold, empty_streak} ->
+          log(
+            s,
+            :info,
             "discovery returned no nodes after #{MapSet.size(s.last_nodes)}; keeping them until " <>
               "#{s.confirm_empty} consecutive rounds agree"
           )
 
-          %{s | empty_streak: s.empty_streak + 1}
+          %{s | empty_streak: empty_streak}
 
-        true ->
-          Membership.discovered(s.membership, nodes, prune: s.prune)
+        :apply ->
+          {mod, target} = s.membership
+          mod.discovered(target, nodes, prune: s.prune)
           %{s | last_nodes: nodes, empty_streak: 0}
       end
 
     if s.error_streak > 0 do
-      Cluster.Logger.info(s.state.topology, "discovery recovered after #{s.error_streak} failed round(s)")
+      log(s, :info, "discovery recovered after #{s.error_streak} failed round(s)")
     end
 
     s = %{s | error_streak: 0, last_ok_at: System.system_time(:millisecond)}
@@ -443,20 +485,13 @@ defmodule LibclusterRs.Discovery do
   end
 
   defp apply_outcome({:error, kind, message}, s) do
-    topology = s.state.topology
-
     text =
       "discovery failed (#{kind}): #{message}; keeping the last known #{MapSet.size(s.last_nodes)} node(s)"
 
-    # A :config error (a file or setting the task cannot work without) connects nothing until it
-    # is fixed: error level. Either way, once per streak.
-    cond do
-      s.error_streak > 0 -> Cluster.Logger.debug(topology, text)
-      kind == :config -> Cluster.Logger.error(topology, text)
-      true -> Cluster.Logger.warn(topology, text)
-    end
+    log(s, Trust.error_level(s.error_streak, kind), text)
 
-    Membership.discovery_failed(s.membership, {kind, message})
+    {mod, target} = s.membership
+    mod.discovery_failed(target, {kind, message})
     s = %{s | error_streak: s.error_streak + 1, last_error: {kind, message, System.system_time(:millisecond)}}
     finish_round(s, :error)
   end
@@ -472,7 +507,7 @@ defmodule LibclusterRs.Discovery do
 
   # A stream keeps running after each outcome (its span closes at its first result); a round ends
   # and the next one is scheduled.
-  defp finish_round(%{mode: :stream} = s, result), do: close_span(s, result)
+  defp finish_round(%{mode: :stream} = s, result), do: s |> close_span(result) |> round_finished(result)
 
   defp finish_round(%{mode: mode} = s, _result) when mode in [:idle, :left], do: s
 
@@ -480,29 +515,23 @@ defmodule LibclusterRs.Discovery do
     s = close_span(s, result)
     if s.round_timer, do: Process.cancel_timer(s.round_timer)
     if s.handle, do: LibclusterRs.Native.discovery_stop(s.handle)
+    mode = s.mode
     s = %{s | mode: :idle, handle: nil, round_timer: nil, tag: nil}
-    schedule(s, result)
+    s = round_finished(s, result, mode)
+
+    case Schedule.next_delay(result, s.interval, s.jitter, s.error_streak, :rand.uniform()) do
+      nil -> s
+      delay -> %{s | timer: Process.send_after(self(), :discover, delay)}
+    end
   end
 
-  defp schedule(s, result) do
-    delay =
-      case {result, s.interval} do
-        {:ok, :infinity} -> nil
-        {:ok, ms} -> jittered(ms, s.jitter)
-        {:error, :infinity} -> error_backoff(s.error_streak, 30_000)
-        {:error, ms} -> error_backoff(s.error_streak, ms)
-      end
+  defp round_finished(s, result, mode \\ :stream) do
+    {mod, target} = s.membership
 
-    if delay, do: %{s | timer: Process.send_after(self(), :discover, delay)}, else: s
-  end
+    if function_exported?(mod, :round_finished, 2) do
+      mod.round_finished(target, %{mode: mode, result: result, strategy: s.module, impl: s.impl})
+    end
 
-  defp jittered(ms, jitter) do
-    spread = ms * jitter
-    max(1, round(ms - spread + :rand.uniform() * 2 * spread))
-  end
-
-  defp error_backoff(streak, cap) do
-    base = min(cap, 1_000 * Integer.pow(2, min(max(streak - 1, 0), 20)))
-    jittered(base, 0.2)
+    s
   end
 end

@@ -125,11 +125,10 @@ defmodule LibclusterRs.DNS do
     :pending
   end
 
+  # Strategies run in a LibclusterRs.Discovery process (the dry run's too), which always has one.
   defp start_supervised(fun) do
-    case LibclusterRs.Discovery.task_supervisor() do
-      nil -> {:ok, _} = Task.start(fun)
-      sup -> {:ok, _} = Task.Supervisor.start_child(sup, fun, shutdown: :brutal_kill)
-    end
+    {:ok, _} =
+      Task.Supervisor.start_child(LibclusterRs.Discovery.task_supervisor(), fun, shutdown: :brutal_kill)
   end
 
   defp safely(fun) do

@@ -53,7 +53,7 @@ defmodule LibclusterRs.Membership do
     * `:max_concurrency` - connect attempts in flight at once (default `64`); more wait their turn,
       nodes never tried before first
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
-      failure up to the maximum, ±25% jitter (defaults `250` / `10_000` ms)
+      failure up to the maximum, ±20% uniform jitter (defaults `250` / `10_000` ms)
     * `:min_dial_interval` - the shortest time in ms between two connect attempts to one node,
       whatever happens (default `500`: at most two dials a second per node)
     * `:stable_after` - ms a node must stay connected before its earlier failures are forgotten
@@ -93,12 +93,20 @@ defmodule LibclusterRs.Membership do
   reports `:stopping`, e.g. after `System.stop/0` or SIGTERM), so a draining node is not re-dialled by
   its own discovery while the rest of the application stops.
 
+  The decisions are plain functions of the state, the clock and a random draw, tested without a
+  process: what the membership wants (`LibclusterRs.Membership.Policy`: what a discovery adds and
+  drops, what to dial now and in what order, the sightings bucket, grace periods) and the dialer's
+  per-node backoff (`LibclusterRs.Membership.Peers`, with the one backoff rule of
+  `LibclusterRs.Backoff`). This process holds the state, routes the messages and runs what they
+  decide: tasks, timers, telemetry and logs.
+
   Membership changes are reported as telemetry events (`added`, `removed`, `pruned`, `backoff`);
   see `LibclusterRs.Telemetry`.
   """
   use GenServer
 
-  alias LibclusterRs.Config
+  alias LibclusterRs.{Backoff, Config}
+  alias LibclusterRs.Membership.{Peers, Policy}
   alias Cluster.Strategy.State
 
   @type prune :: :immediate | :never | {:grace_period, pos_integer()}
@@ -281,9 +289,7 @@ defmodule LibclusterRs.Membership do
   def handle_cast({:seen, _, _}, %{leaving: true} = m), do: {:noreply, m}
 
   def handle_cast({:discovered, nodes, prune?}, m) do
-    nodes = MapSet.delete(nodes, Node.self())
-    dropped = MapSet.difference(m.known, nodes)
-    added = MapSet.difference(nodes, m.known)
+    %{nodes: nodes, added: added, dropped: dropped} = Policy.discovered(m.known, nodes, Node.self())
     emit(m, :added, added, %{source: :discovered})
     emit(m, :removed, dropped, %{prune: if(prune?, do: m.opts.prune, else: :never)})
     m = %{m | known: nodes, known_at: System.system_time(:millisecond), discoveries: m.discoveries + 1}
@@ -301,16 +307,7 @@ defmodule LibclusterRs.Membership do
   end
 
   def handle_cast({:seen, nodes, trusted?}, m) do
-    sightings =
-      Enum.reduce(nodes, m.sightings, fn node, acc ->
-        cond do
-          not is_atom(node) or node == Node.self() -> acc
-          Map.has_key?(acc, node) -> Map.update!(acc, node, &(&1 or trusted?))
-          map_size(acc) >= @sightings_cap -> acc
-          true -> Map.put(acc, node, trusted?)
-        end
-      end)
-
+    sightings = Policy.add_sightings(m.sightings, nodes, trusted?, Node.self(), @sightings_cap)
     {:noreply, refresh(%{m | sightings: sightings})}
   end
 
@@ -458,24 +455,15 @@ defmodule LibclusterRs.Membership do
     {cancelled_at, cancelled} = Map.pop(m.cancelled, node)
     m = %{m | cancelled: cancelled}
 
+    # The connection of an attempt killed by a prune completed after all: undo it.
     m =
-      if is_integer(cancelled_at) and now() - cancelled_at < m.opts.connect_timeout and
-           not MapSet.member?(m.desired, node) do
-        # The connection of an attempt killed by a prune completed after all: undo it.
-        disconnect_async(m, [node])
-      else
-        m
-      end
+      if Policy.undo_nodeup?(cancelled_at, now(), m.opts.connect_timeout, MapSet.member?(m.desired, node)),
+        do: disconnect_async(m, [node]),
+        else: m
 
     # Up, maybe connected by someone else (e.g. the peer dialled us): its failures are forgotten
     # only once it has stayed connected for `:stable_after` (see observe/1).
-    case Map.fetch(m.peers, node) do
-      {:ok, %{up_since: nil} = peer} ->
-        {:noreply, %{m | peers: Map.put(m.peers, node, %{peer | up_since: now()})}}
-
-      _ ->
-        {:noreply, m}
-    end
+    {:noreply, %{m | peers: Peers.up(m.peers, node, now())}}
   end
 
   def handle_info({:probe_reachable, nodes}, m), do: {:noreply, probe_reachable(m, nodes)}
@@ -488,27 +476,12 @@ defmodule LibclusterRs.Membership do
   # and it is due again, though never sooner than `:min_dial_interval` after its last dial.
   # (Hook for a reachability probe: call it, then `refresh/1`.)
   @spec reset_backoff(%__MODULE__{}, node()) :: %__MODULE__{}
-  def reset_backoff(m, node) do
-    case Map.fetch(m.peers, node) do
-      {:ok, peer} ->
-        next_at = if peer.last_dial_at, do: peer.last_dial_at + m.opts.min_dial_interval, else: now()
-        %{m | peers: Map.put(m.peers, node, %{peer | failures: 0, next_at: next_at, last_error: nil})}
+  def reset_backoff(m, node), do: %{m | peers: Peers.reset(m.peers, node, now(), m.opts.min_dial_interval)}
 
-      :error ->
-        m
-    end
-  end
-
-  defp new_peer(now), do: %{failures: 0, next_at: now, last_error: nil, last_dial_at: nil, up_since: nil}
-
-  # A failure: the next dial is after the backoff delay, and never sooner than the floor after the
-  # last dial.
+  # A failure (LibclusterRs.Membership.Peers.fail/6): logged when a streak starts, always reported
+  # as a backoff event.
   defp fail(m, node, reason, now) do
-    peer = Map.get(m.peers, node) || new_peer(now)
-    failures = peer.failures + 1
-    floor_at = (peer.last_dial_at || now) + m.opts.min_dial_interval
-    next_at = max(now + backoff(m.opts, failures), floor_at)
-    delay = next_at - now
+    {peers, failures, delay} = Peers.fail(m.peers, node, reason, now, m.opts, :rand.uniform())
 
     if failures == 1 do
       text =
@@ -530,41 +503,14 @@ defmodule LibclusterRs.Membership do
       %{topology: m.topology, node: node, reason: reason}
     )
 
-    peer = %{peer | failures: failures, next_at: next_at, last_error: reason, up_since: nil}
-    %{m | peers: Map.put(m.peers, node, peer)}
+    %{m | peers: peers}
   end
 
-  defp backoff(opts, failures) do
-    base = min(opts.backoff_max, opts.backoff_min * Integer.pow(2, min(failures - 1, 30)))
-    jitter = :rand.uniform() * 0.5 + 0.75
-    max(1, round(base * jitter))
-  end
-
-  # Up/down transitions of the nodes that have backoff state, from the last `list_nodes` answer.
-  # A node that drops within `:stable_after` of connecting is a failure (a flap); one that stayed
-  # longer has its failures forgotten.
+  # Up/down transitions from the last `list_nodes` answer; nodes that flapped count as failed.
   defp observe(m) do
     now = now()
-
-    Enum.reduce(m.peers, m, fn {node, peer}, m ->
-      listed? = MapSet.member?(m.listed, node)
-
-      cond do
-        listed? and peer.up_since == nil ->
-          %{m | peers: Map.put(m.peers, node, %{peer | up_since: now})}
-
-        not listed? and peer.up_since != nil and now - peer.up_since < m.opts.stable_after ->
-          fail(m, node, :dropped, now)
-
-        not listed? and peer.up_since != nil ->
-          floor_at = (peer.last_dial_at || now) + m.opts.min_dial_interval
-          peer = %{peer | failures: 0, last_error: nil, up_since: nil, next_at: max(now, floor_at)}
-          %{m | peers: Map.put(m.peers, node, peer)}
-
-        true ->
-          m
-      end
-    end)
+    {peers, flapped} = Peers.observe(m.peers, m.listed, now, m.opts)
+    Enum.reduce(flapped, %{m | peers: peers}, &fail(&2, &1, :dropped, now))
   end
 
   ## list_nodes
@@ -619,7 +565,7 @@ defmodule LibclusterRs.Membership do
       {:fault, error} ->
         m = mfa_fault(m, :list_nodes, error)
         failures = m.list_failures + 1
-        delay = backoff(m.opts, failures)
+        delay = Backoff.delay(failures, m.opts.backoff_min, m.opts.backoff_max, :rand.uniform())
 
         if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
         timer = if m.leaving, do: nil, else: Process.send_after(self(), :retry, delay)
@@ -651,57 +597,37 @@ defmodule LibclusterRs.Membership do
   defp reconcile(m) do
     now = now()
 
-    todo =
-      Enum.filter(m.desired, fn n ->
-        not MapSet.member?(m.listed, n) and not attempting?(m, n) and due?(m, n, now)
-      end)
-
     m
-    |> enqueue(todo)
+    |> enqueue(Policy.to_dial(m.desired, m.listed, m.busy, m.peers, now))
     |> take_sightings(now)
     |> start_attempts()
     |> schedule_retry()
   end
 
-  # Sighted nodes that are not connected and are due: trusted ones all, untrusted ones as far as
-  # the token bucket allows (never-tried nodes first). The rest are dropped: sources that sight
-  # nodes repeat themselves.
+  # Sighted nodes that are due, as far as Policy.take_sightings/7 lets them through.
   defp take_sightings(%{sightings: sightings} = m, _now) when map_size(sightings) == 0, do: m
 
   defp take_sightings(m, now) do
-    fresh =
-      for {n, trusted?} <- m.sightings,
-          not MapSet.member?(m.listed, n) and not attempting?(m, n) and due?(m, n, now),
-          do: {n, trusted?}
-
-    {trusted, untrusted} = Enum.split_with(fresh, &elem(&1, 1))
-
-    {untrusted_new, untrusted_retry} =
-      Enum.split_with(untrusted, fn {n, _} -> not Map.has_key?(m.peers, n) end)
-
-    {tokens, at} = m.bucket
-    rate = m.opts.untrusted_connect_rate
-    tokens = min(rate * 1.0, tokens + (now - at) * rate / 1000)
-    granted = min(trunc(tokens), length(untrusted))
-    allowed = Enum.take(untrusted_new ++ untrusted_retry, granted)
-    nodes = Enum.map(trusted ++ allowed, &elem(&1, 0))
+    {nodes, bucket, dropped} =
+      Policy.take_sightings(
+        m.sightings,
+        m.listed,
+        m.busy,
+        m.peers,
+        m.bucket,
+        m.opts.untrusted_connect_rate,
+        now
+      )
 
     emit(m, :added, Enum.reject(nodes, &MapSet.member?(m.known, &1)), %{source: :seen})
 
-    %{
-      m
-      | sightings: %{},
-        bucket: {tokens - granted, now},
-        sightings_dropped: m.sightings_dropped + length(untrusted) - granted
-    }
+    %{m | sightings: %{}, bucket: bucket, sightings_dropped: m.sightings_dropped + dropped}
     |> enqueue(nodes)
   end
 
-  # Never-tried nodes go first, so a newcomer is not queued behind peers that keep failing.
   defp enqueue(m, nodes) do
-    new = nodes |> Enum.uniq() |> Enum.reject(&MapSet.member?(m.busy, &1))
-    {fresh, retries} = Enum.split_with(new, &(not Map.has_key?(m.peers, &1)))
-    %{m | queue: fresh ++ m.queue ++ retries, busy: Enum.into(new, m.busy)}
+    {queue, busy} = Policy.enqueue(m.queue, m.busy, m.peers, nodes)
+    %{m | queue: queue, busy: busy}
   end
 
   defp start_attempts(%{queue: []} = m), do: m
@@ -762,12 +688,11 @@ defmodule LibclusterRs.Membership do
       )
 
     timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
-    peer = Map.get(m.peers, node) || new_peer(now)
 
     %{
       m
       | inflight: Map.put(m.inflight, task.ref, {node, task.pid, now, timer}),
-        peers: Map.put(m.peers, node, %{peer | last_dial_at: now})
+        peers: Peers.dialled(m.peers, node, now)
     }
   end
 
@@ -813,14 +738,7 @@ defmodule LibclusterRs.Membership do
 
   defp attempt_done(m, ref, {:dialled, dialled_at, result}) do
     {node, _pid, _started, _timer} = Map.fetch!(m.inflight, ref)
-
-    m =
-      case Map.fetch(m.peers, node) do
-        {:ok, peer} -> %{m | peers: Map.put(m.peers, node, %{peer | last_dial_at: dialled_at})}
-        :error -> m
-      end
-
-    attempt_done(m, ref, result)
+    attempt_done(%{m | peers: Peers.dialled(m.peers, node, dialled_at, false)}, ref, result)
   end
 
   defp attempt_done(m, ref, result) do
@@ -833,15 +751,13 @@ defmodule LibclusterRs.Membership do
       case result do
         :ok ->
           m = mfa_ok(m, :connect)
-          peer = Map.get(m.peers, node) || new_peer(now)
+          {peers, newly?} = Peers.connected(m.peers, node, now)
 
           # Logged once per connection: the node was down when this dial started (its nodeup may
           # have been seen already).
-          if peer.up_since == nil or peer.up_since >= peer.last_dial_at,
-            do: Cluster.Logger.info(m.topology, "connected to #{inspect(node)}")
+          if newly?, do: Cluster.Logger.info(m.topology, "connected to #{inspect(node)}")
 
-          peer = %{peer | up_since: peer.up_since || now}
-          %{m | peers: Map.put(m.peers, node, peer), listed: MapSet.put(m.listed, node)}
+          %{m | peers: peers, listed: MapSet.put(m.listed, node)}
 
         {:error, reason, fault} ->
           m =
@@ -862,20 +778,10 @@ defmodule LibclusterRs.Membership do
           fail(m, node, reason, now)
       end
 
-    m |> gc_peers(now) |> start_attempts() |> schedule_retry()
+    %{m | peers: Peers.gc(m.peers, m.desired, m.busy, now, @peers_cap)}
+    |> start_attempts()
+    |> schedule_retry()
   end
-
-  defp gc_peers(m, now) when map_size(m.peers) > @peers_cap do
-    peers =
-      for {n, p} <- m.peers,
-          MapSet.member?(m.desired, n) or p.up_since != nil or p.next_at > now or attempting?(m, n),
-          into: %{},
-          do: {n, p}
-
-    %{m | peers: peers}
-  end
-
-  defp gc_peers(m, _now), do: m
 
   defp schedule_retry(%{leaving: true} = m), do: m
 
@@ -884,14 +790,7 @@ defmodule LibclusterRs.Membership do
     sync_probe(m)
     now = now()
 
-    # A node without a backoff entry is due now (monotonic time may be negative: never default to 0).
-    next =
-      m.desired
-      |> Enum.reject(&(MapSet.member?(m.listed, &1) or attempting?(m, &1)))
-      |> Enum.map(fn n -> m.peers |> Map.get(n, %{next_at: now}) |> Map.fetch!(:next_at) end)
-      |> Enum.min(fn -> nil end)
-
-    case next do
+    case Peers.next_due(m.peers, m.desired, m.listed, m.busy, now) do
       nil -> %{m | retry_timer: nil}
       at -> %{m | retry_timer: Process.send_after(self(), :retry, max(at - now, 0))}
     end
@@ -919,16 +818,7 @@ defmodule LibclusterRs.Membership do
   defp sync_probe(%{probe: nil}), do: :ok
 
   defp sync_probe(m) do
-    watched =
-      for {node, peer} <- m.peers,
-          MapSet.member?(m.desired, node),
-          peer.up_since == nil,
-          peer.failures > 0 or attempting?(m, node),
-          into: %{},
-          do: {node, peer.failures}
-
-    dialling = for node <- m.busy, MapSet.member?(m.desired, node), into: %{}, do: {node, 0}
-    LibclusterRs.Membership.Probe.watch(m.probe, Map.merge(dialling, watched))
+    LibclusterRs.Membership.Probe.watch(m.probe, Peers.backed_off(m.peers, m.desired, m.busy))
   end
 
   # `nodes` are reachable again: their backoff ends now (never sooner than `:min_dial_interval`
@@ -937,21 +827,7 @@ defmodule LibclusterRs.Membership do
   defp probe_reachable(%{leaving: true} = m, _nodes), do: m
 
   defp probe_reachable(m, nodes) do
-    now = now()
-
-    peers =
-      Enum.reduce(nodes, m.peers, fn node, peers ->
-        case peers do
-          %{^node => peer} ->
-            floor_at = (peer.last_dial_at || now) + m.opts.min_dial_interval
-            Map.put(peers, node, %{peer | next_at: max(now, floor_at)})
-
-          _ ->
-            peers
-        end
-      end)
-
-    refresh(%{m | peers: peers})
+    refresh(%{m | peers: Peers.reachable(m.peers, nodes, now(), m.opts.min_dial_interval)})
   end
 
   ## MFA failures
@@ -1025,17 +901,8 @@ defmodule LibclusterRs.Membership do
       match?({:grace_period, _}, m.opts.prune) ->
         {:grace_period, ms} = m.opts.prune
         now = now()
-
-        missing =
-          Enum.reduce(dropped, m.missing, fn node, acc ->
-            if Map.has_key?(acc, node) do
-              acc
-            else
-              Process.send_after(self(), {:grace_expired, node, now}, ms)
-              Map.put(acc, node, now)
-            end
-          end)
-
+        {missing, started} = Policy.missing(m.missing, dropped, now)
+        for node <- started, do: Process.send_after(self(), {:grace_expired, node, now}, ms)
         %{cancel_attempts(m, dropped) | missing: missing}
     end
   end
@@ -1144,13 +1011,6 @@ defmodule LibclusterRs.Membership do
   defp attempting?(m, node), do: MapSet.member?(m.busy, node)
 
   defp inflight_nodes(m), do: Enum.map(m.inflight, fn {_ref, {n, _, _, _}} -> n end)
-
-  defp due?(m, node, now) do
-    case Map.fetch(m.peers, node) do
-      {:ok, %{next_at: at}} -> at <= now
-      :error -> true
-    end
-  end
 
   defp now, do: System.monotonic_time(:millisecond)
   defp now_ms, do: System.system_time(:millisecond)

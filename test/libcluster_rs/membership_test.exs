@@ -140,7 +140,7 @@ defmodule LibclusterRs.MembershipTest do
                        1_000
 
         base = min(160, 40 * Integer.pow(2, failures - 1))
-        assert delay >= floor(base * 0.75) and delay <= ceil(base * 1.25), "failure #{failures}: #{delay}"
+        assert delay >= floor(base * 0.8) and delay <= ceil(base * 1.2), "failure #{failures}: #{delay}"
         delay
       end
 

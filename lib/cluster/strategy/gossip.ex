@@ -265,7 +265,7 @@ defmodule Cluster.Strategy.Gossip do
   defp ip_string(name) when is_binary(name), do: name
   defp ip_string(ip) when is_tuple(ip), do: ip |> :inet.ntoa() |> List.to_string()
 
-  @doc false
+  @impl LibclusterRs.Discovery
   # `mix libcluster.discover`: listen only. A dry run must not announce its own node, or the
   # cluster's nodes would dial it.
   @spec dry_run(map()) :: map()
@@ -360,16 +360,22 @@ defmodule Cluster.Strategy.Gossip do
     # One per gossip strategy process (its owner): follows this VM's node name, so that a node
     # that becomes distributed later (`Node.start/2`) starts heartbeating under the right name,
     # and tells the native task when a node goes down, so that the node's next heartbeat is
-    # reported at once (heard names are otherwise re-reported with backoff). Ends with its owner.
+    # reported at once (heard names are otherwise re-reported with backoff). Ends with its topology.
 
     @poll 500
 
-    def start(owner) do
-      spawn_link(fn ->
-        ref = Process.monitor(owner)
-        Process.send_after(self(), :poll, @poll)
-        loop(%{owner: ref, task: nil, node: nil, monitoring: subscribe(false)})
-      end)
+    # A task of the topology's Task.Supervisor (LibclusterRs.Discovery.task_supervisor/0), which is
+    # linked to the owner: it ends when the supervisor shuts it down with the topology. (It neither
+    # links to nor watches the owner itself: dying by itself at the same moment would make the
+    # supervisor report a shutdown error.)
+    def start(_owner) do
+      {:ok, pid} =
+        Task.Supervisor.start_child(LibclusterRs.Discovery.task_supervisor(), fn ->
+          Process.send_after(self(), :poll, @poll)
+          loop(%{task: nil, node: nil, monitoring: subscribe(false)})
+        end)
+
+      pid
     end
 
     defp loop(w) do
@@ -386,9 +392,6 @@ defmodule Cluster.Strategy.Gossip do
         {:nodedown, node} ->
           if w.task, do: LibclusterRs.Native.gossip_node_down(w.task, Atom.to_string(node))
           loop(w)
-
-        {:DOWN, ref, :process, _, _} when ref == w.owner ->
-          :ok
 
         _other ->
           loop(w)

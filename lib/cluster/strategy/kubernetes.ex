@@ -248,7 +248,7 @@ defmodule Cluster.Strategy.Kubernetes do
     }
   end
 
-  @doc false
+  @impl LibclusterRs.Discovery
   # `mix libcluster.discover`: a watching topology lists once, tries the watch once (to show the
   # mode it would run in) and ends; the mode is printed with the task's output.
   @spec dry_run(map()) :: map()

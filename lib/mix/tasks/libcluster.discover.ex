@@ -72,9 +72,11 @@ defmodule Mix.Tasks.Libcluster.Discover do
     * `2` - bad usage or config: unknown topology, invalid topology config, or a custom strategy
       (one not built on `LibclusterRs.Discovery` cannot run without connecting)
 
-  Only built-in strategies (and custom ones built on `LibclusterRs.Discovery`) can be dry-run. A
-  strategy that would announce this node (gossip) may export `dry_run(impl) -> impl`; the task
-  calls it between `init/1` and `discover/2`. The task's
+  Only built-in strategies (and custom ones built on `LibclusterRs.Discovery`) can be dry-run: the
+  task runs the strategy's real discovery process with a membership that records what it is told
+  instead of connecting. A strategy that would announce this node (gossip) implements the optional
+  callback `dry_run/1` (`impl -> impl`), called between `init/1` and `discover/2`; one that can say
+  why a round found nothing (DNS) implements `dry_run_empty/1`. The task's
   VM is not distributed; strategies that need this node's own name (`LocalEpmd`) need it to be:
 
       $ elixir --sname dryrun -S mix libcluster.discover local
@@ -82,6 +84,7 @@ defmodule Mix.Tasks.Libcluster.Discover do
   use Mix.Task
 
   alias LibclusterRs.{Discovery, EpmdProbe, NodeName}
+  alias __MODULE__.Recorder
   alias Cluster.Strategy.{Epmd, ErlangHosts, LocalEpmd}
 
   @switches [timeout: :integer, longnames: :boolean, shortnames: :boolean, epmd_port: :integer]
@@ -183,74 +186,72 @@ defmodule Mix.Tasks.Libcluster.Discover do
     Code.ensure_loaded?(strategy) and function_exported?(strategy, :discover, 2) and Discovery in behaviours
   end
 
+  # The real LibclusterRs.Discovery runs the round, in dry-run mode (the strategy's `dry_run/1`
+  # impl, no registration), with a recorder as its membership target: the outcomes come back here
+  # as messages, nothing is connected.
   defp run_round(strategy, state, opts) do
     timeout = Keyword.get(opts, :timeout, 10_000)
     started = System.monotonic_time(:millisecond)
 
-    case strategy.init(state) do
+    case Discovery.start(strategy, state, membership: {Recorder, self()}, dry_run: true) do
       :ignore ->
         fail(1, "the strategy returned :ignore: its config or environment disables it (see the log above)")
 
-      {:ok, impl, _discovery_opts} ->
-        # A strategy that would announce this node (gossip heartbeats) listens only.
-        impl = if function_exported?(strategy, :dry_run, 1), do: strategy.dry_run(impl), else: impl
-        tag = make_ref()
-        {first, impl} = strategy.discover(impl, tag)
+      # Config is validated in the strategy's init: a bad value raises an ArgumentError naming the key.
+      {:error, {:shutdown, {:init_failed, :error, %ArgumentError{} = e, _stacktrace}}} ->
+        fail(2, "invalid config: " <> Exception.message(e))
 
-        acc = %{discovered: nil, seen: MapSet.new(), errors: [], done: false, timed_out: false}
+      {:error, {:shutdown, {failed, kind, reason, stacktrace}}} when failed in [:init_failed, :raised] ->
+        fail(1, "the strategy raised: " <> Exception.format(kind, reason, stacktrace))
 
-        acc =
-          case first do
-            {:async, handle} -> collect(strategy, impl, tag, :round, handle, acc, started + timeout)
-            {:stream, handle} -> collect(strategy, impl, tag, :stream, handle, acc, started + timeout)
-            :pending -> collect(strategy, impl, tag, :round, nil, acc, started + timeout)
-            outcome -> apply_outcome(outcome, acc)
-          end
+      {:ok, pid} ->
+        ref = Process.monitor(pid)
+        acc = %{discovered: nil, seen: MapSet.new(), errors: [], impl: nil, timed_out: false, raised: nil}
+        acc = collect(pid, ref, acc, started + timeout)
+        Process.demonitor(ref, [:flush])
+        if Process.alive?(pid), do: GenServer.stop(pid)
 
-        report(acc, System.monotonic_time(:millisecond) - started, timeout, opts, {strategy, impl})
+        case acc.raised do
+          {kind, reason, stacktrace} ->
+            fail(1, "the strategy raised: " <> Exception.format(kind, reason, stacktrace))
+
+          nil ->
+            report(acc, System.monotonic_time(:millisecond) - started, timeout, opts, {strategy, acc.impl})
+        end
     end
-  rescue
-    # Config is validated in the strategy's init: a bad value raises an ArgumentError naming the key.
-    e in ArgumentError -> fail(2, "invalid config: " <> Exception.message(e))
-    e -> fail(1, "the strategy raised: " <> Exception.format(:error, e, __STACKTRACE__))
   end
 
-  defp collect(strategy, impl, tag, mode, handle, acc, deadline) do
+  defp collect(pid, ref, acc, deadline) do
     wait = max(deadline - System.monotonic_time(:millisecond), 0)
 
     receive do
-      {:libcluster_rs, ^tag, event} ->
-        {outcomes, impl} = Discovery.translate(strategy, event, impl)
-        acc = Enum.reduce(outcomes, acc, &apply_outcome/2)
+      {Recorder, :discovered, nodes} ->
+        collect(pid, ref, %{acc | discovered: MapSet.union(acc.discovered || MapSet.new(), nodes)}, deadline)
 
-        if acc.done and (mode == :round or acc.errors != [] or acc.discovered != nil) do
-          stop(handle)
-          acc
-        else
-          collect(strategy, impl, tag, mode, handle, %{acc | done: false}, deadline)
-        end
+      {Recorder, :seen, nodes} ->
+        collect(pid, ref, %{acc | seen: MapSet.union(acc.seen, MapSet.new(nodes))}, deadline)
+
+      {Recorder, :failed, error} ->
+        collect(pid, ref, %{acc | errors: acc.errors ++ [error]}, deadline)
+
+      # A round ends when it finishes; a stream (gossip) at its first complete result or error, else
+      # at the deadline with what it has seen.
+      {Recorder, :round_finished, info} ->
+        acc = %{acc | impl: info.impl}
+
+        if (info.mode == :round and info.result == :ok) or acc.errors != [] or acc.discovered != nil,
+          do: acc,
+          else: collect(pid, ref, acc, deadline)
+
+      {:DOWN, ^ref, :process, _pid, {:shutdown, {:raised, kind, reason, stacktrace}}} ->
+        %{acc | raised: {kind, reason, stacktrace}}
+
+      {:DOWN, ^ref, :process, _pid, reason} ->
+        %{acc | raised: {:exit, reason, []}}
     after
-      wait ->
-        stop(handle)
-        %{acc | timed_out: mode == :round}
+      wait -> %{acc | timed_out: Discovery.status(pid).mode == :round}
     end
   end
-
-  defp stop(nil), do: :ok
-  defp stop(handle), do: LibclusterRs.Native.discovery_stop(handle)
-
-  defp apply_outcome({:discovered, nodes}, acc),
-    do: %{acc | discovered: MapSet.union(acc.discovered || MapSet.new(), MapSet.new(nodes)), done: true}
-
-  defp apply_outcome({:seen, nodes}, acc), do: %{acc | seen: MapSet.union(acc.seen, MapSet.new(nodes))}
-  # `{:seen, nodes, trusted: boolean}` (gossip): the same sighting
-  defp apply_outcome({:seen, nodes, _opts}, acc), do: apply_outcome({:seen, nodes}, acc)
-
-  defp apply_outcome({:error, kind, message}, acc),
-    do: %{acc | errors: acc.errors ++ [{kind, message}], done: true}
-
-  defp apply_outcome(:done, acc), do: %{acc | done: true}
-  defp apply_outcome(_pending, acc), do: acc
 
   defp report(acc, elapsed, timeout, opts, {strategy, impl}) do
     # This node itself is never connected to; leave it out.
@@ -280,7 +281,7 @@ defmodule Mix.Tasks.Libcluster.Discover do
       acc.timed_out ->
         fail(1, "discovery did not finish within #{timeout} ms")
 
-      nodes == [] and function_exported?(strategy, :dry_run_empty, 1) ->
+      nodes == [] and impl != nil and function_exported?(strategy, :dry_run_empty, 1) ->
         # A DNS strategy that found nothing: the name does not exist or has no records of the
         # types asked. Almost always a wrong name or record type; say which and where.
         fail(1, "found no node in #{elapsed} ms: " <> strategy.dry_run_empty(impl))
@@ -437,5 +438,18 @@ defmodule Mix.Tasks.Libcluster.Discover do
   defp fail(status, message) do
     Mix.shell().error("  " <> message)
     status
+  end
+
+  defmodule Recorder do
+    @moduledoc false
+    # The membership target of a dry run's Discovery: every outcome is sent to the task's process
+    # (`pid`), nothing is connected.
+
+    def discovered(pid, nodes, _opts), do: send(pid, {__MODULE__, :discovered, MapSet.new(nodes)})
+    def seen(pid, nodes, _opts), do: send(pid, {__MODULE__, :seen, nodes})
+    def discovery_failed(pid, error), do: send(pid, {__MODULE__, :failed, error})
+    def round_finished(pid, info), do: send(pid, {__MODULE__, :round_finished, info})
+    def status(_pid, _timeout), do: :dry_run
+    def leave(_pid, _timeout), do: :ok
   end
 end

@@ -128,7 +128,7 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
   @impl LibclusterRs.Discovery
   def handle_event(event, impl), do: {DNS.handle_event(event), impl}
 
-  @doc false
+  @impl LibclusterRs.Discovery
   # `mix libcluster.discover`: why a round found no node.
   def dry_run_empty(impl), do: DNS.empty_message(impl, impl.questions)
 
