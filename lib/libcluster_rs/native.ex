@@ -107,7 +107,8 @@ defmodule LibclusterRs.Native do
   def gossip_encode_v1(_node, _secret), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Decodes one gossip datagram as a node with `wire_format` and `secret` would."
-  @spec gossip_decode(binary(), String.t(), binary() | nil) :: {:ok, String.t()} | {:error, atom()}
+  @spec gossip_decode(binary(), :v1 | :both | :authenticated, binary() | nil) ::
+          {:ok, String.t()} | {:error, atom()}
   def gossip_decode(_datagram, _wire_format, _secret), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
@@ -135,6 +136,15 @@ defmodule LibclusterRs.Native do
   @doc "Ask the Rancher metadata service once: one `{:nodes, names}` or one error."
   @spec rancher_start(term(), String.t(), String.t(), pos_integer()) :: handle()
   def rancher_start(_tag, _url, _basename, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  Splits `names` (a list of at most 10,000 terms) by the node-name rule of the Rust core
+  (`native/core/src/node_name.rs`): `{valid, rejected}`, each in the input's order. A binary or an
+  atom (other than `nil`, `true`, `false`) is valid when its text is; any other term is rejected.
+  Use `LibclusterRs.NodeName`, which chunks longer lists.
+  """
+  @spec node_names_check([term()]) :: {[String.t() | atom()], [term()]}
+  def node_names_check(_names), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Stop a discovery task. Idempotent."
   @spec discovery_stop(handle()) :: :ok

@@ -3,18 +3,17 @@
 //! message}` message.
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use libcluster_core::dns::{self, Kind, Question, Settings};
-use rustler::{Atom, Env, Error, NifMap, NifResult, ResourceArc, Term};
+use rustler::{Env, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
 
-use crate::atoms;
+use crate::args::{bad, millis};
 use crate::handle::{spawn, Discovery};
 
 #[derive(NifMap)]
 struct LookupOpts {
     /// `[{basename, name, [:a | :aaaa | :srv]}]`
-    questions: Vec<(String, String, Vec<Atom>)>,
+    questions: Vec<(String, String, Vec<RecordType>)>,
     /// `["ip:port", ...]`; empty → the system configuration.
     nameservers: Vec<String>,
     resolv_conf: String,
@@ -22,15 +21,21 @@ struct LookupOpts {
     attempts: u64,
 }
 
-fn kind(atom: Atom) -> NifResult<Kind> {
-    if atom == atoms::a() {
-        Ok(Kind::A)
-    } else if atom == atoms::aaaa() {
-        Ok(Kind::Aaaa)
-    } else if atom == atoms::srv() {
-        Ok(Kind::Srv)
-    } else {
-        Err(Error::BadArg)
+/// `:a`, `:aaaa` or `:srv`.
+#[derive(NifUnitEnum, Clone, Copy)]
+enum RecordType {
+    A,
+    Aaaa,
+    Srv,
+}
+
+impl From<RecordType> for Kind {
+    fn from(t: RecordType) -> Kind {
+        match t {
+            RecordType::A => Kind::A,
+            RecordType::Aaaa => Kind::Aaaa,
+            RecordType::Srv => Kind::Srv,
+        }
     }
 }
 
@@ -40,20 +45,26 @@ fn dns_lookup_start<'a>(
     tag: Term<'a>,
     opts: LookupOpts,
 ) -> NifResult<ResourceArc<Discovery>> {
-    if opts.timeout_ms == 0 || opts.timeout_ms > 600_000 || opts.attempts == 0 || opts.attempts > 10
-    {
-        return Err(Error::BadArg);
+    let timeout = millis("timeout_ms", opts.timeout_ms, 600_000)?;
+    if opts.attempts == 0 || opts.attempts > 10 {
+        return Err(bad(format!(
+            "expected :attempts to be in 1..10, got: {}",
+            opts.attempts
+        )));
     }
     if opts.questions.is_empty() || opts.questions.len() > 1024 {
-        return Err(Error::BadArg);
+        return Err(bad(format!(
+            "expected 1..1024 DNS questions, got: {}",
+            opts.questions.len()
+        )));
     }
     let questions = opts
         .questions
         .into_iter()
         .map(|(basename, name, kinds)| {
-            let kinds = kinds.into_iter().map(kind).collect::<NifResult<Vec<_>>>()?;
+            let kinds: Vec<Kind> = kinds.into_iter().map(Kind::from).collect();
             if kinds.is_empty() || name.is_empty() {
-                return Err(Error::BadArg);
+                return Err(bad("a DNS question needs a name and at least one record type"));
             }
             Ok(Question {
                 basename,
@@ -65,12 +76,15 @@ fn dns_lookup_start<'a>(
     let nameservers = opts
         .nameservers
         .iter()
-        .map(|s| s.parse::<SocketAddr>().map_err(|_| Error::BadArg))
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| bad(format!("expected a nameserver as \"ip:port\", got: {s:?}")))
+        })
         .collect::<NifResult<Vec<_>>>()?;
     let settings = Settings {
         nameservers,
         resolv_conf: PathBuf::from(opts.resolv_conf),
-        timeout: Duration::from_millis(opts.timeout_ms),
+        timeout,
         attempts: opts.attempts as usize,
     };
     Ok(spawn(env, tag, move |sink, _cancel| async move {

@@ -1,11 +1,14 @@
 //! rustler glue for libcluster_rs: the runtime, discovery handles, option decoding and message
 //! encoding. All discovery logic lives in `libcluster_core`.
+mod args;
 mod atoms;
 mod dns;
 mod epmd;
 mod gossip;
 mod handle;
 mod kubernetes;
+mod node_name;
+mod rancher;
 mod runtime;
 mod sink;
 

@@ -83,8 +83,16 @@ pub struct GossipConfig {
 }
 
 impl GossipConfig {
-    /// Checks what the Elixir side cannot: combinations. Returns the message for `ArgumentError`.
+    /// The NIF's guard: `Cluster.Strategy.Gossip` validates every option (with the messages users
+    /// see) before the task starts; this only refuses a config that cannot work, from a caller that
+    /// bypassed it. Returns the message for `ArgumentError`.
     pub fn validate(&self) -> Result<(), String> {
+        if self.socket.port == 0 {
+            return Err("expected :port to be an integer in 1..65535, got: 0".into());
+        }
+        if self.schedule == (Schedule::Every { ms: 0 }) {
+            return Err("expected :heartbeat_interval to be a positive integer".into());
+        }
         if let Some(node) = &self.node {
             if !crate::node_name::is_valid(node) {
                 return Err(format!("invalid node name {node:?}"));
