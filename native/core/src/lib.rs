@@ -1,5 +1,6 @@
 //! Discovery logic for libcluster_rs. No rustler here: everything is plain async Rust on tokio and is
 //! tested with `cargo test`. The `nif` crate turns [`event::Event`]s into Erlang messages.
+pub mod backoff;
 pub mod dns;
 pub mod epmd;
 pub mod event;

@@ -91,7 +91,9 @@ mod tests {
             .lines()
             .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
             .map(|line| {
-                let (verdict, name) = line.split_once(' ').expect("`valid NAME` or `invalid NAME`");
+                let (verdict, name) = line
+                    .split_once(' ')
+                    .expect("`valid NAME` or `invalid NAME`");
                 let name = match name {
                     "<empty>" => String::new(),
                     "<long>" => format!("a@{}", "h".repeat(298)),

@@ -64,7 +64,9 @@ fn dns_lookup_start<'a>(
         .map(|(basename, name, kinds)| {
             let kinds: Vec<Kind> = kinds.into_iter().map(Kind::from).collect();
             if kinds.is_empty() || name.is_empty() {
-                return Err(bad("a DNS question needs a name and at least one record type"));
+                return Err(bad(
+                    "a DNS question needs a name and at least one record type",
+                ));
             }
             Ok(Question {
                 basename,

@@ -113,7 +113,11 @@ fn kubernetes_start<'a>(
         backoff_min: millis("backoff_min_ms", opts.backoff_min_ms, MAX_MS)?,
         backoff_max: millis("backoff_max_ms", opts.backoff_max_ms, MAX_MS)?,
         poll_interval: millis("poll_interval_ms", opts.poll_interval_ms, MAX_MS)?,
-        watch_retry_interval: millis("watch_retry_interval_ms", opts.watch_retry_interval_ms, MAX_MS)?,
+        watch_retry_interval: millis(
+            "watch_retry_interval_ms",
+            opts.watch_retry_interval_ms,
+            MAX_MS,
+        )?,
         probe: opts.probe,
     });
     let watch = opts.watch;

@@ -17,9 +17,9 @@ fn valid(term: Term<'_>) -> bool {
             .ok()
             .and_then(|b| std::str::from_utf8(b.as_slice()).ok())
             .is_some_and(node_name::is_valid),
-        TermType::Atom => term
-            .atom_to_string()
-            .is_ok_and(|s| !matches!(s.as_str(), "nil" | "true" | "false") && node_name::is_valid(&s)),
+        TermType::Atom => term.atom_to_string().is_ok_and(|s| {
+            !matches!(s.as_str(), "nil" | "true" | "false") && node_name::is_valid(&s)
+        }),
         _ => false,
     }
 }

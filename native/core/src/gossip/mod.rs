@@ -26,6 +26,7 @@ use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::backoff::Backoff;
 use crate::event::{Error, ErrorKind, Event, Sink};
 use socket::SocketConfig;
 use wire::{Format, Keys, Mode, Reject, ReplayGuard};
@@ -485,21 +486,24 @@ fn next_delay(schedule: Schedule) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Opens the socket, retrying with backoff (1 s doubling to 30 s). The first failure is reported
+/// Opens the socket, retrying with [`Backoff`] (1 s doubling to 30 s, ±20 %). The first failure is reported
 /// to the sink once; later ones are logged at debug. `None` when the sink is gone.
 async fn open_with_retry(
     cfg: &SocketConfig,
     sink: &dyn Sink,
     stats: &Stats,
 ) -> Option<(UdpSocket, std::net::SocketAddr)> {
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let result = socket::open(cfg).and_then(|(s, dest)| Ok((UdpSocket::from_std(s)?, dest)));
         match result {
             Ok(ok) => {
                 stats.incr("socket_opened");
-                if failures > 0 {
-                    tracing::info!(failures, "gossip socket opened after retrying");
+                if backoff.failures() > 0 {
+                    tracing::info!(
+                        failures = backoff.failures(),
+                        "gossip socket opened after retrying"
+                    );
                 }
                 return Some(ok);
             }
@@ -509,7 +513,7 @@ async fn open_with_retry(
                     "cannot open the gossip socket (port {}, group {}): {err}; retrying",
                     cfg.port, cfg.multicast_addr
                 );
-                if failures == 0 {
+                if backoff.failures() == 0 {
                     let kind = match ErrorKind::from_io(&err) {
                         ErrorKind::Io => ErrorKind::Config,
                         other => other,
@@ -520,11 +524,7 @@ async fn open_with_retry(
                 } else {
                     tracing::debug!(%message);
                 }
-                failures = failures.saturating_add(1);
-                let backoff = 1_000u64
-                    .saturating_mul(1 << (failures - 1).min(5))
-                    .min(30_000);
-                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                tokio::time::sleep(backoff.next()).await;
             }
         }
     }

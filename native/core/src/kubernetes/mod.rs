@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backoff::{jitter_random, Backoff};
 use crate::event::{Error, ErrorKind, Event, Sink};
 use api::{Skipped, Target};
 use client::{ApiClient, Request};
@@ -273,33 +274,6 @@ enum WatchEnd {
     Stop,
 }
 
-/// Exponential backoff with ±20% jitter.
-struct Backoff {
-    min: Duration,
-    max: Duration,
-    failures: u32,
-}
-
-impl Backoff {
-    fn next(&mut self) -> Duration {
-        let base = self
-            .min
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(self.max);
-        self.failures += 1;
-        let factor: f64 = 0.8 + rand::random::<f64>() * 0.4;
-        base.mul_f64(factor)
-    }
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
-/// `d` varied by up to `fraction` either way, so that many nodes do not ask in step.
-fn jittered(d: Duration, fraction: f64) -> Duration {
-    d.mul_f64(1.0 - fraction + rand::random::<f64>() * 2.0 * fraction)
-}
-
 /// List + watch until cancelled (the future is dropped) or the owner goes away. While the watch
 /// is forbidden, list every `poll_interval` instead and retry the watch every
 /// `watch_retry_interval`.
@@ -317,11 +291,7 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
     if cfg.probe {
         return probe(&cfg, &client, &*sink).await;
     }
-    let mut backoff = Backoff {
-        min: cfg.backoff_min,
-        max: cfg.backoff_max,
-        failures: 0,
-    };
+    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     let mut members = Members::default();
     // `Some(when the watch is tried again)` while the watch is forbidden.
     let mut fallback: Option<tokio::time::Instant> = None;
@@ -346,7 +316,7 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
         loop {
             if let Some(retry_at) = fallback {
                 // Polling: one list per interval, as libcluster does; the watch when it is due.
-                tokio::time::sleep(jittered(cfg.poll_interval, 0.1)).await;
+                tokio::time::sleep(jitter_random(cfg.poll_interval, 0.1)).await;
                 match list(&cfg, &client).await {
                     Ok(parsed) => {
                         members.objects = parsed.objects;
@@ -387,8 +357,9 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
                 Err(e) if e.kind == ErrorKind::Forbidden => {
                     // The Role grants list (the list just worked) but not watch: poll instead.
                     let entering = fallback.is_none();
-                    fallback =
-                        Some(tokio::time::Instant::now() + jittered(cfg.watch_retry_interval, 0.2));
+                    fallback = Some(
+                        tokio::time::Instant::now() + jitter_random(cfg.watch_retry_interval, 0.2),
+                    );
                     if entering {
                         if !sink.send(Event::WatchMode {
                             fallback: true,
@@ -404,7 +375,8 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
                     if fallback.is_some() {
                         // Still polling: try the watch again only at the next retry time.
                         fallback = Some(
-                            tokio::time::Instant::now() + jittered(cfg.watch_retry_interval, 0.2),
+                            tokio::time::Instant::now()
+                                + jitter_random(cfg.watch_retry_interval, 0.2),
                         );
                     }
                     if !members.failed(e, &*sink) {
@@ -725,22 +697,6 @@ mod tests {
         ] {
             assert!(e.message.contains(needle), "{needle} in {}", e.message);
         }
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let mut b = Backoff {
-            min: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            failures: 0,
-        };
-        let first = b.next();
-        assert!(first >= Duration::from_millis(80) && first <= Duration::from_millis(120));
-        for _ in 0..10 {
-            assert!(b.next() <= Duration::from_millis(1200));
-        }
-        b.reset();
-        assert!(b.next() <= Duration::from_millis(120));
     }
 }
 
