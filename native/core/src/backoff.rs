@@ -3,7 +3,7 @@
 //! many nodes retrying after a shared outage do not ask in step. A success resets it.
 //!
 //! Pure: the jitter source is a number in `[0, 1)` passed in ([`Backoff::next_with`]), so the rule
-//! is tested without sleeps or randomness; [`Backoff::next`] draws it from the thread RNG.
+//! is tested without sleeps or randomness; [`Backoff::next_delay`] draws it from the thread RNG.
 
 use std::time::Duration;
 
@@ -42,7 +42,7 @@ impl Backoff {
     }
 
     /// The next delay, jittered from the thread RNG; counts one failure.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         self.next_with(rand::random::<f64>())
     }
 
@@ -98,7 +98,7 @@ mod tests {
         assert_eq!(b.next_with(-3.0), MS(800));
         assert_eq!(b.next_with(7.0), MS(1_200));
         for _ in 0..1_000 {
-            let d = b.next();
+            let d = b.next_delay();
             assert!(d >= MS(800) && d <= MS(1_200), "{d:?}");
         }
     }

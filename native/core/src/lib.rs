@@ -5,6 +5,7 @@ pub mod dns;
 pub mod epmd;
 pub mod event;
 pub mod gossip;
+pub mod http;
 pub mod kubernetes;
 pub mod node_name;
 pub mod rancher;

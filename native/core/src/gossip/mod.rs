@@ -524,7 +524,7 @@ async fn open_with_retry(
                 } else {
                     tracing::debug!(%message);
                 }
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

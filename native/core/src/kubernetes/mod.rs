@@ -22,7 +22,7 @@ use std::time::Duration;
 use crate::backoff::{jitter_random, Backoff};
 use crate::event::{Error, ErrorKind, Event, Sink};
 use api::{Skipped, Target};
-use client::{ApiClient, Request};
+use client::{ApiClient, GetError, Request};
 
 /// Which API object lists the cluster's members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +139,7 @@ impl Config {
 
     fn client(&self) -> Result<ApiClient, Error> {
         let ca = self.service_account_path.join("ca.crt");
-        let tls = client::tls_config(Some(&ca), self.insecure_skip_tls_verify)?;
+        let tls = client::tls_config(&ca, self.insecure_skip_tls_verify)?;
         ApiClient::new(
             tls,
             self.service_account_path.join("token"),
@@ -215,7 +215,7 @@ async fn list(cfg: &Config, client: &ApiClient) -> Result<api::ParsedList, Error
     let resp = client.get(&req, Some(cfg.request_timeout)).await?;
     let body = tokio::time::timeout(
         cfg.request_timeout,
-        client::read_limited(resp, cfg.max_body_bytes, Some(cfg.request_timeout), &req),
+        client::read_limited(resp, cfg.max_body_bytes, &req),
     )
     .await
     .map_err(|_| {
@@ -308,7 +308,7 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
                 if !members.failed(e, &*sink) {
                     return;
                 }
-                tokio::time::sleep(backoff.next()).await;
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue 'relist;
             }
         };
@@ -349,7 +349,7 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
             {
                 // A server that ends every watch at once must not be asked in a tight loop.
                 Ok(WatchEnd::Closed) if opened.elapsed() < Duration::from_secs(1) => {
-                    tokio::time::sleep(backoff.next()).await
+                    tokio::time::sleep(backoff.next_delay()).await
                 }
                 Ok(WatchEnd::Closed) => backoff.reset(),
                 Ok(WatchEnd::Gone) => continue 'relist,
@@ -382,7 +382,7 @@ pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
                     if !members.failed(e, &*sink) {
                         return;
                     }
-                    tokio::time::sleep(backoff.next()).await;
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
         }
@@ -405,7 +405,11 @@ async fn probe(cfg: &Config, client: &ApiClient, sink: &dyn Sink) {
         extra.push(("resourceVersion", version.as_str()));
     }
     let mode = match cfg.request("watch", &extra) {
-        Ok(req) => match client.get(&req, Some(cfg.request_timeout)).await {
+        Ok(req) => match client
+            .get(&req, Some(cfg.request_timeout))
+            .await
+            .map_err(Error::from)
+        {
             Ok(_stream) => Some(Event::WatchMode {
                 fallback: false,
                 detail: format!(
@@ -461,8 +465,8 @@ async fn watch_once(
     let req = cfg.request("watch", &extra)?;
     let mut resp = match tokio::time::timeout(cfg.request_timeout, client.get(&req, None)).await {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) if e.message.starts_with("410 ") => return Ok(WatchEnd::Gone),
-        Ok(Err(e)) => return Err(e),
+        Ok(Err(GetError::Gone(_))) => return Ok(WatchEnd::Gone),
+        Ok(Err(GetError::Failed(e))) => return Err(e),
         Err(_) => {
             return Err(Error::new(
                 ErrorKind::Timeout,
@@ -524,7 +528,7 @@ async fn watch_once(
                     format!(
                         "watch {}: the stream broke ({}); reconnecting from resourceVersion {}",
                         req.url,
-                        client::chain(&e),
+                        crate::http::chain(&e),
                         version
                     ),
                 ))
