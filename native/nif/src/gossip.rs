@@ -6,10 +6,10 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use libcluster_core::gossip::socket::{Interface, SocketConfig};
 use libcluster_core::gossip::wire::{self, Keys, Mode, ReplayGuard};
 use libcluster_core::gossip::{
-    self, crypto, Control, GossipConfig, Schedule, Stats, CONTROL_QUEUE,
+    self, random_array, Control, GossipConfig, Interface, Schedule, SocketConfig, Stats,
+    CONTROL_QUEUE,
 };
 use rustler::{
     Atom, Binary, Encoder, Env, NifMap, NifResult, NifUnitEnum, OwnedBinary, Resource, ResourceArc,
@@ -212,7 +212,8 @@ fn gossip_encode_v1<'a>(
     let bytes = match secret {
         None => wire::encode_v1_plain(&node),
         Some(s) => {
-            wire::encode_v1_secret(&node, &crypto::v1_key(s.as_slice()), crypto::random_array())
+            let key = Keys::new(Some(s.as_slice())).v1.expect("a secret gives a v1 key");
+            wire::encode_v1_secret(&node, &key, random_array())
         }
     };
     binary(env, &bytes)

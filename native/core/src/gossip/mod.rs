@@ -13,9 +13,13 @@
 //!   heard names costs little;
 //! - rejections are counted by reason ([`Stats`]) and logged at debug level only.
 
-pub mod crypto;
-pub mod socket;
+mod crypto;
+mod socket;
 pub mod wire;
+
+/// Random bytes from the OS RNG, for v1 IVs and authenticated nonces.
+pub use crypto::random_array;
+pub use socket::{Interface, SocketConfig};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -28,7 +32,6 @@ use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
 use crate::event::{Error, ErrorKind, Event, Sink};
-use socket::SocketConfig;
 use wire::{Format, Keys, Mode, Reject, ReplayGuard};
 
 /// A known name is reported again after this gap at first; the gap doubles per report...

@@ -16,8 +16,8 @@
 //! forbidden-watch fallback and the dry-run probe. Backoff is [`crate::backoff`], the transport
 //! [`crate::http`] (through [`client`]).
 
-pub mod api;
-pub mod client;
+mod api;
+mod client;
 mod list;
 mod watch;
 
