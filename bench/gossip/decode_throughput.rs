@@ -47,12 +47,7 @@ fn main() {
     let auth: Vec<Vec<u8>> = names
         .iter()
         .map(|n| {
-            wire::encode_authenticated(
-                n,
-                secret.aead.as_ref().unwrap(),
-                1_000,
-                random_array(),
-            )
+            wire::encode_authenticated(n, secret.aead.as_ref().unwrap(), 1_000, random_array())
         })
         .collect();
     let garbage: Vec<Vec<u8>> = (0..N)

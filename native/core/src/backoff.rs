@@ -8,18 +8,18 @@
 use std::time::Duration;
 
 /// The jitter of every delay, either way, as a fraction of it.
-pub const JITTER: f64 = 0.2;
+pub(crate) const JITTER: f64 = 0.2;
 
 /// Exponential backoff from `min`, doubling per failure, capped at `max`, with ±[`JITTER`].
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     min: Duration,
     max: Duration,
     failures: u32,
 }
 
 impl Backoff {
-    pub fn new(min: Duration, max: Duration) -> Backoff {
+    pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
         Backoff {
             min,
             max,
@@ -28,44 +28,44 @@ impl Backoff {
     }
 
     /// The delay before the next attempt without jitter: `min * 2^failures`, at most `max`.
-    pub fn base(&self) -> Duration {
+    pub(crate) fn base(&self) -> Duration {
         self.min
             .saturating_mul(1u32 << self.failures.min(16))
             .min(self.max)
     }
 
     /// The next delay, with `unit` (in `[0, 1)`) as the jitter source; counts one failure.
-    pub fn next_with(&mut self, unit: f64) -> Duration {
+    pub(crate) fn next_with(&mut self, unit: f64) -> Duration {
         let base = self.base();
         self.failures = self.failures.saturating_add(1);
         jitter(base, JITTER, unit)
     }
 
     /// The next delay, jittered from the thread RNG; counts one failure.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         self.next_with(rand::random::<f64>())
     }
 
     /// After a success: the next delay is `min` again.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.failures = 0;
     }
 
     /// Failures since the last reset.
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 }
 
 /// `d` varied uniformly by up to `fraction` either way: `unit` 0 gives `d * (1 - fraction)`,
 /// `unit` → 1 gives `d * (1 + fraction)`.
-pub fn jitter(d: Duration, fraction: f64, unit: f64) -> Duration {
+pub(crate) fn jitter(d: Duration, fraction: f64, unit: f64) -> Duration {
     let factor = 1.0 - fraction + unit.clamp(0.0, 1.0) * 2.0 * fraction;
     Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 /// [`jitter`] with the thread RNG.
-pub fn jitter_random(d: Duration, fraction: f64) -> Duration {
+pub(crate) fn jitter_random(d: Duration, fraction: f64) -> Duration {
     jitter(d, fraction, rand::random::<f64>())
 }
 

@@ -23,7 +23,7 @@ use crate::event::ErrorKind;
 
 /// The certificates a server is verified against.
 #[derive(Debug, Clone, Copy)]
-pub enum Roots<'a> {
+pub(crate) enum Roots<'a> {
     /// The PEM bundle at this path when it exists, else the system roots.
     CaFileOrSystem(&'a Path),
     /// The system roots (`rustls-native-certs`).
@@ -34,7 +34,7 @@ pub enum Roots<'a> {
 
 /// Why no TLS config could be built.
 #[derive(Debug)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     /// The crypto provider refused the protocol versions (a build problem).
     Setup(String),
     /// The CA bundle exists but cannot be read.
@@ -75,7 +75,7 @@ impl std::error::Error for TlsError {}
 
 /// Build the rustls config for `roots`. `insecure` (an explicit, loudly documented option of the
 /// strategy) skips verification entirely and ignores `roots`.
-pub fn tls_config(roots: Roots<'_>, insecure: bool) -> Result<ClientConfig, TlsError> {
+pub(crate) fn tls_config(roots: Roots<'_>, insecure: bool) -> Result<ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -178,7 +178,7 @@ impl ServerCertVerifier for NoVerification {
 
 /// Why a body could not be read whole.
 #[derive(Debug)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// More than the limit arrived; reading stopped there.
     TooLarge { max: usize },
     /// The body stopped arriving in time (the request's timeout).
@@ -188,7 +188,10 @@ pub enum BodyError {
 }
 
 /// Read a body of at most `max` bytes, in chunks (never more than `max` plus one chunk in memory).
-pub async fn read_body(mut resp: reqwest::Response, max: usize) -> Result<Vec<u8>, BodyError> {
+pub(crate) async fn read_body(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::with_capacity(
         resp.content_length()
             .map(|l| (l as usize).min(max))
@@ -244,7 +247,7 @@ impl From<TransportKind> for ErrorKind {
 
 /// A classified transport failure.
 #[derive(Debug, Clone)]
-pub struct TransportError {
+pub(crate) struct TransportError {
     pub kind: TransportKind,
     /// The failure happened while connecting (nothing was sent).
     pub connect: bool,
@@ -253,7 +256,7 @@ pub struct TransportError {
 }
 
 /// Classify a failure before a status line arrived.
-pub fn classify(e: &reqwest::Error) -> TransportError {
+pub(crate) fn classify(e: &reqwest::Error) -> TransportError {
     let detail = chain(e);
     let kind = if e.is_timeout() {
         TransportKind::Timeout
@@ -277,7 +280,7 @@ pub fn classify(e: &reqwest::Error) -> TransportError {
 }
 
 /// The error and its causes, `: `-joined (a cause already quoted by its parent is skipped).
-pub fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -212,7 +212,9 @@ fn gossip_encode_v1<'a>(
     let bytes = match secret {
         None => wire::encode_v1_plain(&node),
         Some(s) => {
-            let key = Keys::new(Some(s.as_slice())).v1.expect("a secret gives a v1 key");
+            let key = Keys::new(Some(s.as_slice()))
+                .v1
+                .expect("a secret gives a v1 key");
             wire::encode_v1_secret(&node, &key, random_array())
         }
     };

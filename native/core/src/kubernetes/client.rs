@@ -16,7 +16,7 @@ const MAX_QUOTED: usize = 400;
 
 /// The TLS config for the API server: its service account's `ca.crt` when it exists, else the
 /// system roots; no verification only with `kubernetes_insecure_skip_tls_verify`.
-pub fn tls_config(ca_file: &Path, insecure: bool) -> Result<ClientConfig, Error> {
+pub(super) fn tls_config(ca_file: &Path, insecure: bool) -> Result<ClientConfig, Error> {
     http::tls_config(Roots::CaFileOrSystem(ca_file), insecure).map_err(|e| match e {
         TlsError::NoSystemRoots => Error::new(
             ErrorKind::Tls,
@@ -30,7 +30,7 @@ pub fn tls_config(ca_file: &Path, insecure: bool) -> Result<ClientConfig, Error>
 
 /// What a request was, for messages: verb, resource, namespace, RBAC group.
 #[derive(Debug, Clone)]
-pub struct Request {
+pub(super) struct Request {
     pub verb: &'static str,
     pub resource: &'static str,
     pub group: &'static str,
@@ -39,13 +39,13 @@ pub struct Request {
 }
 
 /// An HTTP client bound to one API server and one service account directory.
-pub struct ApiClient {
+pub(super) struct ApiClient {
     http: reqwest::Client,
     token_file: PathBuf,
 }
 
 impl ApiClient {
-    pub fn new(
+    pub(super) fn new(
         tls: ClientConfig,
         token_file: PathBuf,
         connect_timeout: Duration,
@@ -88,7 +88,7 @@ impl ApiClient {
 
     /// Send `req`, with `timeout` for the whole exchange when given (lists), and return the
     /// response once its status is 200.
-    pub async fn get(
+    pub(super) async fn get(
         &self,
         req: &Request,
         timeout: Option<Duration>,
@@ -138,7 +138,7 @@ impl From<GetError> for Error {
 }
 
 /// Read a body of at most `max` bytes.
-pub async fn read_limited(
+pub(super) async fn read_limited(
     resp: reqwest::Response,
     max: usize,
     req: &Request,
@@ -166,7 +166,7 @@ pub async fn read_limited(
 }
 
 /// Word a failure before a status line arrived.
-pub fn transport_error(req: &Request, e: &reqwest::Error) -> Error {
+pub(super) fn transport_error(req: &Request, e: &reqwest::Error) -> Error {
     let host = req.url.host_str().unwrap_or("?");
     let port = req.url.port_or_known_default().unwrap_or(443);
     let t = http::classify(e);
@@ -214,7 +214,7 @@ fn tls_in_plain_words(detail: &str) -> &'static str {
 }
 
 /// Turn a non-200 status into an error that says what to do.
-pub fn status_error(req: &Request, status: StatusCode, body: &[u8]) -> Error {
+pub(super) fn status_error(req: &Request, status: StatusCode, body: &[u8]) -> Error {
     let server: String = serde_json::from_slice::<super::api::Status>(body)
         .ok()
         .and_then(|s| s.message)
