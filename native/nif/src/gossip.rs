@@ -22,7 +22,7 @@ use crate::atoms;
 use crate::handle::{spawn, Discovery};
 
 /// The counters of one gossip task, readable while it runs, and the way to send it notices.
-pub struct GossipStats {
+pub(crate) struct GossipStats {
     stats: Arc<Stats>,
     control: mpsc::Sender<Control>,
 }
@@ -185,7 +185,10 @@ fn gossip_atom_budget() -> (u64, u64) {
     )
 }
 
-pub fn encode_stats<'a>(env: Env<'a>, counters: &[(&'static str, u64)]) -> NifResult<Term<'a>> {
+pub(crate) fn encode_stats<'a>(
+    env: Env<'a>,
+    counters: &[(&'static str, u64)],
+) -> NifResult<Term<'a>> {
     let mut map = Term::map_new(env);
     for (name, value) in counters {
         map = map.map_put(Atom::from_str(env, name)?, *value)?;

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::runtime;
 use crate::sink::ProcessSink;
 
-pub struct Discovery {
+pub(crate) struct Discovery {
     cancel: CancellationToken,
 }
 
@@ -34,7 +34,7 @@ impl Drop for Discovery {
 
 /// Start `work` on the runtime for the calling process. `work` gets the sink its events go to and
 /// the token that ends it (it need not watch the token: the future is dropped when it fires).
-pub fn spawn<F, Fut>(env: Env<'_>, tag: Term<'_>, work: F) -> ResourceArc<Discovery>
+pub(crate) fn spawn<F, Fut>(env: Env<'_>, tag: Term<'_>, work: F) -> ResourceArc<Discovery>
 where
     F: FnOnce(Arc<dyn Sink>, CancellationToken) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,

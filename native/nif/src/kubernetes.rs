@@ -10,7 +10,7 @@ use crate::args::{bad, millis};
 use crate::handle::{spawn, Discovery};
 
 #[derive(NifUnitEnum, Clone, Copy)]
-pub enum LookupMode {
+pub(crate) enum LookupMode {
     Endpoints,
     Pods,
     Endpointslices,
@@ -47,7 +47,7 @@ impl From<Mode> for NameMode {
 
 /// The strategy's validated config, as a map with these atom keys.
 #[derive(NifMap)]
-pub struct KubernetesOpts {
+pub(crate) struct KubernetesOpts {
     api_url: String,
     service_account_path: String,
     namespace: String,

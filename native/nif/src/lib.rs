@@ -1,5 +1,6 @@
 //! rustler glue for libcluster_rs: the runtime, discovery handles, option decoding and message
-//! encoding. All discovery logic lives in `libcluster_core`.
+//! encoding. All discovery logic lives in `libcluster_core`. This file only lists the modules.
+#![warn(unreachable_pub)]
 mod args;
 mod atoms;
 mod dns;

@@ -7,14 +7,14 @@ use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
 
 use crate::atoms;
 
-pub struct ProcessSink {
+pub(crate) struct ProcessSink {
     pid: LocalPid,
     /// Holds the caller's tag term; never cleared, so the saved term stays valid.
     tag_env: Mutex<(OwnedEnv, SavedTerm)>,
 }
 
 impl ProcessSink {
-    pub fn new(pid: LocalPid, tag: Term<'_>) -> Self {
+    pub(crate) fn new(pid: LocalPid, tag: Term<'_>) -> Self {
         let env = OwnedEnv::new();
         let saved = env.save(tag);
         ProcessSink {
@@ -48,7 +48,7 @@ impl Sink for ProcessSink {
     }
 }
 
-pub fn kind_atom(kind: ErrorKind) -> Atom {
+pub(crate) fn kind_atom(kind: ErrorKind) -> Atom {
     match kind {
         ErrorKind::Timeout => atoms::timeout(),
         ErrorKind::Refused => atoms::refused(),
