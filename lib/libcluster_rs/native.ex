@@ -47,6 +47,16 @@ defmodule LibclusterRs.Native do
   @typedoc "A running discovery task. Keep it referenced for as long as you want its events."
   @type handle :: reference()
 
+  @doc """
+  Combines `[{question, answer}]`, each answer `{:ok, [binary]}`, `:nothing` or
+  `{:error, kind, binary}`, into one event exactly as `dns_lookup_start/2` does: `{:nodes, names}`,
+  `{:partial_nodes, names, {kind, message}}` or `{:discovery_error, kind, message}`. Used for the
+  answers of a user's `:resolver` fun, so that the rule lives once.
+  """
+  @spec dns_combine([{String.t(), {:ok, [String.t()]} | :nothing | {:error, atom(), String.t()}}]) ::
+          term()
+  def dns_combine(_results), do: :erlang.nif_error(:nif_not_loaded)
+
   @doc "Ask the epmd of every host for its node names, concurrently, each within `timeout_ms`."
   @spec epmd_names_start(term(), [String.t()], 1..65535, pos_integer()) :: handle()
   def epmd_names_start(_tag, _hosts, _port, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)

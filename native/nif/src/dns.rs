@@ -4,11 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use libcluster_core::dns::{self, Kind, Question, Settings};
-use rustler::{Env, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
+use libcluster_core::dns::{self, Answer, Kind, Question, Settings};
+use libcluster_core::event::Error;
+use rustler::{Atom, Env, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
 
 use crate::args::{bad, millis};
+use crate::atoms;
 use crate::handle::{spawn, Discovery};
+use crate::sink;
 
 #[derive(NifMap)]
 struct LookupOpts {
@@ -93,4 +96,35 @@ fn dns_lookup_start<'a>(
         let event = dns::lookup(&settings, &questions).await;
         sink.send(event);
     }))
+}
+
+/// One resolver answer: `{:ok, [name]}`, `:nothing` or `{:error, kind, message}`.
+fn answer(term: Term<'_>) -> NifResult<Answer> {
+    if let Ok((tag, names)) = term.decode::<(Atom, Vec<String>)>() {
+        if tag == atoms::ok() {
+            return Ok(Answer::Names { names, dropped: 0 });
+        }
+    }
+    if let Ok((tag, kind, message)) = term.decode::<(Atom, sink::Kind, String)>() {
+        if tag == atoms::error() {
+            return Ok(Answer::Failed(Error::new(kind.into(), message)));
+        }
+    }
+    if term.decode::<Atom>().is_ok_and(|a| a == atoms::nothing()) {
+        return Ok(Answer::Nothing);
+    }
+    Err(bad(
+        "dns_combine/1 expects answers {:ok, [binary]}, :nothing or {:error, kind, binary}",
+    ))
+}
+
+/// `dns_combine([{question, answer}])` → `{:nodes, names}`, `{:partial_nodes, names, {kind,
+/// message}}` or `{:discovery_error, kind, message}`, by the rule of `libcluster_core::dns`.
+#[rustler::nif]
+fn dns_combine<'a>(env: Env<'a>, results: Vec<(String, Term<'a>)>) -> NifResult<Term<'a>> {
+    let answers = results
+        .into_iter()
+        .map(|(question, term)| Ok((question, answer(term)?)))
+        .collect::<NifResult<Vec<_>>>()?;
+    Ok(sink::encode(env, &dns::combine(answers)))
 }

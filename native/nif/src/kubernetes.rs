@@ -155,7 +155,7 @@ fn kubernetes_parse<'a>(
         Ok((names, _version)) => (crate::atoms::ok(), names).encode(env),
         Err(e) => (
             crate::atoms::error(),
-            (crate::sink::kind_atom(e.kind), e.message),
+            (crate::sink::Kind::from(e.kind), e.message),
         )
             .encode(env),
     }

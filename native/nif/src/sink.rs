@@ -3,7 +3,7 @@ use std::sync::Mutex;
 
 use libcluster_core::event::{Error, ErrorKind, Event, Sink};
 use rustler::env::SavedTerm;
-use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
+use rustler::{Encoder, Env, LocalPid, NifUnitEnum, OwnedEnv, Term};
 
 use crate::atoms;
 
@@ -48,30 +48,73 @@ impl Sink for ProcessSink {
     }
 }
 
-pub(crate) fn kind_atom(kind: ErrorKind) -> Atom {
-    match kind {
-        ErrorKind::Timeout => atoms::timeout(),
-        ErrorKind::Refused => atoms::refused(),
-        ErrorKind::Unreachable => atoms::unreachable(),
-        ErrorKind::NxDomain => atoms::nxdomain(),
-        ErrorKind::ServFail => atoms::servfail(),
-        ErrorKind::Unauthorized => atoms::unauthorized(),
-        ErrorKind::Forbidden => atoms::forbidden(),
-        ErrorKind::NotFound => atoms::not_found(),
-        ErrorKind::HttpStatus => atoms::http_status(),
-        ErrorKind::Tls => atoms::tls(),
-        ErrorKind::Malformed => atoms::malformed(),
-        ErrorKind::Io => atoms::io(),
-        ErrorKind::Config => atoms::config(),
-        ErrorKind::Panic => atoms::panic(),
+/// `ErrorKind` as its atom (`:timeout`, `:nxdomain`, ...), both ways: the one decoder and encoder of
+/// error kinds at the boundary.
+#[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Timeout,
+    Refused,
+    Unreachable,
+    Nxdomain,
+    Servfail,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    HttpStatus,
+    Tls,
+    Malformed,
+    Io,
+    Config,
+    Panic,
+}
+
+impl From<ErrorKind> for Kind {
+    fn from(kind: ErrorKind) -> Kind {
+        match kind {
+            ErrorKind::Timeout => Kind::Timeout,
+            ErrorKind::Refused => Kind::Refused,
+            ErrorKind::Unreachable => Kind::Unreachable,
+            ErrorKind::NxDomain => Kind::Nxdomain,
+            ErrorKind::ServFail => Kind::Servfail,
+            ErrorKind::Unauthorized => Kind::Unauthorized,
+            ErrorKind::Forbidden => Kind::Forbidden,
+            ErrorKind::NotFound => Kind::NotFound,
+            ErrorKind::HttpStatus => Kind::HttpStatus,
+            ErrorKind::Tls => Kind::Tls,
+            ErrorKind::Malformed => Kind::Malformed,
+            ErrorKind::Io => Kind::Io,
+            ErrorKind::Config => Kind::Config,
+            ErrorKind::Panic => Kind::Panic,
+        }
+    }
+}
+
+impl From<Kind> for ErrorKind {
+    fn from(kind: Kind) -> ErrorKind {
+        match kind {
+            Kind::Timeout => ErrorKind::Timeout,
+            Kind::Refused => ErrorKind::Refused,
+            Kind::Unreachable => ErrorKind::Unreachable,
+            Kind::Nxdomain => ErrorKind::NxDomain,
+            Kind::Servfail => ErrorKind::ServFail,
+            Kind::Unauthorized => ErrorKind::Unauthorized,
+            Kind::Forbidden => ErrorKind::Forbidden,
+            Kind::NotFound => ErrorKind::NotFound,
+            Kind::HttpStatus => ErrorKind::HttpStatus,
+            Kind::Tls => ErrorKind::Tls,
+            Kind::Malformed => ErrorKind::Malformed,
+            Kind::Io => ErrorKind::Io,
+            Kind::Config => ErrorKind::Config,
+            Kind::Panic => ErrorKind::Panic,
+        }
     }
 }
 
 fn encode_error<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
-    (kind_atom(error.kind), error.message.as_str()).encode(env)
+    (Kind::from(error.kind), error.message.as_str()).encode(env)
 }
 
-fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
+pub(crate) fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
     match event {
         Event::Nodes(nodes) => (atoms::nodes(), nodes).encode(env),
         Event::EpmdNames { host, names } => {
@@ -88,7 +131,7 @@ fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
         }
         Event::Error(error) => (
             atoms::discovery_error(),
-            kind_atom(error.kind),
+            Kind::from(error.kind),
             error.message.as_str(),
         )
             .encode(env),
