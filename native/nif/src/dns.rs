@@ -92,7 +92,7 @@ fn dns_lookup_start<'a>(
         timeout,
         attempts: opts.attempts as usize,
     };
-    Ok(spawn(env, tag, move |sink, _cancel| async move {
+    Ok(spawn(env, tag, move |sink| async move {
         let event = dns::lookup(&settings, &questions).await;
         sink.send(event);
     }))

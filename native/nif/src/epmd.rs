@@ -20,7 +20,7 @@ fn epmd_names_start<'a>(
         return Err(bad("expected the epmd port to be in 1..65535, got: 0"));
     }
     let timeout = millis("timeout_ms", timeout_ms, 3_600_000)?;
-    Ok(spawn(env, tag, move |sink, _cancel| {
+    Ok(spawn(env, tag, move |sink| {
         epmd::query_hosts(hosts, port, timeout, sink)
     }))
 }

@@ -121,7 +121,7 @@ fn gossip_start<'a>(
     let stats = Arc::new(Stats::default());
     let task_stats = stats.clone();
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let handle = spawn(env, tag, move |sink, _cancel| {
+    let handle = spawn(env, tag, move |sink| {
         gossip::run(cfg, task_stats, sink, control_rx)
     });
     Ok((handle, ResourceArc::new(GossipStats { stats, control })))

@@ -121,7 +121,7 @@ fn kubernetes_start<'a>(
         probe: opts.probe,
     });
     let watch = opts.watch;
-    Ok(spawn(env, tag, move |sink, _cancel| async move {
+    Ok(spawn(env, tag, move |sink| async move {
         if watch {
             kubernetes::watch(cfg, sink).await
         } else {

@@ -21,7 +21,5 @@ fn rancher_start<'a>(
         basename,
         timeout: millis("timeout_ms", timeout_ms, 86_400_000)?,
     });
-    Ok(spawn(env, tag, move |sink, _cancel| {
-        rancher::poll_once(cfg, sink)
-    }))
+    Ok(spawn(env, tag, move |sink| rancher::poll_once(cfg, sink)))
 }
