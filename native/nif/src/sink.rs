@@ -48,67 +48,50 @@ impl Sink for ProcessSink {
     }
 }
 
-/// `ErrorKind` as its atom (`:timeout`, `:nxdomain`, ...), both ways: the one decoder and encoder of
-/// error kinds at the boundary.
-#[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Timeout,
-    Refused,
-    Unreachable,
-    Nxdomain,
-    Servfail,
-    Unauthorized,
-    Forbidden,
-    NotFound,
-    HttpStatus,
-    Tls,
-    Malformed,
-    Io,
-    Config,
-    Panic,
+/// `Kind`, the `NifUnitEnum` twin of `ErrorKind` (the core has no rustler), with the conversions
+/// both ways, from one list: the one decoder and encoder of error kinds at the boundary.
+macro_rules! kinds {
+    ($($kind:ident = $core:ident),* $(,)?) => {
+        /// An error kind as its atom (`:timeout`, `:nxdomain`, ...).
+        #[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) enum Kind {
+            $($kind),*
+        }
+
+        impl From<ErrorKind> for Kind {
+            fn from(kind: ErrorKind) -> Kind {
+                match kind {
+                    $(ErrorKind::$core => Kind::$kind),*
+                }
+            }
+        }
+
+        impl From<Kind> for ErrorKind {
+            fn from(kind: Kind) -> ErrorKind {
+                match kind {
+                    $(Kind::$kind => ErrorKind::$core),*
+                }
+            }
+        }
+    };
 }
 
-impl From<ErrorKind> for Kind {
-    fn from(kind: ErrorKind) -> Kind {
-        match kind {
-            ErrorKind::Timeout => Kind::Timeout,
-            ErrorKind::Refused => Kind::Refused,
-            ErrorKind::Unreachable => Kind::Unreachable,
-            ErrorKind::NxDomain => Kind::Nxdomain,
-            ErrorKind::ServFail => Kind::Servfail,
-            ErrorKind::Unauthorized => Kind::Unauthorized,
-            ErrorKind::Forbidden => Kind::Forbidden,
-            ErrorKind::NotFound => Kind::NotFound,
-            ErrorKind::HttpStatus => Kind::HttpStatus,
-            ErrorKind::Tls => Kind::Tls,
-            ErrorKind::Malformed => Kind::Malformed,
-            ErrorKind::Io => Kind::Io,
-            ErrorKind::Config => Kind::Config,
-            ErrorKind::Panic => Kind::Panic,
-        }
-    }
-}
-
-impl From<Kind> for ErrorKind {
-    fn from(kind: Kind) -> ErrorKind {
-        match kind {
-            Kind::Timeout => ErrorKind::Timeout,
-            Kind::Refused => ErrorKind::Refused,
-            Kind::Unreachable => ErrorKind::Unreachable,
-            Kind::Nxdomain => ErrorKind::NxDomain,
-            Kind::Servfail => ErrorKind::ServFail,
-            Kind::Unauthorized => ErrorKind::Unauthorized,
-            Kind::Forbidden => ErrorKind::Forbidden,
-            Kind::NotFound => ErrorKind::NotFound,
-            Kind::HttpStatus => ErrorKind::HttpStatus,
-            Kind::Tls => ErrorKind::Tls,
-            Kind::Malformed => ErrorKind::Malformed,
-            Kind::Io => ErrorKind::Io,
-            Kind::Config => ErrorKind::Config,
-            Kind::Panic => ErrorKind::Panic,
-        }
-    }
-}
+kinds!(
+    Timeout = Timeout,
+    Refused = Refused,
+    Unreachable = Unreachable,
+    Nxdomain = NxDomain,
+    Servfail = ServFail,
+    Unauthorized = Unauthorized,
+    Forbidden = Forbidden,
+    NotFound = NotFound,
+    HttpStatus = HttpStatus,
+    Tls = Tls,
+    Malformed = Malformed,
+    Io = Io,
+    Config = Config,
+    Panic = Panic,
+);
 
 fn encode_error<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
     (Kind::from(error.kind), error.message.as_str()).encode(env)

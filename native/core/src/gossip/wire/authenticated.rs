@@ -123,12 +123,8 @@ impl ReplayGuard {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{decode_heartbeat, encode_v1_plain, encode_v1_secret, Format, Keys, Mode};
+    use super::super::{decode_heartbeat, encode_v1_plain, encode_v1_secret, keys, Format, Mode};
     use super::*;
-
-    fn keys(secret: &[u8]) -> Keys {
-        Keys::new(Some(secret))
-    }
 
     #[test]
     fn authenticated_round_trip() {

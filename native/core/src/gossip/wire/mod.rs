@@ -172,15 +172,17 @@ pub fn decode_heartbeat(
     }
 }
 
+/// The keys of `secret`, for the tests of this module and its children.
+#[cfg(test)]
+fn keys(secret: &[u8]) -> Keys {
+    Keys::new(Some(secret))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::node_name;
     use rand::{Rng, RngCore, SeedableRng};
-
-    fn keys(secret: &[u8]) -> Keys {
-        Keys::new(Some(secret))
-    }
 
     #[test]
     fn both_mode_accepts_both_and_sends_both() {
