@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use libcluster_core::dns::{self, Answer, Kind, Question, Settings};
 use libcluster_core::event::Error;
-use rustler::{Atom, Env, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
+use rustler::{Atom, Binary, Env, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
 
 use crate::args::{bad, millis};
 use crate::atoms;
@@ -100,9 +100,15 @@ fn dns_lookup_start<'a>(
 
 /// One resolver answer: `{:ok, [name]}`, `:nothing` or `{:error, kind, message}`.
 fn answer(term: Term<'_>) -> NifResult<Answer> {
-    if let Ok((tag, names)) = term.decode::<(Atom, Vec<String>)>() {
+    if let Ok((tag, binaries)) = term.decode::<(Atom, Vec<Binary>)>() {
         if tag == atoms::ok() {
-            return Ok(Answer::Names { names, dropped: 0 });
+            // A name that is not UTF-8 is no node name: dropped and counted, as in a DNS answer.
+            let names: Vec<String> = binaries
+                .iter()
+                .filter_map(|b| std::str::from_utf8(b.as_slice()).ok().map(str::to_owned))
+                .collect();
+            let dropped = binaries.len() - names.len();
+            return Ok(Answer::Names { names, dropped });
         }
     }
     if let Ok((tag, kind, message)) = term.decode::<(Atom, sink::Kind, String)>() {
