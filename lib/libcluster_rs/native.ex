@@ -148,7 +148,7 @@ defmodule LibclusterRs.Native do
   def rancher_start(_tag, _url, _basename, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
-  Splits `names` (a list of at most 10,000 terms) by the node-name rule of the Rust core
+  Splits `names` (a list of at most 2,000 terms) by the node-name rule of the Rust core
   (`native/core/src/node_name.rs`): `{valid, rejected}`, each in the input's order. A binary or an
   atom (other than `nil`, `true`, `false`) is valid when its text is; any other term is rejected.
   Use `LibclusterRs.NodeName`, which chunks longer lists.

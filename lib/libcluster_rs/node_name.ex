@@ -9,7 +9,7 @@ defmodule LibclusterRs.NodeName do
 
   require Logger
 
-  @chunk 2_000
+  @chunk 1_000
 
   @doc "Whether the binary `name` is a valid node name."
   @spec valid?(term()) :: boolean()
