@@ -33,15 +33,7 @@ nif = time.(fn -> LibclusterRs.Native.node_names_check(chunk) end)
 new = time.(fn -> LibclusterRs.NodeName.to_nodes(names) end)
 old = time.(fn -> Bench.OldRegex.to_nodes(names) end)
 
-long =
-  Stream.repeatedly(fn ->
-    receive do
-      {:monitor, _, :long_schedule, info} -> info
-    after
-      0 -> nil
-    end
-  end)
-  |> Enum.take_while(& &1)
+long = Bench.Stats.long_schedules()
 
 IO.puts("node_names_check/1, 1,000 names:            median #{nif} µs (#{runs} runs)")
 IO.puts("NodeName.to_nodes/1, 5,000 names (NIF):     median #{new} µs")
