@@ -39,16 +39,7 @@ end
 
 :erlang.system_monitor(self(), [{:long_schedule, 10}])
 
-long_schedules = fn ->
-  Stream.repeatedly(fn ->
-    receive do
-      {:monitor, _, :long_schedule, info} -> info
-    after
-      0 -> nil
-    end
-  end)
-  |> Enum.take_while(& &1)
-end
+long_schedules = &Bench.Stats.long_schedules/0
 
 run = fn questions, expected ->
   opts = %{

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use libcluster_core::gossip::crypto;
+use libcluster_core::gossip::random_array;
 use libcluster_core::gossip::wire::{self, Keys, Mode, ReplayGuard};
 use rand::{Rng, RngCore};
 
@@ -42,17 +42,12 @@ fn main() {
     let v1: Vec<Vec<u8>> = names.iter().map(|n| wire::encode_v1_plain(n)).collect();
     let v1s: Vec<Vec<u8>> = names
         .iter()
-        .map(|n| wire::encode_v1_secret(n, secret.v1.as_ref().unwrap(), crypto::random_array()))
+        .map(|n| wire::encode_v1_secret(n, secret.v1.as_ref().unwrap(), random_array()))
         .collect();
     let auth: Vec<Vec<u8>> = names
         .iter()
         .map(|n| {
-            wire::encode_authenticated(
-                n,
-                secret.aead.as_ref().unwrap(),
-                1_000,
-                crypto::random_array(),
-            )
+            wire::encode_authenticated(n, secret.aead.as_ref().unwrap(), 1_000, random_array())
         })
         .collect();
     let garbage: Vec<Vec<u8>> = (0..N)

@@ -9,4 +9,16 @@ defmodule Bench.Stats do
       do: Enum.at(s, div(n, 2)),
       else: (Enum.at(s, div(n, 2) - 1) + Enum.at(s, div(n, 2))) / 2
   end
+
+  @doc "The `:long_schedule` system-monitor messages waiting in the mailbox (taken from it)."
+  def long_schedules do
+    Stream.repeatedly(fn ->
+      receive do
+        {:monitor, _, :long_schedule, info} -> info
+      after
+        0 -> nil
+      end
+    end)
+    |> Enum.take_while(& &1)
+  end
 end

@@ -139,30 +139,13 @@ defmodule LibclusterRs.DNS do
     kind, reason -> {:error, :io, "the resolver failed: #{inspect({kind, reason})}"}
   end
 
-  @doc "The same rule as the native lookup: all answered → nodes; some failed → partial; all failed → error."
-  def combine(results) do
-    {names, failures} =
-      Enum.reduce(results, {[], []}, fn
-        {_what, {:ok, names}}, {acc, bad} -> {acc ++ names, bad}
-        {_what, :nothing}, acc -> acc
-        {what, {:error, kind, msg}}, {acc, bad} -> {acc, [{what, kind, msg} | bad]}
-      end)
-
-    names = Enum.uniq(names)
-    failures = Enum.reverse(failures)
-
-    case failures do
-      [] ->
-        {:nodes, names}
-
-      [{_, kind, _} | _] ->
-        message = Enum.map_join(failures, "; ", fn {what, _, msg} -> "#{what}: #{msg}" end)
-
-        if length(failures) == length(results),
-          do: {:discovery_error, kind, message},
-          else: {:partial_nodes, names, {kind, message}}
-    end
-  end
+  @doc """
+  Combines the answers of several queries into one native event, by the rule of the native lookup
+  (it lives once, in `native/core/src/dns.rs`): all answered → `{:nodes, names}` (sorted, without
+  duplicates); some failed → `{:partial_nodes, names, {kind, message}}`; all failed →
+  `{:discovery_error, kind, message}`.
+  """
+  def combine(results), do: LibclusterRs.Native.dns_combine(results)
 
   @doc """
   For the dry run: what an empty answer to `questions` means, naming each DNS name, the record

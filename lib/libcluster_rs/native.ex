@@ -47,6 +47,16 @@ defmodule LibclusterRs.Native do
   @typedoc "A running discovery task. Keep it referenced for as long as you want its events."
   @type handle :: reference()
 
+  @doc """
+  Combines `[{question, answer}]`, each answer `{:ok, [binary]}`, `:nothing` or
+  `{:error, kind, binary}`, into one event exactly as `dns_lookup_start/2` does: `{:nodes, names}`,
+  `{:partial_nodes, names, {kind, message}}` or `{:discovery_error, kind, message}`. Used for the
+  answers of a user's `:resolver` fun, so that the rule lives once.
+  """
+  @spec dns_combine([{String.t(), {:ok, [String.t()]} | :nothing | {:error, atom(), String.t()}}]) ::
+          term()
+  def dns_combine(_results), do: :erlang.nif_error(:nif_not_loaded)
+
   @doc "Ask the epmd of every host for its node names, concurrently, each within `timeout_ms`."
   @spec epmd_names_start(term(), [String.t()], 1..65535, pos_integer()) :: handle()
   def epmd_names_start(_tag, _hosts, _port, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
@@ -107,7 +117,8 @@ defmodule LibclusterRs.Native do
   def gossip_encode_v1(_node, _secret), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Decodes one gossip datagram as a node with `wire_format` and `secret` would."
-  @spec gossip_decode(binary(), String.t(), binary() | nil) :: {:ok, String.t()} | {:error, atom()}
+  @spec gossip_decode(binary(), :v1 | :both | :authenticated, binary() | nil) ::
+          {:ok, String.t()} | {:error, atom()}
   def gossip_decode(_datagram, _wire_format, _secret), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
@@ -135,6 +146,15 @@ defmodule LibclusterRs.Native do
   @doc "Ask the Rancher metadata service once: one `{:nodes, names}` or one error."
   @spec rancher_start(term(), String.t(), String.t(), pos_integer()) :: handle()
   def rancher_start(_tag, _url, _basename, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  Splits `names` (a list of at most 2,000 terms) by the node-name rule of the Rust core
+  (`native/core/src/node_name.rs`): `{valid, rejected}`, each in the input's order. A binary or an
+  atom (other than `nil`, `true`, `false`) is valid when its text is; any other term is rejected.
+  Use `LibclusterRs.NodeName`, which chunks longer lists.
+  """
+  @spec node_names_check([term()]) :: {[String.t() | atom()], [term()]}
+  def node_names_check(_names), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Stop a discovery task. Idempotent."
   @spec discovery_stop(handle()) :: :ok

@@ -1,38 +1,63 @@
 defmodule LibclusterRs.NodeName do
   @moduledoc false
-  # The only place where names from discovery become atoms. A name must look like `name@host`
-  # (ASCII letters, digits, `_`, `-`, `.` in the name; a hostname or an IP address as the host) and
-  # be at most 255 bytes; anything else is rejected without creating an atom.
+  # The only place where names from discovery become atoms. Which names are valid is decided by
+  # the Rust core (`native/core/src/node_name.rs`, through `LibclusterRs.Native.node_names_check/1`),
+  # the one validator both sides use: `name@host`, at most 255 bytes, the name of ASCII letters,
+  # digits, `_`, `-`, `.`, the host an IP address or a hostname, no `..`, no trailing dot. Anything
+  # else is rejected without creating an atom. Both sides are tested against
+  # `test/fixtures/node_names.txt`.
 
-  @max 255
-  @name ~r/\A[A-Za-z0-9_.\-]+@(?:[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_])?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*)\z/
+  require Logger
 
+  @chunk 1_000
+
+  @doc "Whether the binary `name` is a valid node name."
   @spec valid?(term()) :: boolean()
-  def valid?(name) when is_binary(name) and byte_size(name) <= @max do
-    Regex.match?(@name, name) and not String.contains?(name, "..")
+  def valid?(name) when is_binary(name) do
+    match?({[_], []}, LibclusterRs.Native.node_names_check([name]))
   end
 
   def valid?(_), do: false
 
   @doc "The node atom for `name`, or `:error` when `name` is not a valid node name."
   @spec to_node(term()) :: {:ok, node()} | :error
-  def to_node(name) when is_atom(name) and name != nil, do: to_node(Atom.to_string(name))
-
   def to_node(name) do
-    if valid?(name), do: {:ok, String.to_atom(name)}, else: :error
+    case to_nodes([name]) do
+      {[node], []} -> {:ok, node}
+      {[], [_]} -> :error
+    end
   end
 
-  @doc "Node atoms for the valid names; returns `{nodes, rejected_names}`."
+  @doc """
+  Node atoms for the valid names; returns `{nodes, rejected_names}`, both in the input's order.
+  Rejected names (they come from the network) are logged here at debug level, with their count;
+  callers may count them further from `rejected_names`.
+  """
   @spec to_nodes([term()]) :: {[node()], [term()]}
-  def to_nodes(names) do
-    Enum.reduce(names, {[], []}, fn name, {ok, bad} ->
-      case to_node(name) do
-        {:ok, node} -> {[node | ok], bad}
-        :error -> {ok, [name | bad]}
-      end
-    end)
-    |> then(fn {ok, bad} -> {Enum.reverse(ok), Enum.reverse(bad)} end)
+  def to_nodes(names) when is_list(names) do
+    {ok, bad} =
+      names
+      |> Stream.chunk_every(@chunk)
+      |> Enum.reduce({[], []}, fn chunk, {ok, bad} ->
+        {valid, rejected} = LibclusterRs.Native.node_names_check(chunk)
+        {[valid | ok], [rejected | bad]}
+      end)
+
+    nodes = ok |> Enum.reverse() |> Enum.concat() |> Enum.map(&atom/1)
+    rejected = bad |> Enum.reverse() |> Enum.concat()
+    if rejected != [], do: log_rejected(rejected)
+    {nodes, rejected}
   end
+
+  defp log_rejected(rejected) do
+    Logger.debug(fn ->
+      shown = rejected |> Enum.take(5) |> Enum.map_join(", ", &inspect(&1, limit: 5, printable_limit: 80))
+      "libcluster_rs: dropped #{length(rejected)} invalid node name(s) from discovery: #{shown}"
+    end)
+  end
+
+  defp atom(name) when is_atom(name), do: name
+  defp atom(name), do: String.to_atom(name)
 
   @doc """
   Why `node` cannot be connected from a node using long names (`longnames? = true`, `--name`) or

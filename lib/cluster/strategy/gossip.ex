@@ -242,7 +242,7 @@ defmodule Cluster.Strategy.Gossip do
       multicast_addr: ip_string(impl.multicast_addr),
       multicast_ttl: impl.multicast_ttl,
       broadcast_only: impl.broadcast_only,
-      wire_format: Atom.to_string(impl.wire_format),
+      wire_format: impl.wire_format,
       heartbeat_interval: impl.heartbeat_interval,
       replay_window: impl.replay_window,
       new_names_burst: impl.new_names_burst,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::event::{Error, ErrorKind, Event, Sink};
+use crate::http::{self, BodyError, Roots, TransportKind};
 
 /// libcluster's metadata URL.
 pub const DEFAULT_URL: &str = "http://rancher-metadata/latest/self/service";
@@ -62,51 +63,42 @@ pub fn names_from_body(basename: &str, body: &[u8]) -> Result<Vec<String>, Error
 
 async fn fetch(cfg: &Config) -> Result<Vec<String>, Error> {
     // An https metadata URL is verified against the system roots.
-    let tls = if cfg.url.starts_with("https:") {
-        crate::kubernetes::client::tls_config(None, false)?
+    let roots = if cfg.url.starts_with("https:") {
+        Roots::System
     } else {
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth()
+        Roots::Empty
     };
-    let http = reqwest::Client::builder()
+    let tls =
+        http::tls_config(roots, false).map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?;
+    let client = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .no_proxy()
         .timeout(cfg.timeout)
         .build()
         .map_err(|e| Error::new(ErrorKind::Io, format!("cannot build the HTTP client: {e}")))?;
-    let describe = |e: reqwest::Error| {
-        let detail = crate::kubernetes::client::chain(&e);
-        let kind = if e.is_timeout() {
-            ErrorKind::Timeout
-        } else if e.is_connect() {
-            if detail.contains("refused") {
-                ErrorKind::Refused
-            } else {
-                ErrorKind::Unreachable
-            }
-        } else {
-            ErrorKind::Malformed
+    let describe = |e: &reqwest::Error| {
+        let t = http::classify(e);
+        let kind = match t.kind {
+            TransportKind::Timeout if e.is_timeout() => ErrorKind::Timeout,
+            TransportKind::Refused if t.connect => ErrorKind::Refused,
+            _ if t.connect => ErrorKind::Unreachable,
+            _ => ErrorKind::Malformed,
         };
         Error::new(
             kind,
             format!(
-                "GET {}: {detail}; is the Rancher metadata service reachable (set \
+                "GET {}: {}; is the Rancher metadata service reachable (set \
                  rancher_metadata_url)?",
-                cfg.url
+                cfg.url, t.detail
             ),
         )
     };
-    let mut resp = http
+    let resp = client
         .get(&cfg.url)
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(describe)?;
+        .map_err(|e| describe(&e))?;
     let status = resp.status();
     if !status.is_success() {
         let kind = match status.as_u16() {
@@ -124,19 +116,13 @@ async fn fetch(cfg: &Config) -> Result<Vec<String>, Error> {
             ),
         ));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(describe)? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(Error::new(
-                ErrorKind::Malformed,
-                format!(
-                    "GET {}: the answer is larger than {MAX_BODY} bytes",
-                    cfg.url
-                ),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
+    let body = http::read_body(resp, MAX_BODY).await.map_err(|e| match e {
+        BodyError::TooLarge { max } => Error::new(
+            ErrorKind::Malformed,
+            format!("GET {}: the answer is larger than {max} bytes", cfg.url),
+        ),
+        BodyError::Timeout(error) | BodyError::Broken { error, .. } => describe(&error),
+    })?;
     names_from_body(&cfg.basename, &body).map_err(|e| {
         Error::new(
             e.kind,

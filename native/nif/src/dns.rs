@@ -3,18 +3,20 @@
 //! message}` message.
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use libcluster_core::dns::{self, Kind, Question, Settings};
-use rustler::{Atom, Env, Error, NifMap, NifResult, ResourceArc, Term};
+use libcluster_core::dns::{self, Answer, Kind, Question, Settings};
+use libcluster_core::event::Error;
+use rustler::{Atom, Binary, Env, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
 
+use crate::args::{bad, millis};
 use crate::atoms;
 use crate::handle::{spawn, Discovery};
+use crate::sink;
 
 #[derive(NifMap)]
 struct LookupOpts {
     /// `[{basename, name, [:a | :aaaa | :srv]}]`
-    questions: Vec<(String, String, Vec<Atom>)>,
+    questions: Vec<(String, String, Vec<RecordType>)>,
     /// `["ip:port", ...]`; empty → the system configuration.
     nameservers: Vec<String>,
     resolv_conf: String,
@@ -22,15 +24,21 @@ struct LookupOpts {
     attempts: u64,
 }
 
-fn kind(atom: Atom) -> NifResult<Kind> {
-    if atom == atoms::a() {
-        Ok(Kind::A)
-    } else if atom == atoms::aaaa() {
-        Ok(Kind::Aaaa)
-    } else if atom == atoms::srv() {
-        Ok(Kind::Srv)
-    } else {
-        Err(Error::BadArg)
+/// `:a`, `:aaaa` or `:srv`.
+#[derive(NifUnitEnum, Clone, Copy)]
+enum RecordType {
+    A,
+    Aaaa,
+    Srv,
+}
+
+impl From<RecordType> for Kind {
+    fn from(t: RecordType) -> Kind {
+        match t {
+            RecordType::A => Kind::A,
+            RecordType::Aaaa => Kind::Aaaa,
+            RecordType::Srv => Kind::Srv,
+        }
     }
 }
 
@@ -40,20 +48,28 @@ fn dns_lookup_start<'a>(
     tag: Term<'a>,
     opts: LookupOpts,
 ) -> NifResult<ResourceArc<Discovery>> {
-    if opts.timeout_ms == 0 || opts.timeout_ms > 600_000 || opts.attempts == 0 || opts.attempts > 10
-    {
-        return Err(Error::BadArg);
+    let timeout = millis("timeout_ms", opts.timeout_ms, 600_000)?;
+    if opts.attempts == 0 || opts.attempts > 10 {
+        return Err(bad(format!(
+            "expected :attempts to be in 1..10, got: {}",
+            opts.attempts
+        )));
     }
     if opts.questions.is_empty() || opts.questions.len() > 1024 {
-        return Err(Error::BadArg);
+        return Err(bad(format!(
+            "expected 1..1024 DNS questions, got: {}",
+            opts.questions.len()
+        )));
     }
     let questions = opts
         .questions
         .into_iter()
         .map(|(basename, name, kinds)| {
-            let kinds = kinds.into_iter().map(kind).collect::<NifResult<Vec<_>>>()?;
+            let kinds: Vec<Kind> = kinds.into_iter().map(Kind::from).collect();
             if kinds.is_empty() || name.is_empty() {
-                return Err(Error::BadArg);
+                return Err(bad(
+                    "a DNS question needs a name and at least one record type",
+                ));
             }
             Ok(Question {
                 basename,
@@ -65,16 +81,56 @@ fn dns_lookup_start<'a>(
     let nameservers = opts
         .nameservers
         .iter()
-        .map(|s| s.parse::<SocketAddr>().map_err(|_| Error::BadArg))
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .map_err(|_| bad(format!("expected a nameserver as \"ip:port\", got: {s:?}")))
+        })
         .collect::<NifResult<Vec<_>>>()?;
     let settings = Settings {
         nameservers,
         resolv_conf: PathBuf::from(opts.resolv_conf),
-        timeout: Duration::from_millis(opts.timeout_ms),
+        timeout,
         attempts: opts.attempts as usize,
     };
-    Ok(spawn(env, tag, move |sink, _cancel| async move {
+    Ok(spawn(env, tag, move |sink| async move {
         let event = dns::lookup(&settings, &questions).await;
         sink.send(event);
     }))
+}
+
+/// One resolver answer: `{:ok, [name]}`, `:nothing` or `{:error, kind, message}`.
+fn answer(term: Term<'_>) -> NifResult<Answer> {
+    if let Ok((tag, binaries)) = term.decode::<(Atom, Vec<Binary>)>() {
+        if tag == atoms::ok() {
+            // A name that is not UTF-8 is no node name: dropped and counted, as in a DNS answer.
+            let names: Vec<String> = binaries
+                .iter()
+                .filter_map(|b| std::str::from_utf8(b.as_slice()).ok().map(str::to_owned))
+                .collect();
+            let dropped = binaries.len() - names.len();
+            return Ok(Answer::Names { names, dropped });
+        }
+    }
+    if let Ok((tag, kind, message)) = term.decode::<(Atom, sink::Kind, String)>() {
+        if tag == atoms::error() {
+            return Ok(Answer::Failed(Error::new(kind.into(), message)));
+        }
+    }
+    if term.decode::<Atom>().is_ok_and(|a| a == atoms::nothing()) {
+        return Ok(Answer::Nothing);
+    }
+    Err(bad(
+        "dns_combine/1 expects answers {:ok, [binary]}, :nothing or {:error, kind, binary}",
+    ))
+}
+
+/// `dns_combine([{question, answer}])` → `{:nodes, names}`, `{:partial_nodes, names, {kind,
+/// message}}` or `{:discovery_error, kind, message}`, by the rule of `libcluster_core::dns`.
+#[rustler::nif]
+fn dns_combine<'a>(env: Env<'a>, results: Vec<(String, Term<'a>)>) -> NifResult<Term<'a>> {
+    let answers = results
+        .into_iter()
+        .map(|(question, term)| Ok((question, answer(term)?)))
+        .collect::<NifResult<Vec<_>>>()?;
+    Ok(sink::encode(env, &dns::combine(answers)))
 }

@@ -1,8 +1,8 @@
 //! `epmd_names_start/4`: ask many hosts' epmd for their node names, concurrently.
-use std::time::Duration;
-
 use libcluster_core::epmd;
-use rustler::{Env, Error, NifResult, ResourceArc, Term};
+use rustler::{Env, NifResult, ResourceArc, Term};
+
+use crate::args::{bad, millis};
 
 use crate::handle::{spawn, Discovery};
 
@@ -17,13 +17,10 @@ fn epmd_names_start<'a>(
     timeout_ms: u64,
 ) -> NifResult<ResourceArc<Discovery>> {
     if port == 0 {
-        return Err(Error::BadArg);
+        return Err(bad("expected the epmd port to be in 1..65535, got: 0"));
     }
-    if timeout_ms == 0 || timeout_ms > 3_600_000 {
-        return Err(Error::BadArg);
-    }
-    let timeout = Duration::from_millis(timeout_ms);
-    Ok(spawn(env, tag, move |sink, _cancel| {
+    let timeout = millis("timeout_ms", timeout_ms, 3_600_000)?;
+    Ok(spawn(env, tag, move |sink| {
         epmd::query_hosts(hosts, port, timeout, sink)
     }))
 }

@@ -6,21 +6,23 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use libcluster_core::gossip::socket::{Interface, SocketConfig};
 use libcluster_core::gossip::wire::{self, Keys, Mode, ReplayGuard};
 use libcluster_core::gossip::{
-    self, crypto, Control, GossipConfig, Schedule, Stats, CONTROL_QUEUE,
+    self, random_array, Control, GossipConfig, Interface, Schedule, SocketConfig, Stats,
+    CONTROL_QUEUE,
 };
 use rustler::{
-    Atom, Binary, Encoder, Env, Error, NifMap, NifResult, OwnedBinary, Resource, ResourceArc, Term,
+    Atom, Binary, Encoder, Env, NifMap, NifResult, NifUnitEnum, OwnedBinary, Resource, ResourceArc,
+    Term,
 };
 use tokio::sync::mpsc;
 
+use crate::args::bad;
 use crate::atoms;
 use crate::handle::{spawn, Discovery};
 
 /// The counters of one gossip task, readable while it runs, and the way to send it notices.
-pub struct GossipStats {
+pub(crate) struct GossipStats {
     stats: Arc<Stats>,
     control: mpsc::Sender<Control>,
 }
@@ -28,7 +30,8 @@ pub struct GossipStats {
 #[rustler::resource_impl]
 impl Resource for GossipStats {}
 
-/// Options as `Cluster.Strategy.Gossip` passes them (already validated there; checked again here).
+/// Options as `Cluster.Strategy.Gossip` passes them, validated there (with the messages users see);
+/// here only decoded, then guarded by [`GossipConfig::validate`].
 #[derive(NifMap)]
 struct GossipOpts {
     node: Option<String>,
@@ -38,7 +41,7 @@ struct GossipOpts {
     multicast_addr: String,
     multicast_ttl: u32,
     broadcast_only: bool,
-    wire_format: String,
+    wire_format: WireFormat,
     heartbeat_interval: Option<u64>,
     replay_window: u64,
     new_names_burst: u32,
@@ -50,50 +53,27 @@ struct GossipOpts {
     listen_only: bool,
 }
 
-/// Raised as `%ArgumentError{message: ...}`, so Elixir callers can `rescue ArgumentError`.
-struct ArgumentError(String);
-
-impl Encoder for ArgumentError {
-    fn encode<'a>(&self, env: Env<'a>) -> Term<'a> {
-        let pairs = [
-            (
-                Atom::from_str(env, "__struct__"),
-                Atom::from_str(env, "Elixir.ArgumentError"),
-            ),
-            (Atom::from_str(env, "__exception__"), Ok(atoms::true_())),
-        ];
-        let mut map = Term::map_new(env);
-        for (k, v) in pairs {
-            if let (Ok(k), Ok(v)) = (k, v) {
-                map = map.map_put(k, v).unwrap_or(map);
-            }
-        }
-        let message = Atom::from_str(env, "message").map(|k| map.map_put(k, self.0.as_str()));
-        match message {
-            Ok(Ok(m)) => m,
-            _ => self.0.encode(env),
-        }
-    }
+/// `:v1`, `:both` or `:authenticated`.
+#[derive(NifUnitEnum, Clone, Copy)]
+enum WireFormat {
+    V1,
+    Both,
+    Authenticated,
 }
 
-fn bad(message: String) -> Error {
-    Error::RaiseTerm(Box::new(ArgumentError(message)))
+impl From<WireFormat> for Mode {
+    fn from(f: WireFormat) -> Mode {
+        match f {
+            WireFormat::V1 => Mode::V1,
+            WireFormat::Both => Mode::Both,
+            WireFormat::Authenticated => Mode::Authenticated,
+        }
+    }
 }
 
 fn parse_ip(key: &str, s: &str) -> NifResult<IpAddr> {
     s.parse()
         .map_err(|_| bad(format!("expected :{key} to be an IP address, got: {s:?}")))
-}
-
-fn parse_mode(s: &str) -> NifResult<Mode> {
-    match s {
-        "v1" => Ok(Mode::V1),
-        "both" => Ok(Mode::Both),
-        "authenticated" => Ok(Mode::Authenticated),
-        other => Err(bad(format!(
-            "expected :wire_format to be :v1, :both or :authenticated, got: {other:?}"
-        ))),
-    }
 }
 
 /// `gossip_start(tag, opts, secret | nil)` → `{handle, stats}`. Events: `{:heartbeat, name}`,
@@ -122,16 +102,11 @@ fn gossip_start<'a>(
             multicast_ttl: opts.multicast_ttl,
             broadcast_only: opts.broadcast_only,
         },
-        mode: parse_mode(&opts.wire_format)?,
+        mode: opts.wire_format.into(),
         secret: secret.map(|b| b.as_slice().to_vec()),
         schedule: match opts.heartbeat_interval {
             _ if opts.listen_only => Schedule::Silent,
             None => Schedule::Random { max_ms: 5_000 },
-            Some(0) => {
-                return Err(bad(
-                    "expected :heartbeat_interval to be a positive integer".into()
-                ))
-            }
             Some(ms) => Schedule::Every { ms },
         },
         replay_window_ms: opts.replay_window,
@@ -142,16 +117,11 @@ fn gossip_start<'a>(
         verify_sender: opts.verify_sender,
         stats_interval_ms: opts.stats_interval,
     };
-    if opts.port == 0 {
-        return Err(bad(
-            "expected :port to be an integer in 1..65535, got: 0".into()
-        ));
-    }
     cfg.validate().map_err(bad)?;
     let stats = Arc::new(Stats::default());
     let task_stats = stats.clone();
     let (control, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let handle = spawn(env, tag, move |sink, _cancel| {
+    let handle = spawn(env, tag, move |sink| {
         gossip::run(cfg, task_stats, sink, control_rx)
     });
     Ok((handle, ResourceArc::new(GossipStats { stats, control })))
@@ -215,7 +185,10 @@ fn gossip_atom_budget() -> (u64, u64) {
     )
 }
 
-pub fn encode_stats<'a>(env: Env<'a>, counters: &[(&'static str, u64)]) -> NifResult<Term<'a>> {
+pub(crate) fn encode_stats<'a>(
+    env: Env<'a>,
+    counters: &[(&'static str, u64)],
+) -> NifResult<Term<'a>> {
     let mut map = Term::map_new(env);
     for (name, value) in counters {
         map = map.map_put(Atom::from_str(env, name)?, *value)?;
@@ -224,7 +197,7 @@ pub fn encode_stats<'a>(env: Env<'a>, counters: &[(&'static str, u64)]) -> NifRe
 }
 
 fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> NifResult<Term<'a>> {
-    let mut out = OwnedBinary::new(bytes.len()).ok_or(Error::BadArg)?;
+    let mut out = OwnedBinary::new(bytes.len()).ok_or_else(|| bad("cannot allocate a binary"))?;
     out.as_mut_slice().copy_from_slice(bytes);
     Ok(out.release(env).encode(env))
 }
@@ -236,13 +209,16 @@ fn gossip_encode_v1<'a>(
     node: String,
     secret: Option<Binary<'a>>,
 ) -> NifResult<Term<'a>> {
-    if node.len() > 255 {
-        return Err(Error::BadArg);
+    if node.len() > libcluster_core::node_name::MAX_NODE_NAME_LEN {
+        return Err(bad("a node name has at most 255 bytes"));
     }
     let bytes = match secret {
         None => wire::encode_v1_plain(&node),
         Some(s) => {
-            wire::encode_v1_secret(&node, &crypto::v1_key(s.as_slice()), crypto::random_array())
+            let key = Keys::new(Some(s.as_slice()))
+                .v1
+                .expect("a secret gives a v1 key");
+            wire::encode_v1_secret(&node, &key, random_array())
         }
     };
     binary(env, &bytes)
@@ -254,13 +230,13 @@ fn gossip_encode_v1<'a>(
 fn gossip_decode<'a>(
     env: Env<'a>,
     datagram: Binary<'a>,
-    wire_format: String,
+    wire_format: WireFormat,
     secret: Option<Binary<'a>>,
 ) -> NifResult<Term<'a>> {
-    let mode = parse_mode(&wire_format)?;
+    let mode = Mode::from(wire_format);
     let keys = Keys::new(secret.as_ref().map(|s| s.as_slice()));
     if mode != Mode::V1 && keys.aead.is_none() {
-        return Err(bad("the authenticated format needs a secret".into()));
+        return Err(bad("the authenticated format needs a secret"));
     }
     let mut guard = ReplayGuard::new(30_000, 16);
     let now = std::time::SystemTime::now()

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::runtime;
 use crate::sink::ProcessSink;
 
-pub struct Discovery {
+pub(crate) struct Discovery {
     cancel: CancellationToken,
 }
 
@@ -32,11 +32,11 @@ impl Drop for Discovery {
     }
 }
 
-/// Start `work` on the runtime for the calling process. `work` gets the sink its events go to and
-/// the token that ends it (it need not watch the token: the future is dropped when it fires).
-pub fn spawn<F, Fut>(env: Env<'_>, tag: Term<'_>, work: F) -> ResourceArc<Discovery>
+/// Start `work` on the runtime for the calling process. `work` gets the sink its events go to; it
+/// need not watch for cancellation: its future is dropped when the handle is stopped.
+pub(crate) fn spawn<F, Fut>(env: Env<'_>, tag: Term<'_>, work: F) -> ResourceArc<Discovery>
 where
-    F: FnOnce(Arc<dyn Sink>, CancellationToken) -> Fut,
+    F: FnOnce(Arc<dyn Sink>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let owner = env.pid();
@@ -50,7 +50,7 @@ where
         return handle;
     }
     let sink: Arc<dyn Sink> = Arc::new(ProcessSink::new(owner, tag));
-    let fut = work(sink.clone(), cancel.clone());
+    let fut = work(sink.clone());
     runtime::get().spawn(supervise(cancel, sink, fut));
     handle
 }

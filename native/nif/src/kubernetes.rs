@@ -1,16 +1,16 @@
-//! `kubernetes_start/2`, `rancher_start/4` and the dirty `kubernetes_parse/5` (body in, names out).
+//! `kubernetes_start/2` and the dirty `kubernetes_parse/5` (body in, names out).
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use libcluster_core::kubernetes::{self, Config, Lookup, NameMode, Naming};
-use libcluster_core::rancher;
-use rustler::{Binary, Encoder, Env, Error, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
+use rustler::{Binary, Encoder, Env, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
+
+use crate::args::{bad, millis};
 
 use crate::handle::{spawn, Discovery};
 
 #[derive(NifUnitEnum, Clone, Copy)]
-pub enum LookupMode {
+pub(crate) enum LookupMode {
     Endpoints,
     Pods,
     Endpointslices,
@@ -47,7 +47,7 @@ impl From<Mode> for NameMode {
 
 /// The strategy's validated config, as a map with these atom keys.
 #[derive(NifMap)]
-pub struct KubernetesOpts {
+pub(crate) struct KubernetesOpts {
     api_url: String,
     service_account_path: String,
     namespace: String,
@@ -72,12 +72,8 @@ pub struct KubernetesOpts {
     probe: bool,
 }
 
-fn ms(v: u64) -> NifResult<Duration> {
-    if v == 0 || v > 86_400_000 {
-        return Err(Error::BadArg);
-    }
-    Ok(Duration::from_millis(v))
-}
+/// The longest duration option the NIF accepts (a day).
+const MAX_MS: u64 = 86_400_000;
 
 /// `kubernetes_start(tag, opts)`: with `watch: true`, a stream of `{:nodes, names}` whenever the
 /// set changes and `{:discovery_error, kind, msg}` on failures (it reconnects by itself); with
@@ -92,7 +88,9 @@ fn kubernetes_start<'a>(
     opts: KubernetesOpts,
 ) -> NifResult<ResourceArc<Discovery>> {
     if opts.max_body_bytes == 0 || opts.namespace.is_empty() || opts.basename.is_empty() {
-        return Err(Error::BadArg);
+        return Err(bad(
+            "kubernetes_start/2: max_body_bytes, namespace and basename must not be empty",
+        ));
     }
     let cfg = Arc::new(Config {
         api_url: opts.api_url,
@@ -109,17 +107,21 @@ fn kubernetes_start<'a>(
         },
         use_cached_resources: opts.use_cached_resources,
         insecure_skip_tls_verify: opts.insecure_skip_tls_verify,
-        request_timeout: ms(opts.request_timeout_ms)?,
+        request_timeout: millis("request_timeout_ms", opts.request_timeout_ms, MAX_MS)?,
         max_body_bytes: opts.max_body_bytes as usize,
-        watch_timeout: ms(opts.watch_timeout_ms)?,
-        backoff_min: ms(opts.backoff_min_ms)?,
-        backoff_max: ms(opts.backoff_max_ms)?,
-        poll_interval: ms(opts.poll_interval_ms)?,
-        watch_retry_interval: ms(opts.watch_retry_interval_ms)?,
+        watch_timeout: millis("watch_timeout_ms", opts.watch_timeout_ms, MAX_MS)?,
+        backoff_min: millis("backoff_min_ms", opts.backoff_min_ms, MAX_MS)?,
+        backoff_max: millis("backoff_max_ms", opts.backoff_max_ms, MAX_MS)?,
+        poll_interval: millis("poll_interval_ms", opts.poll_interval_ms, MAX_MS)?,
+        watch_retry_interval: millis(
+            "watch_retry_interval_ms",
+            opts.watch_retry_interval_ms,
+            MAX_MS,
+        )?,
         probe: opts.probe,
     });
     let watch = opts.watch;
-    Ok(spawn(env, tag, move |sink, _cancel| async move {
+    Ok(spawn(env, tag, move |sink| async move {
         if watch {
             kubernetes::watch(cfg, sink).await
         } else {
@@ -153,27 +155,8 @@ fn kubernetes_parse<'a>(
         Ok((names, _version)) => (crate::atoms::ok(), names).encode(env),
         Err(e) => (
             crate::atoms::error(),
-            (crate::sink::kind_atom(e.kind), e.message),
+            (crate::sink::Kind::from(e.kind), e.message),
         )
             .encode(env),
     }
-}
-
-/// `rancher_start(tag, url, basename, timeout_ms)`: one `{:nodes, names}` or one error.
-#[rustler::nif]
-fn rancher_start<'a>(
-    env: Env<'a>,
-    tag: Term<'a>,
-    url: String,
-    basename: String,
-    timeout_ms: u64,
-) -> NifResult<ResourceArc<Discovery>> {
-    let cfg = Arc::new(rancher::Config {
-        url,
-        basename,
-        timeout: ms(timeout_ms)?,
-    });
-    Ok(spawn(env, tag, move |sink, _cancel| {
-        rancher::poll_once(cfg, sink)
-    }))
 }

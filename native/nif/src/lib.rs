@@ -1,11 +1,15 @@
 //! rustler glue for libcluster_rs: the runtime, discovery handles, option decoding and message
-//! encoding. All discovery logic lives in `libcluster_core`.
+//! encoding. All discovery logic lives in `libcluster_core`. This file only lists the modules.
+#![warn(unreachable_pub)]
+mod args;
 mod atoms;
 mod dns;
 mod epmd;
 mod gossip;
 mod handle;
 mod kubernetes;
+mod node_name;
+mod rancher;
 mod runtime;
 mod sink;
 

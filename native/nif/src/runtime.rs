@@ -6,7 +6,7 @@ use tokio::runtime::{Builder, Runtime};
 
 const WORKER_THREADS: usize = 2;
 
-pub fn get() -> &'static Runtime {
+pub(crate) fn get() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         Builder::new_multi_thread()

@@ -3,18 +3,18 @@ use std::sync::Mutex;
 
 use libcluster_core::event::{Error, ErrorKind, Event, Sink};
 use rustler::env::SavedTerm;
-use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, Term};
+use rustler::{Encoder, Env, LocalPid, NifUnitEnum, OwnedEnv, Term};
 
 use crate::atoms;
 
-pub struct ProcessSink {
+pub(crate) struct ProcessSink {
     pid: LocalPid,
     /// Holds the caller's tag term; never cleared, so the saved term stays valid.
     tag_env: Mutex<(OwnedEnv, SavedTerm)>,
 }
 
 impl ProcessSink {
-    pub fn new(pid: LocalPid, tag: Term<'_>) -> Self {
+    pub(crate) fn new(pid: LocalPid, tag: Term<'_>) -> Self {
         let env = OwnedEnv::new();
         let saved = env.save(tag);
         ProcessSink {
@@ -48,30 +48,56 @@ impl Sink for ProcessSink {
     }
 }
 
-pub fn kind_atom(kind: ErrorKind) -> Atom {
-    match kind {
-        ErrorKind::Timeout => atoms::timeout(),
-        ErrorKind::Refused => atoms::refused(),
-        ErrorKind::Unreachable => atoms::unreachable(),
-        ErrorKind::NxDomain => atoms::nxdomain(),
-        ErrorKind::ServFail => atoms::servfail(),
-        ErrorKind::Unauthorized => atoms::unauthorized(),
-        ErrorKind::Forbidden => atoms::forbidden(),
-        ErrorKind::NotFound => atoms::not_found(),
-        ErrorKind::HttpStatus => atoms::http_status(),
-        ErrorKind::Tls => atoms::tls(),
-        ErrorKind::Malformed => atoms::malformed(),
-        ErrorKind::Io => atoms::io(),
-        ErrorKind::Config => atoms::config(),
-        ErrorKind::Panic => atoms::panic(),
-    }
+/// `Kind`, the `NifUnitEnum` twin of `ErrorKind` (the core has no rustler), with the conversions
+/// both ways, from one list: the one decoder and encoder of error kinds at the boundary.
+macro_rules! kinds {
+    ($($kind:ident = $core:ident),* $(,)?) => {
+        /// An error kind as its atom (`:timeout`, `:nxdomain`, ...).
+        #[derive(NifUnitEnum, Clone, Copy, Debug, PartialEq, Eq)]
+        pub(crate) enum Kind {
+            $($kind),*
+        }
+
+        impl From<ErrorKind> for Kind {
+            fn from(kind: ErrorKind) -> Kind {
+                match kind {
+                    $(ErrorKind::$core => Kind::$kind),*
+                }
+            }
+        }
+
+        impl From<Kind> for ErrorKind {
+            fn from(kind: Kind) -> ErrorKind {
+                match kind {
+                    $(Kind::$kind => ErrorKind::$core),*
+                }
+            }
+        }
+    };
 }
+
+kinds!(
+    Timeout = Timeout,
+    Refused = Refused,
+    Unreachable = Unreachable,
+    Nxdomain = NxDomain,
+    Servfail = ServFail,
+    Unauthorized = Unauthorized,
+    Forbidden = Forbidden,
+    NotFound = NotFound,
+    HttpStatus = HttpStatus,
+    Tls = Tls,
+    Malformed = Malformed,
+    Io = Io,
+    Config = Config,
+    Panic = Panic,
+);
 
 fn encode_error<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
-    (kind_atom(error.kind), error.message.as_str()).encode(env)
+    (Kind::from(error.kind), error.message.as_str()).encode(env)
 }
 
-fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
+pub(crate) fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
     match event {
         Event::Nodes(nodes) => (atoms::nodes(), nodes).encode(env),
         Event::EpmdNames { host, names } => {
@@ -88,7 +114,7 @@ fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
         }
         Event::Error(error) => (
             atoms::discovery_error(),
-            kind_atom(error.kind),
+            Kind::from(error.kind),
             error.message.as_str(),
         )
             .encode(env),

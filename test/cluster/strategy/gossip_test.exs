@@ -16,7 +16,7 @@ defmodule Cluster.Strategy.GossipTest do
         assert <<131, 116, 1::32, 100, _::binary>> = term
       end
 
-      assert Native.gossip_decode(datagram, "v1", nil) == {:ok, "myapp@10.0.0.1"}
+      assert Native.gossip_decode(datagram, :v1, nil) == {:ok, "myapp@10.0.0.1"}
     end
 
     test "a Rust-encoded v1 heartbeat decodes with binary_to_term, as libcluster reads it" do
@@ -41,19 +41,19 @@ defmodule Cluster.Strategy.GossipTest do
       pad = 16 - rem(byte_size(plain), 16)
       iv = :crypto.strong_rand_bytes(16)
       ct = :crypto.crypto_one_time(:aes_256_cbc, key, iv, plain <> :binary.copy(<<pad>>, pad), true)
-      assert Native.gossip_decode(iv <> ct, "v1", secret) == {:ok, "other@10.0.0.2"}
-      assert {:error, _} = Native.gossip_decode(iv <> ct, "v1", "wrong")
-      assert {:error, _} = Native.gossip_decode(iv <> ct, "authenticated", secret)
-      assert Native.gossip_decode(iv <> ct, "both", secret) == {:ok, "other@10.0.0.2"}
+      assert Native.gossip_decode(iv <> ct, :v1, secret) == {:ok, "other@10.0.0.2"}
+      assert {:error, _} = Native.gossip_decode(iv <> ct, :v1, "wrong")
+      assert {:error, _} = Native.gossip_decode(iv <> ct, :authenticated, secret)
+      assert Native.gossip_decode(iv <> ct, :both, secret) == {:ok, "other@10.0.0.2"}
     end
 
     test "hostile datagrams are rejected without creating atoms" do
       # warm up (module loading makes atoms of its own)
-      for d <- GossipSender.garbage(10), do: Native.gossip_decode(d, "v1", nil)
+      for d <- GossipSender.garbage(10), do: Native.gossip_decode(d, :v1, nil)
       before = :erlang.system_info(:atom_count)
 
       for d <- GossipSender.garbage(200) do
-        assert {:error, reason} = Native.gossip_decode(d, "v1", nil)
+        assert {:error, reason} = Native.gossip_decode(d, :v1, nil)
         assert is_atom(reason)
       end
 
@@ -61,7 +61,7 @@ defmodule Cluster.Strategy.GossipTest do
 
       # valid heartbeats of unknown names make no atom either: only LibclusterRs.NodeName does, later
       flood = GossipSender.fresh_names(50, "127.0.0.1")
-      for {_, d} <- flood, do: assert({:ok, _} = Native.gossip_decode(d, "v1", nil))
+      for {_, d} <- flood, do: assert({:ok, _} = Native.gossip_decode(d, :v1, nil))
       assert GossipSender.existing_atoms(Enum.map(flood, &elem(&1, 0))) == 0
     end
   end
@@ -99,7 +99,7 @@ defmodule Cluster.Strategy.GossipTest do
         multicast_addr: "10.0.0.1",
         multicast_ttl: 1,
         broadcast_only: false,
-        wire_format: "v1",
+        wire_format: :v1,
         heartbeat_interval: nil,
         replay_window: 30_000,
         new_names_burst: 64,
@@ -116,7 +116,7 @@ defmodule Cluster.Strategy.GossipTest do
 
       error =
         assert_raise ArgumentError, fn ->
-          Native.gossip_start(make_ref(), %{opts | multicast_addr: "ff02::1", wire_format: "both"}, nil)
+          Native.gossip_start(make_ref(), %{opts | multicast_addr: "ff02::1", wire_format: :both}, nil)
         end
 
       assert error.message =~ "secret"

@@ -50,7 +50,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
       multicast_addr: "233.252.1.32",
       multicast_ttl: 0,
       broadcast_only: false,
-      wire_format: "v1",
+      wire_format: :v1,
       heartbeat_interval: 50,
       replay_window: 30_000,
       new_names_burst: 64,

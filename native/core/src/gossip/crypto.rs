@@ -15,13 +15,13 @@ const HKDF_SALT: &[u8] = b"libcluster_rs gossip";
 const HKDF_INFO: &[u8] = b"heartbeat v2 chacha20poly1305";
 
 /// libcluster's key: SHA-256 of the secret.
-pub fn v1_key(secret: &[u8]) -> [u8; 32] {
+pub(super) fn v1_key(secret: &[u8]) -> [u8; 32] {
     Sha256::digest(secret).into()
 }
 
 /// The AEAD key: HKDF-SHA256 of the secret (a different key from v1's, so one format's traffic
 /// tells nothing about the other's key).
-pub fn aead_key(secret: &[u8]) -> [u8; 32] {
+pub(super) fn aead_key(secret: &[u8]) -> [u8; 32] {
     let mut key = [0u8; 32];
     Hkdf::<Sha256>::new(Some(HKDF_SALT), secret)
         .expand(HKDF_INFO, &mut key)
@@ -29,26 +29,26 @@ pub fn aead_key(secret: &[u8]) -> [u8; 32] {
     key
 }
 
-pub fn aes_cbc_encrypt(key: &[u8; 32], iv: &[u8; 16], plain: &[u8]) -> Vec<u8> {
+pub(super) fn aes_cbc_encrypt(key: &[u8; 32], iv: &[u8; 16], plain: &[u8]) -> Vec<u8> {
     Aes256CbcEnc::new(key.into(), iv.into()).encrypt_padded_vec_mut::<Pkcs7>(plain)
 }
 
 /// `None` when the padding is wrong (wrong key or not an encrypted datagram).
-pub fn aes_cbc_decrypt(key: &[u8; 32], iv: &[u8; 16], body: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn aes_cbc_decrypt(key: &[u8; 32], iv: &[u8; 16], body: &[u8]) -> Option<Vec<u8>> {
     Aes256CbcDec::new(key.into(), iv.into())
         .decrypt_padded_vec_mut::<Pkcs7>(body)
         .ok()
 }
 
 /// ChaCha20-Poly1305: ciphertext ++ 16-byte tag.
-pub fn seal(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], plain: &[u8]) -> Vec<u8> {
+pub(super) fn seal(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], plain: &[u8]) -> Vec<u8> {
     ChaCha20Poly1305::new(key.into())
         .encrypt(nonce.into(), Payload { msg: plain, aad })
         .expect("ChaCha20-Poly1305 encryption of a short message cannot fail")
 }
 
 /// `None` unless the tag verifies.
-pub fn open(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn open(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
     ChaCha20Poly1305::new(key.into())
         .decrypt(nonce.into(), Payload { msg: sealed, aad })
         .ok()

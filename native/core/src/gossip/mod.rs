@@ -13,9 +13,13 @@
 //!   heard names costs little;
 //! - rejections are counted by reason ([`Stats`]) and logged at debug level only.
 
-pub mod crypto;
-pub mod socket;
+mod crypto;
+mod socket;
 pub mod wire;
+
+/// Random bytes from the OS RNG, for v1 IVs and authenticated nonces.
+pub use crypto::random_array;
+pub use socket::{Interface, SocketConfig};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -26,8 +30,8 @@ use rand::Rng;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::backoff::Backoff;
 use crate::event::{Error, ErrorKind, Event, Sink};
-use socket::SocketConfig;
 use wire::{Format, Keys, Mode, Reject, ReplayGuard};
 
 /// A known name is reported again after this gap at first; the gap doubles per report...
@@ -83,8 +87,16 @@ pub struct GossipConfig {
 }
 
 impl GossipConfig {
-    /// Checks what the Elixir side cannot: combinations. Returns the message for `ArgumentError`.
+    /// The NIF's guard: `Cluster.Strategy.Gossip` validates every option (with the messages users
+    /// see) before the task starts; this only refuses a config that cannot work, from a caller that
+    /// bypassed it. Returns the message for `ArgumentError`.
     pub fn validate(&self) -> Result<(), String> {
+        if self.socket.port == 0 {
+            return Err("expected :port to be an integer in 1..65535, got: 0".into());
+        }
+        if self.schedule == (Schedule::Every { ms: 0 }) {
+            return Err("expected :heartbeat_interval to be a positive integer".into());
+        }
         if let Some(node) = &self.node {
             if !crate::node_name::is_valid(node) {
                 return Err(format!("invalid node name {node:?}"));
@@ -477,21 +489,24 @@ fn next_delay(schedule: Schedule) -> Duration {
     Duration::from_millis(ms)
 }
 
-/// Opens the socket, retrying with backoff (1 s doubling to 30 s). The first failure is reported
+/// Opens the socket, retrying with [`Backoff`] (1 s doubling to 30 s, ±20 %). The first failure is reported
 /// to the sink once; later ones are logged at debug. `None` when the sink is gone.
 async fn open_with_retry(
     cfg: &SocketConfig,
     sink: &dyn Sink,
     stats: &Stats,
 ) -> Option<(UdpSocket, std::net::SocketAddr)> {
-    let mut failures: u32 = 0;
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let result = socket::open(cfg).and_then(|(s, dest)| Ok((UdpSocket::from_std(s)?, dest)));
         match result {
             Ok(ok) => {
                 stats.incr("socket_opened");
-                if failures > 0 {
-                    tracing::info!(failures, "gossip socket opened after retrying");
+                if backoff.failures() > 0 {
+                    tracing::info!(
+                        failures = backoff.failures(),
+                        "gossip socket opened after retrying"
+                    );
                 }
                 return Some(ok);
             }
@@ -501,7 +516,7 @@ async fn open_with_retry(
                     "cannot open the gossip socket (port {}, group {}): {err}; retrying",
                     cfg.port, cfg.multicast_addr
                 );
-                if failures == 0 {
+                if backoff.failures() == 0 {
                     let kind = match ErrorKind::from_io(&err) {
                         ErrorKind::Io => ErrorKind::Config,
                         other => other,
@@ -512,11 +527,7 @@ async fn open_with_retry(
                 } else {
                     tracing::debug!(%message);
                 }
-                failures = failures.saturating_add(1);
-                let backoff = 1_000u64
-                    .saturating_mul(1 << (failures - 1).min(5))
-                    .min(30_000);
-                tokio::time::sleep(Duration::from_millis(backoff)).await;
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -33,14 +33,14 @@ pub enum Interface {
 
 /// One address of one local interface.
 #[derive(Debug, Clone)]
-pub struct LocalAddr {
+pub(super) struct LocalAddr {
     pub name: String,
     pub index: u32,
     pub addr: IpAddr,
 }
 
 /// The addresses of this host's interfaces (getifaddrs).
-pub fn local_addrs() -> io::Result<Vec<LocalAddr>> {
+pub(super) fn local_addrs() -> io::Result<Vec<LocalAddr>> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs; we only read it.
@@ -111,7 +111,7 @@ fn resolve_interface(cfg: &SocketConfig) -> io::Result<Option<(u32, Option<Ipv4A
 /// Opens the socket for `cfg`: bound to the wildcard address of the group's family on `port`, with
 /// SO_REUSEADDR and SO_REUSEPORT, joined to the group (or with SO_BROADCAST). Returns the socket and
 /// the destination for heartbeats.
-pub fn open(cfg: &SocketConfig) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
+pub(super) fn open(cfg: &SocketConfig) -> io::Result<(std::net::UdpSocket, SocketAddr)> {
     let iface = resolve_interface(cfg)?;
     let (domain, bind): (Domain, SocketAddr) = match cfg.multicast_addr {
         IpAddr::V4(_) => (Domain::IPV4, (Ipv4Addr::UNSPECIFIED, cfg.port).into()),

@@ -202,7 +202,7 @@ pub(crate) struct SliceConditions {
 
 /// One ready address of one workload, before it becomes a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
+pub(super) struct Target {
     pub ip: IpAddr,
     /// The address as the API wrote it (trimmed). `:ip` names use it verbatim, as libcluster does:
     /// a node started with `RELEASE_NODE=app@$(POD_IP)` carries exactly this text.
@@ -219,7 +219,7 @@ pub struct Target {
 
 /// Why addresses were left out; reported at debug level, never as an error.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Skipped {
+pub(super) struct Skipped {
     pub bad_ip: usize,
     pub bad_name: usize,
 }
@@ -493,7 +493,7 @@ fn dashed(ip: IpAddr) -> String {
 
 /// Turn targets into sorted, unique, valid node names. On dual-stack services an owner with both
 /// families keeps only its IPv4 address (one pod, one node name).
-pub fn node_names<'a>(
+pub(super) fn node_names<'a>(
     naming: &Naming,
     targets: impl Iterator<Item = &'a Target>,
     skipped: &mut Skipped,
