@@ -352,10 +352,5 @@ defmodule Cluster do
     _, _ -> []
   end
 
-  # Late replies after a timeout are dropped by the runtime (process aliases), so nothing leaks.
-  defp safe_call(fun) do
-    {:ok, fun.()}
-  catch
-    :exit, _ -> :error
-  end
+  defp safe_call(fun), do: Discovery.safe_call(fun)
 end

@@ -410,7 +410,12 @@ defmodule LibclusterRs.Discovery do
     end
   end
 
-  defp safe_call(fun) do
+  @doc false
+  # A call that may time out or hit a dead process, as `{:ok, reply}` or `:error`. Late replies
+  # after a timeout are dropped by the runtime (process aliases), so nothing leaks. Also used by
+  # `Cluster.status/1`.
+  @spec safe_call((() -> term())) :: {:ok, term()} | :error
+  def safe_call(fun) do
     {:ok, fun.()}
   catch
     :exit, _ -> :error

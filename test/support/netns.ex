@@ -122,7 +122,8 @@ defmodule LibclusterRs.Test.Netns do
     ])
   end
 
-  defp ip!(args) do
+  @doc "Runs `ip` with `args`; raises with its output when it fails."
+  def ip!(args) do
     case System.cmd("ip", args, stderr_to_stdout: true) do
       {out, 0} -> out
       {out, status} -> raise "ip #{Enum.join(args, " ")} failed (#{status}): #{out}"

@@ -245,10 +245,5 @@ defmodule LibclusterRs.Test.Partition do
     end
   end
 
-  defp ip!(args) do
-    case System.cmd("ip", args, stderr_to_stdout: true) do
-      {out, 0} -> out
-      {out, status} -> raise "ip #{Enum.join(args, " ")} failed (#{status}): #{out}"
-    end
-  end
+  defp ip!(args), do: LibclusterRs.Test.Netns.ip!(args)
 end

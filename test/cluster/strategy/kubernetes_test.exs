@@ -535,24 +535,21 @@ defmodule Cluster.Strategy.KubernetesTest do
 
       assert native.field_selector == nil
 
-      state = %{
-        state
-        | config: [
-            kubernetes_node_basename: "a",
-            kubernetes_ip_lookup_mode: :endpointslices,
-            kubernetes_service_name: "svc",
-            kubernetes_namespace: "d"
-          ]
-      }
+      slices_config = [
+        kubernetes_node_basename: "a",
+        kubernetes_ip_lookup_mode: :endpointslices,
+        kubernetes_service_name: "svc",
+        kubernetes_namespace: "d"
+      ]
 
-      {:ok, %{native: native}, _} = K.init(state)
+      {:ok, %{native: native}, _} = K.init(%{state | config: slices_config})
       assert native.label_selector == "kubernetes.io/service-name=svc"
       assert native.field_selector == nil
 
       # Ready-only means nothing outside :pods: said, not silently ignored.
       log =
         capture_log(fn ->
-          {:ok, _, _} = K.init(%{state | config: state.config ++ [kubernetes_pods_ready_only: true]})
+          {:ok, _, _} = K.init(%{state | config: slices_config ++ [kubernetes_pods_ready_only: true]})
         end)
 
       assert log =~ "kubernetes_pods_ready_only applies to kubernetes_ip_lookup_mode: :pods only"
