@@ -4,7 +4,7 @@ defmodule LibclusterRs.DiscoveryTest do
 
   alias LibclusterRs.{Discovery, Membership}
   alias Cluster.Strategy.State
-  alias LibclusterRs.Test.{Mfa, Peer}
+  alias LibclusterRs.Test.{FakeDist, Peer}
 
   @moduletag capture_log: true
 
@@ -26,18 +26,22 @@ defmodule LibclusterRs.DiscoveryTest do
     end
   end
 
+  # The distribution is the fake one (LibclusterRs.Test.FakeDist): every connect and disconnect the
+  # membership makes is reported to the test as {:connect, node} / {:disconnect, node}.
   setup context do
-    {:ok, topology: :"discovery_#{context.line}", connected: Mfa.connected()}
+    {:ok, topology: :"discovery_#{context.line}", dist: FakeDist.new()}
   end
 
   defp start(ctx, script, opts) do
     test = self()
 
+    mfas = FakeDist.mfas(ctx.dist)
+
     state = %State{
       topology: ctx.topology,
-      connect: {Mfa, :connect, [test, Mfa.connect_into(ctx.connected)]},
-      disconnect: {Mfa, :disconnect, [test, Mfa.disconnect_from(ctx.connected)]},
-      list_nodes: {Mfa, :list_nodes, [ctx.connected]},
+      connect: mfas[:connect],
+      disconnect: mfas[:disconnect],
+      list_nodes: mfas[:list_nodes],
       config: [test: test, script: script, opts: opts]
     }
 

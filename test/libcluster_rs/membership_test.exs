@@ -1,55 +1,14 @@
 defmodule LibclusterRs.MembershipTest do
-  # LibclusterRs.Membership driven directly, over a fake distribution (injected MFAs). Every dial is
-  # reported to the test as `{:dial, node, attempt_pid}`; how a dial ends is set per node.
+  # LibclusterRs.Membership driven directly, over the fake distribution (LibclusterRs.Test.FakeDist):
+  # every dial is reported to the test as `{:connect, node}` (and, for a `:hang` or `:wait` peer, the
+  # attempt's pid as `{:pending, :connect, node, pid}`), every disconnect as `{:disconnect, node}`;
+  # how a dial ends is set per node, and a node not set refuses.
   use ExUnit.Case, async: false
   import ExUnit.CaptureLog
 
   alias LibclusterRs.Membership
   alias Cluster.Strategy.State
-  alias LibclusterRs.Test.Peer
-
-  defmodule Net do
-    @moduledoc false
-    # behaviour per node: :up (connects), :down (false), :hang (never returns), :wait (returns
-    # whatever the test sends as {:result, value}; true connects).
-    use Agent
-
-    def start(test, behaviour, connected \\ []) do
-      {:ok, pid} =
-        Agent.start(fn -> %{test: test, behaviour: behaviour, connected: MapSet.new(connected)} end)
-
-      pid
-    end
-
-    def set(net, node, b), do: Agent.update(net, &put_in(&1.behaviour[node], b))
-
-    def connect(net, node) do
-      %{test: test, behaviour: behaviour} = Agent.get(net, & &1)
-      send(test, {:dial, node, self()})
-
-      result =
-        case Map.get(behaviour, node, :down) do
-          :up -> true
-          # accepts, but never shows up in list_nodes (a peer that drops at once, a hidden connect)
-          :ghost -> :ghost
-          :down -> false
-          :hang -> Process.sleep(:infinity)
-          :wait -> receive(do: ({:result, r} -> r))
-        end
-
-      if result == true, do: Agent.update(net, &%{&1 | connected: MapSet.put(&1.connected, node)})
-      if result == :ghost, do: true, else: result
-    end
-
-    def disconnect(net, node) do
-      Agent.get_and_update(net, fn s ->
-        send(s.test, {:hangup, node})
-        {MapSet.member?(s.connected, node), %{s | connected: MapSet.delete(s.connected, node)}}
-      end)
-    end
-
-    def list(net), do: Agent.get(net, &MapSet.to_list(&1.connected))
-  end
+  alias LibclusterRs.Test.{FakeDist, Peer}
 
   @events [
     [:libcluster, :connect_node, :error],
@@ -61,12 +20,23 @@ defmodule LibclusterRs.MembershipTest do
     {:ok, t: :"mem_#{System.unique_integer([:positive])}"}
   end
 
-  defp start(t, net, opts, meta \\ nil) do
+  # A fake distribution where each node of `peers` answers a connect as its behaviour says
+  # (`:accept`, `:refuse`, `:accept_then_drop`, `:hang`, `:wait`), every other node refuses, and
+  # the nodes `up` are connected already.
+  defp dist(peers, up \\ []) do
+    dist = FakeDist.new(reachable: [], up: up)
+    for {node, behaviour} <- peers, do: FakeDist.peer(dist, node, connect: behaviour)
+    dist
+  end
+
+  defp start(t, dist, opts, meta \\ nil) do
+    mfas = FakeDist.mfas(dist)
+
     state = %State{
       topology: t,
-      connect: {Net, :connect, [net]},
-      disconnect: {Net, :disconnect, [net]},
-      list_nodes: {Net, :list, [net]},
+      connect: mfas[:connect],
+      disconnect: mfas[:disconnect],
+      list_nodes: mfas[:list_nodes],
       meta: meta
     }
 
@@ -77,7 +47,7 @@ defmodule LibclusterRs.MembershipTest do
 
   defp dials(acc \\ []) do
     receive do
-      {:dial, n, _} -> dials([n | acc])
+      {:connect, n} -> dials([n | acc])
     after
       0 -> Enum.reverse(acc)
     end
@@ -86,31 +56,36 @@ defmodule LibclusterRs.MembershipTest do
   @tag capture_log: true
   test "at most :max_concurrency attempts run at once; a finished one makes room", %{t: t} do
     nodes = for i <- 1..5, do: :"n#{i}@h"
-    net = Net.start(self(), Map.new(nodes, &{&1, :wait}))
+    net = dist(Map.new(nodes, &{&1, :wait}))
     m = start(t, net, max_concurrency: 2)
     Membership.discovered(m, nodes)
 
-    assert_receive {:dial, _, p1}, 500
-    assert_receive {:dial, _, _p2}, 500
-    refute_receive {:dial, _, _}, 150
+    # (a `:wait` peer reports its connect, then the attempt's pid)
+    assert_receive {:pending, :connect, n1, p1}, 500
+    assert_receive {:pending, :connect, n2, _p2}, 500
+    assert_received {:connect, ^n1}
+    assert_received {:connect, ^n2}
+    refute_receive {:connect, _}, 150
 
-    send(p1, {:result, true})
-    assert_receive {:dial, _, p3}, 500
-    refute_receive {:dial, _, _}, 100
-    send(p3, {:result, false})
-    assert_receive {:dial, _, _}, 500
-    refute_receive {:dial, _, _}, 100
+    FakeDist.reply(p1, :accept)
+    assert_receive {:pending, :connect, n3, p3}, 500
+    assert_received {:connect, ^n3}
+    refute_receive {:connect, _}, 100
+    FakeDist.reply(p3, :refuse)
+    assert_receive {:connect, _}, 500
+    refute_receive {:connect, _}, 100
   end
 
   @tag capture_log: true
   test "a hung attempt does not delay another node and is reported as :timeout", %{t: t} do
-    net = Net.start(self(), %{:hang@h => :hang, :ok@h => :up})
+    net = dist(%{:hang@h => :hang, :ok@h => :accept})
     m = start(t, net, connect_timeout: 300, backoff_min: 5_000, backoff_max: 5_000)
     t0 = System.monotonic_time(:millisecond)
     Membership.discovered(m, [:hang@h, :ok@h])
-    assert_receive {:dial, :hang@h, hung}, 500
-    assert_receive {:dial, :ok@h, _}, 500
-    assert Peer.wait_until(fn -> :ok@h in Net.list(net) end, 500)
+    assert_receive {:connect, :hang@h}, 500
+    assert_receive {:pending, :connect, :hang@h, hung}, 500
+    assert_receive {:connect, :ok@h}, 500
+    assert Peer.wait_until(fn -> :ok@h in FakeDist.up(net) end, 500)
     assert System.monotonic_time(:millisecond) - t0 < 100
 
     assert_receive {:telemetry, [:libcluster, :connect_node, :error], %{duration: d},
@@ -129,7 +104,7 @@ defmodule LibclusterRs.MembershipTest do
 
   @tag capture_log: true
   test "a failing node is retried with exponential backoff, within its bounds, while discovered", %{t: t} do
-    net = Net.start(self(), %{:down@h => :down})
+    net = dist(%{:down@h => :refuse})
     m = start(t, net, backoff_min: 40, backoff_max: 160, min_dial_interval: 1)
     Membership.discovered(m, [:down@h])
 
@@ -159,111 +134,112 @@ defmodule LibclusterRs.MembershipTest do
 
   @tag capture_log: true
   test "a retry waits for its backoff delay", %{t: t} do
-    net = Net.start(self(), %{:down@h => :down})
+    net = dist(%{:down@h => :refuse})
     m = start(t, net, backoff_min: 200, backoff_max: 200)
     Membership.discovered(m, [:down@h])
-    assert_receive {:dial, :down@h, _}, 500
+    assert_receive {:connect, :down@h}, 500
     t0 = System.monotonic_time(:millisecond)
     assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{delay: delay}, _}, 500
-    assert_receive {:dial, :down@h, _}, 1_000
+    assert_receive {:connect, :down@h}, 1_000
     waited = System.monotonic_time(:millisecond) - t0
     assert waited >= delay - 5 and waited >= 140, "retried after #{waited} ms, delay #{delay}"
     # a node that comes up is connected by the next retry, and its failures are forgotten
-    Net.set(net, :down@h, :up)
-    assert_receive {:dial, :down@h, _}, 1_000
-    Process.sleep(20)
-    assert Membership.status(m).pending == %{}
+    FakeDist.peer(net, :down@h, connect: :accept)
+    assert_receive {:connect, :down@h}, 1_000
+    assert Peer.wait_until(fn -> Membership.status(m).pending == %{} end, 1_000)
   end
 
   @tag capture_log: true
   test "a discovered node that goes down is redialled (at once when it was connected long enough)", %{t: t} do
-    net = Net.start(self(), %{:a@h => :up})
+    net = dist(%{:a@h => :accept})
     m = start(t, net, stable_after: 0, min_dial_interval: 1)
     Membership.discovered(m, [:a@h])
-    assert_receive {:dial, :a@h, _}, 500
-    Peer.wait_until(fn -> Net.list(net) == [:a@h] end, 500)
+    assert_receive {:connect, :a@h}, 500
+    Peer.wait_until(fn -> FakeDist.up(net) == [:a@h] end, 500)
 
-    Net.disconnect(net, :a@h)
+    # the peer drops the connection (silently: every {:disconnect, _} the test sees is the membership's)
+    FakeDist.drop(net, :a@h)
     send(m, {:nodedown, :a@h})
-    assert_receive {:dial, :a@h, _}, 500
-    Peer.wait_until(fn -> Net.list(net) == [:a@h] end, 500)
+    assert_receive {:connect, :a@h}, 500
+    Peer.wait_until(fn -> FakeDist.up(net) == [:a@h] end, 500)
 
     # a node that is not (or no longer) discovered is not redialled on nodedown
     Membership.discovered(m, [])
-    assert_receive {:hangup, :a@h}, 500
+    assert_receive {:disconnect, :a@h}, 500
     send(m, {:nodedown, :a@h})
-    refute_receive {:dial, :a@h, _}, 150
+    refute_receive {:connect, :a@h}, 150
   end
 
   describe "prune policies" do
     @describetag capture_log: true
 
     test ":immediate disconnects a node the next discovery omits", %{t: t} do
-      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      net = dist(%{:a@h => :accept, :b@h => :accept})
       m = start(t, net, [])
       Membership.discovered(m, [:a@h, :b@h])
-      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      assert Peer.wait_until(fn -> length(FakeDist.up(net)) == 2 end, 500)
       Membership.discovered(m, [:a@h])
-      assert_receive {:hangup, :b@h}, 500
-      refute_receive {:hangup, :a@h}, 50
-      assert Net.list(net) == [:a@h]
+      assert_receive {:disconnect, :b@h}, 500
+      refute_receive {:disconnect, :a@h}, 50
+      assert FakeDist.up(net) == [:a@h]
     end
 
     test ":never never disconnects, and stops redialling", %{t: t} do
-      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      net = dist(%{:a@h => :accept, :b@h => :accept})
       m = start(t, net, prune: :never, backoff_min: 20, backoff_max: 20)
       Membership.discovered(m, [:a@h, :b@h])
-      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      assert Peer.wait_until(fn -> length(FakeDist.up(net)) == 2 end, 500)
       Membership.discovered(m, [:a@h])
-      refute_receive {:hangup, _}, 200
+      refute_receive {:disconnect, _}, 200
       # b goes away by itself: it is not dialled again
       _ = dials()
-      Net.disconnect(net, :b@h)
-      assert_receive {:hangup, :b@h}
+      FakeDist.drop(net, :b@h)
       send(m, {:nodedown, :b@h})
       Membership.discovered(m, [:a@h])
-      refute_receive {:dial, :b@h, _}, 150
+      refute_receive {:connect, :b@h}, 150
+      # and the membership disconnected nothing at any point
+      refute_received {:disconnect, _}
     end
 
     test "{:grace_period, ms} disconnects a node still missing after ms", %{t: t} do
-      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      net = dist(%{:a@h => :accept, :b@h => :accept})
       m = start(t, net, prune: {:grace_period, 250})
       Membership.discovered(m, [:a@h, :b@h])
-      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      assert Peer.wait_until(fn -> length(FakeDist.up(net)) == 2 end, 500)
       t0 = System.monotonic_time(:millisecond)
       Membership.discovered(m, [:a@h])
       assert Membership.status(m).missing == [:b@h]
-      assert_receive {:hangup, :b@h}, 1_000
+      assert_receive {:disconnect, :b@h}, 1_000
       assert System.monotonic_time(:millisecond) - t0 >= 250
       assert Membership.status(m).missing == []
     end
 
     test "{:grace_period, ms}: a rediscovery within the grace period cancels the prune", %{t: t} do
-      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      net = dist(%{:a@h => :accept, :b@h => :accept})
       m = start(t, net, prune: {:grace_period, 200})
       Membership.discovered(m, [:a@h, :b@h])
-      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      assert Peer.wait_until(fn -> length(FakeDist.up(net)) == 2 end, 500)
       Membership.discovered(m, [:a@h])
       Process.sleep(80)
       Membership.discovered(m, [:a@h, :b@h])
-      refute_receive {:hangup, _}, 400
-      assert Enum.sort(Net.list(net)) == [:a@h, :b@h]
+      refute_receive {:disconnect, _}, 400
+      assert Enum.sort(FakeDist.up(net)) == [:a@h, :b@h]
 
       # missing again later: a fresh grace period, from then
       t0 = System.monotonic_time(:millisecond)
       Membership.discovered(m, [:a@h])
-      assert_receive {:hangup, :b@h}, 1_000
+      assert_receive {:disconnect, :b@h}, 1_000
       assert System.monotonic_time(:millisecond) - t0 >= 200
     end
 
     test "a failed discovery never prunes", %{t: t} do
-      net = Net.start(self(), %{:a@h => :up, :b@h => :up})
+      net = dist(%{:a@h => :accept, :b@h => :accept})
       m = start(t, net, [])
       Membership.discovered(m, [:a@h, :b@h])
-      assert Peer.wait_until(fn -> length(Net.list(net)) == 2 end, 500)
+      assert Peer.wait_until(fn -> length(FakeDist.up(net)) == 2 end, 500)
 
       for _ <- 1..3, do: Membership.discovery_failed(m, {:http, "403 Forbidden"})
-      refute_receive {:hangup, _}, 150
+      refute_receive {:disconnect, _}, 150
       status = Membership.status(m)
       assert status.known == MapSet.new([:a@h, :b@h])
       assert status.errors == 3
@@ -271,32 +247,33 @@ defmodule LibclusterRs.MembershipTest do
     end
 
     test "state.meta is the last known set: the first discovery omitting a node prunes it", %{t: t} do
-      net = Net.start(self(), %{}, [:a@h, :old@h])
+      net = dist(%{}, [:a@h, :old@h])
       m = start(t, net, [], MapSet.new([:a@h, :old@h]))
       assert Membership.status(m).known == MapSet.new([:a@h, :old@h])
       Membership.discovered(m, [:a@h])
-      assert_receive {:hangup, :old@h}, 500
-      refute_receive {:hangup, :a@h}, 50
+      assert_receive {:disconnect, :old@h}, 500
+      refute_receive {:disconnect, :a@h}, 50
     end
 
     test "a node connected by someone else but never discovered is not pruned", %{t: t} do
-      net = Net.start(self(), %{:a@h => :up}, [:other@h])
+      net = dist(%{:a@h => :accept}, [:other@h])
       m = start(t, net, [])
       Membership.discovered(m, [:a@h])
-      assert Peer.wait_until(fn -> :a@h in Net.list(net) end, 500)
+      assert Peer.wait_until(fn -> :a@h in FakeDist.up(net) end, 500)
       Membership.discovered(m, [])
-      assert_receive {:hangup, :a@h}, 500
-      refute_receive {:hangup, :other@h}, 100
+      assert_receive {:disconnect, :a@h}, 500
+      refute_receive {:disconnect, :other@h}, 100
     end
   end
 
   @tag capture_log: true
   test "a prune cancels the dropped node's queued and in-flight attempts: no dial after it", %{t: t} do
-    net = Net.start(self(), %{:x@h => :wait, :y@h => :wait, :z@h => :wait})
+    net = dist(%{:x@h => :wait, :y@h => :wait, :z@h => :wait})
     m = start(t, net, max_concurrency: 1)
     Membership.discovered(m, [:x@h, :y@h, :z@h])
-    assert_receive {:dial, first, pid}, 500
-    refute_receive {:dial, _, _}, 50
+    assert_receive {:connect, first}, 500
+    assert_receive {:pending, :connect, ^first, pid}, 500
+    refute_receive {:connect, _}, 50
 
     # drop the in-flight node and one queued node; keep one
     [keep] = [:x@h, :y@h, :z@h] -- [first | Enum.take([:x@h, :y@h, :z@h] -- [first], 1)]
@@ -304,10 +281,11 @@ defmodule LibclusterRs.MembershipTest do
     ref = Process.monitor(pid)
     Membership.discovered(m, [keep])
     assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, 500
-    assert_receive {:dial, ^keep, kp}, 500
-    send(kp, {:result, true})
-    refute_receive {:dial, _, _}, 300
-    assert Net.list(net) == [keep]
+    assert_receive {:connect, ^keep}, 500
+    assert_receive {:pending, :connect, ^keep, kp}, 500
+    FakeDist.reply(kp, :accept)
+    refute_receive {:connect, _}, 300
+    assert FakeDist.up(net) == [keep]
     status = Membership.status(m)
     refute Map.has_key?(status.pending, first)
     refute Map.has_key?(status.pending, queued_dropped)
@@ -322,7 +300,7 @@ defmodule LibclusterRs.MembershipTest do
     left = deadline - System.monotonic_time(:millisecond)
 
     receive do
-      {:dial, ^node, _} -> count_until(node, deadline, [System.monotonic_time(:millisecond) | acc])
+      {:connect, ^node} -> count_until(node, deadline, [System.monotonic_time(:millisecond) | acc])
     after
       max(left, 0) -> Enum.reverse(acc)
     end
@@ -334,7 +312,7 @@ defmodule LibclusterRs.MembershipTest do
     test "a connect that returns true but whose node is not listed afterwards is a failure with backoff",
          %{t: t} do
       node = :"ghost@127.0.0.1"
-      net = Net.start(self(), %{node => :ghost})
+      net = dist(%{node => :accept_then_drop})
 
       log =
         capture_log(fn ->
@@ -355,7 +333,7 @@ defmodule LibclusterRs.MembershipTest do
 
     test "a node that connects and drops again at once keeps escalating its backoff", %{t: t} do
       node = :"flap@127.0.0.1"
-      net = Net.start(self(), %{node => :up})
+      net = dist(%{node => :accept})
 
       capture_log(fn ->
         m = start(t, net, backoff_min: 100, backoff_max: 2_000, min_dial_interval: 100, stable_after: 1_000)
@@ -364,10 +342,9 @@ defmodule LibclusterRs.MembershipTest do
         # every time it is up, it drops again right away (as a peer that disconnects on nodeup)
         delays =
           for round <- 1..5 do
-            assert_receive {:dial, ^node, _}, 3_000
+            assert_receive {:connect, ^node}, 3_000
             assert Peer.wait_until(fn -> node in Membership.status(m).connected end, 1_000)
-            Net.disconnect(net, node)
-            assert_receive {:hangup, ^node}
+            FakeDist.drop(net, node)
             send(m, {:nodedown, node})
 
             assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{failures: ^round, delay: d},
@@ -384,7 +361,7 @@ defmodule LibclusterRs.MembershipTest do
 
     test "failures are forgotten once a node stays connected for :stable_after", %{t: t} do
       node = :"steady@127.0.0.1"
-      net = Net.start(self(), %{node => :down})
+      net = dist(%{node => :refuse})
 
       capture_log(fn ->
         m = start(t, net, backoff_min: 50, backoff_max: 50, min_dial_interval: 50, stable_after: 200)
@@ -393,21 +370,21 @@ defmodule LibclusterRs.MembershipTest do
         assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{failures: 2}, %{node: ^node}},
                        1_000
 
-        Net.set(net, node, :up)
-        assert Peer.wait_until(fn -> node in Net.list(net) end, 1_000)
+        FakeDist.peer(net, node, connect: :accept)
+        assert Peer.wait_until(fn -> node in FakeDist.up(net) end, 1_000)
         Process.sleep(300)
         _ = Membership.status(m)
-        Net.disconnect(net, node)
+        FakeDist.drop(net, node)
         send(m, {:nodedown, node})
         # redialled without a backoff event: its failures were forgotten
-        assert_receive {:dial, ^node, _}, 500
+        assert_receive {:connect, ^node}, 500
         refute_received {:telemetry, [:libcluster, :membership, :backoff], _, %{reason: :dropped}}
       end)
     end
 
     test "one node is never dialled more often than :min_dial_interval, whatever the backoff", %{t: t} do
       node = :"down@127.0.0.1"
-      net = Net.start(self(), %{node => :down})
+      net = dist(%{node => :refuse})
 
       capture_log(fn ->
         m = start(t, net, backoff_min: 1, backoff_max: 1, min_dial_interval: 300)
@@ -426,13 +403,13 @@ defmodule LibclusterRs.MembershipTest do
 
     test "\"connected to\" is logged when a node connects, not on every round", %{t: t} do
       node = :"up@127.0.0.1"
-      net = Net.start(self(), %{node => :up})
+      net = dist(%{node => :accept})
 
       log =
         capture_log(fn ->
           m = start(t, net, [])
           Membership.discovered(m, [node])
-          assert_receive {:dial, ^node, _}
+          assert_receive {:connect, ^node}
           for _ <- 1..5, do: Membership.discovered(m, [node])
           _ = Membership.status(m)
           Process.sleep(50)
@@ -447,7 +424,7 @@ defmodule LibclusterRs.MembershipTest do
 
     test "untrusted sightings cause at most :untrusted_connect_rate connects a second in total", %{t: t} do
       nodes = for i <- 1..200, do: :"fake#{i}@10.255.0.#{rem(i, 250) + 1}"
-      net = Net.start(self(), %{})
+      net = dist(%{})
       m = start(t, net, untrusted_connect_rate: 10)
       t0 = System.monotonic_time(:millisecond)
 
@@ -467,7 +444,7 @@ defmodule LibclusterRs.MembershipTest do
 
     test "trusted sightings are not rate-bounded, but get per-node backoff", %{t: t} do
       nodes = for i <- 1..50, do: :"peer#{i}@10.254.0.#{i}"
-      net = Net.start(self(), %{})
+      net = dist(%{})
       m = start(t, net, backoff_min: 200, backoff_max: 1_000)
 
       for _ <- 1..20 do
@@ -483,13 +460,13 @@ defmodule LibclusterRs.MembershipTest do
 
     test "a sighted node that connects is not dialled again", %{t: t} do
       node = :"gossip@127.0.0.1"
-      net = Net.start(self(), %{node => :up})
+      net = dist(%{node => :accept})
       m = start(t, net, [])
       Membership.seen(m, [node])
-      assert_receive {:dial, ^node, _}
-      assert Peer.wait_until(fn -> node in Net.list(net) end, 500)
+      assert_receive {:connect, ^node}
+      assert Peer.wait_until(fn -> node in FakeDist.up(net) end, 500)
       for _ <- 1..5, do: Membership.seen(m, [node])
-      refute_receive {:dial, ^node, _}, 200
+      refute_receive {:connect, ^node}, 200
     end
   end
 
