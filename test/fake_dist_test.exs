@@ -97,7 +97,11 @@ defmodule LibclusterRs.FakeDistTest do
   end
 
   test "once the owning test is gone, the network is down" do
-    dist = Task.async(fn -> FakeDist.new(up: [:"u@127.0.0.1"]) end) |> Task.await()
+    owner = Task.async(fn -> FakeDist.new(up: [:"u@127.0.0.1"]) end)
+    ref = Process.monitor(owner.pid)
+    dist = Task.await(owner)
+    # The table goes with its owner's exit, which comes just after its reply.
+    assert_receive {:DOWN, ^ref, :process, _, _}
     assert FakeDist.connect(dist, :"u@127.0.0.1") == false
     assert FakeDist.disconnect(dist, :"u@127.0.0.1") == false
     assert FakeDist.list_nodes(dist) == []
