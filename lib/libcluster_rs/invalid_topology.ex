@@ -12,10 +12,8 @@ defmodule LibclusterRs.InvalidTopology do
   # A strategy opts in from its `child_spec/1`, where the config is already resolved:
   #
   #     def child_spec([%State{} = state] = args) do
-  #       case config_problem(state.config) do
-  #         nil -> super(args)
-  #         message -> LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, message)
-  #       end
+  #       InvalidTopology.child_spec(state, __MODULE__, "DNSPoll", config_problem(state.config)) ||
+  #         super(args)
   #     end
   #
   # The status reply has the shape of `LibclusterRs.Discovery.status/2`'s, so `Cluster.status/1` reads it
@@ -30,6 +28,15 @@ defmodule LibclusterRs.InvalidTopology do
   def child_spec(%State{} = state, strategy, message) do
     %{id: strategy, type: :worker, start: {__MODULE__, :start_link, [state, strategy, message]}}
   end
+
+  @doc false
+  # The stand-in's child spec when there is a `problem` (its message is prefixed with `label`), or
+  # nil when there is none, for `InvalidTopology.child_spec(...) || super(args)`.
+  @spec child_spec(State.t(), module(), String.t(), String.t() | nil) :: map() | nil
+  def child_spec(_state, _strategy, _label, nil), do: nil
+
+  def child_spec(%State{} = state, strategy, label, problem),
+    do: child_spec(state, strategy, label <> ": " <> problem)
 
   @spec start_link(State.t(), module(), String.t()) :: GenServer.on_start()
   def start_link(%State{} = state, strategy, message) do

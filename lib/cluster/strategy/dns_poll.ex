@@ -118,10 +118,8 @@ defmodule Cluster.Strategy.DNSPoll do
   # A DNSPoll without a usable :query or :node_basename starts, as in libcluster, but connects
   # nothing: LibclusterRs.InvalidTopology says why at error level, once, and in Cluster.status/1.
   def child_spec([%State{config: config} = state] = args) do
-    case config_problem(config) do
-      nil -> super(args)
-      message -> LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "DNSPoll: " <> message)
-    end
+    LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "DNSPoll", config_problem(config)) ||
+      super(args)
   end
 
   defp config_problem(config) do

@@ -103,10 +103,8 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
   # Without a usable :service, :application_name, it starts (as in libcluster) but
   # connects nothing: LibclusterRs.InvalidTopology says why at error level, once, and in Cluster.status/1.
   def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
-    case __MODULE__.config_problem(config, [:service, :application_name]) do
-      nil -> super(args)
-      message -> LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNS: " <> message)
-    end
+    problem = config_problem(config, [:service, :application_name])
+    LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNS", problem) || super(args)
   end
 
   @impl LibclusterRs.Discovery

@@ -95,10 +95,8 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
   # Without a usable :service, :namespace, :application_name, it starts (as in libcluster) but
   # connects nothing: LibclusterRs.InvalidTopology says why at error level, once, and in Cluster.status/1.
   def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
-    case K8sDNS.config_problem(config, [:service, :namespace, :application_name]) do
-      nil -> super(args)
-      message -> LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNSSRV: " <> message)
-    end
+    problem = K8sDNS.config_problem(config, [:service, :namespace, :application_name])
+    LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes.DNSSRV", problem) || super(args)
   end
 
   @impl LibclusterRs.Discovery
