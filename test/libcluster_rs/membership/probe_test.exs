@@ -235,7 +235,7 @@ defmodule LibclusterRs.Membership.ProbeTest do
     end
 
     defp membership(opts) do
-      {:ok, agent} = Agent.start_link(fn -> %{up: [], connected: [], hang: [:"hangs@10.1.1.3"]} end)
+      {:ok, agent} = Agent.start_link(fn -> %{up: [], connected: [], hang: [:"hangs@127.1.1.3"]} end)
       topology = :"probe_#{System.unique_integer([:positive])}"
 
       state = %State{
@@ -286,14 +286,14 @@ defmodule LibclusterRs.Membership.ProbeTest do
 
     test "discovered nodes are watched from their first attempt on, sighted ones never" do
       {m, _agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
-      Membership.seen(m, [:"sighted@10.1.1.1"])
-      assert_receive {:dial, :"sighted@10.1.1.1"}, 1_000
-      Membership.discovered(m, [:"listed@10.1.1.2", :"hangs@10.1.1.3"])
-      assert_receive {:dial, :"listed@10.1.1.2"}, 1_000
-      assert_receive {:dial, :"hangs@10.1.1.3"}, 1_000
+      Membership.seen(m, [:"sighted@127.1.1.1"])
+      assert_receive {:dial, :"sighted@127.1.1.1"}, 1_000
+      Membership.discovered(m, [:"listed@127.1.1.2", :"hangs@127.1.1.3"])
+      assert_receive {:dial, :"listed@127.1.1.2"}, 1_000
+      assert_receive {:dial, :"hangs@127.1.1.3"}, 1_000
 
       probe = :sys.get_state(m).probe
-      expected = %{:"listed@10.1.1.2" => 1, :"hangs@10.1.1.3" => 0}
+      expected = %{:"listed@127.1.1.2" => 1, :"hangs@127.1.1.3" => 0}
 
       Peer.wait_until(
         fn -> :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) == expected end,
