@@ -142,9 +142,8 @@ defmodule LibclusterRs.Membership do
             known_at: nil,
             # nodes to keep connected: `known` minus pruned ones
             desired: MapSet.new(),
-            # The per-node backoff state, the one place it lives:
+            # The per-node backoff state, the one place it lives (LibclusterRs.Membership.Peers):
             # node => %{failures, next_at, last_error, last_dial_at, up_since}.
-            # `reset_backoff/2` is the one function that clears it.
             peers: %{},
             # connect attempts: task ref => {node, pid, started_at, timer}
             inflight: %{},
@@ -470,13 +469,6 @@ defmodule LibclusterRs.Membership do
   def handle_info(_other, m), do: {:noreply, m}
 
   ## Backoff state
-
-  @doc false
-  # The one function that clears a node's backoff: its failures and backoff delay are forgotten
-  # and it is due again, though never sooner than `:min_dial_interval` after its last dial.
-  # (Hook for a reachability probe: call it, then `refresh/1`.)
-  @spec reset_backoff(%__MODULE__{}, node()) :: %__MODULE__{}
-  def reset_backoff(m, node), do: %{m | peers: Peers.reset(m.peers, node, now(), m.opts.min_dial_interval)}
 
   # A failure (LibclusterRs.Membership.Peers.fail/6): logged when a streak starts, always reported
   # as a backoff event.

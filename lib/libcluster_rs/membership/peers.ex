@@ -113,19 +113,6 @@ defmodule LibclusterRs.Membership.Peers do
     |> then(fn {acc, flapped} -> {acc, Enum.reverse(flapped)} end)
   end
 
-  @doc "Clears `node`'s backoff: failures forgotten, due again (not before the dial floor)."
-  @spec reset(t(), node(), integer(), pos_integer()) :: t()
-  def reset(peers, node, now, min_dial_interval) do
-    case Map.fetch(peers, node) do
-      {:ok, peer} ->
-        next_at = if peer.last_dial_at, do: peer.last_dial_at + min_dial_interval, else: now
-        Map.put(peers, node, %{peer | failures: 0, next_at: next_at, last_error: nil})
-
-      :error ->
-        peers
-    end
-  end
-
   @doc "The heal probe saw `nodes` again: due now (not before the dial floor), failure counts kept."
   @spec reachable(t(), [node()], integer(), pos_integer()) :: t()
   def reachable(peers, nodes, now, min_dial_interval) do

@@ -57,15 +57,14 @@ defmodule LibclusterRs.Membership.PeersTest do
     assert up[@n].up_since == 42
   end
 
-  test "reset clears failures but keeps the dial floor; reachable keeps failures" do
+  test "reachable: due now but not before the dial floor, failure counts kept" do
     peers = Peers.dialled(%{}, @n, 1_000)
     {peers, _, _} = Peers.fail(peers, @n, false, 1_000, @opts, 0.5)
     {peers, _, _} = Peers.fail(peers, @n, false, 1_000, @opts, 0.5)
 
-    assert %{failures: 0, next_at: 1_500, last_error: nil} = Peers.reset(peers, @n, 1_200, 500)[@n]
     assert %{failures: 2, next_at: 1_500} = Peers.reachable(peers, [@n], 1_200, 500)[@n]
     assert %{failures: 2, next_at: 3_000} = Peers.reachable(peers, [@n, :x@h], 3_000, 500)[@n]
-    assert Peers.reset(%{}, @n, 0, 500) == %{}
+    assert Peers.reachable(%{}, [@n], 0, 500) == %{}
   end
 
   test "backed_off: desired nodes down with failures or being dialled, with their failure counts" do
