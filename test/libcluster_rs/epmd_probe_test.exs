@@ -1,6 +1,8 @@
 defmodule LibclusterRs.EpmdProbeTest do
   use ExUnit.Case, async: true
 
+  import LibclusterRs.Test.Eventually
+
   alias LibclusterRs.EpmdProbe
 
   test "compare: registered, absent (with what the host lists) and hosts that did not answer" do
@@ -25,7 +27,19 @@ defmodule LibclusterRs.EpmdProbeTest do
   end
 
   test "ask: a real epmd on 127.0.0.1 answers; a closed port is refused, each host reported" do
-    assert %{"127.0.0.1" => {:ok, names}} = EpmdProbe.ask(["127.0.0.1"], 4369, 2_000)
+    # The test VM is not distributed, so epmd runs only once some earlier test started a peer:
+    # start it here (`epmd -daemon` is a no-op when one already runs) and wait until it listens.
+    epmd = Path.join([:code.root_dir(), "erts-#{:erlang.system_info(:version)}", "bin", "epmd"])
+    epmd = if File.exists?(epmd), do: epmd, else: System.find_executable("epmd")
+    {_, 0} = System.cmd(epmd, ["-daemon"])
+
+    names =
+      eventually(fn ->
+        match?(%{"127.0.0.1" => {:ok, _}}, answer = EpmdProbe.ask(["127.0.0.1"], 4369, 2_000)) &&
+          answer["127.0.0.1"]
+      end)
+
+    assert {:ok, names} = names
     assert is_list(names)
 
     {:ok, closed} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
