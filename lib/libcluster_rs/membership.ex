@@ -106,7 +106,7 @@ defmodule LibclusterRs.Membership do
   use GenServer
 
   alias LibclusterRs.{Backoff, Config}
-  alias LibclusterRs.Membership.{Peers, Policy}
+  alias LibclusterRs.Membership.{Calls, Faults, Peers, Policy, Status}
   alias Cluster.Strategy.State
 
   @type prune :: :immediate | :never | {:grace_period, pos_integer()}
@@ -128,8 +128,6 @@ defmodule LibclusterRs.Membership do
   @peers_cap 10_000
   # Sightings waiting for a `list_nodes` answer, at most.
   @sightings_cap 4_096
-  # Sighted (not discovered) nodes in backoff shown by status/2, at most.
-  @sighted_shown 50
 
   defstruct topology: nil,
             connect: nil,
@@ -318,48 +316,7 @@ defmodule LibclusterRs.Membership do
   def handle_call(:status, _from, m) do
     m = if inline_list?(m.list_nodes), do: observe(%{m | listed: list_inline(m), listed_at: now()}), else: m
     now = now()
-    connected = m.listed
-
-    # Discovered nodes that are not connected, and at most @sighted_shown sighted ones (a flood of
-    # fake gossip names must not make the status huge).
-    {wanted, sighted} =
-      m.peers
-      |> Enum.reject(fn {node, _} -> MapSet.member?(connected, node) end)
-      |> Enum.split_with(fn {node, _} -> MapSet.member?(m.desired, node) end)
-
-    sighted =
-      sighted
-      |> Enum.filter(fn {n, p} -> p.failures > 0 or attempting?(m, n) end)
-      |> Enum.take(@sighted_shown)
-
-    pending =
-      for {node, peer} <- wanted ++ sighted, into: %{} do
-        {node,
-         %{
-           failures: peer.failures,
-           last_error: peer.last_error,
-           next_attempt_in: max(peer.next_at - now, 0),
-           in_flight: attempting?(m, node)
-         }}
-      end
-
-    status = %{
-      topology: m.topology,
-      known: m.known,
-      known_at: m.known_at,
-      desired: m.desired,
-      connected: MapSet.intersection(connected, MapSet.union(m.desired, m.known)),
-      pending: pending,
-      missing: Map.keys(m.missing),
-      last_error: m.last_error,
-      discoveries: m.discoveries,
-      errors: m.errors,
-      leaving: m.leaving,
-      mfa_errors: m.mfa_errors,
-      list_nodes_age: if(m.listed_at, do: now - m.listed_at),
-      sightings_dropped: m.sightings_dropped,
-      opts: m.opts
-    }
+    status = Status.build(m, now)
 
     # An answer older than a moment is refreshed for the next caller (never waited for here).
     m = if m.listed_at == nil or now - m.listed_at > 200, do: refresh(m), else: m
@@ -530,7 +487,7 @@ defmodule LibclusterRs.Membership do
         list_nodes = m.list_nodes
 
         task =
-          Task.Supervisor.async_nolink(m.tasks, fn -> call_list_nodes(list_nodes) end, shutdown: :brutal_kill)
+          Task.Supervisor.async_nolink(m.tasks, fn -> Calls.list_nodes(list_nodes) end, shutdown: :brutal_kill)
 
         timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.list_nodes_timeout)
         %{m | list_task: {task.ref, task.pid, timer}, list_again: false}
@@ -563,17 +520,6 @@ defmodule LibclusterRs.Membership do
         timer = if m.leaving, do: nil, else: Process.send_after(self(), :retry, delay)
         %{m | list_failures: failures, list_again: false, retry_timer: timer}
     end
-  end
-
-  # Runs in a task: `{:ok, MapSet}` or `{:fault, description}`.
-  @doc false
-  def call_list_nodes({mod, fun, args}) do
-    case apply(mod, fun, args) do
-      list when is_list(list) -> {:ok, MapSet.new(list)}
-      other -> {:fault, "returned #{inspect(other, limit: 5)} (expected a list of nodes)"}
-    end
-  catch
-    kind, reason -> {:fault, fault_text(kind, reason, __STACKTRACE__)}
   end
 
   # A fresh `list_nodes` answer: observe transitions, then dial what is due.
@@ -675,7 +621,7 @@ defmodule LibclusterRs.Membership do
     now = now()
 
     task =
-      Task.Supervisor.async_nolink(m.tasks, fn -> attempt(topology, connect, list_nodes, node) end,
+      Task.Supervisor.async_nolink(m.tasks, fn -> Calls.connect(topology, connect, list_nodes, node) end,
         shutdown: :brutal_kill
       )
 
@@ -686,46 +632,6 @@ defmodule LibclusterRs.Membership do
       | inflight: Map.put(m.inflight, task.ref, {node, task.pid, now, timer}),
         peers: Peers.dialled(m.peers, node, now)
     }
-  end
-
-  # Runs in a task: one connect, then `list_nodes` to check that the node really is connected.
-  # Returns `:ok` or `{:error, reason, fault}`, `fault` being nil or `{mfa_kind, description}` when
-  # the user's MFA itself misbehaved. Failures are logged at debug level here: the membership warns
-  # once per failure streak itself.
-  @doc false
-  def attempt(topology, connect, list_nodes, node) do
-    # When the MFA really runs (a task may start late on a loaded VM): the redial floor counts from here.
-    dialled_at = System.monotonic_time(:millisecond)
-    {:dialled, dialled_at, attempt_result(topology, connect, list_nodes, node)}
-  end
-
-  defp attempt_result(topology, connect, list_nodes, node) do
-    result =
-      try do
-        Cluster.Strategy.connect_node(topology, connect, node, quiet_failure: true, quiet_success: true)
-      catch
-        kind, reason -> {:fault, fault_text(kind, reason, __STACKTRACE__)}
-      end
-
-    case result do
-      :ok ->
-        case call_list_nodes(list_nodes) do
-          {:ok, set} ->
-            if MapSet.member?(set, node), do: :ok, else: {:error, :not_listed, {:connect, :ok}}
-
-          {:fault, error} ->
-            {:error, :list_nodes_failed, {:list_nodes, error}}
-        end
-
-      {:error, reason} when reason in [false, :ignored] ->
-        {:error, reason, {:connect, :ok}}
-
-      {:error, other} ->
-        {:error, other, {:connect, "returned #{inspect(other, limit: 5)} (expected true, false or :ignored)"}}
-
-      {:fault, error} ->
-        {:error, :connect_failed, {:connect, error}}
-    end
   end
 
   defp attempt_done(m, ref, {:dialled, dialled_at, result}) do
@@ -824,15 +730,16 @@ defmodule LibclusterRs.Membership do
 
   ## MFA failures
 
-  # A failure of the topology's `kind` MFA: logged at error level when a streak starts.
+  # A failure of the topology's `kind` MFA (LibclusterRs.Membership.Faults): logged at error
+  # level when a streak starts.
   defp mfa_fault(m, kind, error) do
-    case Map.fetch(m.mfa_errors, kind) do
-      {:ok, %{failing: true} = e} ->
-        e = %{e | error: error, count: e.count + 1, total: e.total + 1, at: now_ms()}
-        %{m | mfa_errors: Map.put(m.mfa_errors, kind, e)}
+    mfa = Faults.mfa_text(kind, Map.fetch!(m, kind))
 
-      other ->
-        mfa = mfa_text(m, kind)
+    case Faults.fault(m.mfa_errors, kind, mfa, error, now_ms()) do
+      {faults, :continued} ->
+        %{m | mfa_errors: faults}
+
+      {faults, {:started, _}} ->
         what = if kind == :list_nodes, do: "round", else: "attempt"
 
         Cluster.Logger.error(
@@ -841,37 +748,21 @@ defmodule LibclusterRs.Membership do
             "(logged once until it works again)"
         )
 
-        total = if match?({:ok, _}, other), do: elem(other, 1).total, else: 0
-        e = %{mfa: mfa, error: error, count: 1, total: total + 1, at: now_ms(), failing: true}
-        %{m | mfa_errors: Map.put(m.mfa_errors, kind, e)}
+        %{m | mfa_errors: faults}
     end
   end
 
-  # The `kind` MFA worked: a streak ends (the last error stays visible, `failing: false`).
+  # The `kind` MFA worked: a streak ends.
   defp mfa_ok(m, kind) do
-    case Map.fetch(m.mfa_errors, kind) do
-      {:ok, %{failing: true} = e} ->
-        Cluster.Logger.info(m.topology, "the #{kind} MFA #{e.mfa} works again after #{e.count} failure(s)")
-        %{m | mfa_errors: Map.put(m.mfa_errors, kind, %{e | failing: false, count: 0})}
-
-      _ ->
+    case Faults.ok(m.mfa_errors, kind) do
+      {_, nil} ->
         m
+
+      {faults, {:recovered, e}} ->
+        Cluster.Logger.info(m.topology, "the #{kind} MFA #{e.mfa} works again after #{e.count} failure(s)")
+        %{m | mfa_errors: faults}
     end
   end
-
-  defp mfa_text(m, kind) do
-    {mod, fun, args} = Map.fetch!(m, kind)
-    extra = if kind == :list_nodes, do: 0, else: 1
-    "#{inspect(mod)}.#{fun}/#{length(args) + extra}"
-  end
-
-  defp fault_text(:error, reason, stacktrace) do
-    e = Exception.normalize(:error, reason, stacktrace)
-    "raised #{inspect(e.__struct__)}: #{Exception.message(e)}"
-  end
-
-  defp fault_text(:exit, reason, _), do: "exited: #{inspect(reason, limit: 5)}"
-  defp fault_text(:throw, value, _), do: "threw #{inspect(value, limit: 5)}"
 
   ## Pruning
 
@@ -930,40 +821,14 @@ defmodule LibclusterRs.Membership do
     %{topology: topology, disconnect: disconnect, list_nodes: list_nodes} = m
 
     task =
-      Task.Supervisor.async_nolink(m.tasks, fn -> disconnect(topology, disconnect, list_nodes, nodes) end,
+      Task.Supervisor.async_nolink(
+        m.tasks,
+        fn -> Calls.disconnect(topology, disconnect, list_nodes, nodes) end,
         shutdown: :brutal_kill
       )
 
     timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
     %{m | disconnects: Map.put(m.disconnects, task.ref, {nodes, task.pid, timer})}
-  end
-
-  # Runs in a task: libcluster's disconnect_nodes (list_nodes first, then each listed node), with
-  # each MFA contained. Returns the faults: `[{mfa_kind, description | :ok}]`.
-  @doc false
-  def disconnect(topology, disconnect, list_nodes, nodes) do
-    case call_list_nodes(list_nodes) do
-      {:fault, error} ->
-        [{:list_nodes, error}]
-
-      {:ok, listed} ->
-        faults =
-          for node <- nodes, node != Node.self(), MapSet.member?(listed, node) do
-            try do
-              case Cluster.Strategy.disconnect_node(topology, disconnect, node) do
-                :ok ->
-                  {:disconnect, :ok}
-
-                {:error, value} ->
-                  {:disconnect, "returned #{inspect(value, limit: 5)} (expected true or false)"}
-              end
-            catch
-              kind, reason -> {:disconnect, fault_text(kind, reason, __STACKTRACE__)}
-            end
-          end
-
-        [{:list_nodes, :ok} | faults]
-    end
   end
 
   defp disconnect_done(m, ref, result) do
@@ -999,8 +864,6 @@ defmodule LibclusterRs.Membership do
 
     :ok
   end
-
-  defp attempting?(m, node), do: MapSet.member?(m.busy, node)
 
   defp inflight_nodes(m), do: Enum.map(m.inflight, fn {_ref, {n, _, _, _}} -> n end)
 
