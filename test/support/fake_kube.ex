@@ -58,21 +58,19 @@ defmodule LibclusterRs.Test.FakeKube do
     File.rm_rf!(dir)
   end
 
+  # The CA, the other CA and the server certificate come from TestCA, copied into this server's dir.
   defp certs!(dir, ip) do
-    run = fn args -> {_, 0} = System.cmd("openssl", args, cd: dir, stderr_to_stdout: true) end
-    ext = Path.join(dir, "san.ext")
-    File.write!(ext, "subjectAltName=IP:#{:inet.ntoa(ip)},DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    ca = LibclusterRs.Test.TestCA.make!(ips: [ip])
 
-    for ca <- ["ca", "other-ca"] do
-      run.(~w(req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2
-              -subj /CN=#{ca} -keyout #{ca}.key -out #{ca}.crt))
-    end
+    for {from, to} <- [
+          {ca.ca, "ca.crt"},
+          {ca.other_ca, "other-ca.crt"},
+          {ca.cert, "server.crt"},
+          {ca.key, "server.key"}
+        ],
+        do: File.cp!(from, Path.join(dir, to))
 
-    run.(~w(req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=kubernetes
-            -keyout server.key -out server.csr))
-
-    run.(~w(x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2
-            -extfile san.ext -out server.crt))
+    LibclusterRs.Test.TestCA.remove(ca)
   end
 
   ## Objects
