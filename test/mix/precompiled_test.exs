@@ -55,7 +55,8 @@ defmodule LibclusterRs.PrecompiledTest do
            }
 
     bin = no_cargo_bin!(Path.join(tmp, "bin"))
-    certs = certs!(Path.join(tmp, "certs"))
+    certs = LibclusterRs.Test.TestCA.make!()
+    on_exit(fn -> LibclusterRs.Test.TestCA.remove(certs) end)
     app = new_app!(Path.join(tmp, "app"), lib)
 
     # Compiles the app's Elixir code once; each test then reinstalls only the NIF.
@@ -331,27 +332,6 @@ defmodule LibclusterRs.PrecompiledTest do
     for tool <- ~w(mix elixir erl), do: assert(File.exists?(Path.join(bin, tool)))
     refute File.exists?(Path.join(bin, "cargo")) or File.exists?(Path.join(bin, "rustc"))
     bin
-  end
-
-  defp certs!(dir) do
-    File.mkdir_p!(dir)
-    run = fn args -> {_, 0} = System.cmd("openssl", args, cd: dir, stderr_to_stdout: true) end
-
-    File.write!(
-      Path.join(dir, "san.ext"),
-      "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-    )
-
-    run.(~w(req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=pkg-test-ca
-            -keyout ca.key -out ca.crt))
-
-    run.(~w(req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost
-            -keyout server.key -out server.csr))
-
-    run.(~w(x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext
-            -out server.crt))
-
-    %{ca: Path.join(dir, "ca.crt"), cert: Path.join(dir, "server.crt"), key: Path.join(dir, "server.key")}
   end
 
   # OTP's httpd over TLS, serving `root` on 127.0.0.1.
