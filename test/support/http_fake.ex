@@ -120,26 +120,15 @@ defmodule LibclusterRs.Test.HttpFake do
 
   ## Connections
 
-  defp accept_loop(:gen_tcp, listen, server) do
-    case :gen_tcp.accept(listen) do
-      {:ok, sock} ->
-        pid = spawn(fn -> connection(:gen_tcp, sock, server) end)
-        :gen_tcp.controlling_process(sock, pid)
-        send(pid, :go)
-        accept_loop(:gen_tcp, listen, server)
+  defp accept_loop(transport, listen, server) do
+    accepted = if transport == :ssl, do: :ssl.transport_accept(listen), else: :gen_tcp.accept(listen)
 
-      {:error, _} ->
-        :ok
-    end
-  end
-
-  defp accept_loop(:ssl, listen, server) do
-    case :ssl.transport_accept(listen) do
+    case accepted do
       {:ok, sock} ->
-        pid = spawn(fn -> connection(:ssl, sock, server) end)
-        :ssl.controlling_process(sock, pid)
+        pid = spawn(fn -> connection(transport, sock, server) end)
+        transport.controlling_process(sock, pid)
         send(pid, :go)
-        accept_loop(:ssl, listen, server)
+        accept_loop(transport, listen, server)
 
       {:error, _} ->
         :ok
