@@ -72,9 +72,11 @@ defmodule LibclusterRs.NativeTest do
 
     spawn_link(fn ->
       {:ok, sock} = :gen_tcp.accept(l)
-      send(test, :accepted)
-      # NAMES_REQ arrives; the fake epmd never answers and waits for the client to go away.
+      # NAMES_REQ arrives; the fake epmd never answers and waits for the client to go away. The
+      # test collects the handle only once the request is in (earlier, the client could close
+      # before sending it).
       {:ok, _} = :gen_tcp.recv(sock, 3, 5_000)
+      send(test, :accepted)
       send(test, {:client_closed, :gen_tcp.recv(sock, 0, 10_000)})
     end)
 
