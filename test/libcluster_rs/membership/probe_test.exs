@@ -6,7 +6,7 @@ defmodule LibclusterRs.Membership.ProbeTest do
   alias LibclusterRs.Membership
   alias LibclusterRs.Membership.Probe
   alias Cluster.Strategy.State
-  alias LibclusterRs.Test.{Dnsmasq, FakeEpmd, Peer}
+  alias LibclusterRs.Test.{Dnsmasq, FakeDist, FakeEpmd, Peer}
 
   # A resolver standing in for the local hosts table: "h1" and "h2" are known, the rest are not.
   defp table("h1"), do: "10.0.0.1"
@@ -219,52 +219,41 @@ defmodule LibclusterRs.Membership.ProbeTest do
   end
 
   describe "the membership hook" do
-    # A connect MFA over a fake distribution: the node connects once the test says so.
-    defmodule Dial do
-      @moduledoc false
-      def connect(test, agent, node) do
-        send(test, {:dial, node})
-        if node in Agent.get(agent, & &1.hang), do: Process.sleep(:infinity)
-
-        Agent.get_and_update(agent, fn s ->
-          if node in s.up, do: {true, %{s | connected: [node | s.connected]}}, else: {false, s}
-        end)
-      end
-
-      def list(agent), do: Agent.get(agent, & &1.connected)
-    end
-
+    # Over the tests' fake distribution: every node refuses until the test makes it reachable,
+    # and hangs@127.1.1.3's handshake never finishes.
     defp membership(opts) do
-      {:ok, agent} = Agent.start_link(fn -> %{up: [], connected: [], hang: [:"hangs@127.1.1.3"]} end)
+      dist = FakeDist.new(reachable: [])
+      FakeDist.peer(dist, :"hangs@127.1.1.3", connect: :hang)
       topology = :"probe_#{System.unique_integer([:positive])}"
+      mfas = FakeDist.mfas(dist)
 
       state = %State{
         topology: topology,
-        connect: {Dial, :connect, [self(), agent]},
-        disconnect: {:erlang, :disconnect_node, []},
-        list_nodes: {Dial, :list, [agent]}
+        connect: mfas[:connect],
+        disconnect: mfas[:disconnect],
+        list_nodes: mfas[:list_nodes]
       }
 
       {:ok, m} = Membership.start_link(state, opts)
-      {m, agent}
+      {m, dist}
     end
 
     @tag timeout: 120_000
     test "a backed-off peer that registers in epmd again is redialled before its backoff ends" do
       name = "probem#{System.unique_integer([:positive])}"
       node = :"#{name}@127.0.0.1"
-      {m, agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
+      {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
       Membership.discovered(m, [node])
-      assert_receive {:dial, ^node}, 1_000
+      assert_receive {:connect, ^node}, 1_000
       # Failed: the next attempt is 22.5-37.5 s away.
       Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
 
       # The fake distribution accepts it from now on; it registers in epmd while it boots.
-      Agent.update(agent, &%{&1 | up: [node]})
+      FakeDist.reachable(dist, [node])
       {peer, ^node} = Peer.start(name, "127.0.0.1")
       on_exit(fn -> Peer.stop(peer) end)
-      assert_receive {:dial, ^node}, 3_000
-      Peer.wait_until(fn -> node in Dial.list(agent) end, 1_000)
+      assert_receive {:connect, ^node}, 3_000
+      Peer.wait_until(fn -> node in FakeDist.up(dist) end, 1_000)
       assert Membership.status(m).pending == %{}
     end
 
@@ -272,25 +261,25 @@ defmodule LibclusterRs.Membership.ProbeTest do
     test "with probe: false the same peer waits out its backoff" do
       name = "probem#{System.unique_integer([:positive])}"
       node = :"#{name}@127.0.0.1"
-      {m, agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: false)
+      {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: false)
       Membership.discovered(m, [node])
-      assert_receive {:dial, ^node}, 1_000
+      assert_receive {:connect, ^node}, 1_000
       Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
 
       # The fake distribution accepts it from now on; it registers in epmd while it boots.
-      Agent.update(agent, &%{&1 | up: [node]})
+      FakeDist.reachable(dist, [node])
       {peer, ^node} = Peer.start(name, "127.0.0.1")
       on_exit(fn -> Peer.stop(peer) end)
-      refute_receive {:dial, ^node}, 3_000
+      refute_receive {:connect, ^node}, 3_000
     end
 
     test "discovered nodes are watched from their first attempt on, sighted ones never" do
-      {m, _agent} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
+      {m, _dist} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
       Membership.seen(m, [:"sighted@127.1.1.1"])
-      assert_receive {:dial, :"sighted@127.1.1.1"}, 1_000
+      assert_receive {:connect, :"sighted@127.1.1.1"}, 1_000
       Membership.discovered(m, [:"listed@127.1.1.2", :"hangs@127.1.1.3"])
-      assert_receive {:dial, :"listed@127.1.1.2"}, 1_000
-      assert_receive {:dial, :"hangs@127.1.1.3"}, 1_000
+      assert_receive {:connect, :"listed@127.1.1.2"}, 1_000
+      assert_receive {:connect, :"hangs@127.1.1.3"}, 1_000
 
       probe = :sys.get_state(m).probe
       expected = %{:"listed@127.1.1.2" => 1, :"hangs@127.1.1.3" => 0}
@@ -305,7 +294,7 @@ defmodule LibclusterRs.Membership.ProbeTest do
       assert_raise ArgumentError, ~r/:probe/, fn -> Membership.validate_opts!(:t, probe: :yes) end
       assert Membership.validate_opts!(:t, []).probe == :auto
 
-      {custom, _agent} = membership([])
+      {custom, _dist} = membership([])
       assert :sys.get_state(custom).probe == nil
 
       state = %State{
