@@ -250,23 +250,28 @@ impl Client {
         &self,
         st: &mut State,
         region: &str,
+        creds: &sigv4::Credentials,
         params: &[(String, String)],
     ) -> Result<Vec<u8>, Error> {
-        let creds = credentials::get(self, st, region).await?;
         let endpoint = self.ec2_endpoint(region);
         let body = sigv4::form(params);
-        let resp = signed_post(self, &endpoint, region, "ec2", &creds, body).await?;
+        let resp = signed_post(self, &endpoint, region, "ec2", creds, body).await?;
         let (status, bytes) = resp;
         if status == 200 {
             return Ok(bytes);
         }
-        let (error, throttled) = ec2_error(status, &bytes, &endpoint, &creds);
+        let (error, throttled) = ec2_error(status, &bytes, &endpoint, creds);
         st.throttled = throttled;
         Err(error)
     }
 
     /// This instance's own value of the tag (cached once known).
-    async fn own_tag_value(&self, st: &mut State, region: &str) -> Result<String, Error> {
+    async fn own_tag_value(
+        &self,
+        st: &mut State,
+        region: &str,
+        creds: &sigv4::Credentials,
+    ) -> Result<String, Error> {
         if let Some(v) = &st.own_tag {
             return Ok(v.clone());
         }
@@ -276,7 +281,7 @@ impl Client {
             ("Version".to_string(), EC2_VERSION.to_string()),
             ("InstanceId.1".to_string(), id.clone()),
         ];
-        let body = self.ec2_call(st, region, &params).await?;
+        let body = self.ec2_call(st, region, creds, &params).await?;
         let page = xml::describe_instances(&body).map_err(|e| malformed(&e))?;
         let instance = page
             .instances
@@ -312,6 +317,7 @@ impl Client {
         &self,
         st: &mut State,
         region: &str,
+        creds: &sigv4::Credentials,
         tag_value: &str,
     ) -> Result<(Vec<String>, usize, usize), Error> {
         let mut ips = Vec::new();
@@ -331,7 +337,7 @@ impl Client {
             if let Some(t) = &token {
                 params.push(("NextToken".to_string(), t.clone()));
             }
-            let body = self.ec2_call(st, region, &params).await.map_err(|e| {
+            let body = self.ec2_call(st, region, creds, &params).await.map_err(|e| {
                 if page_no > 1 {
                     Error::new(e.kind, format!("page {page_no}: {}", e.message))
                 } else {
@@ -423,16 +429,18 @@ async fn discover_locked(
 ) -> Result<Vec<String>, Error> {
     let region = client.region(st).await?;
     client.update_info(|i| i.region = Some(region.clone()));
+    // Once per round: a refresh (when they are about to expire) never happens between pages.
+    let creds = credentials::get(client, st, &region).await?;
     let tag_value = match tag_value {
         Some(v) => v,
-        None => client.own_tag_value(st, &region).await?,
+        None => client.own_tag_value(st, &region, &creds).await?,
     };
     let instance_id = st.instance_id.clone();
     client.update_info(|i| {
         i.tag_value = Some(tag_value.clone());
         i.instance_id = instance_id;
     });
-    let (ips, instances, pages) = client.describe(st, &region, &tag_value).await?;
+    let (ips, instances, pages) = client.describe(st, &region, &creds, &tag_value).await?;
     client.update_info(|i| {
         i.instances = Some(instances);
         i.pages = Some(pages);
