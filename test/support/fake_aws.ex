@@ -17,7 +17,7 @@ defmodule LibclusterRs.Test.FakeAWS do
 
   alias LibclusterRs.Test.JSON
 
-  defstruct [:port, :https, :http]
+  defstruct [:port, :https, :http, host: "127.0.0.1"]
 
   @script Path.expand("fake_aws.py", __DIR__)
 
@@ -42,15 +42,25 @@ defmodule LibclusterRs.Test.FakeAWS do
     end
   end
 
-  def start!(ca \\ nil) do
+  # opts: `host:` the address to listen on (default "127.0.0.1", e.g. a netns bridge's gateway).
+  def start!(ca \\ nil, opts \\ []) do
+    host = Keyword.get(opts, :host, "127.0.0.1")
     args = if ca, do: [@script, "--cert", ca.cert, "--key", ca.key], else: [@script]
-    port = Port.open({:spawn_executable, python()}, [:binary, {:packet, 4}, :exit_status, args: args])
+
+    port =
+      Port.open({:spawn_executable, python()}, [
+        :binary,
+        {:packet, 4},
+        :exit_status,
+        args: args ++ ["--host", host]
+      ])
+
     %{"https" => https, "http" => http} = recv!(port)
-    %__MODULE__{port: port, https: https, http: http}
+    %__MODULE__{port: port, https: https, http: http, host: host}
   end
 
-  def https_url(%__MODULE__{https: p}, path \\ "/"), do: "https://127.0.0.1:#{p}#{path}"
-  def http_url(%__MODULE__{http: p}, path \\ "/"), do: "http://127.0.0.1:#{p}#{path}"
+  def https_url(%__MODULE__{https: p, host: h}, path \\ "/"), do: "https://#{h}:#{p}#{path}"
+  def http_url(%__MODULE__{http: p, host: h}, path \\ "/"), do: "http://#{h}:#{p}#{path}"
 
   def config(fake, settings), do: call(fake, Map.put(Map.new(settings), :cmd, "config"))
 

@@ -8,7 +8,7 @@ Driven by its owner (test/support/fake_aws.ex) through stdin/stdout with {packet
 commands are JSON objects, replies are Erlang term text (parsed with erl_parse:parse_term, so no
 JSON decoder is needed on the Elixir side). The process exits when stdin closes (its owner died).
 
-  python fake_aws.py --cert server.crt --key server.key
+  python fake_aws.py --cert server.crt --key server.key [--host 127.0.0.1]
   -> first reply: #{https => Port, http => Port}
 
 Commands ({"cmd": ...}):
@@ -419,13 +419,14 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cert")
     p.add_argument("--key")
+    p.add_argument("--host", default="127.0.0.1")
     a = p.parse_args()
-    https = Server(("127.0.0.1", 0), Handler)
+    https = Server((a.host, 0), Handler)
     if a.cert:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(a.cert, a.key)
         https.socket = ctx.wrap_socket(https.socket, server_side=True)
-    http = Server(("127.0.0.1", 0), Handler)
+    http = Server((a.host, 0), Handler)
     for s in (https, http):
         threading.Thread(target=s.serve_forever, daemon=True).start()
     reply({"https": https.server_address[1], "http": http.server_address[1]})
