@@ -43,7 +43,8 @@ impl Source {
         if s.env("AWS_ACCESS_KEY_ID").is_some() && s.env("AWS_SECRET_ACCESS_KEY").is_some() {
             return Source::Env;
         }
-        if let (Some(file), Some(arn)) = (s.env("AWS_WEB_IDENTITY_TOKEN_FILE"), s.env("AWS_ROLE_ARN"))
+        if let (Some(file), Some(arn)) =
+            (s.env("AWS_WEB_IDENTITY_TOKEN_FILE"), s.env("AWS_ROLE_ARN"))
         {
             let session_name = s
                 .env("AWS_ROLE_SESSION_NAME")
@@ -144,7 +145,10 @@ async fn fetch(
         Source::Env => Ok((
             Credentials {
                 access_key_id: s.env("AWS_ACCESS_KEY_ID").unwrap_or_default().to_string(),
-                secret_access_key: s.env("AWS_SECRET_ACCESS_KEY").unwrap_or_default().to_string(),
+                secret_access_key: s
+                    .env("AWS_SECRET_ACCESS_KEY")
+                    .unwrap_or_default()
+                    .to_string(),
                 session_token: s.env("AWS_SESSION_TOKEN").map(String::from),
             },
             None,
@@ -369,7 +373,10 @@ async fn instance_profile(
     let body = imds::get(client, st, &format!("{BASE}{role}"))
         .await
         .map_err(no_creds)?;
-    from_json(body.as_bytes(), &format!("the instance profile role {role}"))
+    from_json(
+        body.as_bytes(),
+        &format!("the instance profile role {role}"),
+    )
 }
 
 #[cfg(test)]
@@ -440,8 +447,12 @@ mod tests {
     #[test]
     fn container_uris_over_http_stay_local() {
         assert!(allowed_container_uri("http://127.0.0.1:9/creds"));
-        assert!(allowed_container_uri("http://169.254.170.23/v1/credentials"));
-        assert!(allowed_container_uri("http://[fd00:ec2::23]/v1/credentials"));
+        assert!(allowed_container_uri(
+            "http://169.254.170.23/v1/credentials"
+        ));
+        assert!(allowed_container_uri(
+            "http://[fd00:ec2::23]/v1/credentials"
+        ));
         assert!(allowed_container_uri("https://creds.example.com/"));
         assert!(!allowed_container_uri("http://10.0.0.1/creds"));
         assert!(!allowed_container_uri("ftp://127.0.0.1/"));
@@ -457,6 +468,10 @@ mod tests {
         assert_eq!(c.session_token.as_deref(), Some("t"));
         assert_eq!(exp, Some(1_440_938_160));
         assert!(from_json(br#"{"AccessKeyId":"A"}"#, "x").is_err());
-        assert!(from_json(br#"{"Code":"Failure","AccessKeyId":"A","SecretAccessKey":"s"}"#, "x").is_err());
+        assert!(from_json(
+            br#"{"Code":"Failure","AccessKeyId":"A","SecretAccessKey":"s"}"#,
+            "x"
+        )
+        .is_err());
     }
 }

@@ -48,11 +48,10 @@ async fn token(client: &Client, st: &mut State, base: &str) -> Result<String, Er
     }
     let timeout = client.settings.imds_timeout;
     let url = format!("{base}/latest/api/token");
-    let req = client
-        .http
-        .put(&url)
-        .timeout(timeout)
-        .header("x-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL_SECS.to_string());
+    let req = client.http.put(&url).timeout(timeout).header(
+        "x-aws-ec2-metadata-token-ttl-seconds",
+        TOKEN_TTL_SECS.to_string(),
+    );
     let (status, body) = send(client, req, &url, "PUT")
         .await
         .map_err(|e| unreachable(base, e, timeout))?;

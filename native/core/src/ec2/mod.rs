@@ -328,22 +328,31 @@ impl Client {
             let mut params = vec![
                 ("Action".to_string(), "DescribeInstances".to_string()),
                 ("Version".to_string(), EC2_VERSION.to_string()),
-                ("Filter.1.Name".to_string(), format!("tag:{}", self.settings.tag_name)),
+                (
+                    "Filter.1.Name".to_string(),
+                    format!("tag:{}", self.settings.tag_name),
+                ),
                 ("Filter.1.Value.1".to_string(), tag_value.to_string()),
-                ("Filter.2.Name".to_string(), "instance-state-name".to_string()),
+                (
+                    "Filter.2.Name".to_string(),
+                    "instance-state-name".to_string(),
+                ),
                 ("Filter.2.Value.1".to_string(), "running".to_string()),
                 ("MaxResults".to_string(), PAGE_SIZE.to_string()),
             ];
             if let Some(t) = &token {
                 params.push(("NextToken".to_string(), t.clone()));
             }
-            let body = self.ec2_call(st, region, creds, &params).await.map_err(|e| {
-                if page_no > 1 {
-                    Error::new(e.kind, format!("page {page_no}: {}", e.message))
-                } else {
-                    e
-                }
-            })?;
+            let body = self
+                .ec2_call(st, region, creds, &params)
+                .await
+                .map_err(|e| {
+                    if page_no > 1 {
+                        Error::new(e.kind, format!("page {page_no}: {}", e.message))
+                    } else {
+                        e
+                    }
+                })?;
             let page = xml::describe_instances(&body).map_err(|e| {
                 let e = malformed(&e);
                 Error::new(e.kind, format!("page {page_no}: {}", e.message))
@@ -490,7 +499,9 @@ pub(crate) fn now_unix() -> u64 {
 fn malformed(detail: &str) -> Error {
     Error::new(
         ErrorKind::Malformed,
-        format!("the DescribeInstances answer is not a complete DescribeInstancesResponse: {detail}"),
+        format!(
+            "the DescribeInstances answer is not a complete DescribeInstancesResponse: {detail}"
+        ),
     )
 }
 
@@ -501,7 +512,11 @@ fn host_and_path(url: &reqwest::Url) -> Option<(String, String)> {
         Some(p) => format!("{host}:{p}"),
         None => host.to_string(),
     };
-    let path = if url.path().is_empty() { "/" } else { url.path() };
+    let path = if url.path().is_empty() {
+        "/"
+    } else {
+        url.path()
+    };
     Some((host, path.to_string()))
 }
 
@@ -632,7 +647,12 @@ mod tests {
 
     #[test]
     fn names_drop_what_is_not_an_ip() {
-        let ips = vec!["10.0.0.2".to_string(), "nope".into(), "10.0.0.1".into(), "10.0.0.2".into()];
+        let ips = vec![
+            "10.0.0.2".to_string(),
+            "nope".into(),
+            "10.0.0.1".into(),
+            "10.0.0.2".into(),
+        ];
         assert_eq!(names("app", &ips), vec!["app@10.0.0.1", "app@10.0.0.2"]);
         assert!(names("bad name", &ips).is_empty());
     }
@@ -644,7 +664,8 @@ mod tests {
             secret_access_key: "s".into(),
             session_token: None,
         };
-        let body = b"<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>no</Message>\
+        let body =
+            b"<Response><Errors><Error><Code>UnauthorizedOperation</Code><Message>no</Message>\
             </Error></Errors></Response>";
         let (e, throttled) = ec2_error(403, body, "https://ec2", &creds);
         assert!(!throttled);
@@ -653,7 +674,8 @@ mod tests {
         let (e, _) = ec2_error(401, b"", "https://ec2", &creds);
         assert_eq!(e.kind, ErrorKind::Unauthorized);
         assert!(e.message.contains("ec2:DescribeInstances"), "{}", e.message);
-        let body = b"<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow</Message>\
+        let body =
+            b"<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>slow</Message>\
             </Error></Errors></Response>";
         let (e, throttled) = ec2_error(503, body, "https://ec2", &creds);
         assert!(throttled);
@@ -663,7 +685,10 @@ mod tests {
     #[test]
     fn hosts_carry_a_non_default_port() {
         let u = reqwest::Url::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(host_and_path(&u).unwrap(), ("127.0.0.1:8080".into(), "/".into()));
+        assert_eq!(
+            host_and_path(&u).unwrap(),
+            ("127.0.0.1:8080".into(), "/".into())
+        );
         let u = reqwest::Url::parse("https://ec2.eu-west-1.amazonaws.com:443/").unwrap();
         assert_eq!(
             host_and_path(&u).unwrap(),

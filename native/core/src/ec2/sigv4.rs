@@ -20,7 +20,10 @@ impl std::fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
-            .field("session_token", &self.session_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -221,7 +224,11 @@ mod tests {
     }
 
     fn auth(headers: &[(String, String)]) -> &str {
-        &headers.iter().find(|(k, _)| k == "authorization").unwrap().1
+        &headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .unwrap()
+            .1
     }
 
     // AWS's SigV4 test suite, get-vanilla.
@@ -235,7 +242,13 @@ mod tests {
             headers: &[],
             body: b"",
         };
-        let h = sign(&req, &creds(None), "us-east-1", "service", "20150830T123600Z");
+        let h = sign(
+            &req,
+            &creds(None),
+            "us-east-1",
+            "service",
+            "20150830T123600Z",
+        );
         assert_eq!(
             auth(&h),
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
@@ -255,7 +268,13 @@ mod tests {
             headers: &[("Content-Type", "application/x-www-form-urlencoded")],
             body: b"Param1=value1",
         };
-        let h = sign(&req, &creds(None), "us-east-1", "service", "20150830T123600Z");
+        let h = sign(
+            &req,
+            &creds(None),
+            "us-east-1",
+            "service",
+            "20150830T123600Z",
+        );
         assert_eq!(
             auth(&h),
             "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, \
@@ -283,7 +302,13 @@ mod tests {
             headers: &[],
             body: b"",
         };
-        let h = sign(&req, &creds(Some("TOKEN")), "us-east-1", "ec2", "20150830T123600Z");
+        let h = sign(
+            &req,
+            &creds(Some("TOKEN")),
+            "us-east-1",
+            "ec2",
+            "20150830T123600Z",
+        );
         assert!(h.contains(&("x-amz-security-token".into(), "TOKEN".into())));
         assert!(auth(&h).contains("SignedHeaders=host;x-amz-date;x-amz-security-token,"));
         let without = sign(&req, &creds(None), "us-east-1", "ec2", "20150830T123600Z");
@@ -301,8 +326,14 @@ mod tests {
         assert_eq!(amz_date(1_440_938_160), "20150830T123600Z");
         assert_eq!(amz_date(951_782_400), "20000229T000000Z");
         assert_eq!(parse_iso8601("2015-08-30T12:36:00Z"), Some(1_440_938_160));
-        assert_eq!(parse_iso8601("2015-08-30T12:36:00.123Z"), Some(1_440_938_160));
-        assert_eq!(parse_iso8601("2000-02-29T00:00:00+00:00"), Some(951_782_400));
+        assert_eq!(
+            parse_iso8601("2015-08-30T12:36:00.123Z"),
+            Some(1_440_938_160)
+        );
+        assert_eq!(
+            parse_iso8601("2000-02-29T00:00:00+00:00"),
+            Some(951_782_400)
+        );
         assert_eq!(parse_iso8601("yesterday"), None);
         assert_eq!(parse_iso8601("2015-08-30T12:36:00+02:00"), None);
     }

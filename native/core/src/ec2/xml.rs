@@ -50,8 +50,8 @@ pub(crate) fn describe_instances(body: &[u8]) -> Result<Page, String> {
             root.tag_name().name()
         ));
     }
-    let reservations = child(root, "reservationSet")
-        .ok_or("the response has no <reservationSet>".to_string())?;
+    let reservations =
+        child(root, "reservationSet").ok_or("the response has no <reservationSet>".to_string())?;
     let mut instances = Vec::new();
     for r in children(reservations, "item") {
         let Some(set) = child(r, "instancesSet") else {
@@ -131,7 +131,9 @@ pub(crate) fn assume_role_with_web_identity(body: &[u8]) -> Result<StsCredential
 /// Escapes text for an XML element (tests and the bench build documents with it).
 #[cfg(test)]
 pub(crate) fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -158,14 +160,18 @@ mod tests {
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeInstancesResponse \
              xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>x</requestId>\
              <reservationSet>{items}</reservationSet>{}</DescribeInstancesResponse>",
-            next.map(|n| format!("<nextToken>{n}</nextToken>")).unwrap_or_default()
+            next.map(|n| format!("<nextToken>{n}</nextToken>"))
+                .unwrap_or_default()
         )
     }
 
     #[test]
     fn reads_instances_tags_and_the_next_token() {
         let body = page(
-            &[("i-1", "10.0.0.1", Some("3.3.3.3")), ("i-2", "10.0.0.2", None)],
+            &[
+                ("i-1", "10.0.0.1", Some("3.3.3.3")),
+                ("i-2", "10.0.0.2", None),
+            ],
             Some("tok"),
         );
         let p = describe_instances(body.as_bytes()).unwrap();
@@ -174,7 +180,10 @@ mod tests {
         assert_eq!(p.instances[0].private_ip.as_deref(), Some("10.0.0.1"));
         assert_eq!(p.instances[0].public_ip.as_deref(), Some("3.3.3.3"));
         assert_eq!(p.instances[1].public_ip, None);
-        assert_eq!(p.instances[1].tags, vec![("role".into(), "web & <api> é".into())]);
+        assert_eq!(
+            p.instances[1].tags,
+            vec![("role".into(), "web & <api> é".into())]
+        );
     }
 
     #[test]
@@ -206,11 +215,17 @@ mod tests {
             <Message>You are not authorized</Message></Error></Errors><RequestID>r</RequestID></Response>";
         assert_eq!(
             error(ec2),
-            Some(("UnauthorizedOperation".into(), "You are not authorized".into()))
+            Some((
+                "UnauthorizedOperation".into(),
+                "You are not authorized".into()
+            ))
         );
         let sts = b"<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error>\
             <Type>Sender</Type><Code>InvalidIdentityToken</Code><Message>bad</Message></Error></ErrorResponse>";
-        assert_eq!(error(sts), Some(("InvalidIdentityToken".into(), "bad".into())));
+        assert_eq!(
+            error(sts),
+            Some(("InvalidIdentityToken".into(), "bad".into()))
+        );
         assert_eq!(error(b"<html>"), None);
     }
 
