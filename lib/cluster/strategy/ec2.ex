@@ -28,7 +28,7 @@ defmodule Cluster.Strategy.EC2 do
   ## Options
 
     * `:ec2_tagname` (required) - the tag's name
-    * `:ec2_tagvalue` - the tag's value: a string, a 0-arity fun, or a 1-arity fun given the tag
+    * `:ec2_tagvalue` - the tag's value: a string (`""` included), a 0-arity fun, or a 1-arity fun given the tag
       name (called every round, in a process of its own, within `:fun_timeout`). Default: this
       instance's own value of the tag (its instance id from IMDS, then `DescribeInstances` on it;
       cached once known)
@@ -41,6 +41,11 @@ defmodule Cluster.Strategy.EC2 do
     * `:polling_interval` - ms between rounds, default `5_000`
     * `:show_debug` - `true` logs each round's nodes at debug level (accepted for
       compatibility; libcluster's `debug: true` shows the rest)
+
+  A missing `:ec2_tagname` raises at start. `nil` for `:ec2_tagname`, `:ec2_tagvalue` or
+  `:app_prefix` boots, as in libcluster_ec2, but connects nothing: the topology logs why once at
+  error level and `Cluster.status/1` shows `state: :invalid_config`. Other invalid values raise
+  `ArgumentError` at start, naming the key (or the environment variable).
 
   Beyond libcluster_ec2 (all optional):
 
@@ -162,14 +167,26 @@ defmodule Cluster.Strategy.EC2 do
     ]
   end
 
-  defp tag_value(v) when is_function(v, 0) or is_function(v, 1), do: {:ok, v}
+  # An empty string is a valid EC2 tag value.
+  defp tag_value(v) when is_function(v, 0) or is_function(v, 1) or is_binary(v), do: {:ok, v}
   defp tag_value(nil), do: {:ok, nil}
+  defp tag_value(_), do: {:error, "a string, a 0-arity fun or a 1-arity fun"}
 
-  defp tag_value(v) do
-    case Config.string().(v) do
-      {:ok, s} -> {:ok, s}
-      _ -> {:error, "a non-empty string, a 0-arity fun or a 1-arity fun"}
-    end
+  @doc false
+  # As in libcluster_ec2, a `nil` :ec2_tagname, :ec2_tagvalue or :app_prefix does not stop boot: it
+  # connects nothing (libcluster_ec2 warned at every poll). LibclusterRs.InvalidTopology says why at
+  # error level, once, and in Cluster.status/1. A missing :ec2_tagname raises, as its
+  # Keyword.fetch! crashed the strategy.
+  def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
+    problem =
+      if Keyword.keyword?(config) do
+        Enum.find_value([:ec2_tagname, :ec2_tagvalue, :app_prefix], fn key ->
+          if Keyword.has_key?(config, key) and Keyword.get(config, key) == nil,
+            do: "#{inspect(key)} is nil (not configured)"
+        end)
+      end
+
+    LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "EC2", problem) || super(args)
   end
 
   defp url(value) do
@@ -316,14 +333,22 @@ defmodule Cluster.Strategy.EC2 do
   end
 
   # Runs user code in a process of its own with a deadline: {:ok, result} or {:error, why}.
+  # (A raise is caught in the task, so it is reported once, by the round, without a crash report.)
   defp contained(sup, fun, timeout) do
-    task = Task.Supervisor.async_nolink(sup, fun, shutdown: :brutal_kill)
+    task = Task.Supervisor.async_nolink(sup, fn -> guard(fun) end, shutdown: :brutal_kill)
 
     case Task.yield(task, timeout) || Task.shutdown(task, :brutal_kill) do
-      {:ok, result} -> {:ok, result}
+      {:ok, {:ok, result}} -> {:ok, result}
+      {:ok, {:raised, text}} -> {:error, "failed: " <> text}
       {:exit, reason} -> {:error, "failed: #{Exception.format_exit(reason)}"}
       nil -> {:error, "did not return within #{timeout} ms"}
     end
+  end
+
+  defp guard(fun) do
+    {:ok, fun.()}
+  catch
+    kind, reason -> {:raised, Exception.format_banner(kind, reason)}
   end
 
   @impl LibclusterRs.Discovery

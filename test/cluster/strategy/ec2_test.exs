@@ -433,6 +433,12 @@ defmodule Cluster.Strategy.EC2Test do
 
       st = state(dist, fake, ca, config)
       pid = start_supervised!({Cluster.Strategy.EC2, [st]})
+      # The raising round is an error of that round, naming the fun and the exception.
+      status_until(st.topology, fn s ->
+        match?(%{last_error: %{message: "the :ip_to_nodename fun failed" <> _}}, s)
+      end)
+      |> then(&assert(&1.last_error.message =~ "boom"))
+
       eventually(fn -> :counters.get(counter, 1) >= 3 end, 8_000)
 
       eventually(
@@ -538,6 +544,39 @@ defmodule Cluster.Strategy.EC2Test do
 
       assert {:ok, impl, opts} = init.(ec2_tagname: "a", show_debug: true, env: e)
       assert impl.app_prefix == "app" and impl.ip_type == :private and opts[:interval] == 5_000
+      # An empty tag value is a valid EC2 tag value.
+      assert {:ok, %{ec2_tagvalue: ""}, _} = init.(ec2_tagname: "a", ec2_tagvalue: "", env: e)
+    end
+
+    test "a nil tag name, tag value or prefix boots and connects nothing, as in libcluster_ec2", %{
+      fake: fake,
+      ca: ca
+    } do
+      import ExUnit.CaptureLog
+
+      for key <- [:ec2_tagname, :ec2_tagvalue, :app_prefix] do
+        topology = :"ec2_nil_#{System.unique_integer([:positive])}"
+        config = Keyword.put([ec2_tagname: @tag_name, env: env(fake, ca, @static)], key, nil)
+
+        log =
+          capture_log(fn ->
+            {:ok, sup} =
+              Cluster.Supervisor.start_link([[{topology, [strategy: Cluster.Strategy.EC2, config: config]}]])
+
+            assert {:ok, %{state: :invalid_config, last_error: %{message: message}}} =
+                     Cluster.status(topology)
+
+            assert message =~ inspect(key)
+            Supervisor.stop(sup)
+          end)
+
+        assert [_once] = Regex.scan(~r/\[error\].*connects no node/, log)
+      end
+
+      assert ec2_requests(fake) == []
+      spec = [strategy: Cluster.Strategy.EC2, config: [env: env(fake, ca, @static)]]
+      assert {:error, reason} = start_supervised({Cluster.Supervisor, [[{:ec2_missing, spec}]]})
+      assert inspect(reason) =~ "ec2_tagname"
     end
   end
 end
