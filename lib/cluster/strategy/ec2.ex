@@ -62,9 +62,10 @@ defmodule Cluster.Strategy.EC2 do
   ## Environment (as the AWS SDKs)
 
   `AWS_REGION` (then `AWS_DEFAULT_REGION`, then IMDS) for the region; `AWS_ENDPOINT_URL_EC2`,
-  `AWS_ENDPOINT_URL_STS` (or `AWS_ENDPOINT_URL`) for the endpoints; `AWS_EC2_METADATA_SERVICE_ENDPOINT`
-  and `AWS_EC2_METADATA_DISABLED` for IMDS; `AWS_CA_BUNDLE` for an extra CA file. They are read
-  once, when the topology starts.
+  `AWS_ENDPOINT_URL_STS` (or `AWS_ENDPOINT_URL`) for the endpoints;
+  `AWS_EC2_METADATA_SERVICE_ENDPOINT`, `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6` and
+  `AWS_EC2_METADATA_DISABLED` for IMDS; `AWS_CA_BUNDLE` for an extra CA file. They are read once,
+  when the topology starts (the `:env` option replaces them all).
 
   ## Credentials
 

@@ -9,10 +9,13 @@ use super::{send, Client, State};
 use crate::event::{Error, ErrorKind};
 
 const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
+/// With `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6` (IPv6-only subnets).
+const DEFAULT_ENDPOINT_V6: &str = "http://[fd00:ec2::254]";
 const TOKEN_TTL_SECS: u64 = 21_600;
 
 /// The IMDS base URL: the `imds_endpoint` option, `AWS_EC2_METADATA_SERVICE_ENDPOINT`, or the
-/// link-local default. `None` when `AWS_EC2_METADATA_DISABLED=true`.
+/// link-local default (IPv4, or IPv6 with `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6`). `None`
+/// when `AWS_EC2_METADATA_DISABLED=true`.
 pub(crate) fn endpoint(client: &Client) -> Option<String> {
     let s = &client.settings;
     if s.env("AWS_EC2_METADATA_DISABLED")
@@ -24,7 +27,17 @@ pub(crate) fn endpoint(client: &Client) -> Option<String> {
         .imds_endpoint
         .clone()
         .or_else(|| s.env("AWS_EC2_METADATA_SERVICE_ENDPOINT").map(String::from))
-        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string());
+        .unwrap_or_else(|| {
+            let v6 = s
+                .env("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE")
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("ipv6"));
+            if v6 {
+                DEFAULT_ENDPOINT_V6
+            } else {
+                DEFAULT_ENDPOINT
+            }
+            .to_string()
+        });
     Some(e.trim_end_matches('/').to_string())
 }
 
@@ -127,4 +140,49 @@ pub(crate) async fn get(client: &Client, st: &mut State, path: &str) -> Result<S
         ErrorKind::Unauthorized,
         format!("GET {base}{path}: IMDS refused a fresh token"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ec2::{IpType, Settings};
+    use std::time::Duration;
+
+    fn client(env: &[(&str, &str)], option: Option<&str>) -> Client {
+        Client::new(Settings {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            tag_name: "t".into(),
+            ip_type: IpType::Private,
+            region: None,
+            ec2_endpoint: None,
+            sts_endpoint: None,
+            imds_endpoint: option.map(String::from),
+            ca_bundle: None,
+            request_timeout: Duration::from_secs(1),
+            imds_timeout: Duration::from_secs(1),
+            polling_interval: Duration::from_secs(5),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn the_endpoint_follows_the_sdk_variables() {
+        assert_eq!(endpoint(&client(&[], None)).unwrap(), DEFAULT_ENDPOINT);
+        let v6 = [("AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IPv6")];
+        assert_eq!(endpoint(&client(&v6, None)).unwrap(), DEFAULT_ENDPOINT_V6);
+        let custom = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9/")];
+        assert_eq!(
+            endpoint(&client(&custom, None)).unwrap(),
+            "http://127.0.0.1:9"
+        );
+        assert_eq!(
+            endpoint(&client(&custom, Some("http://[::1]:8"))).unwrap(),
+            "http://[::1]:8"
+        );
+        let off = [("AWS_EC2_METADATA_DISABLED", "true")];
+        assert_eq!(endpoint(&client(&off, None)), None);
+    }
 }
