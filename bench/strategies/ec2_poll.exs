@@ -96,9 +96,20 @@ for {label, page_size} <- [{"1 page of 500", 1000}, {"5 pages of 100", 100}] do
   cpu = Bench.Stats.median(Enum.map(results, &elem(&1, 0)))
   wall = Bench.Stats.median(Enum.map(results, &elem(&1, 1)))
 
+  # The same process idle for as long as a batch took: the VM's own background CPU, for scale.
+  idle =
+    Bench.Stats.median(
+      for _ <- 1..3 do
+        c0 = cpu_ms.()
+        Process.sleep(round(wall * batch))
+        (cpu_ms.() - c0) / batch
+      end
+    )
+
   IO.puts(
     "#{label}: CPU per poll (this process) median #{Float.round(cpu * 1.0, 2)} ms " <>
-      "(#{samples} batches of #{batch}); wall per poll median #{Float.round(wall * 1.0, 1)} ms (includes the fake)"
+      "(#{samples} batches of #{batch}); idle VM over the same wall time #{Float.round(idle * 1.0, 2)} ms; " <>
+      "wall per poll median #{Float.round(wall * 1.0, 1)} ms (includes the fake)"
   )
 end
 
