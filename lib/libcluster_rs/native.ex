@@ -148,6 +148,24 @@ defmodule LibclusterRs.Native do
   def rancher_start(_tag, _url, _basename, _timeout_ms), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
+  A topology's EC2 client (it caches credentials, the IMDS token, the region and this instance's tag
+  value): `{:ok, client}` or `{:error, message}`. `opts` is the map `Cluster.Strategy.EC2` builds.
+  """
+  @spec ec2_client(map()) :: {:ok, reference()} | {:error, String.t()}
+  def ec2_client(_opts), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
+  One EC2 round with `client`: one `{:nodes, names}` (`prefix@ip`), or with `prefix` nil one
+  `{:nodes, ips}`, or one `{:discovery_error, kind, message}`. `tag_value` nil: this instance's own.
+  """
+  @spec ec2_start(term(), reference(), String.t() | nil, String.t() | nil) :: handle()
+  def ec2_start(_tag, _client, _tag_value, _prefix), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "What `client` learnt (region, credentials source, instance id, tag value, counts)."
+  @spec ec2_info(reference()) :: map()
+  def ec2_info(_client), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
   Splits `names` (a list of at most 2,000 terms) by the node-name rule of the Rust core
   (`native/core/src/node_name.rs`): `{valid, rejected}`, each in the input's order. A binary or an
   atom (other than `nil`, `true`, `false`) is valid when its text is; any other term is rejected.

@@ -30,6 +30,9 @@ pub(crate) enum Roots<'a> {
     System,
     /// None: for a client that only ever speaks plain HTTP.
     Empty,
+    /// The system roots (if any) plus every certificate of the PEM bundle at this path, which must
+    /// exist and hold one (the AWS SDKs' `AWS_CA_BUNDLE`).
+    SystemAndFile(&'a Path),
 }
 
 /// Why no TLS config could be built.
@@ -98,6 +101,30 @@ fn root_store(roots: Roots<'_>) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match roots {
         Roots::Empty => {}
+        Roots::SystemAndFile(path) => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = store.add(cert);
+            }
+            let system = store.len();
+            let shown = path.display().to_string();
+            let bytes = std::fs::read(path).map_err(|error| TlsError::ReadCa {
+                path: shown.clone(),
+                error,
+            })?;
+            for cert in CertificateDer::pem_slice_iter(&bytes) {
+                let cert = cert.map_err(|e| TlsError::BadPem {
+                    path: shown.clone(),
+                    error: e.to_string(),
+                })?;
+                store.add(cert).map_err(|e| TlsError::BadCertificate {
+                    path: shown.clone(),
+                    error: e.to_string(),
+                })?;
+            }
+            if store.len() == system {
+                return Err(TlsError::EmptyCa { path: shown });
+            }
+        }
         Roots::CaFileOrSystem(path) if path.exists() => {
             let shown = path.display().to_string();
             let bytes = std::fs::read(path).map_err(|error| TlsError::ReadCa {

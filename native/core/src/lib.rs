@@ -7,6 +7,7 @@
 #![warn(unreachable_pub)]
 mod backoff;
 pub mod dns;
+pub mod ec2;
 pub mod epmd;
 pub mod event;
 pub mod gossip;

@@ -4,6 +4,7 @@
 mod args;
 mod atoms;
 mod dns;
+mod ec2;
 mod epmd;
 mod gossip;
 mod handle;
