@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::event::ErrorKind;
@@ -30,6 +30,16 @@ pub(crate) enum Roots<'a> {
     System,
     /// None: for a client that only ever speaks plain HTTP.
     Empty,
+    /// The PEM bundle at this path, which must exist (a CA file the user named).
+    CaFile(&'a Path),
+}
+
+/// A client certificate chain and its private key (PEM files), for servers that require mutual
+/// TLS (e.g. Consul with `verify_incoming`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientIdentity<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
 }
 
 /// Why no TLS config could be built.
@@ -47,6 +57,8 @@ pub(crate) enum TlsError {
     EmptyCa { path: String },
     /// No CA bundle was given or found, and the system has no root certificates.
     NoSystemRoots,
+    /// The client certificate or key cannot be read, parsed, or do not match.
+    ClientIdentity { path: String, error: String },
 }
 
 impl std::fmt::Display for TlsError {
@@ -67,6 +79,12 @@ impl std::fmt::Display for TlsError {
                 f,
                 "no system root certificates: install ca-certificates (or give a CA bundle)"
             ),
+            TlsError::ClientIdentity { path, error } => {
+                write!(
+                    f,
+                    "the client certificate/key {path} cannot be used: {error}"
+                )
+            }
         }
     }
 }
@@ -76,29 +94,69 @@ impl std::error::Error for TlsError {}
 /// Build the rustls config for `roots`. `insecure` (an explicit, loudly documented option of the
 /// strategy) skips verification entirely and ignores `roots`.
 pub(crate) fn tls_config(roots: Roots<'_>, insecure: bool) -> Result<ClientConfig, TlsError> {
+    tls_config_with_identity(roots, insecure, None)
+}
+
+/// [`tls_config`], presenting `identity` (a client certificate and key) when the server asks.
+pub(crate) fn tls_config_with_identity(
+    roots: Roots<'_>,
+    insecure: bool,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?;
-    let mut config = if insecure {
+    let builder = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-            .with_no_client_auth()
     } else {
-        builder
-            .with_root_certificates(root_store(roots)?)
-            .with_no_client_auth()
+        builder.with_root_certificates(root_store(roots)?)
+    };
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let (certs, key) = load_identity(id)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TlsError::ClientIdentity {
+                    path: id.key.display().to_string(),
+                    error: e.to_string(),
+                })?
+        }
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn load_identity(id: ClientIdentity<'_>) -> Result<Identity, TlsError> {
+    let bad = |path: &Path, error: String| TlsError::ClientIdentity {
+        path: path.display().to_string(),
+        error,
+    };
+    let cert_pem = std::fs::read(id.cert).map_err(|e| bad(id.cert, e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(id.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad(id.cert, "no certificate in the file".into()));
+    }
+    let key_pem = std::fs::read(id.key).map_err(|e| bad(id.key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(id.key, e.to_string()))?;
+    Ok((certs, key))
 }
 
 fn root_store(roots: Roots<'_>) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match roots {
         Roots::Empty => {}
-        Roots::CaFileOrSystem(path) if path.exists() => {
+        // A named CA file must exist; reading a missing one is the error.
+        Roots::CaFile(path) | Roots::CaFileOrSystem(path)
+            if path.exists() || matches!(roots, Roots::CaFile(_)) =>
+        {
             let shown = path.display().to_string();
             let bytes = std::fs::read(path).map_err(|error| TlsError::ReadCa {
                 path: shown.clone(),
@@ -118,7 +176,7 @@ fn root_store(roots: Roots<'_>) -> Result<RootCertStore, TlsError> {
                 return Err(TlsError::EmptyCa { path: shown });
             }
         }
-        Roots::CaFileOrSystem(_) | Roots::System => {
+        Roots::CaFileOrSystem(_) | Roots::System | Roots::CaFile(_) => {
             for cert in rustls_native_certs::load_native_certs().certs {
                 let _ = store.add(cert);
             }
