@@ -421,6 +421,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[test]
+    fn a_named_ca_file_must_exist_and_a_client_identity_must_be_readable() {
+        let dir = std::env::temp_dir().join(format!("libcluster-http-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        // unlike CaFileOrSystem, a CA file the user named never falls back to the system roots
+        assert!(matches!(
+            tls_config(Roots::CaFile(&missing), false),
+            Err(TlsError::ReadCa { .. })
+        ));
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, b"not pem").unwrap();
+        for (cert, key) in [(&missing, &missing), (&garbage, &garbage)] {
+            let id = ClientIdentity { cert, key };
+            assert!(matches!(
+                tls_config_with_identity(Roots::Empty, false, Some(id)),
+                Err(TlsError::ClientIdentity { .. })
+            ));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn a_refused_connection_is_classified_by_its_io_error() {
         // a port that was just free: connecting to it is refused
