@@ -48,7 +48,8 @@ defmodule Cluster.Strategy.Consul do
 
       An entry's opts (`:service`, `:passing`, `:expected`, `:dc`, `:filter`) override the
       top-level ones for that entry.
-    * `:service` - `[name: "my-app"]` or `[id: "my-app-1"]` (id: Agent only)
+    * `:service` - `[name: "my-app"]` or `[id: "my-app-1"]` (id: Agent only). libcluster_consul
+      1.0's `service_name: "my-app"` is read as `service: [name: "my-app"]`
     * `:base_url` - the agent (default `CONSUL_HTTP_ADDR`, else `"http://localhost:8500"`); its
       path is ignored and its query string is kept on every request
     * `:access_token` - sent as `X-Consul-Token` (default `CONSUL_HTTP_TOKEN`, else the contents of
@@ -186,6 +187,7 @@ defmodule Cluster.Strategy.Consul do
     [
       {:list_using, nil, &list_using/1},
       {:service, nil, Config.nullable(&service/1)},
+      {:service_name, nil, Config.nullable(&service_name/1)},
       {:base_url, nil, Config.nullable(&url/1)},
       {:access_token, nil, Config.nullable(Config.string())},
       {:dc, nil, Config.nullable(Config.string())},
@@ -332,6 +334,7 @@ defmodule Cluster.Strategy.Consul do
 
   defp impl(opts, config, env, topology) do
     Config.required!(opts, :list_using, topology, list_using_expected())
+    opts = %{opts | service: opts.service || opts.service_name}
     basename = basename!(opts, config, topology)
     queries = Enum.flat_map(opts.list_using, &queries!(&1, opts, topology))
     conn = connection(opts, env)
@@ -443,13 +446,32 @@ defmodule Cluster.Strategy.Consul do
   # An entry's opts override the top-level ones, validated by the same rules.
   defp merge(opts, eopts, topology) do
     Enum.reduce(eopts, opts, fn
+      {:service_name, value}, acc ->
+        Map.put(acc, :service, Config.check!(topology, :service_name, value, &service_name/1))
+
       {key, value}, acc when key in @entry_keys ->
         validator = Enum.find_value(schema(), fn {k, _, v} -> if k == key, do: v end)
         Map.put(acc, key, Config.check!(topology, key, value, validator))
 
-      {_key, _value}, acc ->
+      {key, _value}, acc ->
+        unless key in [:datacenters, :endpoints] do
+          Cluster.Logger.warn(
+            topology,
+            "unknown list_using option #{inspect(key)} for #{inspect(__MODULE__)} is ignored; known: " <>
+              Enum.map_join([:service_name | @entry_keys], ", ", &inspect/1)
+          )
+        end
+
         acc
     end)
+  end
+
+  # libcluster_consul 1.0's key: service_name: "x" is service: [name: "x"].
+  defp service_name(value) do
+    case Config.string().(value) do
+      {:ok, name} -> {:ok, [name: name]}
+      error -> error
+    end
   end
 
   defp query!(mod, opts, topology) do

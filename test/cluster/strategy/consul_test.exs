@@ -380,6 +380,12 @@ defmodule Cluster.Strategy.ConsulTest do
         assert_raise ArgumentError, ~r/#{Regex.escape(key)}/, fn -> init(config) end
       end
 
+      # libcluster_consul 1.0's service_name, top level or per entry
+      {:ok, impl, _} = init(base |> Keyword.delete(:service) |> Keyword.put(:service_name, "old"))
+      assert [%{service_name: "old"}] = impl.native.queries
+      {:ok, impl, _} = init(Keyword.put(base, :list_using, [{@catalog, service_name: "cat"}]))
+      assert [%{endpoint: :catalog, service_name: "cat"}] = impl.native.queries
+
       # defaults: the node's own basename, localhost:8500 (unless CONSUL_HTTP_ADDR), blocking
       {:ok, impl, opts} = init(Keyword.delete(base, :node_basename))
       assert impl.native.basename == node() |> Atom.to_string() |> String.split("@") |> hd()
