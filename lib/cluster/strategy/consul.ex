@@ -271,16 +271,8 @@ defmodule Cluster.Strategy.Consul do
               "and CONSUL_CLIENT_KEY), got: cert #{inspect(cert)}, key #{inspect(key)}"
     end
 
-    for {path, key} <- [
-          {opts.ca_file || get.("CONSUL_CACERT"), ":ca_file / CONSUL_CACERT"},
-          {cert, ":cert_file / CONSUL_CLIENT_CERT"},
-          {key, ":key_file / CONSUL_CLIENT_KEY"}
-        ],
-        path != nil,
-        not File.regular?(path) do
-      raise ArgumentError, "Consul: #{key} names #{inspect(path)}, which is not a readable file"
-    end
-
+    # The files themselves are read by each round (a secret mounted after boot is picked up); a
+    # missing one is a :tls error naming the key, logged and shown by Cluster.status/1.
     verify = get.("CONSUL_HTTP_SSL_VERIFY")
 
     %{

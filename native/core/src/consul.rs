@@ -482,7 +482,15 @@ pub(crate) fn client(cfg: &Config) -> Result<reqwest::Client, Error> {
     } else {
         http::tls_config(Roots::Empty, false)
     }
-    .map_err(|e| Error::new(ErrorKind::Tls, format!("Consul TLS setup: {e}")))?;
+    .map_err(|e| {
+        Error::new(
+            ErrorKind::Tls,
+            format!(
+                "Consul TLS setup: {e}; check ca_file (CONSUL_CACERT) and cert_file/key_file \
+                 (CONSUL_CLIENT_CERT/CONSUL_CLIENT_KEY)"
+            ),
+        )
+    })?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls_config)
         .no_proxy()
