@@ -166,6 +166,14 @@ defmodule LibclusterRs.Native do
   def ec2_info(_client), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
+  Consul discovery (`Cluster.Strategy.Consul` builds `opts`). `blocking: true`: a stream of
+  `{:nodes, names}` whenever the set changes, `{:partial_nodes, names, {kind, msg}}` while some
+  query fails, `{:discovery_error, kind, msg}` while all do; `blocking: false`: one of those, once.
+  """
+  @spec consul_start(term(), map()) :: handle()
+  def consul_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
   Splits `names` (a list of at most 2,000 terms) by the node-name rule of the Rust core
   (`native/core/src/node_name.rs`): `{valid, rejected}`, each in the input's order. A binary or an
   atom (other than `nil`, `true`, `false`) is valid when its text is; any other term is rejected.

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::event::ErrorKind;
@@ -33,6 +33,16 @@ pub(crate) enum Roots<'a> {
     /// The system roots (if any) plus every certificate of the PEM bundle at this path, which must
     /// exist and hold one (the AWS SDKs' `AWS_CA_BUNDLE`).
     SystemAndFile(&'a Path),
+    /// The PEM bundle at this path, which must exist (a CA file the user named).
+    CaFile(&'a Path),
+}
+
+/// A client certificate chain and its private key (PEM files), for servers that require mutual
+/// TLS (e.g. Consul with `verify_incoming`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientIdentity<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
 }
 
 /// Why no TLS config could be built.
@@ -50,6 +60,8 @@ pub(crate) enum TlsError {
     EmptyCa { path: String },
     /// No CA bundle was given or found, and the system has no root certificates.
     NoSystemRoots,
+    /// The client certificate or key cannot be read, parsed, or do not match.
+    ClientIdentity { path: String, error: String },
 }
 
 impl std::fmt::Display for TlsError {
@@ -70,6 +82,12 @@ impl std::fmt::Display for TlsError {
                 f,
                 "no system root certificates: install ca-certificates (or give a CA bundle)"
             ),
+            TlsError::ClientIdentity { path, error } => {
+                write!(
+                    f,
+                    "the client certificate/key {path} cannot be used: {error}"
+                )
+            }
         }
     }
 }
@@ -79,22 +97,59 @@ impl std::error::Error for TlsError {}
 /// Build the rustls config for `roots`. `insecure` (an explicit, loudly documented option of the
 /// strategy) skips verification entirely and ignores `roots`.
 pub(crate) fn tls_config(roots: Roots<'_>, insecure: bool) -> Result<ClientConfig, TlsError> {
+    tls_config_with_identity(roots, insecure, None)
+}
+
+/// [`tls_config`], presenting `identity` (a client certificate and key) when the server asks.
+pub(crate) fn tls_config_with_identity(
+    roots: Roots<'_>,
+    insecure: bool,
+    identity: Option<ClientIdentity<'_>>,
+) -> Result<ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Setup(e.to_string()))?;
-    let mut config = if insecure {
+    let builder = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
-            .with_no_client_auth()
     } else {
-        builder
-            .with_root_certificates(root_store(roots)?)
-            .with_no_client_auth()
+        builder.with_root_certificates(root_store(roots)?)
+    };
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let (certs, key) = load_identity(id)?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TlsError::ClientIdentity {
+                    path: id.key.display().to_string(),
+                    error: e.to_string(),
+                })?
+        }
     };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn load_identity(id: ClientIdentity<'_>) -> Result<Identity, TlsError> {
+    let bad = |path: &Path, error: String| TlsError::ClientIdentity {
+        path: path.display().to_string(),
+        error,
+    };
+    let cert_pem = std::fs::read(id.cert).map_err(|e| bad(id.cert, e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(id.cert, e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad(id.cert, "no certificate in the file".into()));
+    }
+    let key_pem = std::fs::read(id.key).map_err(|e| bad(id.key, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(id.key, e.to_string()))?;
+    Ok((certs, key))
 }
 
 fn root_store(roots: Roots<'_>) -> Result<RootCertStore, TlsError> {
@@ -102,59 +157,51 @@ fn root_store(roots: Roots<'_>) -> Result<RootCertStore, TlsError> {
     match roots {
         Roots::Empty => {}
         Roots::SystemAndFile(path) => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = store.add(cert);
-            }
-            let system = store.len();
-            let shown = path.display().to_string();
-            let bytes = std::fs::read(path).map_err(|error| TlsError::ReadCa {
-                path: shown.clone(),
-                error,
-            })?;
-            for cert in CertificateDer::pem_slice_iter(&bytes) {
-                let cert = cert.map_err(|e| TlsError::BadPem {
-                    path: shown.clone(),
-                    error: e.to_string(),
-                })?;
-                store.add(cert).map_err(|e| TlsError::BadCertificate {
-                    path: shown.clone(),
-                    error: e.to_string(),
-                })?;
-            }
-            if store.len() == system {
-                return Err(TlsError::EmptyCa { path: shown });
-            }
+            add_system_roots(&mut store);
+            add_pem_file(&mut store, path)?;
         }
-        Roots::CaFileOrSystem(path) if path.exists() => {
-            let shown = path.display().to_string();
-            let bytes = std::fs::read(path).map_err(|error| TlsError::ReadCa {
-                path: shown.clone(),
-                error,
-            })?;
-            for cert in CertificateDer::pem_slice_iter(&bytes) {
-                let cert = cert.map_err(|e| TlsError::BadPem {
-                    path: shown.clone(),
-                    error: e.to_string(),
-                })?;
-                store.add(cert).map_err(|e| TlsError::BadCertificate {
-                    path: shown.clone(),
-                    error: e.to_string(),
-                })?;
-            }
-            if store.is_empty() {
-                return Err(TlsError::EmptyCa { path: shown });
-            }
-        }
+        Roots::CaFile(path) => add_pem_file(&mut store, path)?,
+        Roots::CaFileOrSystem(path) if path.exists() => add_pem_file(&mut store, path)?,
         Roots::CaFileOrSystem(_) | Roots::System => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = store.add(cert);
-            }
+            add_system_roots(&mut store);
             if store.is_empty() {
                 return Err(TlsError::NoSystemRoots);
             }
         }
     }
     Ok(store)
+}
+
+/// The system roots (`rustls-native-certs`); the ones rustls refuses are skipped.
+fn add_system_roots(store: &mut RootCertStore) {
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = store.add(cert);
+    }
+}
+
+/// Every certificate of the PEM bundle at `path`, which must exist and hold at least one.
+fn add_pem_file(store: &mut RootCertStore, path: &Path) -> Result<(), TlsError> {
+    let shown = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|error| TlsError::ReadCa {
+        path: shown.clone(),
+        error,
+    })?;
+    let mut added = 0;
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
+        let cert = cert.map_err(|e| TlsError::BadPem {
+            path: shown.clone(),
+            error: e.to_string(),
+        })?;
+        store.add(cert).map_err(|e| TlsError::BadCertificate {
+            path: shown.clone(),
+            error: e.to_string(),
+        })?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(TlsError::EmptyCa { path: shown });
+    }
+    Ok(())
 }
 
 /// Accepts any certificate. Only built when the user set the insecure option by name.
@@ -387,6 +434,28 @@ mod tests {
         // insecure ignores the roots
         assert!(tls_config(Roots::CaFileOrSystem(&empty), true).is_ok());
         assert!(tls_config(Roots::Empty, false).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_named_ca_file_must_exist_and_a_client_identity_must_be_readable() {
+        let dir = std::env::temp_dir().join(format!("libcluster-http-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.pem");
+        // unlike CaFileOrSystem, a CA file the user named never falls back to the system roots
+        assert!(matches!(
+            tls_config(Roots::CaFile(&missing), false),
+            Err(TlsError::ReadCa { .. })
+        ));
+        let garbage = dir.join("garbage.pem");
+        std::fs::write(&garbage, b"not pem").unwrap();
+        for (cert, key) in [(&missing, &missing), (&garbage, &garbage)] {
+            let id = ClientIdentity { cert, key };
+            assert!(matches!(
+                tls_config_with_identity(Roots::Empty, false, Some(id)),
+                Err(TlsError::ClientIdentity { .. })
+            ));
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

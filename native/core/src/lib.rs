@@ -6,6 +6,7 @@
 //! the strategies and private to the crate.
 #![warn(unreachable_pub)]
 mod backoff;
+pub mod consul;
 pub mod dns;
 pub mod ec2;
 pub mod epmd;

@@ -3,6 +3,7 @@
 #![warn(unreachable_pub)]
 mod args;
 mod atoms;
+mod consul;
 mod dns;
 mod ec2;
 mod epmd;
