@@ -185,6 +185,17 @@ defmodule LibclusterRs.Config do
 
   def atom, do: &if(is_atom(&1) and &1 not in [nil, true, false], do: {:ok, &1}, else: {:error, "an atom"})
 
+  @doc "An http:// or https:// URL (a non-empty string, as `string/0` takes it)."
+  def url do
+    fn value ->
+      case string().(value) do
+        {:ok, "http://" <> _ = url} -> {:ok, url}
+        {:ok, "https://" <> _ = url} -> {:ok, url}
+        _ -> {:error, "an http:// or https:// URL"}
+      end
+    end
+  end
+
   def string do
     fn
       s when is_binary(s) and s != "" ->

@@ -188,7 +188,7 @@ defmodule Cluster.Strategy.Consul do
       {:list_using, nil, &list_using/1},
       {:service, nil, Config.nullable(&service/1)},
       {:service_name, nil, Config.nullable(&service_name/1)},
-      {:base_url, nil, Config.nullable(&url/1)},
+      {:base_url, nil, Config.nullable(Config.url())},
       {:access_token, nil, Config.nullable(Config.string())},
       {:dc, nil, Config.nullable(Config.string())},
       {:filter, nil, Config.nullable(Config.string())},
@@ -210,14 +210,6 @@ defmodule Cluster.Strategy.Consul do
 
   defp wait(ms) when is_integer(ms) and ms in 1..600_000, do: {:ok, ms}
   defp wait(_), do: {:error, "an integer of milliseconds in 1..600000 (Consul's limit is 10 minutes)"}
-
-  defp url(value) do
-    case Config.string().(value) do
-      {:ok, "http://" <> _ = url} -> {:ok, url}
-      {:ok, "https://" <> _ = url} -> {:ok, url}
-      _ -> {:error, "an http:// or https:// URL"}
-    end
-  end
 
   defp service([{kind, value}]) when kind in [:name, :id] do
     case Config.string().(value) do

@@ -157,9 +157,9 @@ defmodule Cluster.Strategy.EC2 do
       {:polling_interval, 5_000, Config.interval()},
       {:show_debug, false, Config.boolean()},
       {:region, nil, Config.nullable(Config.string())},
-      {:ec2_endpoint, nil, Config.nullable(&url/1)},
-      {:sts_endpoint, nil, Config.nullable(&url/1)},
-      {:imds_endpoint, nil, Config.nullable(&url/1)},
+      {:ec2_endpoint, nil, Config.nullable(Config.url())},
+      {:sts_endpoint, nil, Config.nullable(Config.url())},
+      {:imds_endpoint, nil, Config.nullable(Config.url())},
       {:ca_bundle, nil, Config.nullable(&file/1)},
       {:request_timeout, 10_000, Config.pos_integer()},
       {:imds_timeout, 1_000, Config.pos_integer()},
@@ -190,14 +190,6 @@ defmodule Cluster.Strategy.EC2 do
     LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "EC2", problem) || super(args)
   end
 
-  defp url(value) do
-    case Config.string().(value) do
-      {:ok, "http://" <> _ = url} -> {:ok, url}
-      {:ok, "https://" <> _ = url} -> {:ok, url}
-      _ -> {:error, "an http:// or https:// URL"}
-    end
-  end
-
   defp file(value) do
     with {:ok, path} <- Config.string().(value), true <- File.regular?(path) do
       {:ok, path}
@@ -226,7 +218,7 @@ defmodule Cluster.Strategy.EC2 do
           ~w(AWS_ENDPOINT_URL_EC2 AWS_ENDPOINT_URL_STS AWS_ENDPOINT_URL AWS_EC2_METADATA_SERVICE_ENDPOINT),
         value = env[var],
         value not in [nil, ""],
-        match?({:error, _}, url(value)) do
+        match?({:error, _}, Config.url().(value)) do
       raise ArgumentError,
             "invalid environment for topology #{inspect(topology)}: expected #{var} to be an " <>
               "http:// or https:// URL, got: #{inspect(value)}"

@@ -39,7 +39,7 @@ defmodule Cluster.Strategy.Rancher do
     schema = [
       {:node_basename, nil, Config.nullable(Config.string())},
       {:polling_interval, 5_000, Config.interval()},
-      {:rancher_metadata_url, @default_url, &url/1},
+      {:rancher_metadata_url, @default_url, Config.url()},
       {:rancher_timeout, 5_000, Config.pos_integer()}
     ]
 
@@ -47,14 +47,6 @@ defmodule Cluster.Strategy.Rancher do
     Config.required!(opts, :node_basename, topology, "a non-empty string")
 
     {:ok, opts, interval: opts.polling_interval, prune: true, round_timeout: opts.rancher_timeout + 2_000}
-  end
-
-  defp url(value) do
-    case Config.string().(value) do
-      {:ok, "http://" <> _ = url} -> {:ok, url}
-      {:ok, "https://" <> _ = url} -> {:ok, url}
-      _ -> {:error, "an http:// or https:// URL"}
-    end
   end
 
   @doc false
