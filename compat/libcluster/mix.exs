@@ -1,6 +1,6 @@
 defmodule LibclusterRs.LibclusterStub.MixProject do
   # An application named :libcluster with no code of its own, for apps that depend on a
-  # third-party strategy package (libcluster_ec2, libcluster_consul, libcluster_postgres...)
+  # third-party strategy package (other than the four libcluster_rs replaces natively)
   # whose own dependency is `{:libcluster, "~> 3.x"}`. Point that dependency here with
   # `override: true` (see docs/migrating.md, "Third-party strategy packages"):
   #
