@@ -6,6 +6,7 @@
 //! the strategies and private to the crate.
 #![warn(unreachable_pub)]
 mod backoff;
+pub mod digitalocean;
 pub mod dns;
 pub mod epmd;
 pub mod event;
