@@ -3,6 +3,7 @@
 #![warn(unreachable_pub)]
 mod args;
 mod atoms;
+mod digitalocean;
 mod dns;
 mod epmd;
 mod gossip;
