@@ -60,19 +60,25 @@ fn digitalocean_start<'a>(
 ) -> NifResult<ResourceArc<Discovery>> {
     let filter = match (opts.tag_name, opts.name) {
         (Some(_), Some(_)) => {
-            return Err(bad(
-                "digitalocean_start/2: give tag_name or name, not both",
-            ))
+            return Err(bad("digitalocean_start/2: give tag_name or name, not both"))
         }
         (Some(t), None) => Filter::Tag(t),
         (None, Some(n)) => Filter::Name(n),
         (None, None) => Filter::All,
     };
     let health_check = match opts.health_check_port {
-        Some(0) => return Err(bad("digitalocean_start/2: health_check_port must be 1..65535")),
+        Some(0) => {
+            return Err(bad(
+                "digitalocean_start/2: health_check_port must be 1..65535",
+            ))
+        }
         Some(port) => Some(HealthCheck {
             port,
-            timeout: millis("health_check_timeout_ms", opts.health_check_timeout_ms, MAX_MS)?,
+            timeout: millis(
+                "health_check_timeout_ms",
+                opts.health_check_timeout_ms,
+                MAX_MS,
+            )?,
         }),
         None => None,
     };
@@ -95,7 +101,9 @@ fn digitalocean_start<'a>(
         request_timeout: millis("request_timeout_ms", opts.request_timeout_ms, MAX_MS)?,
         rate_limit_budget,
     });
-    Ok(spawn(env, tag, move |sink| digitalocean::poll_once(cfg, sink)))
+    Ok(spawn(env, tag, move |sink| {
+        digitalocean::poll_once(cfg, sink)
+    }))
 }
 
 /// `digitalocean_parse(body, naming)`: `{:ok, names}` or `{:error, {kind, message}}` for one
