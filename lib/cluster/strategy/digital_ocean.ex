@@ -103,6 +103,14 @@ defmodule Cluster.Strategy.DigitalOcean do
               "name: #{inspect(opts.name)}"
     end
 
+    if opts.ipv6 and opts.network == :private do
+      Cluster.Logger.warn(
+        topology,
+        "ipv6: true with network: :private: Droplets have no private IPv6 address (VPC networks " <>
+          "are IPv4), so this topology will find no node; use network: :public with ipv6: true"
+      )
+    end
+
     {port, check_timeout} = opts.health_check || {nil, 500}
     token = opts.token
 

@@ -454,20 +454,19 @@ fn client(cfg: &Config) -> Result<reqwest::Client, Error> {
 
 /// Every page, named. An error for any page is the round's error.
 pub async fn list(cfg: &Config) -> Result<Vec<Named>, Error> {
-    if let Ok(gate) = rate_gate().lock() {
+    if let Ok(mut gate) = rate_gate().lock() {
+        let now = Instant::now();
+        gate.retain(|_, until| *until > now);
         if let Some(until) = gate.get(&gate_key(cfg)) {
-            let now = Instant::now();
-            if *until > now {
-                return Err(Error::new(
-                    ErrorKind::HttpStatus,
-                    format!(
-                        "{}: rate limited (HTTP 429); no request is sent for another {} s, as \
-                         the API asked",
-                        cfg.api_url,
-                        (*until - now).as_secs() + 1
-                    ),
-                ));
-            }
+            return Err(Error::new(
+                ErrorKind::HttpStatus,
+                format!(
+                    "{}: rate limited (HTTP 429); no request is sent for another {} s, as the \
+                     API asked",
+                    cfg.api_url,
+                    (*until - now).as_secs() + 1
+                ),
+            ));
         }
     }
     let mut fetcher = Fetcher {

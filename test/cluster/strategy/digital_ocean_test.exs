@@ -358,6 +358,9 @@ defmodule Cluster.Strategy.DigitalOceanTest do
       assert native.network == :private and native.ipv6 == false
       assert native.api_url == "https://api.digitalocean.com"
       assert opts[:interval] == 5_000
+
+      log = ExUnit.CaptureLog.capture_log(fn -> {:ok, _, _} = init.(token: "t", ipv6: true) end)
+      assert log =~ "no private IPv6 address"
     end
 
     test "a nil or empty token boots, connects nothing and says why; a missing one fails boot" do
