@@ -23,7 +23,10 @@ alias LibclusterRs.Test.{FakeDigitalOcean, HttpFake, TestCA}
 
 runs = String.to_integer(System.get_env("RUNS", "21"))
 load = fn -> File.read!("/proc/loadavg") |> String.split(" ") |> Enum.take(3) |> Enum.join(" ") end
-IO.puts("load average at start: #{load.()} on #{System.schedulers_online()} schedulers (the machine may be shared)")
+
+IO.puts(
+  "load average at start: #{load.()} on #{System.schedulers_online()} schedulers (the machine may be shared)"
+)
 
 n = 1_000
 per_page = 200
