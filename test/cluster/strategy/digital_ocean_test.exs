@@ -479,5 +479,50 @@ defmodule Cluster.Strategy.DigitalOceanTest do
       eventually(fn -> Peer.nodes(p3) == [] end, 5_000)
       assert Peer.nodes(p1) == [n2]
     end
+
+    @tag timeout: 60_000
+    test "real nodes connect only once the health-checked port accepts", %{ca: ca} do
+      names = for i <- 1..2, do: "dohc#{i}_#{System.unique_integer([:positive])}"
+
+      fake =
+        fake!(ca,
+          droplets:
+            Enum.with_index(names, 1)
+            |> Enum.map(fn {n, i} -> FakeDigitalOcean.droplet(i, n, "127.0.0.1") end)
+        )
+
+      # A port that is free now (closed: the checks are refused).
+      {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1})
+      {:ok, port} = :inet.port(l)
+      :gen_tcp.close(l)
+
+      peers =
+        for name <- names, do: Peer.start(name, "127.0.0.1", args: [~c"-kernel", ~c"connect_all", ~c"false"])
+
+      on_exit(fn -> Enum.each(peers, fn {p, _} -> Peer.stop(p) end) end)
+      [{p1, _n1}, {p2, n2}] = peers
+
+      topology = [
+        droplets: [
+          strategy: Cluster.Strategy.DigitalOcean,
+          config: [
+            token: "good-token",
+            api_url: fake.url,
+            cacertfile: ca.ca,
+            polling_interval: 200,
+            health_check: {:tcp, port: port, timeout: 300}
+          ]
+        ]
+      ]
+
+      for p <- [p1, p2], do: {:ok, _} = Peer.start_cluster(p, topology)
+      # Several rounds pass with the port closed: the API lists both, nobody is connected.
+      eventually(fn -> length(FakeDigitalOcean.requests(fake)) >= 6 end, 10_000)
+      assert Peer.nodes(p1) == []
+
+      {:ok, listening} = :gen_tcp.listen(port, ip: {127, 0, 0, 1}, reuseaddr: true)
+      on_exit(fn -> :gen_tcp.close(listening) end)
+      eventually(fn -> Peer.nodes(p1) == [n2] end, 10_000)
+    end
   end
 end
