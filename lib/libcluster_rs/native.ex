@@ -174,6 +174,36 @@ defmodule LibclusterRs.Native do
   def consul_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
+  Lists the DigitalOcean API's Droplets once (every page; 429s waited out within
+  `rate_limit_budget_ms`), health-checks them when `health_check_port` is set: one `{:nodes, names}`
+  or one error.
+  """
+  @spec digitalocean_start(term(), %{
+          api_url: String.t(),
+          token: String.t(),
+          tag_name: String.t() | nil,
+          name: String.t() | nil,
+          network: :private | :public,
+          ipv6: boolean(),
+          basename: String.t() | nil,
+          health_check_port: 1..65535 | nil,
+          health_check_timeout_ms: pos_integer(),
+          cacertfile: String.t() | nil,
+          request_timeout_ms: pos_integer(),
+          rate_limit_budget_ms: non_neg_integer()
+        }) :: handle()
+  def digitalocean_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "Names from one `/v2/droplets` page body (dirty NIF, no health check; for benchmarks)."
+  @spec digitalocean_parse(binary(), %{
+          network: :private | :public,
+          ipv6: boolean(),
+          basename: String.t() | nil
+        }) ::
+          {:ok, [String.t()]} | {:error, {atom(), String.t()}}
+  def digitalocean_parse(_body, _naming), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc """
   Splits `names` (a list of at most 2,000 terms) by the node-name rule of the Rust core
   (`native/core/src/node_name.rs`): `{valid, rejected}`, each in the input's order. A binary or an
   atom (other than `nil`, `true`, `false`) is valid when its text is; any other term is rejected.

@@ -7,6 +7,7 @@
 #![warn(unreachable_pub)]
 mod backoff;
 pub mod consul;
+pub mod digitalocean;
 pub mod dns;
 pub mod ec2;
 pub mod epmd;

@@ -4,6 +4,7 @@
 mod args;
 mod atoms;
 mod consul;
+mod digitalocean;
 mod dns;
 mod ec2;
 mod epmd;
