@@ -13,5 +13,6 @@ pub mod gossip;
 mod http;
 pub mod kubernetes;
 pub mod node_name;
+pub mod postgres;
 pub mod rancher;
 pub mod task;
