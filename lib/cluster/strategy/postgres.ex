@@ -31,8 +31,8 @@ defmodule Cluster.Strategy.Postgres do
   the grants needed are in `docs/postgres.md` (LISTEN and NOTIFY need only `CONNECT` on the
   database).
 
-  A node that is not distributed when the strategy starts only listens; it announces itself from
-  its next (re)connect after it has a name. Under `mix libcluster.discover` the strategy only
+  A node that is not distributed when the strategy starts only listens; within 0.5 s of getting a
+  name (`Node.start/2`) it reconnects and announces itself. Under `mix libcluster.discover` the strategy only
   listens as well, so the dry run's VM is not dialled by the cluster.
 
   ## Options
@@ -371,7 +371,37 @@ defmodule Cluster.Strategy.Postgres do
     }
 
     {handle, stats} = LibclusterRs.Native.postgres_start(tag, native_opts)
+    if is_nil(node) and not impl.listen_only, do: await_name(tag)
     {{:stream, handle}, %{impl | stats: stats}}
+  end
+
+  # A node that is not distributed yet listens only; once it has a name, the stream is restarted
+  # (`:node_named` → `:done`) so that it announces itself. A stale tag (the stream restarted
+  # meanwhile) is ignored by the discovery.
+  @name_poll 500
+  defp await_name(tag) do
+    owner = self()
+
+    case LibclusterRs.Discovery.task_supervisor() do
+      nil ->
+        :ok
+
+      sup ->
+        Task.Supervisor.start_child(sup, fn ->
+          wait = fn wait ->
+            if Node.alive?() do
+              send(owner, {:libcluster_rs, tag, :node_named})
+            else
+              Process.sleep(@name_poll)
+              wait.(wait)
+            end
+          end
+
+          wait.(wait)
+        end)
+    end
+
+    :ok
   end
 
   defp own_node(%{listen_only: true}), do: nil
@@ -413,6 +443,8 @@ defmodule Cluster.Strategy.Postgres do
       :dropped -> {[], %{impl | atom_cap_dropped: impl.atom_cap_dropped + 1}}
     end
   end
+
+  def handle_event(:node_named, impl), do: {[:done], impl}
 
   def handle_event({:connected, detail}, impl) do
     Cluster.Logger.info(impl.topology, "Postgres: " <> to_string(detail))

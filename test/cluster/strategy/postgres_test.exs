@@ -329,5 +329,30 @@ defmodule Cluster.Strategy.PostgresTest do
       {:ok, _} = Peer.start_cluster(c, topology)
       eventually(fn -> nc in Peer.nodes(a) and nc in Peer.nodes(b) end, 15_000)
     end
+
+    test "a node that is not distributed at start listens, and announces itself once it has a name",
+         %{peers: [{a, _na} | _], topology: topology} do
+      {:ok, _} = Peer.start_cluster(a, topology)
+      paths = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
+
+      {:ok, late, :nonode@nohost} =
+        :peer.start_link(%{
+          connection: :standard_io,
+          args: [~c"-setcookie", ~c"libcluster_rs_test", ~c"-kernel", ~c"connect_all", ~c"false"] ++ paths,
+          wait_boot: 30_000
+        })
+
+      on_exit(fn -> Peer.stop(late) end)
+      {:ok, _} = Peer.call(late, :application, :ensure_all_started, [:libcluster_rs])
+      {:ok, _} = Peer.start_cluster(late, topology)
+      status = fn -> Peer.call(late, Cluster, :status, [:pg]) |> elem(1) end
+      eventually(fn -> status.().extra.connected end, 10_000)
+      assert status.().extra.counters[:heartbeats_sent] == nil
+
+      name = :"late#{System.unique_integer([:positive])}@127.0.0.1"
+      {:ok, _} = Peer.call(late, Node, :start, [name, :longnames])
+      eventually(fn -> name in Peer.nodes(a) end, 10_000)
+      assert status.().extra.counters.heartbeats_sent == 1
+    end
   end
 end
