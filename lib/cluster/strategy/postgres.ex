@@ -154,6 +154,7 @@ defmodule Cluster.Strategy.Postgres do
         stats: nil,
         listen_only: false,
         connected_at: nil,
+        errors_seen: 0,
         atom_cap_dropped: 0
       })
 
@@ -451,8 +452,18 @@ defmodule Cluster.Strategy.Postgres do
     {[], %{impl | connected_at: System.system_time(:millisecond)}}
   end
 
-  def handle_event({:discovery_error, _kind, _message} = event, impl) do
-    {[LibclusterRs.Discovery.default_event(event)], %{impl | connected_at: nil}}
+  def handle_event({:discovery_error, kind, message} = event, impl) do
+    # The discovery warns on the first error of its streak only, and a stream of sightings never
+    # ends that streak: an outage after a recovery is warned about here, once.
+    if impl.connected_at != nil and impl.errors_seen > 0 do
+      Cluster.Logger.warn(
+        impl.topology,
+        "Postgres: #{kind}: #{message}; keeping every connected node, reconnecting with backoff"
+      )
+    end
+
+    {[LibclusterRs.Discovery.default_event(event)],
+     %{impl | connected_at: nil, errors_seen: impl.errors_seen + 1}}
   end
 
   def handle_event(event, impl), do: {[LibclusterRs.Discovery.default_event(event)], impl}

@@ -138,6 +138,28 @@ defmodule Cluster.Strategy.PostgresTest do
     end
   end
 
+  test "an outage after a recovery is warned about once (the discovery warns only on the first)" do
+    {:ok, impl, _} =
+      Cluster.Strategy.Postgres.init(%Cluster.Strategy.State{
+        topology: :t,
+        config: [database: "d", username: "u"]
+      })
+
+    log =
+      capture_log(fn ->
+        {[{:error, :io, "first"}], impl} =
+          Cluster.Strategy.Postgres.handle_event({:discovery_error, :io, "first"}, impl)
+
+        {[], impl} = Cluster.Strategy.Postgres.handle_event({:connected, "back"}, impl)
+        {_, impl} = Cluster.Strategy.Postgres.handle_event({:discovery_error, :refused, "second"}, impl)
+        {_, _} = Cluster.Strategy.Postgres.handle_event({:discovery_error, :refused, "third"}, impl)
+      end)
+
+    refute log =~ "first"
+    assert log =~ "refused: second"
+    refute log =~ "third"
+  end
+
   describe "against the server" do
     test "a psql session that NOTIFYs as a libcluster_postgres node gets connected; garbage is dropped and counted",
          %{pg: pg} do
