@@ -5,7 +5,8 @@ defmodule LibclusterRs.Test.PostgresServer do
   # free loopback port, with its Unix socket in the data dir. initdb refuses root, so as root every
   # server command runs as the `postgres` user (`runuser`); otherwise as the current user.
   #
-  #   pg = PostgresServer.start!(tls: %TestCA{})     # tls optional
+  #   pg = PostgresServer.start!(tls: %TestCA{}, hba: ["hostssl app client 127.0.0.1/32 cert"])
+  #                                                   # both optional; TLS verifies client certs with the CA
   #   pg.port / pg.dir / pg.password (of the superuser `postgres`)
   #   PostgresServer.psql!(pg, "CREATE ROLE ...")
   #   PostgresServer.restart!(pg)                     # pg_ctl stop -m fast, then start, same port
@@ -79,20 +80,28 @@ defmodule LibclusterRs.Test.PostgresServer do
           conf
 
         ca ->
-          for {src, dst} <- [{ca.cert, "server.crt"}, {ca.key, "server.key"}] do
+          for {src, dst} <- [{ca.cert, "server.crt"}, {ca.key, "server.key"}, {ca.ca, "root.crt"}] do
             File.cp!(src, Path.join(data, dst))
             File.chmod!(Path.join(data, dst), 0o600)
             if root?(), do: {_, 0} = System.cmd("chown", ["postgres:postgres", Path.join(data, dst)])
           end
 
-          conf ++ ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'"]
+          conf ++
+            [
+              "ssl = on",
+              "ssl_cert_file = 'server.crt'",
+              "ssl_key_file = 'server.key'",
+              "ssl_ca_file = 'root.crt'"
+            ]
       end
 
     File.write!(Path.join(data, "postgresql.auto.conf"), Enum.join(conf, "\n") <> "\n", [:append])
 
+    hba = Enum.map_join(Keyword.get(opts, :hba, []), "", &(&1 <> "\n"))
+
     File.write!(Path.join(data, "pg_hba.conf"), """
     local all postgres trust
-    host all all 127.0.0.1/32 scram-sha-256
+    #{hba}host all all 127.0.0.1/32 scram-sha-256
     """)
 
     pg = %__MODULE__{dir: dir, data: data, port: port, bin: bin, password: password, user: user}

@@ -52,7 +52,8 @@ defmodule Cluster.Strategy.Postgres do
       chain against `:cacertfile` (else the system's CA certificates) and the host name
     * `:ssl_opts` - `:verify` (`:verify_peer` / `:verify_none`), `:cacertfile`,
       `:server_name_indication` (the name to verify, a string or charlist, when `:hostname` is an
-      address). Client certificates (`:certfile`, `:keyfile`) are not supported yet and raise
+      address), and a client certificate for `cert` authentication: `:certfile` and `:keyfile`
+      (PEM files, both or neither). Other Erlang `:ssl` options are ignored
     * `:parameters` - server parameters sent at connect, e.g.
       `[application_name: "myapp", search_path: "app"]` (default `application_name`:
       `"libcluster_rs"`)
@@ -294,10 +295,25 @@ defmodule Cluster.Strategy.Postgres do
         other -> {other, opts.ssl_opts}
       end
 
-    for key <- [:certfile, :keyfile, :cert, :key], Keyword.has_key?(ssl_opts, key) do
+    for key <- [:cert, :key], Keyword.has_key?(ssl_opts, key) do
       raise ArgumentError,
-            "invalid config for topology #{inspect(topology)}: ssl_opts #{inspect(key)}: client " <>
-              "certificates are not supported by Cluster.Strategy.Postgres yet; authenticate with a password"
+            "invalid config for topology #{inspect(topology)}: ssl_opts #{inspect(key)}: DER client " <>
+              "certificates are not supported; give PEM files as :certfile and :keyfile"
+    end
+
+    file = fn key ->
+      case Keyword.get(ssl_opts, key) do
+        nil -> nil
+        f when is_binary(f) or is_list(f) -> to_string(f)
+        other -> raise ArgumentError, bad_ssl(topology, key, other, "a file path")
+      end
+    end
+
+    {certfile, keyfile} = {file.(:certfile), file.(:keyfile)}
+
+    if is_nil(certfile) != is_nil(keyfile) do
+      missing = if certfile, do: :keyfile, else: :certfile
+      raise ArgumentError, bad_ssl(topology, missing, nil, "a file path (:certfile and :keyfile go together)")
     end
 
     verify =
@@ -308,12 +324,7 @@ defmodule Cluster.Strategy.Postgres do
         other -> raise ArgumentError, bad_ssl(topology, :verify, other, ":verify_peer or :verify_none")
       end
 
-    cacertfile =
-      case Keyword.get(ssl_opts, :cacertfile) do
-        nil -> nil
-        f when is_binary(f) or is_list(f) -> to_string(f)
-        other -> raise ArgumentError, bad_ssl(topology, :cacertfile, other, "a file path")
-      end
+    cacertfile = file.(:cacertfile)
 
     sni =
       case Keyword.get(ssl_opts, :server_name_indication) do
@@ -323,7 +334,14 @@ defmodule Cluster.Strategy.Postgres do
         other -> raise ArgumentError, bad_ssl(topology, :server_name_indication, other, "a host name")
       end
 
-    Map.merge(opts, %{ssl: ssl != false, ssl_verify: verify, cacertfile: cacertfile, server_name: sni})
+    Map.merge(opts, %{
+      ssl: ssl != false,
+      ssl_verify: verify,
+      cacertfile: cacertfile,
+      server_name: sni,
+      certfile: certfile,
+      keyfile: keyfile
+    })
   end
 
   defp bad_ssl(topology, key, value, expected) do
@@ -360,6 +378,8 @@ defmodule Cluster.Strategy.Postgres do
       ssl_verify: impl.ssl_verify,
       cacertfile: impl.cacertfile,
       server_name: impl.server_name,
+      certfile: impl.certfile,
+      keyfile: impl.keyfile,
       parameters: impl.parameters,
       channel_name: impl.channel_name,
       node: node,

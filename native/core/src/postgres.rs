@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -25,8 +25,11 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use rustls::pki_types::ServerName;
-use rustls::ClientConfig;
+use rustls::client::ResolvesClientCert;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
@@ -59,6 +62,8 @@ pub enum Tls {
         verify: bool,
         ca_file: Option<PathBuf>,
         server_name: Option<String>,
+        /// A client certificate (PEM chain) and its private key (PEM), for `cert` authentication.
+        client_cert: Option<(PathBuf, PathBuf)>,
     },
 }
 
@@ -458,6 +463,7 @@ fn make_tls(cfg: &Config) -> Result<MakeRustls, Error> {
             verify,
             ca_file,
             server_name,
+            client_cert,
         } => {
             let roots = match ca_file {
                 Some(path) => Roots::CaFileOrSystem(path),
@@ -478,12 +484,55 @@ fn make_tls(cfg: &Config) -> Result<MakeRustls, Error> {
                 .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?;
             // Postgres 17 checks the ALPN of TLS connections: offer only its protocol.
             config.alpn_protocols = vec![b"postgresql".to_vec()];
+            if let Some((cert, key)) = client_cert {
+                config.client_auth_cert_resolver = Arc::new(load_client_cert(cert, key)?);
+            }
             Ok(MakeRustls {
                 config: Some(Arc::new(config)),
                 server_name: server_name.clone(),
             })
         }
     }
+}
+
+/// The client certificate, always offered when the server asks for one.
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for ClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+fn load_client_cert(cert: &Path, key: &Path) -> Result<ClientCert, Error> {
+    let bad = |what: &str, path: &Path, e: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::Config,
+            format!("ssl_opts {what} {}: {e}", path.display()),
+        )
+    };
+    let pem = std::fs::read(cert).map_err(|e| bad("certfile", cert, &e))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad("certfile", cert, &e))?;
+    if chain.is_empty() {
+        return Err(bad("certfile", cert, &"holds no certificate"));
+    }
+    let pem = std::fs::read(key).map_err(|e| bad("keyfile", key, &e))?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| bad("keyfile", key, &e))?;
+    let provider = rustls::crypto::ring::default_provider();
+    let certified = CertifiedKey::from_der(chain, der, &provider).map_err(|e| {
+        bad(
+            "keyfile",
+            key,
+            &format!("does not fit the certificate: {e}"),
+        )
+    })?;
+    Ok(ClientCert(Arc::new(certified)))
 }
 
 fn pg_config(cfg: &Config) -> tokio_postgres::Config {

@@ -30,6 +30,8 @@ struct PostgresOpts {
     ssl_verify: bool,
     cacertfile: Option<String>,
     server_name: Option<String>,
+    certfile: Option<String>,
+    keyfile: Option<String>,
     parameters: Vec<(String, String)>,
     channel_name: String,
     node: Option<String>,
@@ -59,6 +61,11 @@ fn postgres_start<'a>(
             verify: opts.ssl_verify,
             ca_file: opts.cacertfile.map(PathBuf::from),
             server_name: opts.server_name,
+            client_cert: match (opts.certfile, opts.keyfile) {
+                (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+                (None, None) => None,
+                _ => return Err(bad("expected both :certfile and :keyfile, or neither")),
+            },
         }
     } else {
         Tls::Disable

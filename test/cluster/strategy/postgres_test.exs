@@ -13,7 +13,8 @@ defmodule Cluster.Strategy.PostgresTest do
   setup_all do
     unless PostgresServer.available?(), do: raise("PostgreSQL is not installed: run script/setup")
     ca = TestCA.make!(ips: [{127, 0, 0, 1}])
-    pg = PostgresServer.start!(tls: ca)
+    # the role "client" logs in with the test CA's client certificate (CN=client) only
+    pg = PostgresServer.start!(tls: ca, hba: ["hostssl app client 127.0.0.1/32 cert"])
 
     for sql <- [
           "CREATE DATABASE app",
@@ -21,7 +22,9 @@ defmodule Cluster.Strategy.PostgresTest do
           "CREATE ROLE cluster LOGIN PASSWORD '#{@cpw}'",
           "GRANT CONNECT ON DATABASE app TO cluster",
           "CREATE ROLE noconnect LOGIN PASSWORD 'npw'",
-          "CREATE ROLE nologin NOLOGIN PASSWORD 'xpw'"
+          "CREATE ROLE nologin NOLOGIN PASSWORD 'xpw'",
+          "CREATE ROLE client LOGIN",
+          "GRANT CONNECT ON DATABASE app TO client"
         ],
         do: PostgresServer.psql!(pg, sql)
 
@@ -121,7 +124,8 @@ defmodule Cluster.Strategy.PostgresTest do
             {[database: "d", username: "u", port: 0], ":port"},
             {[database: "d", username: "u", heartbeat_interval: 0], ":heartbeat_interval"},
             {[database: "d", username: "u", ssl: :maybe], ":ssl"},
-            {[database: "d", username: "u", ssl: true, ssl_opts: [certfile: "c.pem"]], ":certfile"},
+            {[database: "d", username: "u", ssl: true, ssl_opts: [certfile: "c.pem"]], ":keyfile"},
+            {[database: "d", username: "u", ssl: true, ssl_opts: [cert: "der"]], ":cert"},
             {[database: "d", username: "u", ssl_opts: [verify: :yes]], ":verify"},
             {[database: "d", username: "u", url: "http://x/y"], ":url"},
             {[database: "d", username: "u", socket: "/tmp/sock"], ":socket"},
@@ -279,6 +283,27 @@ defmodule Cluster.Strategy.PostgresTest do
       wrong = status_until(:pg_tls_wrong, & &1.last_error, 10_000)
       assert wrong.last_error.kind == :tls, inspect(wrong.last_error)
       refute wrong.extra.connected
+
+      # cert authentication: the client certificate is the only credential
+      start_topology(pg, :pg_tls_cert,
+        username: "client",
+        password: nil,
+        ssl: :verify_full,
+        ssl_opts: [cacertfile: ca.ca, certfile: ca.client_cert, keyfile: ca.client_key]
+      )
+
+      assert status_until(:pg_tls_cert, & &1.extra.connected, 10_000).last_error == nil
+
+      start_topology(pg, :pg_tls_nocert,
+        username: "client",
+        password: nil,
+        ssl: :verify_full,
+        ssl_opts: [cacertfile: ca.ca]
+      )
+
+      nocert = status_until(:pg_tls_nocert, & &1.last_error, 10_000)
+      assert nocert.last_error.kind == :unauthorized, inspect(nocert.last_error)
+      assert nocert.last_error.message =~ "certificate", nocert.last_error.message
     end
   end
 
