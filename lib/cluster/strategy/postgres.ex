@@ -44,8 +44,9 @@ defmodule Cluster.Strategy.Postgres do
     * `:username` - default: `PGUSER`, else `USER`
     * `:password` - default: `PGPASSWORD`, else none
     * `:database` - default: `PGDATABASE`; required otherwise
-    * `:socket_dir` - connect through the Unix socket `<socket_dir>/.s.PGSQL.<port>` instead of TCP;
-      `:socket` (the socket file itself, named `.s.PGSQL.<port>`) is accepted too
+    * `:socket_dir` - connect through the Unix socket `<socket_dir>/.s.PGSQL.<port>` instead of TCP
+      (`:ssl` does not apply there); `:socket` (the socket file itself, named `.s.PGSQL.<port>`) is
+      accepted too
     * `:ssl` - `false` (default), `true`, or `:verify_full`. `true` without `verify: :verify_peer`
       in `:ssl_opts` encrypts but does not verify the server (as Postgrex; logged once as a
       warning); `:verify_full` or `ssl_opts: [verify: :verify_peer]` verifies the certificate
@@ -374,7 +375,8 @@ defmodule Cluster.Strategy.Postgres do
       username: impl.username,
       password: impl.password,
       database: impl.database,
-      ssl: impl.ssl,
+      # TLS does not apply to Unix sockets (as in libpq): the server refuses it there.
+      ssl: impl.ssl and is_nil(impl.socket_dir),
       ssl_verify: impl.ssl_verify,
       cacertfile: impl.cacertfile,
       server_name: impl.server_name,

@@ -14,7 +14,11 @@ defmodule Cluster.Strategy.PostgresTest do
     unless PostgresServer.available?(), do: raise("PostgreSQL is not installed: run script/setup")
     ca = TestCA.make!(ips: [{127, 0, 0, 1}])
     # the role "client" logs in with the test CA's client certificate (CN=client) only
-    pg = PostgresServer.start!(tls: ca, hba: ["hostssl app client 127.0.0.1/32 cert"])
+    pg =
+      PostgresServer.start!(
+        tls: ca,
+        hba: ["hostssl app client 127.0.0.1/32 cert", "local app cluster scram-sha-256"]
+      )
 
     for sql <- [
           "CREATE DATABASE app",
@@ -201,6 +205,22 @@ defmodule Cluster.Strategy.PostgresTest do
       assert counters.connects == 1
       # the garbage made no atom
       assert_raise ArgumentError, fn -> String.to_existing_atom(List.last(garbage)) end
+    end
+
+    test "through the Unix socket (socket_dir, and Postgrex's socket)", %{pg: pg} do
+      start_topology(pg, :pg_socket_dir, socket_dir: pg.data, channel_name: "sock")
+      assert status_until(:pg_socket_dir, & &1.extra.connected, 10_000).extra.server =~ ".s.PGSQL.#{pg.port}"
+
+      start_topology(pg, :pg_socket,
+        socket: Path.join(pg.data, ".s.PGSQL.#{pg.port}"),
+        port: 1,
+        channel_name: "sock"
+      )
+
+      status_until(:pg_socket, & &1.extra.connected, 10_000)
+
+      assert {_, 0} = PostgresServer.client_psql(pg, "cluster", @cpw, "app", "NOTIFY sock, 'sock@127.0.0.1'")
+      assert_receive {:connect, :"sock@127.0.0.1"}, 5_000
     end
 
     test "new names are rate-limited; known names still go through", %{pg: pg} do
