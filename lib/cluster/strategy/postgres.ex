@@ -43,7 +43,9 @@ defmodule Cluster.Strategy.Postgres do
     * `:port` - default: `PGPORT`, else `5432`
     * `:username` - default: `PGUSER`, else `USER`
     * `:password` - default: `PGPASSWORD`, else none
-    * `:database` - default: `PGDATABASE`; required otherwise
+    * `:database` - default: `PGDATABASE`. Without any, the topology boots (as with
+      libcluster_postgres, whose connection then fails), connects nothing, logs why once at error
+      level and shows `state: :invalid_config` in `Cluster.status/1`
     * `:socket_dir` - connect through the Unix socket `<socket_dir>/.s.PGSQL.<port>` instead of TCP
       (`:ssl` does not apply there); `:socket` (the socket file itself, named `.s.PGSQL.<port>`) is
       accepted too
@@ -85,7 +87,7 @@ defmodule Cluster.Strategy.Postgres do
             config: [
               hostname: "db.internal",
               username: "cluster",
-              password: System.fetch_env!("CLUSTER_DB_PASSWORD"),
+              password: System.get_env("CLUSTER_DB_PASSWORD"),
               database: "app",
               ssl: :verify_full,
               ssl_opts: [cacertfile: "/etc/ssl/db-ca.pem"],
@@ -162,6 +164,35 @@ defmodule Cluster.Strategy.Postgres do
 
     {:ok, impl, interval: :infinity, prune: false}
   end
+
+  @doc false
+  # No database anywhere (no :database, none in :url, no PGDATABASE): libcluster_postgres boots and
+  # its connection fails; here the topology boots too, connects nothing, says why once at error
+  # level and shows `state: :invalid_config` in Cluster.status/1.
+  def child_spec([%Cluster.Strategy.State{} = state] = args) do
+    LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "Postgres", database_problem(state.config)) ||
+      super(args)
+  end
+
+  defp database_problem(config) do
+    with true <- Keyword.keyword?(config),
+         nil <- Keyword.get(config, :database),
+         nil <- url_database(Keyword.get(config, :url)),
+         nil <- System.get_env("PGDATABASE") do
+      "no database: set :database (or a :url naming one, or PGDATABASE); nothing is connected"
+    else
+      _ -> nil
+    end
+  end
+
+  defp url_database(url) when is_binary(url) do
+    case URI.parse(url).path do
+      "/" <> db when db != "" -> db
+      _ -> nil
+    end
+  end
+
+  defp url_database(_), do: nil
 
   # libcluster_postgres's default channel: the cookie, non-word characters replaced by `_`.
   @doc false
@@ -549,7 +580,12 @@ defmodule Cluster.Strategy.Postgres do
       username: impl.username,
       database: impl.database,
       channel: impl.channel_name,
-      ssl: if(impl.ssl, do: if(impl.ssl_verify, do: :verified, else: :unverified), else: false),
+      ssl:
+        cond do
+          not impl.ssl or impl.socket_dir != nil -> false
+          impl.ssl_verify -> :verified
+          true -> :unverified
+        end,
       counters: counters
     }
   end

@@ -144,6 +144,23 @@ defmodule Cluster.Strategy.PostgresTest do
         assert_raise ArgumentError, ~r/:database/, fn -> init(username: "u") end
       end
     end
+
+    if System.get_env("PGDATABASE") == nil do
+      test "no database anywhere: the topology boots, connects nothing and says why" do
+        log =
+          capture_log(fn ->
+            start_supervised!(
+              {Cluster.Supervisor,
+               [[pg_nodb_cfg: [strategy: Cluster.Strategy.Postgres, config: [username: "u"]]]]}
+            )
+
+            status = status_until(:pg_nodb_cfg, &(&1.state == :invalid_config))
+            assert status.last_error.message =~ "no database"
+          end)
+
+        assert log =~ "set :database"
+      end
+    end
   end
 
   test "an outage after a recovery is warned about once (the discovery warns only on the first)" do
