@@ -301,6 +301,32 @@ defmodule Cluster.Strategy.PostgresTest do
       refute_received {:connect, _}
     end
 
+    test "the dry run listens only and prints the nodes it heard", %{pg: pg} do
+      assert Cluster.Strategy.Postgres.dry_run(%{listen_only: false}).listen_only
+      DiscoverRun.isolate_topologies()
+
+      Application.put_env(:libcluster, :topologies,
+        pgdry_ok: [
+          strategy: Cluster.Strategy.Postgres,
+          config: config(pg, channel_name: "dryrun"),
+          connect: {Kernel, :send, [self(), :connect]}
+        ]
+      )
+
+      # announced a few times during the run, as a node's heartbeats would be
+      notify = fn _task ->
+        for _ <- 1..4 do
+          Process.sleep(400)
+          PostgresServer.client_psql(pg, "cluster", @cpw, "app", "NOTIFY dryrun, 'heard@127.0.0.1'")
+        end
+      end
+
+      {status, out, _} = DiscoverRun.run(["pgdry_ok", "--timeout", "2500"], notify)
+      assert status == 0, out
+      assert out =~ "heard@127.0.0.1"
+      refute_received {:connect, _}
+    end
+
     test "TLS: verified against the test CA, refused with another CA; the session is encrypted",
          %{pg: pg, ca: ca} do
       start_topology(pg, :pg_tls,
