@@ -1,7 +1,8 @@
 # Postgres heartbeat → connect latency, against a private PostgreSQL (Debian's package, started
 # here in a temp dir on a free loopback port; stopped at the end).
 #
-#     MIX_ENV=test mix run bench/strategies/postgres_latency.exs        # RUNS=15 to change
+#     MIX_ENV=prod mix run bench/strategies/postgres_latency.exs        # RUNS=15 to change
+#     MIX_ENV=test mix run bench/strategies/postgres_latency.exs        # the debug build of the NIF
 #
 # An observer node A runs Cluster.Strategy.Postgres. Measured, on one host clock:
 #
@@ -15,6 +16,12 @@
 #     before its announcement;
 #   * baseline: A's `:net_kernel.connect_node/1` to a fresh node, without any strategy.
 Code.require_file("bench/support/stats.exs")
+
+# test/support is compiled in MIX_ENV=test only; the peers never need these modules.
+unless Code.ensure_loaded?(LibclusterRs.Test.Peer) do
+  for f <- ~w(eventually peer postgres_server), do: Code.require_file("test/support/#{f}.ex")
+end
+
 alias LibclusterRs.Test.{Peer, PostgresServer}
 
 runs = String.to_integer(System.get_env("RUNS") || "15")
@@ -70,7 +77,8 @@ end
 {a, _na} = Peer.start("pgobs", "127.0.0.1", args)
 :ok = eval.(a, preload, [])
 :ok = eval.(a, recorder, [])
-{:ok, _} = Peer.start_cluster(a, topology)
+start_cluster = "{:ok, sup} = Cluster.Supervisor.start_link([t]); Process.unlink(sup); :ok"
+:ok = eval.(a, start_cluster, t: topology)
 Peer.wait_until(fn -> elem(Peer.call(a, Cluster, :status, [:pg]), 1).extra.connected end, 20_000)
 
 # A psql session connected once, before any timing: each heartbeat is one line on its stdin.
@@ -126,7 +134,7 @@ show = fn key ->
 end
 
 IO.puts(
-  "Postgres strategy, #{runs} runs, PostgreSQL #{Path.basename(Path.dirname(pg.bin))} on loopback, modules preloaded"
+  "Postgres strategy, #{runs} runs, MIX_ENV=#{Mix.env()}, PostgreSQL #{Path.basename(Path.dirname(pg.bin))} on loopback, modules preloaded"
 )
 
 IO.puts("heartbeat (NOTIFY) → connected:          #{show.(:beat)}")
