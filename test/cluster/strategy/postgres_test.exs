@@ -20,6 +20,12 @@ defmodule Cluster.Strategy.PostgresTest do
         hba: ["hostssl app client 127.0.0.1/32 cert", "local app cluster scram-sha-256"]
       )
 
+    # registered before anything else can fail, so the server never outlives the module
+    on_exit(fn ->
+      PostgresServer.stop(pg)
+      TestCA.remove(ca)
+    end)
+
     for sql <- [
           "CREATE DATABASE app",
           "REVOKE CONNECT ON DATABASE app FROM PUBLIC",
@@ -31,11 +37,6 @@ defmodule Cluster.Strategy.PostgresTest do
           "GRANT CONNECT ON DATABASE app TO client"
         ],
         do: PostgresServer.psql!(pg, sql)
-
-    on_exit(fn ->
-      PostgresServer.stop(pg)
-      TestCA.remove(ca)
-    end)
 
     %{pg: pg, ca: ca}
   end
