@@ -18,6 +18,7 @@ defmodule LibclusterRs.Native do
   #   * `{:gossip_stats, %{atom => non_neg_integer}}` - gossip: counters, sent when they changed
   #   * `{:watch_mode, :poll_fallback | :watch, binary}` - kubernetes: the watch is forbidden, so the
   #     task polls (or: it watches again); the binary says why, for the log
+  #   * `{:connected, binary}` - postgres: the connection is (re)established and listening (for the log)
   #
   # `kind` is one of `:timeout, :refused, :unreachable, :nxdomain, :servfail, :unauthorized,
   # :forbidden, :not_found, :http_status, :tls, :malformed, :io, :config, :panic`.
@@ -115,6 +116,20 @@ defmodule LibclusterRs.Native do
   @doc "A libcluster v1 heartbeat datagram for `node` (plain, or AES-256-CBC with `secret`)."
   @spec gossip_encode_v1(String.t(), binary() | nil) :: binary()
   def gossip_encode_v1(_node, _secret), do: :erlang.nif_error(:nif_not_loaded)
+
+  @typedoc "The counters of a running Postgres task."
+  @type postgres_stats :: reference()
+
+  @doc """
+  Start Postgres LISTEN/NOTIFY (see `Cluster.Strategy.Postgres`): events `{:heartbeat, name, false}`,
+  `{:connected, detail}` and `{:discovery_error, kind, message}` (retried with backoff).
+  """
+  @spec postgres_start(term(), map()) :: {handle(), postgres_stats()}
+  def postgres_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)
+
+  @doc "The counters of a Postgres task: notifications reported, dropped by reason, heartbeats sent, errors."
+  @spec postgres_stats(postgres_stats()) :: %{atom() => non_neg_integer()}
+  def postgres_stats(_stats), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "Decodes one gossip datagram as a node with `wire_format` and `secret` would."
   @spec gossip_decode(binary(), :v1 | :both | :authenticated, binary() | nil) ::

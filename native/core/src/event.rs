@@ -135,6 +135,9 @@ pub enum Event {
     /// and retries the watch now and then; `false`: it watches (again). `detail` is for the log.
     /// `{:watch_mode, :poll_fallback | :watch, binary}`
     WatchMode { fallback: bool, detail: String },
+    /// A long-lived connection (Postgres) is (re)established and listening; `detail` is for the
+    /// log. `{:connected, binary}`
+    Connected(String),
 }
 
 /// Where a task's events go. `send` returns `false` when nobody is listening any more (the owner

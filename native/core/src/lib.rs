@@ -16,5 +16,6 @@ pub mod gossip;
 mod http;
 pub mod kubernetes;
 pub mod node_name;
+pub mod postgres;
 pub mod rancher;
 pub mod task;

@@ -17,4 +17,5 @@ rustler::atoms! {
     poll_fallback,
     watch,
     nothing,
+    connected,
 }

@@ -12,6 +12,7 @@ mod gossip;
 mod handle;
 mod kubernetes;
 mod node_name;
+mod postgres;
 mod rancher;
 mod runtime;
 mod sink;

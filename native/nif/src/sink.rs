@@ -135,5 +135,6 @@ pub(crate) fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
             };
             (atoms::watch_mode(), mode, detail.as_str()).encode(env)
         }
+        Event::Connected(detail) => (atoms::connected(), detail.as_str()).encode(env),
     }
 }
