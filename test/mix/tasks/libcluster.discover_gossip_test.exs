@@ -10,6 +10,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
     use LibclusterRs.Discovery
     @impl LibclusterRs.Discovery
     def init(_state), do: {:ok, %{dry: false}, []}
+    @impl LibclusterRs.Discovery
     def dry_run(impl), do: %{impl | dry: true}
     @impl LibclusterRs.Discovery
     def discover(%{dry: dry} = impl, _tag),
