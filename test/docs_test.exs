@@ -24,12 +24,22 @@ defmodule Cluster.DocsTest do
     assert length(snippets) >= 6
 
     for {path, block} <- snippets do
-      # Snippets read secrets from the environment (System.fetch_env!): give them placeholders.
-      for [var] <- Regex.scan(~r/System\.fetch_env!\("(\w+)"\)/, block, capture: :all_but_first),
-          System.get_env(var) == nil,
-          do: System.put_env(var, "placeholder")
+      # Snippets read secrets from the environment (System.fetch_env!): give them placeholders
+      # while the snippet is evaluated, and leave the environment as it was.
+      placeholders =
+        for [var] <- Regex.scan(~r/System\.fetch_env!\("(\w+)"\)/, block, capture: :all_but_first),
+            System.get_env(var) == nil,
+            do: var
 
-      config = Config.Reader.eval!(path, "import Config\n" <> block)
+      for var <- placeholders, do: System.put_env(var, "placeholder")
+
+      config =
+        try do
+          Config.Reader.eval!(path, "import Config\n" <> block)
+        after
+          for var <- placeholders, do: System.delete_env(var)
+        end
+
       topologies = get_in(config, [:libcluster, :topologies])
       assert Keyword.keyword?(topologies) and topologies != [], "#{path}: no topologies in\n#{block}"
 
