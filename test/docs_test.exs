@@ -14,7 +14,8 @@ defmodule Cluster.DocsTest do
   end
 
   test "the guides exist" do
-    for guide <- ~w(kubernetes dns gossip erlang migrating telemetry) do
+    for guide <-
+          ~w(kubernetes dns gossip erlang migrating telemetry releasing ec2 consul postgres digitalocean) do
       assert "docs/#{guide}.md" in @guides
     end
   end
