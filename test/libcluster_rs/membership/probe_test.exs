@@ -243,20 +243,25 @@ defmodule LibclusterRs.Membership.ProbeTest do
       {m, dist}
     end
 
-    @tag timeout: 120_000
-    test "a backed-off peer that registers in epmd again is redialled before its backoff ends" do
+    # A discovered node fails its first dial (next attempt 22.5-37.5 s away); then the fake
+    # distribution accepts it and a real node of that name boots (registering in epmd).
+    defp backed_off_peer_comes_back(probe) do
       name = "probem#{System.unique_integer([:positive])}"
       node = :"#{name}@127.0.0.1"
-      {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
+      {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: probe)
       Membership.discovered(m, [node])
       assert_receive {:connect, ^node}, 1_000
-      # Failed: the next attempt is 22.5-37.5 s away.
       Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
 
-      # The fake distribution accepts it from now on; it registers in epmd while it boots.
       FakeDist.reachable(dist, [node])
       {peer, ^node} = Peer.start(name, "127.0.0.1")
       on_exit(fn -> Peer.stop(peer) end)
+      {m, dist, node}
+    end
+
+    @tag timeout: 120_000
+    test "a backed-off peer that registers in epmd again is redialled before its backoff ends" do
+      {m, dist, node} = backed_off_peer_comes_back(true)
       assert_receive {:connect, ^node}, 3_000
       Peer.wait_until(fn -> node in FakeDist.up(dist) end, 1_000)
       assert Membership.status(m).pending == %{}
@@ -264,17 +269,7 @@ defmodule LibclusterRs.Membership.ProbeTest do
 
     @tag timeout: 120_000
     test "with probe: false the same peer waits out its backoff" do
-      name = "probem#{System.unique_integer([:positive])}"
-      node = :"#{name}@127.0.0.1"
-      {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: false)
-      Membership.discovered(m, [node])
-      assert_receive {:connect, ^node}, 1_000
-      Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
-
-      # The fake distribution accepts it from now on; it registers in epmd while it boots.
-      FakeDist.reachable(dist, [node])
-      {peer, ^node} = Peer.start(name, "127.0.0.1")
-      on_exit(fn -> Peer.stop(peer) end)
+      {_m, _dist, node} = backed_off_peer_comes_back(false)
       refute_receive {:connect, ^node}, 3_000
     end
 
