@@ -329,6 +329,16 @@ pub(crate) struct TransportError {
     pub detail: String,
 }
 
+/// The error kind of an HTTP status that is not a success: 401 and 403 are auth problems (the
+/// strategy words which token or permission), anything else is a plain status error.
+pub(crate) fn status_kind(status: u16) -> ErrorKind {
+    match status {
+        401 => ErrorKind::Unauthorized,
+        403 => ErrorKind::Forbidden,
+        _ => ErrorKind::HttpStatus,
+    }
+}
+
 /// Classify a failure before a status line arrived.
 pub(crate) fn classify(e: &reqwest::Error) -> TransportError {
     let detail = chain(e);

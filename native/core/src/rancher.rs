@@ -102,10 +102,8 @@ async fn fetch(cfg: &Config) -> Result<Vec<String>, Error> {
     let status = resp.status();
     if !status.is_success() {
         let kind = match status.as_u16() {
-            401 => ErrorKind::Unauthorized,
-            403 => ErrorKind::Forbidden,
             404 => ErrorKind::NotFound,
-            _ => ErrorKind::HttpStatus,
+            other => http::status_kind(other),
         };
         return Err(Error::new(
             kind,

@@ -211,11 +211,7 @@ async fn web_identity(
     let (status, bytes) = send(client, req, &endpoint, "POST").await?;
     if status != 200 {
         let (code, message) = xml::error(&bytes).unwrap_or_default();
-        let kind = match status {
-            401 => ErrorKind::Unauthorized,
-            403 => ErrorKind::Forbidden,
-            _ => ErrorKind::HttpStatus,
-        };
+        let kind = crate::http::status_kind(status);
         return Err(Error::new(
             kind,
             format!(
@@ -339,11 +335,7 @@ async fn container(
     let what = format!("the container credentials endpoint {uri}");
     let (status, body) = send(client, req, uri, "GET").await?;
     if status != 200 {
-        let kind = match status {
-            401 => ErrorKind::Unauthorized,
-            403 => ErrorKind::Forbidden,
-            _ => ErrorKind::HttpStatus,
-        };
+        let kind = crate::http::status_kind(status);
         return Err(Error::new(
             kind,
             format!("{what}: HTTP {status}; check AWS_CONTAINER_AUTHORIZATION_TOKEN(_FILE)"),
