@@ -23,6 +23,15 @@ defmodule LibclusterRs.Test.DiscoverRun do
   end
 
   @doc """
+  Sets `config :libcluster, topologies: topologies` for the task, after checking every MFA in them
+  (LibclusterRs.Test.MFA): a dry-run test passes a recording connect MFA to show that nothing is
+  connected, and one that does not exist would make that check unable to fail.
+  """
+  def configure!(topologies) do
+    Application.put_env(:libcluster, :topologies, LibclusterRs.Test.MFA.check_topologies!(topologies))
+  end
+
+  @doc """
   Runs the task with `args`; `during` is called with the task while it runs. Returns
   `{exit_status, stdout <> stderr, elapsed_ms}`.
   """

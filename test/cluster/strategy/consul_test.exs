@@ -14,8 +14,7 @@ defmodule Cluster.Strategy.ConsulTest do
   @multisite Cluster.Strategy.Consul.Multisite
 
   setup_all do
-    ca = TestCA.make!(ips: [{127, 0, 0, 1}])
-    on_exit(fn -> TestCA.remove(ca) end)
+    ca = TestCA.shared!(ips: [{127, 0, 0, 1}])
     {:ok, ca: ca}
   end
 
@@ -342,7 +341,7 @@ defmodule Cluster.Strategy.ConsulTest do
       FakeConsul.put(consul, "web", web(["10.0.0.1"]))
       DiscoverRun.isolate_topologies()
 
-      Application.put_env(:libcluster, :topologies,
+      DiscoverRun.configure!(
         consul: [
           strategy: Consul,
           config: [

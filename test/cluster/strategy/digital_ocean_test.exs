@@ -9,8 +9,7 @@ defmodule Cluster.Strategy.DigitalOceanTest do
   alias LibclusterRs.Test.{FakeDigitalOcean, FakeDist, Peer, TestCA}
 
   setup_all do
-    ca = TestCA.make!(ips: [{127, 0, 0, 1}])
-    on_exit(fn -> TestCA.remove(ca) end)
+    ca = TestCA.shared!(ips: [{127, 0, 0, 1}])
     {:ok, ca: ca}
   end
 
@@ -402,7 +401,7 @@ defmodule Cluster.Strategy.DigitalOceanTest do
     end
 
     defp topology(fake, ca, config) do
-      Application.put_env(:libcluster, :topologies,
+      LibclusterRs.Test.DiscoverRun.configure!(
         droplets: [
           strategy: Cluster.Strategy.DigitalOcean,
           config: Keyword.merge([token: "good-token", api_url: fake.url, cacertfile: ca.ca], config)

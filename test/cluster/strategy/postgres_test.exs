@@ -12,7 +12,7 @@ defmodule Cluster.Strategy.PostgresTest do
 
   setup_all do
     unless PostgresServer.available?(), do: raise("PostgreSQL is not installed: run script/setup")
-    ca = TestCA.make!(ips: [{127, 0, 0, 1}])
+    ca = TestCA.shared!(ips: [{127, 0, 0, 1}])
     # the role "client" logs in with the test CA's client certificate (CN=client) only
     pg =
       PostgresServer.start!(
@@ -21,10 +21,7 @@ defmodule Cluster.Strategy.PostgresTest do
       )
 
     # registered before anything else can fail, so the server never outlives the module
-    on_exit(fn ->
-      PostgresServer.stop(pg)
-      TestCA.remove(ca)
-    end)
+    on_exit(fn -> PostgresServer.stop(pg) end)
 
     for sql <- [
           "CREATE DATABASE app",
@@ -72,6 +69,14 @@ defmodule Cluster.Strategy.PostgresTest do
   end
 
   defp extra(topology), do: elem(Cluster.status(topology), 1).extra
+
+  # Whether a session of the server has run `LISTEN "channel"` (and is idle after it).
+  defp listening?(pg, channel) do
+    PostgresServer.psql!(
+      pg,
+      "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"#{channel}\"' AND state = 'idle'"
+    ) =~ ~r/^\s*[1-9]/m
+  end
 
   describe "config" do
     defp init(config),
@@ -288,38 +293,35 @@ defmodule Cluster.Strategy.PostgresTest do
       # the same through `mix libcluster.discover`
       DiscoverRun.isolate_topologies()
 
-      Application.put_env(:libcluster, :topologies,
+      DiscoverRun.configure!(
         pgdry: [
           strategy: Cluster.Strategy.Postgres,
-          config: config(pg, username: "noconnect", password: "npw"),
-          connect: {Kernel, :send, [self(), :connect]}
+          config: config(pg, username: "noconnect", password: "npw")
         ]
       )
 
       {status, out, _} = DiscoverRun.run(["pgdry", "--timeout", "3000"])
       assert status == 1, out
       assert out =~ ~s(GRANT CONNECT ON DATABASE "app" TO "noconnect")
-      refute_received {:connect, _}
     end
 
     test "the dry run listens only and prints the nodes it heard", %{pg: pg} do
       assert Cluster.Strategy.Postgres.dry_run(%{listen_only: false}).listen_only
       DiscoverRun.isolate_topologies()
 
-      Application.put_env(:libcluster, :topologies,
+      # a connect would reach this process as {:connect, node}
+      DiscoverRun.configure!(
         pgdry_ok: [
           strategy: Cluster.Strategy.Postgres,
           config: config(pg, channel_name: "dryrun"),
-          connect: {Kernel, :send, [self(), :connect]}
+          connect: LibclusterRs.Test.MFA.recorder(self(), :connect)
         ]
       )
 
-      # announced a few times during the run, as a node's heartbeats would be
+      # announced once the dry run's session LISTENs, as a node's heartbeat would be
       notify = fn _task ->
-        for _ <- 1..4 do
-          Process.sleep(400)
-          PostgresServer.client_psql(pg, "cluster", @cpw, "app", "NOTIFY dryrun, 'heard@127.0.0.1'")
-        end
+        eventually(fn -> listening?(pg, "dryrun") end, 2_000)
+        PostgresServer.client_psql(pg, "cluster", @cpw, "app", "NOTIFY dryrun, 'heard@127.0.0.1'")
       end
 
       {status, out, _} = DiscoverRun.run(["pgdry_ok", "--timeout", "2500"], notify)

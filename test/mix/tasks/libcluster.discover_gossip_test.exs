@@ -28,7 +28,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
         else: Application.delete_env(:libcluster, :topologies)
     end)
 
-    Application.put_env(:libcluster, :topologies, probe: [strategy: DryRunProbe])
+    LibclusterRs.Test.DiscoverRun.configure!(probe: [strategy: DryRunProbe])
 
     out =
       ExUnit.CaptureIO.capture_io(fn ->
@@ -109,7 +109,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
     end)
 
     config = [port: port, multicast_if: "lo", multicast_ttl: 0]
-    Application.put_env(:libcluster, :topologies, gossip: [strategy: Cluster.Strategy.Gossip, config: config])
+    LibclusterRs.Test.DiscoverRun.configure!(gossip: [strategy: Cluster.Strategy.Gossip, config: config])
 
     sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
     heartbeat = LibclusterRs.Native.gossip_encode_v1("heardpeer@127.0.0.1", nil)

@@ -23,7 +23,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
   defp discover(args), do: LibclusterRs.Test.DiscoverRun.run(args)
 
   defp k8s(kube, config, drop \\ []) do
-    Application.put_env(:libcluster, :topologies,
+    LibclusterRs.Test.DiscoverRun.configure!(
       k8s: [
         strategy: Cluster.Strategy.Kubernetes,
         config:
@@ -206,7 +206,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
     server = spawn_link(fn -> serve(listen, [{200, JSON.encode_binary(service)}, {500, "oops"}]) end)
     on_exit(fn -> Process.exit(server, :kill) end)
 
-    Application.put_env(:libcluster, :topologies,
+    LibclusterRs.Test.DiscoverRun.configure!(
       rancher: [
         strategy: Cluster.Strategy.Rancher,
         config: [node_basename: "app", rancher_metadata_url: "http://127.0.0.1:#{port}/latest/self/service"],
