@@ -1,7 +1,7 @@
 defmodule LibclusterRs.Test.FakeKube do
   @moduledoc false
-  # A Kubernetes API server for tests: HTTPS on 127.0.0.1 (or `ip:`, e.g. a netns bridge) with a CA and server certificate made for
-  # the run (openssl CLI), bearer-token checks, list and watch (chunked JSON event stream) of
+  # A Kubernetes API server for tests: HTTPS on 127.0.0.1 (or `ip:`, e.g. a netns bridge) with the
+  # run's CA and server certificate (TestCA.shared!/1), bearer-token checks, list and watch (chunked JSON event stream) of
   # Endpoints, Pods and EndpointSlices in the shapes of the API reference, label and field
   # selectors, resourceVersions, bookmarks and 410 Gone, and injectable faults.
   #
@@ -58,9 +58,10 @@ defmodule LibclusterRs.Test.FakeKube do
     File.rm_rf!(dir)
   end
 
-  # The CA, the other CA and the server certificate come from TestCA, copied into this server's dir.
+  # The CA, the other CA and the server certificate come from the run's TestCA for `ip`, copied
+  # into this server's dir (tests delete or rewrite the service account's files).
   defp certs!(dir, ip) do
-    ca = LibclusterRs.Test.TestCA.make!(ips: [ip])
+    ca = LibclusterRs.Test.TestCA.shared!(ips: [ip])
 
     for {from, to} <- [
           {ca.ca, "ca.crt"},
@@ -69,8 +70,6 @@ defmodule LibclusterRs.Test.FakeKube do
           {ca.key, "server.key"}
         ],
         do: File.cp!(from, Path.join(dir, to))
-
-    LibclusterRs.Test.TestCA.remove(ca)
   end
 
   ## Objects

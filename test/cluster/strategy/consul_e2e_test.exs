@@ -17,8 +17,7 @@ defmodule Cluster.Strategy.ConsulE2ETest do
     on_exit(fn -> Netns.teardown(net) end)
     for h <- net.hosts, do: Netns.exec!(h.ns, "epmd", ["-daemon"])
     gateway = {198, 18, @subnet, 1}
-    ca = TestCA.make!(ips: [gateway])
-    on_exit(fn -> TestCA.remove(ca) end)
+    ca = TestCA.shared!(ips: [gateway])
     # The agent listens on the bridge's gateway address, reachable from every namespace.
     consul = FakeConsul.start!(tls: ca, client_ca: ca.ca, ip: gateway)
     on_exit(fn -> FakeConsul.stop(consul) end)

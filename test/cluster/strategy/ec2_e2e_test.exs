@@ -25,8 +25,7 @@ defmodule Cluster.Strategy.EC2E2ETest do
     for h <- net.hosts, do: Netns.exec!(h.ns, "epmd", ["-daemon"])
     [ip1, ip2, ip3] = Enum.map(net.hosts, & &1.ip)
 
-    ca = TestCA.make!(ips: [@gateway])
-    on_exit(fn -> TestCA.remove(ca) end)
+    ca = TestCA.shared!(ips: [@gateway])
     fake = FakeAWS.start!(ca, host: "198.18.#{@subnet}.1")
     on_exit(fn -> FakeAWS.stop(fake) end)
 
