@@ -1,7 +1,9 @@
 defmodule Cluster.RedialStormTest do
   # A real peer that accepts every connection and drops it at once: a topology dials it at most
   # about twice a second (libcluster: once per round), not in a tight loop.
-  use ExUnit.Case, async: false
+  # Async: the peers are real nodes of their own (a loaded machine only lowers the dial rates,
+  # which are bounded from above).
+  use ExUnit.Case, async: true
 
   alias Cluster.Strategy.Epmd
   alias LibclusterRs.Test.{Flapper, Peer}

@@ -80,6 +80,8 @@ defmodule LibclusterRs.Test.FakeKube do
     do: GenServer.call(pid, {:delete, kind, ns, name})
 
   def fault(%__MODULE__{pid: pid}, verb, fault), do: GenServer.call(pid, {:fault, verb, fault})
+  @doc "How many queued faults no request has consumed yet (a barrier: `0` once all were served)."
+  def faults_left(%__MODULE__{pid: pid}), do: GenServer.call(pid, :faults_left)
   def requests(%__MODULE__{pid: pid}), do: GenServer.call(pid, :requests)
   def clear_requests(%__MODULE__{pid: pid}), do: GenServer.call(pid, :clear_requests)
   def break_watches(%__MODULE__{pid: pid}), do: GenServer.call(pid, {:notify, :break})
@@ -321,6 +323,7 @@ defmodule LibclusterRs.Test.FakeKube do
   def handle_call(:requests, _from, s), do: {:reply, Enum.reverse(s.requests), s}
   def handle_call(:clear_requests, _from, s), do: {:reply, :ok, %{s | requests: []}}
   def handle_call(:watchers, _from, s), do: {:reply, map_size(s.watchers), s}
+  def handle_call(:faults_left, _from, s), do: {:reply, length(s.faults), s}
   def handle_call({:token, token}, _from, s), do: {:reply, :ok, %{s | token: token}}
   def handle_call({:grant, verbs}, _from, s), do: {:reply, :ok, %{s | verbs: verbs}}
 

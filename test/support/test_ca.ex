@@ -66,8 +66,8 @@ defmodule LibclusterRs.Test.TestCA do
 
     case :persistent_term.get(key, nil) do
       nil ->
-        # :global.trans serialises the first makers of one key (it works on a VM without a name).
-        :global.trans({key, self()}, fn ->
+        # the first makers of one key take turns (LibclusterRs.Test.Lock, started by test_helper.exs)
+        LibclusterRs.Test.Lock.hold(key, fn ->
           with nil <- :persistent_term.get(key, nil) do
             ca = make!(opts)
             :persistent_term.put(key, ca)

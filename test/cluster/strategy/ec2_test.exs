@@ -454,8 +454,6 @@ defmodule Cluster.Strategy.EC2Test do
     end
 
     test "Cluster.status and the dry run say ec2:DescribeInstances is missing", %{fake: fake, ca: ca} do
-      DiscoverRun.isolate_topologies()
-
       for _ <- 1..20,
           do:
             FakeAWS.fault(fake,
@@ -491,7 +489,6 @@ defmodule Cluster.Strategy.EC2Test do
     end
 
     test "the dry run lists the nodes and connects none", %{fake: fake, ca: ca} do
-      DiscoverRun.isolate_topologies()
       config = [ec2_tagname: @tag_name, ec2_tagvalue: @tag_value, env: env(fake, ca, @static)]
       # a connect would reach this process as {:connect, node}
       connect = LibclusterRs.Test.MFA.recorder(self(), :connect)

@@ -1,14 +1,13 @@
 defmodule Mix.Tasks.Libcluster.DiscoverDNSTest do
   # The dry run against a real DNS server: dnsmasq on 127.0.0.1 (a high port) started by the test.
-  use ExUnit.Case, async: false
+  # Async: the dry runs take their turn on the application env (DiscoverRun).
+  use ExUnit.Case, async: true
 
   alias LibclusterRs.Test.Dnsmasq
 
   @moduletag :dnsmasq
 
   setup do
-    LibclusterRs.Test.DiscoverRun.isolate_topologies()
-
     dns =
       Dnsmasq.start([
         {:a, "app.cluster.test", "10.0.0.1"},

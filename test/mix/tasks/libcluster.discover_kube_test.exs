@@ -2,12 +2,12 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
   # `mix libcluster.discover` against the fake Kubernetes API server (HTTPS on 127.0.0.1, a CA made
   # for the run) and a Rancher metadata server on 127.0.0.1: exit statuses and the plain-words
   # messages an operator reads.
-  use ExUnit.Case, async: false
+  # Async: the dry runs take their turn on the application env (DiscoverRun).
+  use ExUnit.Case, async: true
 
   alias LibclusterRs.Test.{FakeKube, JSON}
 
   setup do
-    LibclusterRs.Test.DiscoverRun.isolate_topologies()
     kube = FakeKube.start!()
     on_exit(fn -> FakeKube.stop(kube) end)
 

@@ -1,13 +1,9 @@
 defmodule Mix.Tasks.Libcluster.DiscoverTest do
-  use ExUnit.Case, async: false
+  # Async: the dry runs take their turn on the application env (DiscoverRun).
+  use ExUnit.Case, async: true
   import ExUnit.CaptureLog
 
   alias LibclusterRs.Test.ScriptedStrategy
-
-  setup do
-    LibclusterRs.Test.DiscoverRun.isolate_topologies()
-    :ok
-  end
 
   defp discover(args, during \\ fn _ -> :ok end) do
     {status, output, _ms} = LibclusterRs.Test.DiscoverRun.run(args, during)
@@ -225,7 +221,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
     assert status == 2
     assert out =~ "unknown option(s): --bogus"
 
-    Application.delete_env(:libcluster, :topologies)
+    LibclusterRs.Test.DiscoverRun.configure!([])
     {status, out} = discover([])
     assert status == 2
     assert out =~ "no topologies configured"
@@ -243,8 +239,9 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
       one: [strategy: ScriptedStrategy, config: [result: {:discovered, [:"a@h.example"]}]]
     )
 
-    Application.put_env(:libcluster_rs, :topologies,
-      two: [strategy: ScriptedStrategy, config: [result: {:discovered, []}]]
+    LibclusterRs.Test.DiscoverRun.configure!(
+      [two: [strategy: ScriptedStrategy, config: [result: {:discovered, []}]]],
+      :libcluster_rs
     )
 
     capture_log(fn ->
