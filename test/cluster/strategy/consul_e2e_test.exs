@@ -69,9 +69,17 @@ defmodule Cluster.Strategy.ConsulE2ETest do
     for fault <- [{500, [], "boom"}, {403, [], "Permission denied"}, {500, [], "boom"}, {500, [], "boom"}],
         do: HttpFake.fault(FakeConsul.http(consul), fault)
 
+    # Every fault is served, and both strategies hold a query again (each handled its faults
+    # first); p3 saw no nodedown meanwhile.
+    :ok = Peer.call(p3, LibclusterRs.Test.EventLog, :start, [])
     put.([ip1, ip2, ip3])
-    # (the sleep is the window in which nobody may be disconnected)
-    Process.sleep(1_500)
+
+    eventually(
+      fn -> HttpFake.faults_left(FakeConsul.http(consul)) == 0 and FakeConsul.blocked(consul) == 2 end,
+      15_000
+    )
+
+    assert Peer.call(p3, LibclusterRs.Test.EventLog, :events, []) == []
     assert length(Peer.nodes(p3)) == 2
     assert n2 in Peer.nodes(p1)
 
