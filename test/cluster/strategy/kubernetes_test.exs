@@ -636,7 +636,7 @@ defmodule Cluster.Strategy.KubernetesTest do
           start_strategy(kube, topology,
             kubernetes_ip_lookup_mode: :pods,
             polling_interval: 200,
-            kubernetes_watch_retry_interval: 1_500
+            kubernetes_watch_retry_interval: 700
           )
 
           assert_receive {:connect, :"app@10.7.0.1"}, 3_000
@@ -675,7 +675,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert warning =~ ~s(resources: ["pods"], verbs: ["list", "watch"])
       assert warning =~ "priv/rbac/pods.json"
       assert warning =~ "lists pods every 200 ms"
-      assert warning =~ "tries the watch again every 1500 ms"
+      assert warning =~ "tries the watch again every 700 ms"
       assert log =~ "watching again"
       refute log =~ "discovery failed"
     end

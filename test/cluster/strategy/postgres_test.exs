@@ -375,26 +375,31 @@ defmodule Cluster.Strategy.PostgresTest do
   end
 
   describe "end to end with real BEAM nodes" do
-    setup %{pg: pg} do
+    # The peers a test uses, started for it (by the test process: :peer links to its caller).
+    defp peers(names) do
       peers =
-        for name <- ["pga", "pgb", "pgc", "pgold"] do
+        for name <- names do
           Peer.start("#{name}#{System.unique_integer([:positive])}", "127.0.0.1",
             args: [~c"-kernel", ~c"connect_all", ~c"false"]
           )
         end
 
       on_exit(fn -> Enum.each(peers, fn {p, _} -> Peer.stop(p) end) end)
+      peers
+    end
 
+    setup %{pg: pg} do
       # A heartbeat far longer than the test: every announcement seen here is the one made at
       # (re)connect. The reconnect delay is 2-3 s, so a listener can be in place before it.
       config =
         config(pg, channel_name: "e2e", heartbeat_interval: 600_000, backoff_min: 2_500, backoff_max: 2_500)
 
-      %{peers: peers, topology: [pg: [strategy: Cluster.Strategy.Postgres, config: config]]}
+      %{topology: [pg: [strategy: Cluster.Strategy.Postgres, config: config]]}
     end
 
     test "nodes connect through the strategy, and reconnect, re-LISTEN and re-announce after a server restart",
-         %{pg: pg, peers: [{a, na}, {b, nb}, {c, nc}, {old, nold}], topology: topology} do
+         %{pg: pg, topology: topology} do
+      [{a, na}, {b, nb}, {c, nc}, {old, nold}] = peers(["pga", "pgb", "pgc", "pgold"])
       {:ok, _} = Peer.start_cluster(a, topology)
       status_a = fn -> Peer.call(a, Cluster, :status, [:pg]) |> elem(1) end
       eventually(fn -> status_a.().extra.connected end, 10_000)
@@ -445,7 +450,8 @@ defmodule Cluster.Strategy.PostgresTest do
     end
 
     test "a node that is not distributed at start listens, and announces itself once it has a name",
-         %{peers: [{a, _na} | _], topology: topology} do
+         %{topology: topology} do
+      [{a, _na}] = peers(["pga"])
       {:ok, _} = Peer.start_cluster(a, topology)
       paths = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
 
