@@ -13,7 +13,7 @@ defmodule Cluster.Strategy.Consul do
       request per query every `blocking_wait` (5 minutes). Consul's index rules are followed (an
       index that goes backwards starts a fresh read, an index of 0 is waited on as 1), requests of
       one query are at least `blocking_min_interval` apart, failures back off exponentially and a
-      `429` waits out its `Retry-After`. Agent queries and the datacenter list (which Consul cannot
+      `429` waits out its `Retry-After` (at most 10 minutes). Agent queries and the datacenter list (which Consul cannot
       block on) are re-read every `polling_interval`. `blocking_queries: false` polls every
       `polling_interval` like libcluster_consul.
     * **Errors never prune.** libcluster_consul treats a failed request as "no instances" and

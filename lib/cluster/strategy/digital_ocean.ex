@@ -23,7 +23,8 @@ defmodule Cluster.Strategy.DigitalOcean do
       list is ever applied;
     * a 429 is retried within the round after the API's `Retry-After` (else `ratelimit-reset`,
       else a doubling backoff) for up to 30 s in total; a longer wait fails the round, and no
-      request is sent until the API's time has come;
+      request is sent until the API's time has come (at most 10 minutes: a later time is asked
+      again then);
     * the token is sent to `:api_url` only (the API's `next` links are read for their page
       number, never followed to another host);
     * the API is verified against the system's CA certificates (or `:cacertfile`).

@@ -11,7 +11,8 @@
 //! Rate limits: a 429 is retried within the round after its `Retry-After` (seconds), else after
 //! `ratelimit-reset` (Unix time), else after a doubling backoff, as long as the waits stay within
 //! the round's rate-limit budget. Past it, the round fails and no request is sent for the same API
-//! URL and token until the server's time has come (the next rounds fail at once, saying so).
+//! URL and token until the server's time has come, at most [`crate::http::MAX_SERVER_WAIT`] (the
+//! next rounds fail at once, saying so).
 //!
 //! The bearer token only ever goes to the configured API URL: the `next` link is read for its page
 //! number, never followed as a URL.
@@ -20,21 +21,19 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::event::{Error, ErrorKind, Event, Sink};
-use crate::http::{self, BodyError, Roots};
+use crate::http::{self, ClientOptions, Roots, ServerWait, Stage, TransportError};
 
-/// The public API.
-pub const DEFAULT_API_URL: &str = "https://api.digitalocean.com";
 /// The API's largest page.
-pub const PER_PAGE: u32 = 200;
+const PER_PAGE: u32 = 200;
 /// More pages than this (40,000 Droplets at 200 a page) is taken as a server that never ends.
-pub const MAX_PAGES: u32 = 200;
+const MAX_PAGES: u32 = 200;
 /// One page of 200 Droplets is ~1 MB; anything far larger is not a page.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Health probes in flight at once.
@@ -155,7 +154,7 @@ struct Address {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Named {
     pub node: String,
-    pub ip: IpAddr,
+    pub(crate) ip: IpAddr,
 }
 
 /// What one page holds.
@@ -163,13 +162,13 @@ pub struct Named {
 pub struct PageNames {
     pub named: Vec<Named>,
     /// Droplets on the page, whatever their status.
-    pub droplets: u64,
+    pub(crate) droplets: u64,
     /// Active Droplets without an address of the configured network and family, or whose name
     /// would not be a valid node name.
-    pub skipped: u64,
+    pub(crate) skipped: u64,
     /// The page number of `links.pages.next`, if there is one.
-    pub next_page: Option<u32>,
-    pub total: Option<u64>,
+    pub(crate) next_page: Option<u32>,
+    pub(crate) total: Option<u64>,
 }
 
 /// Names from one `/v2/droplets` page: every `active` Droplet with an address of the configured
@@ -287,17 +286,9 @@ fn gate_key(cfg: &Config) -> [u8; 32] {
 }
 
 /// How long a 429 asks to wait: `Retry-After` seconds, else `ratelimit-reset` (Unix time) minus
-/// now, else `None`.
-pub fn rate_limit_wait(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<Duration> {
-    let number = |name: &str| -> Option<u64> {
-        headers.get(name)?.to_str().ok()?.trim().parse::<u64>().ok()
-    };
-    if let Some(secs) = number("retry-after") {
-        return Some(Duration::from_secs(secs));
-    }
-    let reset = number("ratelimit-reset")?;
-    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    Some(Duration::from_secs(reset.saturating_sub(now)))
+/// now, else `None`; at most [`http::MAX_SERVER_WAIT`].
+fn rate_limit_wait(headers: &reqwest::header::HeaderMap, now: SystemTime) -> Option<ServerWait> {
+    http::retry_after(headers).or_else(|| http::ratelimit_reset(headers, now))
 }
 
 struct Fetcher<'a> {
@@ -307,15 +298,12 @@ struct Fetcher<'a> {
 }
 
 impl Fetcher<'_> {
-    fn transport_error(&self, url: &str, e: &reqwest::Error) -> Error {
-        let t = http::classify(e);
-        let kind = if !t.connect && !e.is_timeout() && t.kind == http::TransportKind::Io {
-            ErrorKind::Malformed
-        } else {
-            t.kind.into()
-        };
+    fn transport_error(&self, url: &str, t: TransportError) -> Error {
+        if t.stage == Stage::TooLarge {
+            return Error::new(t.kind, format!("GET {url}: {}", t.detail));
+        }
         Error::new(
-            kind,
+            t.kind,
             format!(
                 "GET {url}: {}; is the DigitalOcean API reachable (check api_url{})?",
                 t.detail,
@@ -334,18 +322,18 @@ impl Fetcher<'_> {
         let mut backoff = Duration::from_secs(1);
         let mut attempt = 1;
         loop {
-            let resp = self
+            let req = self
                 .client
                 .get(&url)
                 .bearer_auth(&self.cfg.token)
-                .header(reqwest::header::ACCEPT, "application/json")
-                .send()
+                .header(reqwest::header::ACCEPT, "application/json");
+            let resp = http::send(req)
                 .await
-                .map_err(|e| self.transport_error(&url, &e))?;
+                .map_err(|t| self.transport_error(&url, t))?;
             let status = resp.status();
             if status.as_u16() == 429 {
                 let asked = rate_limit_wait(resp.headers(), SystemTime::now());
-                let wait = asked.unwrap_or(backoff);
+                let wait = asked.map_or(backoff, |w| w.wait);
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 let left = self.cfg.rate_limit_budget.saturating_sub(self.rate_waited);
                 if attempt < RATE_LIMIT_ATTEMPTS && wait <= left {
@@ -356,7 +344,7 @@ impl Fetcher<'_> {
                 }
                 if let Some(w) = asked {
                     if let Ok(mut gate) = rate_gate().lock() {
-                        gate.insert(gate_key(self.cfg), Instant::now() + w);
+                        gate.insert(gate_key(self.cfg), Instant::now() + w.wait);
                     }
                 }
                 return Err(Error::new(
@@ -366,7 +354,12 @@ impl Fetcher<'_> {
                          token's API rate limit (250 requests a minute, 5,000 an hour) is used \
                          up{}; raise polling_interval, or use this token for fewer clients",
                         match asked {
-                            Some(w) => format!("; the API asks to wait {} s", w.as_secs()),
+                            Some(w) if w.wait < w.asked => format!(
+                                "; the API asks to wait {} s, this client asks again in {} s",
+                                w.asked.as_secs(),
+                                w.wait.as_secs()
+                            ),
+                            Some(w) => format!("; the API asks to wait {} s", w.asked.as_secs()),
                             None => String::new(),
                         }
                     ),
@@ -383,15 +376,9 @@ impl Fetcher<'_> {
                     .unwrap_or_default();
                 return Err(status_error(&url, code, &detail, &self.cfg.filter));
             }
-            return http::read_body(resp, MAX_BODY).await.map_err(|e| match e {
-                BodyError::TooLarge { max } => Error::new(
-                    ErrorKind::Malformed,
-                    format!("GET {url}: the answer is larger than {max} bytes"),
-                ),
-                BodyError::Timeout(error) | BodyError::Broken { error, .. } => {
-                    self.transport_error(&url, &error)
-                }
-            });
+            return http::read_body(resp, MAX_BODY)
+                .await
+                .map_err(|t| self.transport_error(&url, t));
         }
     }
 }
@@ -438,22 +425,18 @@ fn status_error(url: &str, code: u16, detail: &str, filter: &Filter) -> Error {
 
 fn client(cfg: &Config) -> Result<reqwest::Client, Error> {
     let roots = match &cfg.ca_file {
-        Some(path) => Roots::CaFileOrSystem(path),
-        None if cfg.api_url.starts_with("https:") => Roots::System,
-        None => Roots::Empty,
+        Some(path) => Roots::CaFile(path),
+        None => Roots::for_url(&cfg.api_url),
     };
-    let tls =
-        http::tls_config(roots, false).map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?;
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .no_proxy()
-        .timeout(cfg.request_timeout)
-        .build()
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot build the HTTP client: {e}")))
+    let opts = ClientOptions {
+        timeout: Some(cfg.request_timeout),
+        ..ClientOptions::new(roots)
+    };
+    http::client(opts, |e| Error::new(ErrorKind::Tls, e.to_string()))
 }
 
 /// Every page, named. An error for any page is the round's error.
-pub async fn list(cfg: &Config) -> Result<Vec<Named>, Error> {
+async fn list(cfg: &Config) -> Result<Vec<Named>, Error> {
     if let Ok(mut gate) = rate_gate().lock() {
         let now = Instant::now();
         gate.retain(|_, until| *until > now);
@@ -516,7 +499,7 @@ pub async fn list(cfg: &Config) -> Result<Vec<Named>, Error> {
 }
 
 /// Whether `ip:port` accepts a TCP connection within `timeout`.
-pub async fn tcp_healthy(ip: IpAddr, port: u16, timeout: Duration) -> bool {
+async fn tcp_healthy(ip: IpAddr, port: u16, timeout: Duration) -> bool {
     matches!(
         tokio::time::timeout(
             timeout,
@@ -529,7 +512,7 @@ pub async fn tcp_healthy(ip: IpAddr, port: u16, timeout: Duration) -> bool {
 
 /// The nodes of `named` that pass `check` (all of them without one), probed concurrently; sorted,
 /// without duplicates.
-pub async fn healthy_names(named: Vec<Named>, check: Option<HealthCheck>) -> Vec<String> {
+async fn healthy_names(named: Vec<Named>, check: Option<HealthCheck>) -> Vec<String> {
     let mut names: Vec<String> = match check {
         None => named.into_iter().map(|n| n.node).collect(),
         Some(hc) => {
@@ -680,17 +663,15 @@ mod tests {
     #[test]
     fn retry_after_wins_over_ratelimit_reset() {
         use reqwest::header::{HeaderMap, HeaderValue};
+        use std::time::UNIX_EPOCH;
         let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let wait = |h: &HeaderMap| rate_limit_wait(h, now).map(|w| w.wait);
         let mut h = HeaderMap::new();
-        assert_eq!(rate_limit_wait(&h, now), None);
+        assert_eq!(wait(&h), None);
         h.insert("ratelimit-reset", HeaderValue::from_static("1000042"));
-        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(42)));
+        assert_eq!(wait(&h), Some(Duration::from_secs(42)));
         h.insert("retry-after", HeaderValue::from_static("3"));
-        assert_eq!(rate_limit_wait(&h, now), Some(Duration::from_secs(3)));
-        // a reset in the past: no wait
-        let mut h = HeaderMap::new();
-        h.insert("ratelimit-reset", HeaderValue::from_static("5"));
-        assert_eq!(rate_limit_wait(&h, now), Some(Duration::ZERO));
+        assert_eq!(wait(&h), Some(Duration::from_secs(3)));
     }
 
     #[tokio::test]

@@ -96,7 +96,7 @@ impl Default for Settings {
 }
 
 /// A resolver built from `settings`, and a description of the servers it asks (for messages).
-pub fn resolver(settings: &Settings) -> Result<(TokioResolver, String), Error> {
+fn resolver(settings: &Settings) -> Result<(TokioResolver, String), Error> {
     let (config, mut opts) = if settings.nameservers.is_empty() {
         let data = std::fs::read(&settings.resolv_conf).map_err(|e| {
             Error::new(
@@ -219,7 +219,7 @@ pub async fn lookup(settings: &Settings, questions: &[Question]) -> Event {
 
 /// Node names from the records of one answer. Records of other types (the CNAMEs of a chain)
 /// are skipped; invalid names are dropped and counted.
-pub fn names_from_records<'a>(
+fn names_from_records<'a>(
     basename: &str,
     kind: Kind,
     records: impl Iterator<Item = &'a RData>,
@@ -250,7 +250,7 @@ pub fn names_from_records<'a>(
 }
 
 /// NXDOMAIN and NODATA are answers ("nothing there"); everything else is a failure.
-pub fn classify(err: &NetError) -> Answer {
+fn classify(err: &NetError) -> Answer {
     let kind = match err {
         NetError::Dns(DnsError::NoRecordsFound(_)) => return Answer::Nothing,
         NetError::Timeout => ErrorKind::Timeout,

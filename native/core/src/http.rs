@@ -1,25 +1,30 @@
-//! What every HTTP-based strategy (Kubernetes, Rancher; later EC2, Consul, DigitalOcean) needs
-//! from the transport, in one place:
+//! The HTTP transport of every HTTP-based strategy (Kubernetes, Rancher, EC2, Consul,
+//! DigitalOcean), in one place; the strategies keep only their API's meaning (URLs, bodies, what
+//! each status means, which option to check):
 //!
-//! - [`tls_config`]: a rustls config (ring, TLS 1.2/1.3, ALPN h2 + http/1.1) verified against a
-//!   CA bundle file when it exists, else the system roots ([`Roots`]); or, only when a user set an
-//!   insecure option by name, no verification at all;
-//! - [`read_body`]: a response body read in chunks up to a byte limit ([`BodyError`]);
-//! - [`classify`]: a `reqwest` failure before any status line, as a [`TransportKind`] an operator
-//!   understands (timeout, TLS, refused, unreachable, other I/O), with the error chain as text.
+//! - [`client`]: the one `reqwest` client builder ([`ClientOptions`]): rustls ([`tls_config`]:
+//!   ring, TLS 1.2/1.3, ALPN h2 + http/1.1) verified against [`Roots`] (a CA bundle, the system
+//!   roots) or, only when a user set an insecure option by name, not at all; a client certificate
+//!   for mutual TLS ([`ClientIdentity`]); the deadlines; never a proxy;
+//! - [`send`] and [`read_body`] (a body read in chunks up to a byte limit): every failure comes
+//!   back as a [`TransportError`], whose kind is [`classify`]'s, the one mapping from a transport
+//!   failure to an [`ErrorKind`];
+//! - [`status_kind`]: the one mapping of 401/403 (the strategy words which token or permission);
+//! - [`retry_after`] and [`ratelimit_reset`]: how long a server asks to wait, with one cap,
+//!   [`MAX_SERVER_WAIT`].
 //!
-//! Strategies keep their own messages (which option to check, what to fix): this module returns
-//! typed errors and the strategy words them.
+//! This module returns typed errors and plain-words details; the strategy words the message.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::event::ErrorKind;
+use crate::event::{Error, ErrorKind};
 
 /// The certificates a server is verified against.
 #[derive(Debug, Clone, Copy)]
@@ -30,11 +35,25 @@ pub(crate) enum Roots<'a> {
     System,
     /// None: for a client that only ever speaks plain HTTP.
     Empty,
-    /// The system roots (if any) plus every certificate of the PEM bundle at this path, which must
-    /// exist and hold one (the AWS SDKs' `AWS_CA_BUNDLE`).
-    SystemAndFile(&'a Path),
+    /// The system roots, if the system has any, plus every certificate of the PEM bundle at this
+    /// path when one is given, which must then exist and hold one (the AWS SDKs' rule for
+    /// `AWS_CA_BUNDLE`; without system roots, plain-HTTP endpoints still work).
+    SystemIfAnyPlus(Option<&'a Path>),
     /// The PEM bundle at this path, which must exist (a CA file the user named).
     CaFile(&'a Path),
+}
+
+impl Roots<'static> {
+    /// The roots of a client that talks to `url` only, when no CA file was named: the system roots
+    /// for `https://` (an error at setup when there are none), none for plain HTTP (which a host
+    /// without system roots can still speak).
+    pub(crate) fn for_url(url: &str) -> Roots<'static> {
+        if url.starts_with("https:") {
+            Roots::System
+        } else {
+            Roots::Empty
+        }
+    }
 }
 
 /// A client certificate chain and its private key (PEM files), for servers that require mutual
@@ -156,9 +175,11 @@ fn root_store(roots: Roots<'_>) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     match roots {
         Roots::Empty => {}
-        Roots::SystemAndFile(path) => {
+        Roots::SystemIfAnyPlus(path) => {
             add_system_roots(&mut store);
-            add_pem_file(&mut store, path)?;
+            if let Some(path) = path {
+                add_pem_file(&mut store, path)?;
+            }
         }
         Roots::CaFile(path) => add_pem_file(&mut store, path)?,
         Roots::CaFileOrSystem(path) if path.exists() => add_pem_file(&mut store, path)?,
@@ -250,22 +271,94 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// Why a body could not be read whole.
-#[derive(Debug)]
-pub(crate) enum BodyError {
-    /// More than the limit arrived; reading stopped there.
-    TooLarge { max: usize },
-    /// The body stopped arriving in time (the request's timeout).
-    Timeout(reqwest::Error),
-    /// The connection broke after `read` bytes.
-    Broken { read: usize, error: reqwest::Error },
+/// What [`client`] builds.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientOptions<'a> {
+    /// The certificates servers are verified against.
+    pub roots: Roots<'a>,
+    /// No verification at all: only when the user set the strategy's insecure option by name.
+    pub insecure: bool,
+    /// A client certificate, presented when the server asks (mutual TLS).
+    pub identity: Option<ClientIdentity<'a>>,
+    /// The deadline of a connection (TCP and TLS).
+    pub connect_timeout: Option<Duration>,
+    /// The deadline of a whole exchange (status and body); `None`: each request sets its own.
+    pub timeout: Option<Duration>,
+}
+
+impl<'a> ClientOptions<'a> {
+    /// Verified against `roots`, no client certificate, no deadline.
+    pub(crate) fn new(roots: Roots<'a>) -> ClientOptions<'a> {
+        ClientOptions {
+            roots,
+            insecure: false,
+            identity: None,
+            connect_timeout: None,
+            timeout: None,
+        }
+    }
+}
+
+/// The one `reqwest` client builder. Never through a proxy: discovery talks to its API directly,
+/// as in-cluster and agent clients do, and a proxy from the environment (`HTTPS_PROXY`) would see
+/// the tokens. `tls_error` words a TLS setup failure for the strategy (which option names the
+/// file); a client that cannot be built otherwise is an `Io` error.
+pub(crate) fn client(
+    opts: ClientOptions<'_>,
+    tls_error: impl FnOnce(TlsError) -> Error,
+) -> Result<reqwest::Client, Error> {
+    let tls =
+        tls_config_with_identity(opts.roots, opts.insecure, opts.identity).map_err(tls_error)?;
+    let mut builder = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .no_proxy();
+    if let Some(t) = opts.connect_timeout {
+        builder = builder.connect_timeout(t);
+    }
+    if let Some(t) = opts.timeout {
+        builder = builder.timeout(t);
+    }
+    builder
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot build the HTTP client: {e}")))
+}
+
+/// Where an exchange failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// Connecting (TCP, TLS): nothing was sent.
+    Connect,
+    /// The request was sent; no status line arrived (or the redirects went nowhere).
+    Request,
+    /// The status arrived; the body did not, whole.
+    Body,
+    /// The body passed the caller's limit; reading stopped there.
+    TooLarge,
+}
+
+/// A failed exchange: what an operator calls it ([`classify`]), where it failed, and the detail
+/// for the message (the error and its causes, or what was wrong with the body).
+#[derive(Debug, Clone)]
+pub(crate) struct TransportError {
+    pub kind: ErrorKind,
+    pub stage: Stage,
+    pub detail: String,
+}
+
+/// Send `req`: the response (whatever its status), or the failure classified.
+pub(crate) async fn send(
+    req: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, TransportError> {
+    req.send().await.map_err(|e| classify(&e))
 }
 
 /// Read a body of at most `max` bytes, in chunks (never more than `max` plus one chunk in memory).
+/// A body that stops early is `Malformed` (unless it timed out or TLS failed): the answer is
+/// incomplete, and its detail says after how many bytes.
 pub(crate) async fn read_body(
     mut resp: reqwest::Response,
     max: usize,
-) -> Result<Vec<u8>, BodyError> {
+) -> Result<Vec<u8>, TransportError> {
     let mut body = Vec::with_capacity(
         resp.content_length()
             .map(|l| (l as usize).min(max))
@@ -275,58 +368,29 @@ pub(crate) async fn read_body(
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > max {
-                    return Err(BodyError::TooLarge { max });
+                    return Err(TransportError {
+                        kind: ErrorKind::Malformed,
+                        stage: Stage::TooLarge,
+                        detail: format!("the answer is larger than {max} bytes"),
+                    });
                 }
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) if e.is_timeout() => return Err(BodyError::Timeout(e)),
-            Err(error) => {
-                return Err(BodyError::Broken {
-                    read: body.len(),
-                    error,
-                })
+            Err(e) => {
+                let mut t = classify(&e);
+                t.stage = Stage::Body;
+                if t.kind != ErrorKind::Timeout {
+                    t.detail = format!(
+                        "the answer was truncated after {} bytes ({})",
+                        body.len(),
+                        t.detail
+                    );
+                }
+                return Err(t);
             }
         }
     }
-}
-
-/// What failed before an HTTP status arrived, as an operator thinks of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TransportKind {
-    /// No answer before the deadline (the request's, or the OS's `ETIMEDOUT`).
-    Timeout,
-    /// The TLS handshake or the certificate check failed.
-    Tls,
-    /// The server's host actively refused the connection.
-    Refused,
-    /// No route, host down, network unreachable; or the connection could not be made for a reason
-    /// the OS did not name.
-    Unreachable,
-    /// Any other I/O failure.
-    Io,
-}
-
-impl From<TransportKind> for ErrorKind {
-    fn from(k: TransportKind) -> ErrorKind {
-        match k {
-            TransportKind::Timeout => ErrorKind::Timeout,
-            TransportKind::Tls => ErrorKind::Tls,
-            TransportKind::Refused => ErrorKind::Refused,
-            TransportKind::Unreachable => ErrorKind::Unreachable,
-            TransportKind::Io => ErrorKind::Io,
-        }
-    }
-}
-
-/// A classified transport failure.
-#[derive(Debug, Clone)]
-pub(crate) struct TransportError {
-    pub kind: TransportKind,
-    /// The failure happened while connecting (nothing was sent).
-    pub connect: bool,
-    /// The error and its causes, `: `-joined ([`chain`]).
-    pub detail: String,
 }
 
 /// The error kind of an HTTP status that is not a success: 401 and 403 are auth problems (the
@@ -339,26 +403,44 @@ pub(crate) fn status_kind(status: u16) -> ErrorKind {
     }
 }
 
-/// Classify a failure before a status line arrived.
+/// The one mapping from a transport failure to an [`ErrorKind`]; the first rule that holds wins:
+///
+/// | the failure | kind |
+/// | --- | --- |
+/// | the request's deadline passed, or the OS's `ETIMEDOUT` | `Timeout` |
+/// | the TLS handshake or the certificate check | `Tls` |
+/// | connecting: the host refused | `Refused` |
+/// | connecting: anything else (no route, host down, a name that does not resolve, a reason the OS did not name) | `Unreachable` |
+/// | too many redirects, or a redirect to nowhere | `HttpStatus` |
+/// | an answer that is not HTTP, or a body that stopped early | `Malformed` |
+/// | any other failure once connected (reset or closed before the answer) | `Io` |
 pub(crate) fn classify(e: &reqwest::Error) -> TransportError {
     let detail = chain(e);
-    let kind = if e.is_timeout() {
-        TransportKind::Timeout
-    } else if is_tls(e, &detail) {
-        TransportKind::Tls
+    let stage = if e.is_connect() {
+        Stage::Connect
+    } else if e.is_body() || e.is_decode() {
+        Stage::Body
     } else {
-        match io_kind(e) {
-            Some(ErrorKind::Refused) => TransportKind::Refused,
-            Some(ErrorKind::Timeout) => TransportKind::Timeout,
-            Some(ErrorKind::Unreachable) => TransportKind::Unreachable,
-            Some(_) => TransportKind::Io,
-            None if e.is_connect() => TransportKind::Unreachable,
-            None => TransportKind::Io,
-        }
+        Stage::Request
+    };
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if is_tls(e, &detail) {
+        ErrorKind::Tls
+    } else if io_kind(e) == Some(ErrorKind::Refused) {
+        ErrorKind::Refused
+    } else if stage == Stage::Connect {
+        ErrorKind::Unreachable
+    } else if e.is_redirect() {
+        ErrorKind::HttpStatus
+    } else if stage == Stage::Body || is_not_http(e) {
+        ErrorKind::Malformed
+    } else {
+        ErrorKind::Io
     };
     TransportError {
         kind,
-        connect: e.is_connect(),
+        stage,
         detail,
     }
 }
@@ -381,7 +463,7 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 fn is_tls(e: &(dyn std::error::Error + 'static), text: &str) -> bool {
     // hyper-util boxes connector errors in types of its own; the rustls error is not always
     // reachable by downcasting, so its text is checked too.
-    if [
+    [
         "invalid peer certificate",
         "tls handshake",
         "received fatal alert",
@@ -389,37 +471,88 @@ fn is_tls(e: &(dyn std::error::Error + 'static), text: &str) -> bool {
     ]
     .iter()
     .any(|needle| text.contains(needle))
-    {
-        return true;
-    }
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if c.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return true;
-            }
-        }
-        cur = c.source();
-    }
-    false
+        || find::<rustls::Error>(e).is_some()
 }
 
 /// The first OS-level I/O error in the chain, classified.
 fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    find::<std::io::Error>(e).map(ErrorKind::from_io)
+}
+
+/// Whether the server's bytes were not an HTTP answer (hyper could not parse the status line or
+/// the headers).
+fn is_not_http(e: &(dyn std::error::Error + 'static)) -> bool {
+    find::<hyper::Error>(e).is_some_and(hyper::Error::is_parse)
+}
+
+/// The first error of type `T` among `e` and its causes, looking inside I/O errors too (an
+/// `io::Error`'s `source` skips the error it wraps: rustls's, wrapped twice by the connector).
+fn find<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(e);
     while let Some(c) = cur {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return Some(ErrorKind::from_io(io));
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(t) = find::<T>(inner) {
+                return Some(t);
+            }
         }
         cur = c.source();
     }
     None
+}
+
+/// The longest wait a server's `Retry-After` or `ratelimit-reset` is honoured for: 10 minutes,
+/// for every API. Consul asks for seconds; DigitalOcean's hourly quota may reset up to an hour
+/// later, but a client that asks again after 10 minutes reads the reset time again and waits out
+/// the rest, so recovery is never later for it. A value past the cap is a broken header or a
+/// skewed clock, which must not silence discovery for longer (nor overflow a deadline).
+pub(crate) const MAX_SERVER_WAIT: Duration = Duration::from_secs(600);
+
+/// How long a server asked to wait before the next request, and how long this client waits: the
+/// same, at most [`MAX_SERVER_WAIT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ServerWait {
+    pub asked: Duration,
+    pub wait: Duration,
+}
+
+impl ServerWait {
+    fn asked(asked: Duration) -> ServerWait {
+        ServerWait {
+            asked,
+            wait: asked.min(MAX_SERVER_WAIT),
+        }
+    }
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not used by the APIs asked here).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<ServerWait> {
+    let secs = header_number(headers, reqwest::header::RETRY_AFTER.as_str())?;
+    Some(ServerWait::asked(Duration::from_secs(secs)))
+}
+
+/// `ratelimit-reset` (the Unix time a quota resets, as DigitalOcean sends it) minus `now`; a time
+/// already past is no wait.
+pub(crate) fn ratelimit_reset(
+    headers: &reqwest::header::HeaderMap,
+    now: SystemTime,
+) -> Option<ServerWait> {
+    let reset = header_number(headers, "ratelimit-reset")?;
+    let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    Some(ServerWait::asked(Duration::from_secs(
+        reset.saturating_sub(now),
+    )))
+}
+
+fn header_number(headers: &reqwest::header::HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -469,26 +602,213 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A server on 127.0.0.1 that takes one connection, reads what the client sends first (a
+    /// request, or a TLS ClientHello), then does `answer` with the connection.
+    fn serve_once(answer: impl FnOnce(&mut std::net::TcpStream) + Send + 'static) -> u16 {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let _ = sock.read(&mut [0u8; 4096]);
+            answer(&mut sock);
+        });
+        port
+    }
+
+    fn write(sock: &mut std::net::TcpStream, bytes: &[u8]) {
+        use std::io::Write;
+        sock.write_all(bytes).unwrap();
+        sock.flush().unwrap();
+    }
+
+    fn test_client(timeout: Option<Duration>) -> reqwest::Client {
+        let opts = ClientOptions {
+            timeout,
+            ..ClientOptions::new(Roots::Empty)
+        };
+        client(opts, |e| Error::new(ErrorKind::Tls, e.to_string())).unwrap()
+    }
+
+    async fn get(client: &reqwest::Client, url: &str) -> Result<reqwest::Response, TransportError> {
+        send(client.get(url)).await
+    }
+
+    /// A request to 127.0.0.1:`port` that fails.
+    async fn get_err(timeout: Option<Duration>, port: u16) -> TransportError {
+        let url = format!("http://127.0.0.1:{port}/");
+        get(&test_client(timeout), &url).await.unwrap_err()
+    }
+
+    /// A 200 from 127.0.0.1:`port` whose body cannot be read whole within `max` bytes.
+    async fn body_err(timeout: Option<Duration>, port: u16, max: usize) -> TransportError {
+        let url = format!("http://127.0.0.1:{port}/");
+        let resp = get(&test_client(timeout), &url).await.unwrap();
+        read_body(resp, max).await.unwrap_err()
+    }
+
+    fn expect(t: &TransportError, kind: ErrorKind, stage: Stage) {
+        assert_eq!((t.kind, t.stage), (kind, stage), "{}", t.detail);
+    }
+
     #[tokio::test]
-    async fn a_refused_connection_is_classified_by_its_io_error() {
+    async fn connect_failures_are_refused_or_unreachable() {
         // a port that was just free: connecting to it is refused
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let t = get_err(None, port).await;
+        expect(&t, ErrorKind::Refused, Stage::Connect);
+
+        // a name that does not resolve (a resolver that knows no name: no query leaves the host)
+        struct NoNames;
+        impl reqwest::dns::Resolve for NoNames {
+            fn resolve(&self, _: reqwest::dns::Name) -> reqwest::dns::Resolving {
+                Box::pin(async { Err(std::io::Error::other("no such host").into()) })
+            }
+        }
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls_config(Roots::Empty, false).unwrap())
             .no_proxy()
+            .dns_resolver(Arc::new(NoNames))
             .build()
             .unwrap();
-        let e = client
-            .get(format!("http://127.0.0.1:{port}/"))
-            .send()
+        let t = get(&client, "http://api.example/").await.unwrap_err();
+        expect(&t, ErrorKind::Unreachable, Stage::Connect);
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_with_a_server_that_does_not_speak_tls_is_tls() {
+        // the client speaks first in TLS: its ClientHello is answered in plain HTTP
+        let port = serve_once(|s| write(s, b"HTTP/1.1 400 Bad Request\r\n\r\n"));
+        let t = get(&test_client(None), &format!("https://127.0.0.1:{port}/"))
             .await
             .unwrap_err();
-        let t = classify(&e);
-        assert_eq!(t.kind, TransportKind::Refused, "{}", t.detail);
-        assert!(t.connect);
+        expect(&t, ErrorKind::Tls, Stage::Connect);
+    }
+
+    #[tokio::test]
+    async fn after_connecting_silence_is_a_timeout_garbage_malformed_and_a_close_io() {
+        let silent = serve_once(|_| std::thread::sleep(Duration::from_secs(2)));
+        let t = get_err(Some(Duration::from_millis(200)), silent).await;
+        expect(&t, ErrorKind::Timeout, Stage::Request);
+
+        let not_http = serve_once(|s| write(s, b"SSH-2.0-OpenSSH_9.6\r\n\r\n"));
+        let t = get_err(None, not_http).await;
+        expect(&t, ErrorKind::Malformed, Stage::Request);
+
+        let closes = serve_once(|_| {});
+        let t = get_err(None, closes).await;
+        expect(&t, ErrorKind::Io, Stage::Request);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_loop_is_an_http_status_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            for conn in listener.incoming() {
+                let Ok(mut sock) = conn else { return };
+                std::thread::spawn(move || loop {
+                    let mut buf = [0u8; 4096];
+                    match sock.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => write(
+                            &mut sock,
+                            b"HTTP/1.1 302 Found\r\nLocation: /again\r\nContent-Length: 0\r\n\r\n",
+                        ),
+                    }
+                });
+            }
+        });
+        let t = get_err(None, port).await;
+        expect(&t, ErrorKind::HttpStatus, Stage::Request);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_early_is_malformed_too_large_or_a_timeout() {
+        let cut = serve_once(|s| {
+            write(
+                s,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+            );
+        });
+        let t = body_err(None, cut, 1_000).await;
+        expect(&t, ErrorKind::Malformed, Stage::Body);
+        assert!(
+            t.detail
+                .starts_with("the answer was truncated after 10 bytes ("),
+            "{}",
+            t.detail
+        );
+
+        let big = serve_once(|s| {
+            write(
+                s,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+            )
+        });
+        let t = body_err(None, big, 5).await;
+        expect(&t, ErrorKind::Malformed, Stage::TooLarge);
+        assert_eq!(t.detail, "the answer is larger than 5 bytes");
+
+        let slow = serve_once(|s| {
+            write(s, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n01234");
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        let t = body_err(Some(Duration::from_millis(300)), slow, 1_000).await;
+        expect(&t, ErrorKind::Timeout, Stage::Body);
+    }
+
+    #[test]
+    fn server_waits_are_read_in_seconds_or_from_the_reset_time_and_capped() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let secs = Duration::from_secs;
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        assert_eq!(ratelimit_reset(&h, now), None);
+        for (value, asked) in [("3", 3), (" 7 ", 7), ("600", 600)] {
+            h.insert("retry-after", HeaderValue::from_static(value));
+            let w = retry_after(&h).unwrap();
+            assert_eq!((w.asked, w.wait), (secs(asked), secs(asked)));
+        }
+        // past the cap: asked as sent, waited at most MAX_SERVER_WAIT (a deadline never overflows)
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("18446744073709551615"),
+        );
+        let w = retry_after(&h).unwrap();
+        assert_eq!((w.asked, w.wait), (secs(u64::MAX), MAX_SERVER_WAIT));
+        // the HTTP-date form is not read
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after(&h), None);
+
+        h.insert("ratelimit-reset", HeaderValue::from_static("1000042"));
+        assert_eq!(ratelimit_reset(&h, now).unwrap().wait, secs(42));
+        h.insert("ratelimit-reset", HeaderValue::from_static("1003600"));
+        let w = ratelimit_reset(&h, now).unwrap();
+        assert_eq!((w.asked, w.wait), (secs(3_600), MAX_SERVER_WAIT));
+        // a reset in the past: no wait
+        h.insert("ratelimit-reset", HeaderValue::from_static("5"));
+        assert_eq!(ratelimit_reset(&h, now).unwrap().wait, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_plain_http_url_needs_no_roots() {
+        assert!(matches!(
+            Roots::for_url("https://api.example"),
+            Roots::System
+        ));
+        assert!(matches!(
+            Roots::for_url("http://rancher-metadata/"),
+            Roots::Empty
+        ));
     }
 }

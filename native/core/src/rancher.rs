@@ -8,10 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::event::{Error, ErrorKind, Event, Sink};
-use crate::http::{self, BodyError, Roots, TransportKind};
+use crate::http::{self, ClientOptions, Roots, Stage, TransportError};
 
-/// libcluster's metadata URL.
-pub const DEFAULT_URL: &str = "http://rancher-metadata/latest/self/service";
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
@@ -36,7 +34,7 @@ struct Container {
 }
 
 /// Node names from a `/self/service` body.
-pub fn names_from_body(basename: &str, body: &[u8]) -> Result<Vec<String>, Error> {
+fn names_from_body(basename: &str, body: &[u8]) -> Result<Vec<String>, Error> {
     let svc: Service = serde_json::from_slice(body).map_err(|e| {
         Error::new(
             ErrorKind::Malformed,
@@ -63,42 +61,22 @@ pub fn names_from_body(basename: &str, body: &[u8]) -> Result<Vec<String>, Error
 
 async fn fetch(cfg: &Config) -> Result<Vec<String>, Error> {
     // An https metadata URL is verified against the system roots.
-    let roots = if cfg.url.starts_with("https:") {
-        Roots::System
-    } else {
-        Roots::Empty
+    let opts = ClientOptions {
+        timeout: Some(cfg.timeout),
+        ..ClientOptions::new(Roots::for_url(&cfg.url))
     };
-    let tls =
-        http::tls_config(roots, false).map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?;
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .no_proxy()
-        .timeout(cfg.timeout)
-        .build()
-        .map_err(|e| Error::new(ErrorKind::Io, format!("cannot build the HTTP client: {e}")))?;
-    let describe = |e: &reqwest::Error| {
-        let t = http::classify(e);
-        let kind = match t.kind {
-            TransportKind::Timeout if e.is_timeout() => ErrorKind::Timeout,
-            TransportKind::Refused if t.connect => ErrorKind::Refused,
-            _ if t.connect => ErrorKind::Unreachable,
-            _ => ErrorKind::Malformed,
+    let client = http::client(opts, |e| Error::new(ErrorKind::Tls, e.to_string()))?;
+    let failed = |t: TransportError| {
+        let hint = match t.stage {
+            Stage::TooLarge => "",
+            _ => "; is the Rancher metadata service reachable (set rancher_metadata_url)?",
         };
-        Error::new(
-            kind,
-            format!(
-                "GET {}: {}; is the Rancher metadata service reachable (set \
-                 rancher_metadata_url)?",
-                cfg.url, t.detail
-            ),
-        )
+        Error::new(t.kind, format!("GET {}: {}{hint}", cfg.url, t.detail))
     };
-    let resp = client
+    let req = client
         .get(&cfg.url)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|e| describe(&e))?;
+        .header(reqwest::header::ACCEPT, "application/json");
+    let resp = http::send(req).await.map_err(failed)?;
     let status = resp.status();
     if !status.is_success() {
         let kind = match status.as_u16() {
@@ -114,13 +92,7 @@ async fn fetch(cfg: &Config) -> Result<Vec<String>, Error> {
             ),
         ));
     }
-    let body = http::read_body(resp, MAX_BODY).await.map_err(|e| match e {
-        BodyError::TooLarge { max } => Error::new(
-            ErrorKind::Malformed,
-            format!("GET {}: the answer is larger than {max} bytes", cfg.url),
-        ),
-        BodyError::Timeout(error) | BodyError::Broken { error, .. } => describe(&error),
-    })?;
+    let body = http::read_body(resp, MAX_BODY).await.map_err(failed)?;
     names_from_body(&cfg.basename, &body).map_err(|e| {
         Error::new(
             e.kind,

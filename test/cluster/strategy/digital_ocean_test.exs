@@ -207,9 +207,13 @@ defmodule Cluster.Strategy.DigitalOceanTest do
       assert {:discovery_error, :http_status, msg} = poll(native_opts(fake, ca))
       assert System.monotonic_time(:millisecond) - started < 2_000
       assert msg =~ "HTTP 429" and msg =~ "wait 3600 s"
+      # A server's wait is honoured for 10 minutes at most (http::MAX_SERVER_WAIT).
+      assert msg =~ "asks again in 600 s"
 
       assert {:discovery_error, :http_status, msg} = poll(native_opts(fake, ca))
       assert msg =~ "no request is sent"
+      [_, secs] = Regex.run(~r/for another (\d+) s/, msg)
+      assert String.to_integer(secs) in 590..600
       assert length(FakeDigitalOcean.requests(fake)) == 1
 
       # Another token is another quota.

@@ -22,7 +22,7 @@ const ECS_HOST: &str = "http://169.254.170.2";
 
 /// Where the credentials come from (decided once, from the environment).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Env,
     WebIdentity {
         token_file: String,
@@ -84,7 +84,7 @@ impl Source {
     }
 
     /// For logs and `Cluster.status/1`.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Source::Env => "environment (AWS_ACCESS_KEY_ID)".into(),
             Source::WebIdentity { role_arn, .. } => format!("web identity ({role_arn})"),
@@ -208,7 +208,7 @@ async fn web_identity(
         )
         .body(body);
     let what = format!("STS AssumeRoleWithWebIdentity at {endpoint} for {role_arn}");
-    let (status, bytes) = send(client, req, &endpoint, "POST").await?;
+    let (status, bytes) = send(req, &endpoint, "POST").await?;
     if status != 200 {
         let (code, message) = xml::error(&bytes).unwrap_or_default();
         let kind = crate::http::status_kind(status);
@@ -333,7 +333,7 @@ async fn container(
         req = req.header("authorization", a);
     }
     let what = format!("the container credentials endpoint {uri}");
-    let (status, body) = send(client, req, uri, "GET").await?;
+    let (status, body) = send(req, uri, "GET").await?;
     if status != 200 {
         let kind = crate::http::status_kind(status);
         return Err(Error::new(

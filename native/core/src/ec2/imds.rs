@@ -65,7 +65,7 @@ async fn token(client: &Client, st: &mut State, base: &str) -> Result<String, Er
         "x-aws-ec2-metadata-token-ttl-seconds",
         TOKEN_TTL_SECS.to_string(),
     );
-    let (status, body) = send(client, req, &url, "PUT")
+    let (status, body) = send(req, &url, "PUT")
         .await
         .map_err(|e| unreachable(base, e, timeout))?;
     if status != 200 {
@@ -107,7 +107,7 @@ pub(crate) async fn get(client: &Client, st: &mut State, path: &str) -> Result<S
             .get(&url)
             .timeout(timeout)
             .header("x-aws-ec2-metadata-token", t);
-        let (status, body) = send(client, req, &url, "GET")
+        let (status, body) = send(req, &url, "GET")
             .await
             .map_err(|e| unreachable(&base, e, timeout))?;
         match status {

@@ -22,14 +22,13 @@ mod sigv4;
 mod xml;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::backoff::Backoff;
 use crate::event::{Error, ErrorKind, Event, Sink};
-use crate::http::{self, BodyError, Roots, TransportKind};
-
-pub use credentials::Source;
+use crate::http::{self, ClientOptions, Roots, TransportError};
 
 /// A response body larger than this is refused (a page of 1000 instances is about 5 MB).
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -119,23 +118,12 @@ impl Client {
             .ca_bundle
             .clone()
             .or_else(|| settings.env("AWS_CA_BUNDLE").map(String::from));
-        let roots = match &ca {
-            Some(path) => Roots::SystemAndFile(std::path::Path::new(path)),
-            None => Roots::System,
+        // Without system roots, plain-HTTP endpoints (IMDS, a local fake) still work.
+        let opts = ClientOptions {
+            connect_timeout: Some(settings.request_timeout),
+            ..ClientOptions::new(Roots::SystemIfAnyPlus(ca.as_deref().map(Path::new)))
         };
-        let tls = match http::tls_config(roots, false) {
-            Ok(tls) => tls,
-            // Without system roots, plain-HTTP endpoints (IMDS, a local fake) still work.
-            Err(http::TlsError::NoSystemRoots) => http::tls_config(Roots::Empty, false)
-                .map_err(|e| Error::new(ErrorKind::Tls, e.to_string()))?,
-            Err(e) => return Err(Error::new(ErrorKind::Config, e.to_string())),
-        };
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .no_proxy()
-            .connect_timeout(settings.request_timeout)
-            .build()
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot build the HTTP client: {e}")))?;
+        let http = http::client(opts, |e| Error::new(ErrorKind::Config, e.to_string()))?;
         let source = credentials::Source::from_settings(&settings);
         let gate = settings.polling_interval.max(Duration::from_millis(100));
         Ok(Client {
@@ -393,7 +381,7 @@ impl Client {
 
 /// One round: the tag value (given, or this instance's own), every page, and the result: names
 /// `<prefix>@<ip>` when `prefix` is given, else the IPs themselves (for a user's `ip_to_nodename`).
-pub async fn discover(
+async fn discover(
     client: &Client,
     tag_value: Option<String>,
     prefix: Option<&str>,
@@ -462,7 +450,7 @@ async fn discover_locked(
 
 /// `prefix@ip` for each IP; anything that is not an IP address (or makes an invalid name) is
 /// dropped.
-pub fn names(prefix: &str, ips: &[String]) -> Vec<String> {
+fn names(prefix: &str, ips: &[String]) -> Vec<String> {
     let mut names: Vec<String> = ips
         .iter()
         .filter_map(|ip| {
@@ -564,36 +552,19 @@ async fn signed_post(
     for (k, v) in &headers {
         req = req.header(k.as_str(), v.as_str());
     }
-    send(client, req, endpoint, "POST").await
+    send(req, endpoint, "POST").await
 }
 
 /// Send and read the whole body: `(status, body)`, or a transport error naming the URL.
 pub(crate) async fn send(
-    _client: &Client,
     req: reqwest::RequestBuilder,
     url: &str,
     method: &str,
 ) -> Result<(u16, Vec<u8>), Error> {
-    let describe = |e: &reqwest::Error| {
-        let t = http::classify(e);
-        let kind = match t.kind {
-            TransportKind::Timeout => ErrorKind::Timeout,
-            TransportKind::Tls => ErrorKind::Tls,
-            TransportKind::Refused if t.connect => ErrorKind::Refused,
-            _ if t.connect => ErrorKind::Unreachable,
-            _ => ErrorKind::Io,
-        };
-        Error::new(kind, format!("{method} {url}: {}", t.detail))
-    };
-    let resp = req.send().await.map_err(|e| describe(&e))?;
+    let failed = |t: TransportError| Error::new(t.kind, format!("{method} {url}: {}", t.detail));
+    let resp = http::send(req).await.map_err(failed)?;
     let status = resp.status().as_u16();
-    let body = http::read_body(resp, MAX_BODY).await.map_err(|e| match e {
-        BodyError::TooLarge { max } => Error::new(
-            ErrorKind::Malformed,
-            format!("{method} {url}: the answer is larger than {max} bytes"),
-        ),
-        BodyError::Timeout(error) | BodyError::Broken { error, .. } => describe(&error),
-    })?;
+    let body = http::read_body(resp, MAX_BODY).await.map_err(failed)?;
     Ok((status, body))
 }
 

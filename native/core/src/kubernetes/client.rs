@@ -6,18 +6,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use rustls::ClientConfig;
 
 use crate::event::{Error, ErrorKind};
-use crate::http::{self, BodyError, Roots, TlsError, TransportKind};
+use crate::http::{self, ClientOptions, Roots, Stage, TlsError, TransportError};
 
 /// The most of a server's error body we quote in a log line.
 const MAX_QUOTED: usize = 400;
 
-/// The TLS config for the API server: its service account's `ca.crt` when it exists, else the
-/// system roots; no verification only with `kubernetes_insecure_skip_tls_verify`.
-pub(super) fn tls_config(ca_file: &Path, insecure: bool) -> Result<ClientConfig, Error> {
-    http::tls_config(Roots::CaFileOrSystem(ca_file), insecure).map_err(|e| match e {
+/// A TLS setup failure in words: the service account's `ca.crt`, else the system roots.
+fn tls_error(e: TlsError) -> Error {
+    match e {
         TlsError::NoSystemRoots => Error::new(
             ErrorKind::Tls,
             "no ca.crt in the service account directory and no system root certificates: \
@@ -25,7 +23,7 @@ pub(super) fn tls_config(ca_file: &Path, insecure: bool) -> Result<ClientConfig,
              ca-certificates",
         ),
         other => Error::new(ErrorKind::Tls, other.to_string()),
-    })
+    }
 }
 
 /// What a request was, for messages: verb, resource, namespace, RBAC group.
@@ -45,22 +43,23 @@ pub(super) struct ApiClient {
 }
 
 impl ApiClient {
+    /// Verified against the service account's `ca.crt` when it exists, else the system roots; no
+    /// verification only with `kubernetes_insecure_skip_tls_verify`.
     pub(super) fn new(
-        tls: ClientConfig,
-        token_file: PathBuf,
+        service_account: &Path,
+        insecure: bool,
         connect_timeout: Duration,
     ) -> Result<Self, Error> {
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .connect_timeout(connect_timeout)
-            // The API server is reached directly, as in-cluster clients do; proxies would see the token.
-            .no_proxy()
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()
-            .map_err(|e| {
-                Error::new(ErrorKind::Tls, format!("cannot build the HTTP client: {e}"))
-            })?;
-        Ok(ApiClient { http, token_file })
+        let ca = service_account.join("ca.crt");
+        let opts = ClientOptions {
+            insecure,
+            connect_timeout: Some(connect_timeout),
+            ..ClientOptions::new(Roots::CaFileOrSystem(&ca))
+        };
+        Ok(ApiClient {
+            http: http::client(opts, tls_error)?,
+            token_file: service_account.join("token"),
+        })
     }
 
     /// Read at every request: kubelet rewrites projected tokens before they expire.
@@ -102,10 +101,9 @@ impl ApiClient {
         if let Some(t) = timeout {
             builder = builder.timeout(t);
         }
-        let resp = builder
-            .send()
+        let resp = http::send(builder)
             .await
-            .map_err(|e| GetError::Failed(transport_error(req, &e)))?;
+            .map_err(|t| GetError::Failed(transport_error(req, t)))?;
         if resp.status() == StatusCode::OK {
             return Ok(resp);
         }
@@ -122,7 +120,7 @@ impl ApiClient {
 
 /// How a request failed, where the watch's control flow depends on it.
 #[derive(Debug)]
-pub enum GetError {
+pub(super) enum GetError {
     /// 410 Gone: the resourceVersion expired; the watch re-lists.
     Gone(Error),
     /// Anything else, worded for the operator.
@@ -143,36 +141,25 @@ pub(super) async fn read_limited(
     max: usize,
     req: &Request,
 ) -> Result<Vec<u8>, Error> {
-    http::read_body(resp, max).await.map_err(|e| match e {
-        BodyError::TooLarge { max } => Error::new(
-            ErrorKind::Malformed,
+    http::read_body(resp, max)
+        .await
+        .map_err(|t| transport_error(req, t))
+}
+
+/// Word a transport failure: what to check or raise.
+pub(super) fn transport_error(req: &Request, t: TransportError) -> Error {
+    let host = req.url.host_str().unwrap_or("?");
+    let port = req.url.port_or_known_default().unwrap_or(443);
+    let detail = t.detail;
+    match (t.stage, t.kind) {
+        (Stage::TooLarge, kind) => Error::new(
+            kind,
             format!(
-                "{} {}: the answer is larger than {max} bytes; narrow \
-                 kubernetes_selector or raise kubernetes_max_body_bytes",
+                "{} {}: {detail}; narrow kubernetes_selector or raise kubernetes_max_body_bytes",
                 req.verb, req.url
             ),
         ),
-        BodyError::Timeout(e) => transport_error(req, &e),
-        BodyError::Broken { read, error } => Error::new(
-            ErrorKind::Malformed,
-            format!(
-                "{} {}: the answer was truncated after {read} bytes ({}); will retry",
-                req.verb,
-                req.url,
-                http::chain(&error)
-            ),
-        ),
-    })
-}
-
-/// Word a failure before a status line arrived.
-pub(super) fn transport_error(req: &Request, e: &reqwest::Error) -> Error {
-    let host = req.url.host_str().unwrap_or("?");
-    let port = req.url.port_or_known_default().unwrap_or(443);
-    let t = http::classify(e);
-    let detail = t.detail;
-    match t.kind {
-        TransportKind::Timeout if e.is_timeout() => Error::new(
+        (_, ErrorKind::Timeout) => Error::new(
             ErrorKind::Timeout,
             format!(
                 "{} {}: no answer in time ({detail}); check that the API server {host}:{port} is \
@@ -180,7 +167,11 @@ pub(super) fn transport_error(req: &Request, e: &reqwest::Error) -> Error {
                 req.verb, req.url
             ),
         ),
-        TransportKind::Tls => Error::new(
+        (Stage::Body, kind) => Error::new(
+            kind,
+            format!("{} {}: {detail}; will retry", req.verb, req.url),
+        ),
+        (_, ErrorKind::Tls) => Error::new(
             ErrorKind::Tls,
             format!(
                 "TLS with {host}:{port} failed: {}; nothing was sent ({detail}). The server \
@@ -189,8 +180,8 @@ pub(super) fn transport_error(req: &Request, e: &reqwest::Error) -> Error {
                 tls_in_plain_words(&detail)
             ),
         ),
-        kind => Error::new(
-            kind.into(),
+        (_, kind) => Error::new(
+            kind,
             format!(
                 "{} {}: {detail}; check kubernetes_master / KUBERNETES_SERVICE_HOST and network \
                  policies",

@@ -145,11 +145,9 @@ impl Config {
     }
 
     fn client(&self) -> Result<ApiClient, Error> {
-        let ca = self.service_account_path.join("ca.crt");
-        let tls = client::tls_config(&ca, self.insecure_skip_tls_verify)?;
         ApiClient::new(
-            tls,
-            self.service_account_path.join("token"),
+            &self.service_account_path,
+            self.insecure_skip_tls_verify,
             self.request_timeout.min(Duration::from_secs(10)),
         )
     }

@@ -308,15 +308,14 @@ async fn watch_once(
                 return Ok(WatchEnd::Closed);
             }
             Ok(Err(e)) => {
+                let t = crate::http::classify(&e);
                 return Err(Error::new(
-                    ErrorKind::Io,
+                    t.kind,
                     format!(
                         "watch {}: the stream broke ({}); reconnecting from resourceVersion {}",
-                        req.url,
-                        crate::http::chain(&e),
-                        version
+                        req.url, t.detail, version
                     ),
-                ))
+                ));
             }
         };
         let mut rest: &[u8] = &chunk;
