@@ -99,6 +99,17 @@ defmodule Cluster.Strategy.GossipNetnsTest do
     flood = GossipSender.fresh_names(2_000, evil.ip)
     sock_opts = [multicast_if: ip(evil.ip), multicast_ttl: 1]
 
+    sups = start(started, peers, List.duplicate(config, 4))
+    t0 = System.monotonic_time(:millisecond)
+
+    # The hostile traffic starts once every node listens (a blast sent before a socket is open
+    # reaches nobody, and the checks below would then prove nothing).
+    eventually(fn ->
+      Enum.all?(Enum.zip(peers, sups), fn {{p, _}, sup} ->
+        Map.get(counters(p, sup), :socket_opened, 0) > 0
+      end)
+    end)
+
     hostile =
       Task.async(fn ->
         Peer.call(
@@ -109,9 +120,6 @@ defmodule Cluster.Strategy.GossipNetnsTest do
           30_000
         )
       end)
-
-    sups = start(started, peers, List.duplicate(config, 4))
-    t0 = System.monotonic_time(:millisecond)
 
     Peer.call(
       evil_pid,
