@@ -1,5 +1,6 @@
 defmodule Cluster.GracefulLeaveTest do
-  use ExUnit.Case, async: false
+  # A real peer whose application drains at shutdown. Async: nothing global here.
+  use ExUnit.Case, async: true
   import LibclusterRs.Test.Eventually
   alias LibclusterRs.Test.Peer
 

@@ -10,6 +10,8 @@ defmodule Cluster.PartitionTest do
   alias LibclusterRs.Test.{Partition, Peer}
 
   @moduletag :root
+  # Five nodes, a partition held for seconds by design: the slow lane (README, "Tests").
+  @moduletag :slow
   @moduletag timeout: 180_000
 
   # The topology's membership options (`[probe: false]` is the membership before the heal probe).

@@ -1,14 +1,18 @@
 defmodule Cluster.RedialStormTest do
   # A real peer that accepts every connection and drops it at once: a topology dials it at most
   # about twice a second (libcluster: once per round), not in a tight loop.
-  use ExUnit.Case, async: false
+  # Async: the peers are real nodes of their own (a loaded machine only lowers the dial rates,
+  # which are bounded from above).
+  use ExUnit.Case, async: true
 
   alias Cluster.Strategy.Epmd
   alias LibclusterRs.Test.{Flapper, Peer}
 
   @moduletag timeout: 120_000
 
-  setup do
+  # One flapping peer and one dialling peer for the module; each test runs its own topology on
+  # the dialler (stopped after it) and counts from a fresh counter.
+  setup_all do
     id = System.unique_integer([:positive])
     {flapper, flapper_node} = Peer.start("flapper#{id}", "127.0.0.1")
     {dialer, _} = Peer.start("dialer#{id}", "127.0.0.1")
@@ -19,12 +23,16 @@ defmodule Cluster.RedialStormTest do
     end)
 
     :ok = Peer.call(flapper, Flapper, :start_dropping, [])
-    :ok = Peer.call(dialer, Flapper, :start_counter, [])
     %{flapper: flapper, flapper_node: flapper_node, dialer: dialer}
   end
 
+  setup ctx do
+    :ok = Peer.call(ctx.dialer, Flapper, :start_counter, [])
+    %{drops_before: Peer.call(ctx.flapper, Flapper, :drops, [])}
+  end
+
   defp start_topology(ctx, config) do
-    {:ok, _} =
+    {:ok, sup} =
       Peer.start_cluster(ctx.dialer,
         storm: [
           strategy: Epmd,
@@ -32,6 +40,8 @@ defmodule Cluster.RedialStormTest do
           connect: {Flapper, :counted_connect, []}
         ]
       )
+
+    on_exit(fn -> Peer.call(ctx.dialer, Supervisor, :stop, [sup]) end)
   end
 
   # Counts the dials over `ms` from the topology's start, and checks the peer really accepted
@@ -42,7 +52,8 @@ defmodule Cluster.RedialStormTest do
     Process.sleep(ms)
     calls = Peer.call(ctx.dialer, Flapper, :calls, [])
     elapsed = System.monotonic_time(:millisecond) - t0
-    assert Peer.call(ctx.flapper, Flapper, :drops, []) >= 1, "the peer never accepted a connection"
+    drops = Peer.call(ctx.flapper, Flapper, :drops, []) - ctx.drops_before
+    assert drops >= 1, "the peer never accepted a connection"
     {calls, elapsed}
   end
 

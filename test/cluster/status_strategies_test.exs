@@ -1,7 +1,8 @@
 defmodule Cluster.StatusStrategiesTest do
   # `Cluster.status/1` for real strategies: Kubernetes (watch) against the fake API server through
-  # its lifecycle, and gossip's counters under `extra` on a peer node.
-  use ExUnit.Case, async: false
+  # its lifecycle, and gossip's counters under `extra` on a peer node. Async: topology names of
+  # its own, and a gossip port range no other test uses (46_600-46_899).
+  use ExUnit.Case, async: true
   import LibclusterRs.Test.Eventually
   import ExUnit.CaptureLog
 
@@ -74,7 +75,7 @@ defmodule Cluster.StatusStrategiesTest do
 
   @tag timeout: 30_000
   test "gossip: accepted and rejected counters under extra" do
-    port = 47_600 + rem(System.unique_integer([:positive]), 300)
+    port = 46_600 + rem(System.unique_integer([:positive]), 300)
     {p, _} = Peer.start("gstatus", "127.0.0.1", args: [~c"-connect_all", ~c"false"])
     on_exit(fn -> Peer.stop(p) end)
 

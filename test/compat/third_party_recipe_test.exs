@@ -14,7 +14,8 @@ defmodule Cluster.Compat.ThirdPartyRecipeTest do
   # cargo reuses the debug build of this checkout.
   use ExUnit.Case, async: false
 
-  @moduletag :slow
+  # compiles fresh apps and builds releases: the packaging lane (README, "Tests")
+  @moduletag :packaging
   @moduletag :tmp_dir
   @moduletag timeout: 900_000
 

@@ -8,8 +8,7 @@ defmodule LibclusterRs.Test.HttpFakeTest do
   setup_all do
     :inets.start()
     :ssl.start()
-    ca = TestCA.make!()
-    on_exit(fn -> TestCA.remove(ca) end)
+    ca = TestCA.shared!()
     %{ca: ca}
   end
 

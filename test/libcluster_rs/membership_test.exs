@@ -2,8 +2,9 @@ defmodule LibclusterRs.MembershipTest do
   # LibclusterRs.Membership driven directly, over the fake distribution (LibclusterRs.Test.FakeDist):
   # every dial is reported to the test as `{:connect, node}` (and, for a `:hang` or `:wait` peer, the
   # attempt's pid as `{:pending, :connect, node, pid}`), every disconnect as `{:disconnect, node}`;
-  # how a dial ends is set per node, and a node not set refuses.
-  use ExUnit.Case, async: false
+  # how a dial ends is set per node, and a node not set refuses. Async: each test has a topology
+  # of its own (telemetry is forwarded for those only, logs are read per topology).
+  use ExUnit.Case, async: true
   import ExUnit.CaptureLog
 
   alias LibclusterRs.Membership
@@ -45,6 +46,11 @@ defmodule LibclusterRs.MembershipTest do
     m
   end
 
+  # The lines a topology logged (other async modules log into the same capture).
+  defp lines_of(log, topology) do
+    log |> String.split("\n") |> Enum.filter(&(&1 =~ "[libcluster:#{topology}]")) |> Enum.join("\n")
+  end
+
   defp dials(acc \\ []) do
     receive do
       {:connect, n} -> dials([n | acc])
@@ -65,15 +71,20 @@ defmodule LibclusterRs.MembershipTest do
     assert_receive {:pending, :connect, n2, _p2}, 500
     assert_received {:connect, ^n1}
     assert_received {:connect, ^n2}
-    refute_receive {:connect, _}, 150
+    # two attempts out, three queued: the membership's own state says so
+    assert map_size(:sys.get_state(m).inflight) == 2
+    refute_received {:connect, _}
 
     FakeDist.reply(p1, :accept)
     assert_receive {:pending, :connect, n3, p3}, 500
     assert_received {:connect, ^n3}
-    refute_receive {:connect, _}, 100
+    assert map_size(:sys.get_state(m).inflight) == 2
+    refute_received {:connect, _}
     FakeDist.reply(p3, :refuse)
-    assert_receive {:connect, _}, 500
-    refute_receive {:connect, _}, 100
+    assert_receive {:connect, n4}, 500
+    assert_receive {:pending, :connect, ^n4, _}, 500
+    assert map_size(:sys.get_state(m).inflight) == 2
+    refute_received {:connect, _}
   end
 
   @tag capture_log: true
@@ -86,7 +97,8 @@ defmodule LibclusterRs.MembershipTest do
     assert_receive {:pending, :connect, :hang@h, hung}, 500
     assert_receive {:connect, :ok@h}, 500
     assert Peer.wait_until(fn -> :ok@h in FakeDist.up(net) end, 500)
-    assert System.monotonic_time(:millisecond) - t0 < 100
+    # before the hung attempt's deadline: it did not wait for it
+    assert System.monotonic_time(:millisecond) - t0 < 300
 
     assert_receive {:telemetry, [:libcluster, :connect_node, :error], %{duration: d},
                     %{node: :hang@h, topology: ^t, reason: :timeout}},
@@ -125,8 +137,9 @@ defmodule LibclusterRs.MembershipTest do
     # the first attempt and (at least) five retries were real dials
     assert length(dials()) >= 6
 
-    # no longer discovered: no more retries
+    # no longer discovered: forgotten, and no more retries (the window outlasts backoff_max)
     Membership.discovered(m, [])
+    assert Membership.status(m).pending == %{}
     _ = dials()
     Process.sleep(200)
     assert dials() == []
@@ -327,6 +340,7 @@ defmodule LibclusterRs.MembershipTest do
           assert f >= 1
         end)
 
+      log = lines_of(log, t)
       refute log =~ "connected to"
       assert log =~ "list_nodes does not show it"
     end
@@ -415,6 +429,7 @@ defmodule LibclusterRs.MembershipTest do
           Process.sleep(50)
         end)
 
+      log = lines_of(log, t)
       assert length(String.split(log, "connected to :\"up@127.0.0.1\"")) == 2, log
     end
   end

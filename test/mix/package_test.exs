@@ -3,6 +3,9 @@ defmodule LibclusterRs.PackageTest do
   # conventions (target, NIF version, names) and where this project's own build puts its NIF.
   use ExUnit.Case, async: true
 
+  # the packaging lane (README, "Tests"), with the tests that build and install the package
+  @moduletag :packaging
+
   alias LibclusterRs.Precompiled
   alias Mix.Tasks.Compile.LibclusterRsNative, as: Compiler
 

@@ -55,8 +55,7 @@ defmodule LibclusterRs.PrecompiledTest do
            }
 
     bin = no_cargo_bin!(Path.join(tmp, "bin"))
-    certs = LibclusterRs.Test.TestCA.make!()
-    on_exit(fn -> LibclusterRs.Test.TestCA.remove(certs) end)
+    certs = LibclusterRs.Test.TestCA.shared!()
     app = new_app!(Path.join(tmp, "app"), lib)
 
     # Compiles the app's Elixir code once; each test then reinstalls only the NIF.

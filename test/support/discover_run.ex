@@ -1,25 +1,60 @@
 defmodule LibclusterRs.Test.DiscoverRun do
   @moduledoc false
   # Running `mix libcluster.discover` in tests: the task runs in a process of its own (the owner of
-  # the discovery), its stdout and stderr are captured, and the topologies config is restored after.
+  # the discovery), its stdout and stderr are captured, and it reads the topologies the test set
+  # with `configure!/2`.
+  #
+  # The task reads `config :libcluster` / `config :libcluster_rs` (application env, global) and
+  # writes to the shell (stderr, global), so every run holds one lock for the run's whole VM: the
+  # env holds the test's topologies only while its run holds the lock, and is restored after.
+  # Tests of async modules can run the task without seeing each other's config.
+  #
+  #   DiscoverRun.configure!(dns: [strategy: ..., config: ..., connect: MFA.recorder(self(), :connect)])
+  #   {status, output, ms} = DiscoverRun.run(["dns", "--timeout", "3000"])
   import ExUnit.CaptureIO
 
   alias Mix.Tasks.Libcluster.Discover
 
-  @doc "Saves both apps' `:topologies` and restores them when the test exits; clears `:libcluster_rs`'s."
-  def isolate_topologies do
-    saved = for app <- [:libcluster, :libcluster_rs], do: {app, Application.get_env(app, :topologies)}
+  @apps [:libcluster, :libcluster_rs]
 
-    ExUnit.Callbacks.on_exit(fn ->
-      for {app, value} <- saved do
-        if value,
-          do: Application.put_env(app, :topologies, value),
-          else: Application.delete_env(app, :topologies)
+  @doc """
+  The topologies the next runs of this test process see under `app`'s `:topologies` (the other
+  app's are left empty unless set too), after checking every MFA in them (LibclusterRs.Test.MFA):
+  a dry-run test passes a recording connect MFA to show that nothing is connected, and one that
+  does not exist would make that check unable to fail. `configure!([])` clears them.
+  """
+  def configure!(topologies, app \\ :libcluster) when app in @apps do
+    LibclusterRs.Test.MFA.check_topologies!(topologies)
+    Process.put({__MODULE__, app}, topologies)
+    :ok
+  end
+
+  @doc """
+  Runs `fun` with the application env holding this test's topologies (`configure!/2`), under the
+  lock every run takes; restores the env after.
+  """
+  def locked(fun) do
+    LibclusterRs.Test.Lock.hold(__MODULE__, fn ->
+      saved = for app <- @apps, do: {app, Application.fetch_env(app, :topologies)}
+
+      try do
+        for app <- @apps do
+          case Process.get({__MODULE__, app}) do
+            nil -> Application.delete_env(app, :topologies)
+            topologies -> Application.put_env(app, :topologies, topologies)
+          end
+        end
+
+        fun.()
+      after
+        for {app, value} <- saved do
+          case value do
+            {:ok, topologies} -> Application.put_env(app, :topologies, topologies)
+            :error -> Application.delete_env(app, :topologies)
+          end
+        end
       end
     end)
-
-    Application.delete_env(:libcluster_rs, :topologies)
-    :ok
   end
 
   @doc """
@@ -27,6 +62,10 @@ defmodule LibclusterRs.Test.DiscoverRun do
   `{exit_status, stdout <> stderr, elapsed_ms}`.
   """
   def run(args, during \\ fn _ -> :ok end) do
+    locked(fn -> capture(args, during) end)
+  end
+
+  defp capture(args, during) do
     parent = self()
 
     stderr =

@@ -54,6 +54,7 @@ defmodule LibclusterRs.Test.FakeDigitalOcean do
   def requests(%__MODULE__{http: http}), do: HttpFake.requests(http)
   def clear_requests(%__MODULE__{http: http}), do: HttpFake.clear_requests(http)
   def fault(%__MODULE__{http: http}, fault, count \\ 1), do: HttpFake.fault(http, fault, count)
+  def faults_left(%__MODULE__{http: http}), do: HttpFake.faults_left(http)
 
   @doc """
   A Droplet as the API returns it (the attributes of a real one, so bodies have a real size):

@@ -1,7 +1,7 @@
 defmodule LibclusterRs.Test.FakeKube do
   @moduledoc false
-  # A Kubernetes API server for tests: HTTPS on 127.0.0.1 (or `ip:`, e.g. a netns bridge) with a CA and server certificate made for
-  # the run (openssl CLI), bearer-token checks, list and watch (chunked JSON event stream) of
+  # A Kubernetes API server for tests: HTTPS on 127.0.0.1 (or `ip:`, e.g. a netns bridge) with the
+  # run's CA and server certificate (TestCA.shared!/1), bearer-token checks, list and watch (chunked JSON event stream) of
   # Endpoints, Pods and EndpointSlices in the shapes of the API reference, label and field
   # selectors, resourceVersions, bookmarks and 410 Gone, and injectable faults.
   #
@@ -58,9 +58,10 @@ defmodule LibclusterRs.Test.FakeKube do
     File.rm_rf!(dir)
   end
 
-  # The CA, the other CA and the server certificate come from TestCA, copied into this server's dir.
+  # The CA, the other CA and the server certificate come from the run's TestCA for `ip`, copied
+  # into this server's dir (tests delete or rewrite the service account's files).
   defp certs!(dir, ip) do
-    ca = LibclusterRs.Test.TestCA.make!(ips: [ip])
+    ca = LibclusterRs.Test.TestCA.shared!(ips: [ip])
 
     for {from, to} <- [
           {ca.ca, "ca.crt"},
@@ -69,8 +70,6 @@ defmodule LibclusterRs.Test.FakeKube do
           {ca.key, "server.key"}
         ],
         do: File.cp!(from, Path.join(dir, to))
-
-    LibclusterRs.Test.TestCA.remove(ca)
   end
 
   ## Objects
@@ -81,6 +80,8 @@ defmodule LibclusterRs.Test.FakeKube do
     do: GenServer.call(pid, {:delete, kind, ns, name})
 
   def fault(%__MODULE__{pid: pid}, verb, fault), do: GenServer.call(pid, {:fault, verb, fault})
+  @doc "How many queued faults no request has consumed yet (a barrier: `0` once all were served)."
+  def faults_left(%__MODULE__{pid: pid}), do: GenServer.call(pid, :faults_left)
   def requests(%__MODULE__{pid: pid}), do: GenServer.call(pid, :requests)
   def clear_requests(%__MODULE__{pid: pid}), do: GenServer.call(pid, :clear_requests)
   def break_watches(%__MODULE__{pid: pid}), do: GenServer.call(pid, {:notify, :break})
@@ -322,6 +323,7 @@ defmodule LibclusterRs.Test.FakeKube do
   def handle_call(:requests, _from, s), do: {:reply, Enum.reverse(s.requests), s}
   def handle_call(:clear_requests, _from, s), do: {:reply, :ok, %{s | requests: []}}
   def handle_call(:watchers, _from, s), do: {:reply, map_size(s.watchers), s}
+  def handle_call(:faults_left, _from, s), do: {:reply, length(s.faults), s}
   def handle_call({:token, token}, _from, s), do: {:reply, :ok, %{s | token: token}}
   def handle_call({:grant, verbs}, _from, s), do: {:reply, :ok, %{s | verbs: verbs}}
 

@@ -10,6 +10,7 @@ defmodule LibclusterRs.Test.HttpFake do
   #   HttpFake.requests(fake)     #=> [%{method: "GET", path: "/v2/droplets", query: %{...}, headers: %{...}, body: ""}]
   #   HttpFake.fault(fake, {429, [{"retry-after", "1"}], "slow down"}, 2)   # the next 2 requests
   #   HttpFake.fault(fake, {:delay, 3_000})                                 # then answer normally
+  #   HttpFake.faults_left(fake)  #=> 0 once every queued fault was served
   #   HttpFake.stop(fake)
   #
   # A request is `%{method, path, query (decoded map), raw_query, headers (lowercased keys), body}`.
@@ -35,6 +36,8 @@ defmodule LibclusterRs.Test.HttpFake do
   def requests(%__MODULE__{pid: pid}), do: GenServer.call(pid, :requests)
   def clear_requests(%__MODULE__{pid: pid}), do: GenServer.call(pid, :clear_requests)
   def fault(%__MODULE__{pid: pid}, fault, count \\ 1), do: GenServer.call(pid, {:fault, fault, count})
+  @doc "How many queued faults no request has consumed yet (a barrier: `0` once all were served)."
+  def faults_left(%__MODULE__{pid: pid}), do: GenServer.call(pid, :faults_left)
   def set_handler(%__MODULE__{pid: pid}, handler), do: GenServer.call(pid, {:handler, handler})
 
   def stop(%__MODULE__{pid: pid}) do
@@ -99,6 +102,7 @@ defmodule LibclusterRs.Test.HttpFake do
   def handle_call(:info, _from, s), do: {:reply, {s.port, s.ip, s.scheme}, s}
   def handle_call(:requests, _from, s), do: {:reply, Enum.reverse(s.requests), s}
   def handle_call(:clear_requests, _from, s), do: {:reply, :ok, %{s | requests: []}}
+  def handle_call(:faults_left, _from, s), do: {:reply, length(s.faults), s}
   def handle_call({:handler, h}, _from, s), do: {:reply, :ok, %{s | handler: h}}
 
   def handle_call({:fault, fault, count}, _from, s),

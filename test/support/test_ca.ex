@@ -7,6 +7,10 @@ defmodule LibclusterRs.Test.TestCA do
   #   ca = TestCA.make!(ips: [{127, 0, 0, 1}])
   #   ca.ca / ca.cert / ca.key / ca.client_cert / ca.client_key / ca.other_ca   (paths)
   #   TestCA.remove(ca)
+  #
+  # Tests use `shared!/1`: one CA per run and per set of IPs and host names (six openssl calls
+  # each), made by the first test that asks, kept read-only and removed after the suite
+  # (test_helper.exs). A test that changes a file copies it first (FakeKube copies ca.crt).
 
   defstruct [:dir, :ca, :cert, :key, :client_cert, :client_key, :other_ca]
 
@@ -52,4 +56,37 @@ defmodule LibclusterRs.Test.TestCA do
   end
 
   def remove(%__MODULE__{dir: dir}), do: File.rm_rf!(dir)
+
+  @doc """
+  The run's CA for these `ips` and `hostnames` (the options of `make!/1`): made once, whichever
+  test (of whichever async module) asks first, the others wait for it.
+  """
+  def shared!(opts \\ []) do
+    key = {__MODULE__, Enum.sort(Keyword.get(opts, :ips, [{127, 0, 0, 1}])), Keyword.get(opts, :hostnames)}
+
+    case :persistent_term.get(key, nil) do
+      nil ->
+        # the first makers of one key take turns (LibclusterRs.Test.Lock, started by test_helper.exs)
+        LibclusterRs.Test.Lock.hold(key, fn ->
+          with nil <- :persistent_term.get(key, nil) do
+            ca = make!(opts)
+            :persistent_term.put(key, ca)
+            ca
+          end
+        end)
+
+      ca ->
+        ca
+    end
+  end
+
+  @doc "Removes the CAs `shared!/1` made (after the suite)."
+  def remove_shared do
+    for {{__MODULE__, _, _} = key, ca} <- :persistent_term.get() do
+      remove(ca)
+      :persistent_term.erase(key)
+    end
+
+    :ok
+  end
 end

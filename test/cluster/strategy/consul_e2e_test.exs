@@ -17,8 +17,7 @@ defmodule Cluster.Strategy.ConsulE2ETest do
     on_exit(fn -> Netns.teardown(net) end)
     for h <- net.hosts, do: Netns.exec!(h.ns, "epmd", ["-daemon"])
     gateway = {198, 18, @subnet, 1}
-    ca = TestCA.make!(ips: [gateway])
-    on_exit(fn -> TestCA.remove(ca) end)
+    ca = TestCA.shared!(ips: [gateway])
     # The agent listens on the bridge's gateway address, reachable from every namespace.
     consul = FakeConsul.start!(tls: ca, client_ca: ca.ca, ip: gateway)
     on_exit(fn -> FakeConsul.stop(consul) end)
@@ -70,9 +69,17 @@ defmodule Cluster.Strategy.ConsulE2ETest do
     for fault <- [{500, [], "boom"}, {403, [], "Permission denied"}, {500, [], "boom"}, {500, [], "boom"}],
         do: HttpFake.fault(FakeConsul.http(consul), fault)
 
+    # Every fault is served, and both strategies hold a query again (each handled its faults
+    # first); p3 saw no nodedown meanwhile.
+    :ok = Peer.call(p3, LibclusterRs.Test.EventLog, :start, [])
     put.([ip1, ip2, ip3])
-    # (the sleep is the window in which nobody may be disconnected)
-    Process.sleep(1_500)
+
+    eventually(
+      fn -> HttpFake.faults_left(FakeConsul.http(consul)) == 0 and FakeConsul.blocked(consul) == 2 end,
+      15_000
+    )
+
+    assert Peer.call(p3, LibclusterRs.Test.EventLog, :events, []) == []
     assert length(Peer.nodes(p3)) == 2
     assert n2 in Peer.nodes(p1)
 

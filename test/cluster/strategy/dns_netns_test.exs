@@ -57,8 +57,20 @@ defmodule Cluster.Strategy.DNSNetnsTest do
     :ok = Peer.call(p3, Supervisor, :stop, [Enum.at(sups, 2)])
 
     eventually(fn -> Peer.nodes(p1) == [n2] and Peer.nodes(p2) == [n1] end, 10_000)
-    # ...and it stays pruned (the sleep is the window in which nothing may happen)
-    Process.sleep(1_000)
+    # ...and it stays pruned: both strategies finish two more rounds without it.
+    status = fn p -> p |> Peer.call(Cluster, :status, [:dns]) |> elem(1) end
+    rounds = for p <- [p1, p2], do: {p, status.(p).rounds}
+
+    eventually(
+      fn ->
+        Enum.all?(rounds, fn {p, r} ->
+          s = status.(p)
+          s.rounds >= r + 3 and n3 not in s.last_discovered
+        end)
+      end,
+      10_000
+    )
+
     assert Peer.nodes(p1) == [n2]
     assert Peer.nodes(p3) == []
 

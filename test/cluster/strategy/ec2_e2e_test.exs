@@ -25,8 +25,7 @@ defmodule Cluster.Strategy.EC2E2ETest do
     for h <- net.hosts, do: Netns.exec!(h.ns, "epmd", ["-daemon"])
     [ip1, ip2, ip3] = Enum.map(net.hosts, & &1.ip)
 
-    ca = TestCA.make!(ips: [@gateway])
-    on_exit(fn -> TestCA.remove(ca) end)
+    ca = TestCA.shared!(ips: [@gateway])
     fake = FakeAWS.start!(ca, host: "198.18.#{@subnet}.1")
     on_exit(fn -> FakeAWS.stop(fake) end)
 
@@ -89,8 +88,12 @@ defmodule Cluster.Strategy.EC2E2ETest do
 
     eventually(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 10_000)
 
-    # EC2 fails, throttles and answers garbage: nobody is disconnected (the sleep is the window in
-    # which nothing may happen).
+    # EC2 fails, throttles and answers garbage: nobody is disconnected. Every fault is served, then
+    # both strategies finish a good round; p3 saw no nodedown meanwhile.
+    :ok = Peer.call(p3, LibclusterRs.Test.EventLog, :start, [])
+    served = fn -> fake |> FakeAWS.log() |> Enum.count(&(&1["fault"] != nil)) end
+    served_before = served.()
+
     for f <- [
           [status: 500],
           [status: 503, code: "RequestLimitExceeded"],
@@ -100,7 +103,19 @@ defmodule Cluster.Strategy.EC2E2ETest do
         ],
         do: FakeAWS.fault(fake, [on: "ec2"] ++ f)
 
-    Process.sleep(2_000)
+    eventually(fn -> served.() == served_before + 5 end, 15_000)
+    status = fn p -> p |> Peer.call(Cluster, :status, [:ec2]) |> elem(1) end
+    rounds = for p <- [p1, p2], do: {p, status.(p).rounds}
+
+    # (a round that starts after a sampled one has ended it)
+    eventually(
+      fn ->
+        Enum.all?(rounds, fn {p, r} -> match?(%{rounds: n, error_streak: 0} when n >= r + 2, status.(p)) end)
+      end,
+      15_000
+    )
+
+    assert Peer.call(p3, LibclusterRs.Test.EventLog, :events, []) == []
     assert Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2])
 
     # The instance loses its tag: both strategies prune it.

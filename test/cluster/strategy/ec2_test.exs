@@ -18,8 +18,7 @@ defmodule Cluster.Strategy.EC2Test do
   @tag_value "web tier é ü 日本 & <x>"
 
   setup_all do
-    ca = TestCA.make!(ips: [{127, 0, 0, 1}])
-    on_exit(fn -> TestCA.remove(ca) end)
+    ca = TestCA.shared!(ips: [{127, 0, 0, 1}])
     {:ok, ca: ca}
   end
 
@@ -455,8 +454,6 @@ defmodule Cluster.Strategy.EC2Test do
     end
 
     test "Cluster.status and the dry run say ec2:DescribeInstances is missing", %{fake: fake, ca: ca} do
-      DiscoverRun.isolate_topologies()
-
       for _ <- 1..20,
           do:
             FakeAWS.fault(fake,
@@ -485,23 +482,21 @@ defmodule Cluster.Strategy.EC2Test do
       assert status.extra.ec2.tag_name == @tag_name
       assert status.extra.ec2.credentials =~ "environment"
 
-      Application.put_env(:libcluster, :topologies,
-        ec2: [strategy: Cluster.Strategy.EC2, config: config, connect: {Kernel, :send, [self(), :connect]}]
-      )
-
+      DiscoverRun.configure!(ec2: [strategy: Cluster.Strategy.EC2, config: config])
       {status, out, _ms} = DiscoverRun.run(["ec2"])
       assert status != 0
       assert out =~ "ec2:DescribeInstances", out
-      refute_received :connect
     end
 
-    test "the dry run lists the nodes", %{fake: fake, ca: ca} do
-      DiscoverRun.isolate_topologies()
+    test "the dry run lists the nodes and connects none", %{fake: fake, ca: ca} do
       config = [ec2_tagname: @tag_name, ec2_tagvalue: @tag_value, env: env(fake, ca, @static)]
-      Application.put_env(:libcluster, :topologies, ec2: [strategy: Cluster.Strategy.EC2, config: config])
+      # a connect would reach this process as {:connect, node}
+      connect = LibclusterRs.Test.MFA.recorder(self(), :connect)
+      DiscoverRun.configure!(ec2: [strategy: Cluster.Strategy.EC2, config: config, connect: connect])
       {status, out, _ms} = DiscoverRun.run(["ec2"])
       assert status == 0, out
       for n <- @names, do: assert(out =~ n)
+      refute_received {:connect, _}
 
       FakeAWS.config(fake, instances: [])
       {status, out, _ms} = DiscoverRun.run(["ec2"])

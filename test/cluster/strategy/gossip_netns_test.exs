@@ -99,6 +99,17 @@ defmodule Cluster.Strategy.GossipNetnsTest do
     flood = GossipSender.fresh_names(2_000, evil.ip)
     sock_opts = [multicast_if: ip(evil.ip), multicast_ttl: 1]
 
+    sups = start(started, peers, List.duplicate(config, 4))
+    t0 = System.monotonic_time(:millisecond)
+
+    # The hostile traffic starts once every node listens (a blast sent before a socket is open
+    # reaches nobody, and the checks below would then prove nothing).
+    eventually(fn ->
+      Enum.all?(Enum.zip(peers, sups), fn {{p, _}, sup} ->
+        Map.get(counters(p, sup), :socket_opened, 0) > 0
+      end)
+    end)
+
     hostile =
       Task.async(fn ->
         Peer.call(
@@ -109,9 +120,6 @@ defmodule Cluster.Strategy.GossipNetnsTest do
           30_000
         )
       end)
-
-    sups = start(started, peers, List.duplicate(config, 4))
-    t0 = System.monotonic_time(:millisecond)
 
     Peer.call(
       evil_pid,
@@ -158,10 +166,19 @@ defmodule Cluster.Strategy.GossipNetnsTest do
         Peer.call(evil_pid, GossipSender, :flood, [@group, 45896, evil.ip, 1_000, 8_000, sock_opts], 20_000)
       end)
 
-    # Long enough for every allowance the flood can reach to be spent (the old per-node bucket
-    # was empty after 64 ms).
-    Process.sleep(2_000)
-    limited_before = for {{p, _}, sup} <- Enum.zip(cluster, sups), do: counters(p, sup).rejected_rate_limited
+    # Every allowance the flood can reach is spent: each node has rejected hundreds of its names
+    # (more than every burst: 64 per sender, 256 in total).
+    limited_before =
+      eventually(
+        fn ->
+          limited =
+            for {{p, _}, sup} <- Enum.zip(cluster, sups),
+                do: Map.get(counters(p, sup), :rejected_rate_limited, 0)
+
+          Enum.all?(limited, &(&1 >= 500)) && limited
+        end,
+        10_000
+      )
 
     _ = start(started, [newcomer], [config])
     eventually(fn -> meshed?(peers) end, 2_000)
@@ -237,16 +254,21 @@ defmodule Cluster.Strategy.GossipNetnsTest do
       sock_opts
     ])
 
-    # (the sleep is the window in which no replayed or forged packet may connect anything)
-    Process.sleep(1_000)
+    # Every node has received the blast (its counters say so), and nothing was connected by it.
+    eventually(
+      fn ->
+        all = for {{p, _}, sup} <- Enum.zip(peers, sups), do: counters(p, sup)
+
+        Enum.all?(all, &(Map.get(&1, :rejected_auth, 0) > 100)) and
+          Enum.sum(Enum.map(all, &Map.get(&1, :rejected_replay, 0))) >= 20
+      end,
+      10_000
+    )
+
     assert Peer.nodes(p1) == [n2]
     assert Peer.nodes(p2) == [n1]
     assert Peer.nodes(p3) == [n4]
     assert Peer.nodes(p4) == [n3]
-
-    all = for {{p, _}, sup} <- Enum.zip(peers, sups), do: counters(p, sup)
-    assert Enum.all?(all, &(&1.rejected_auth > 100))
-    assert Enum.sum(Enum.map(all, &Map.get(&1, :rejected_replay, 0))) >= 20
   end
 
   defp flip(bin, i) do

@@ -1,5 +1,7 @@
 defmodule Cluster.Strategy.GossipTest do
-  use ExUnit.Case, async: false
+  # Async: the peers are real nodes of their own, on multicast ports of their own; the check that
+  # counts this VM's atoms is in gossip_atoms_test.exs (synchronous).
+  use ExUnit.Case, async: true
   import LibclusterRs.Test.Eventually
 
   alias LibclusterRs.Native
@@ -45,24 +47,6 @@ defmodule Cluster.Strategy.GossipTest do
       assert {:error, _} = Native.gossip_decode(iv <> ct, :v1, "wrong")
       assert {:error, _} = Native.gossip_decode(iv <> ct, :authenticated, secret)
       assert Native.gossip_decode(iv <> ct, :both, secret) == {:ok, "other@10.0.0.2"}
-    end
-
-    test "hostile datagrams are rejected without creating atoms" do
-      # warm up (module loading makes atoms of its own)
-      for d <- GossipSender.garbage(10), do: Native.gossip_decode(d, :v1, nil)
-      before = :erlang.system_info(:atom_count)
-
-      for d <- GossipSender.garbage(200) do
-        assert {:error, reason} = Native.gossip_decode(d, :v1, nil)
-        assert is_atom(reason)
-      end
-
-      assert :erlang.system_info(:atom_count) == before
-
-      # valid heartbeats of unknown names make no atom either: only LibclusterRs.NodeName does, later
-      flood = GossipSender.fresh_names(50, "127.0.0.1")
-      for {_, d} <- flood, do: assert({:ok, _} = Native.gossip_decode(d, :v1, nil))
-      assert GossipSender.existing_atoms(Enum.map(flood, &elem(&1, 0))) == 0
     end
   end
 
@@ -305,14 +289,20 @@ defmodule Cluster.Strategy.GossipTest do
       pid = strategy.()
       status = fn -> elem(Peer.call(late, Cluster, :status, [:gossip]), 1) end
 
-      # Not distributed: it runs, sends nothing, and reports nothing (for a second: the sleep is
-      # the window in which nothing may happen).
-      Process.sleep(1_000)
+      # Not distributed: it runs, sends nothing, and reports nothing, through several heartbeats
+      # it skipped (its counter says so).
+      counters =
+        eventually(
+          fn ->
+            c = status.().extra.counters
+            Map.get(c, :ignored_not_distributed, 0) >= 3 && c
+          end,
+          10_000
+        )
+
       assert strategy.() == pid
       assert Peer.nodes(a) == []
-      counters = status.().extra.counters
       assert Map.get(counters, :sent, 0) == 0
-      assert counters.ignored_not_distributed > 0
 
       name = :"gossiplate#{System.unique_integer([:positive])}@127.0.0.1"
       {:ok, _} = Peer.call(late, Node, :start, [name, :longnames])

@@ -6,7 +6,7 @@ defmodule Cluster.Strategy.KubernetesE2ETest do
   use ExUnit.Case, async: false
   import LibclusterRs.Test.Eventually
 
-  alias LibclusterRs.Test.{FakeKube, Netns, Peer}
+  alias LibclusterRs.Test.{EventLog, FakeKube, Netns, Peer}
 
   @moduletag :root
   @subnet 30
@@ -51,8 +51,9 @@ defmodule Cluster.Strategy.KubernetesE2ETest do
     # The third node is a pod that is not ready yet: it runs, but nobody may connect to it.
     for p <- [p1, p2], do: {:ok, _} = Peer.start_cluster(p, topology)
     eventually(fn -> Peer.nodes(p1) == [n2] and Peer.nodes(p2) == [n1] end, 10_000)
-    # (the sleep is the window in which nobody may connect to it)
-    Process.sleep(300)
+    # Both strategies have discovered the endpoints, without it: nobody dials it.
+    status = fn p -> p |> Peer.call(Cluster, :status, [:k8s]) |> elem(1) end
+    eventually(fn -> Enum.all?([p1, p2], &(status.(&1).last_discovered == Enum.sort([n1, n2]))) end, 5_000)
     assert Peer.nodes(p3) == []
 
     # Ready: connected by both within the watch's reaction time.
@@ -62,19 +63,20 @@ defmodule Cluster.Strategy.KubernetesE2ETest do
     reaction = System.monotonic_time(:millisecond) - t0
     assert reaction < 2_000, "took #{reaction} ms"
 
-    # The API server breaks: failing, streams cut. Nobody is disconnected.
+    # The API server breaks: failing, streams cut. Every fault is served and both strategies watch
+    # again; nobody was disconnected meanwhile (p3 saw no nodedown).
+    :ok = Peer.call(p3, EventLog, :start, [])
     FakeKube.fault(kube, :watch, {:status, 503})
     FakeKube.fault(kube, :watch, {:status, 503})
     FakeKube.fault(kube, :watch, {:status, 500})
     FakeKube.fault(kube, :watch, {:status, 500})
     FakeKube.break_watches(kube)
-    # (the sleep is the window in which nobody may be disconnected)
-    Process.sleep(1_500)
+    eventually(fn -> FakeKube.faults_left(kube) == 0 and FakeKube.watchers(kube) == 2 end, 10_000)
+    assert Peer.call(p3, EventLog, :events, []) == []
     assert Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2])
     assert n2 in Peer.nodes(p1)
 
     # Terminating: the pod leaves the ready addresses; both running strategies prune it.
-    eventually(fn -> FakeKube.watchers(kube) == 2 end, 10_000)
     put.([ip1, ip2], [ip3])
     eventually(fn -> Peer.nodes(p3) == [] end, 5_000)
     assert Peer.nodes(p1) == [n2]

@@ -1,6 +1,8 @@
 defmodule Cluster.Strategy.PostgresTest do
   # Against a real PostgreSQL (Debian's package), started here as a private cluster in a temp dir.
-  use ExUnit.Case, async: false
+  # Async: the server is this module's, topology names are its own, logs are read per topology and
+  # the dry runs take their turn on the application env (DiscoverRun).
+  use ExUnit.Case, async: true
 
   import ExUnit.CaptureLog
   import LibclusterRs.Test.Eventually
@@ -12,7 +14,7 @@ defmodule Cluster.Strategy.PostgresTest do
 
   setup_all do
     unless PostgresServer.available?(), do: raise("PostgreSQL is not installed: run script/setup")
-    ca = TestCA.make!(ips: [{127, 0, 0, 1}])
+    ca = TestCA.shared!(ips: [{127, 0, 0, 1}])
     # the role "client" logs in with the test CA's client certificate (CN=client) only
     pg =
       PostgresServer.start!(
@@ -21,10 +23,7 @@ defmodule Cluster.Strategy.PostgresTest do
       )
 
     # registered before anything else can fail, so the server never outlives the module
-    on_exit(fn ->
-      PostgresServer.stop(pg)
-      TestCA.remove(ca)
-    end)
+    on_exit(fn -> PostgresServer.stop(pg) end)
 
     for sql <- [
           "CREATE DATABASE app",
@@ -72,6 +71,14 @@ defmodule Cluster.Strategy.PostgresTest do
   end
 
   defp extra(topology), do: elem(Cluster.status(topology), 1).extra
+
+  # Whether a session of the server has run `LISTEN "channel"` (and is idle after it).
+  defp listening?(pg, channel) do
+    PostgresServer.psql!(
+      pg,
+      "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"#{channel}\"' AND state = 'idle'"
+    ) =~ ~r/^\s*[1-9]/m
+  end
 
   describe "config" do
     defp init(config),
@@ -167,7 +174,7 @@ defmodule Cluster.Strategy.PostgresTest do
   test "an outage after a recovery is warned about once (the discovery warns only on the first)" do
     {:ok, impl, _} =
       Cluster.Strategy.Postgres.init(%Cluster.Strategy.State{
-        topology: :t,
+        topology: :pg_outage_once,
         config: [database: "d", username: "u"]
       })
 
@@ -181,6 +188,7 @@ defmodule Cluster.Strategy.PostgresTest do
         {_, _} = Cluster.Strategy.Postgres.handle_event({:discovery_error, :refused, "third"}, impl)
       end)
 
+    log = log |> String.split("\n") |> Enum.filter(&(&1 =~ "[libcluster:pg_outage_once]")) |> Enum.join("\n")
     refute log =~ "first"
     assert log =~ "refused: second"
     refute log =~ "third"
@@ -286,40 +294,35 @@ defmodule Cluster.Strategy.PostgresTest do
       assert nodb.last_error.message =~ ~s(database "missing_db" does not exist)
 
       # the same through `mix libcluster.discover`
-      DiscoverRun.isolate_topologies()
 
-      Application.put_env(:libcluster, :topologies,
+      DiscoverRun.configure!(
         pgdry: [
           strategy: Cluster.Strategy.Postgres,
-          config: config(pg, username: "noconnect", password: "npw"),
-          connect: {Kernel, :send, [self(), :connect]}
+          config: config(pg, username: "noconnect", password: "npw")
         ]
       )
 
       {status, out, _} = DiscoverRun.run(["pgdry", "--timeout", "3000"])
       assert status == 1, out
       assert out =~ ~s(GRANT CONNECT ON DATABASE "app" TO "noconnect")
-      refute_received {:connect, _}
     end
 
     test "the dry run listens only and prints the nodes it heard", %{pg: pg} do
       assert Cluster.Strategy.Postgres.dry_run(%{listen_only: false}).listen_only
-      DiscoverRun.isolate_topologies()
 
-      Application.put_env(:libcluster, :topologies,
+      # a connect would reach this process as {:connect, node}
+      DiscoverRun.configure!(
         pgdry_ok: [
           strategy: Cluster.Strategy.Postgres,
           config: config(pg, channel_name: "dryrun"),
-          connect: {Kernel, :send, [self(), :connect]}
+          connect: LibclusterRs.Test.MFA.recorder(self(), :connect)
         ]
       )
 
-      # announced a few times during the run, as a node's heartbeats would be
+      # announced once the dry run's session LISTENs, as a node's heartbeat would be
       notify = fn _task ->
-        for _ <- 1..4 do
-          Process.sleep(400)
-          PostgresServer.client_psql(pg, "cluster", @cpw, "app", "NOTIFY dryrun, 'heard@127.0.0.1'")
-        end
+        eventually(fn -> listening?(pg, "dryrun") end, 2_000)
+        PostgresServer.client_psql(pg, "cluster", @cpw, "app", "NOTIFY dryrun, 'heard@127.0.0.1'")
       end
 
       {status, out, _} = DiscoverRun.run(["pgdry_ok", "--timeout", "2500"], notify)
@@ -372,26 +375,31 @@ defmodule Cluster.Strategy.PostgresTest do
   end
 
   describe "end to end with real BEAM nodes" do
-    setup %{pg: pg} do
+    # The peers a test uses, started for it (by the test process: :peer links to its caller).
+    defp peers(names) do
       peers =
-        for name <- ["pga", "pgb", "pgc", "pgold"] do
+        for name <- names do
           Peer.start("#{name}#{System.unique_integer([:positive])}", "127.0.0.1",
             args: [~c"-kernel", ~c"connect_all", ~c"false"]
           )
         end
 
       on_exit(fn -> Enum.each(peers, fn {p, _} -> Peer.stop(p) end) end)
+      peers
+    end
 
+    setup %{pg: pg} do
       # A heartbeat far longer than the test: every announcement seen here is the one made at
       # (re)connect. The reconnect delay is 2-3 s, so a listener can be in place before it.
       config =
         config(pg, channel_name: "e2e", heartbeat_interval: 600_000, backoff_min: 2_500, backoff_max: 2_500)
 
-      %{peers: peers, topology: [pg: [strategy: Cluster.Strategy.Postgres, config: config]]}
+      %{topology: [pg: [strategy: Cluster.Strategy.Postgres, config: config]]}
     end
 
     test "nodes connect through the strategy, and reconnect, re-LISTEN and re-announce after a server restart",
-         %{pg: pg, peers: [{a, na}, {b, nb}, {c, nc}, {old, nold}], topology: topology} do
+         %{pg: pg, topology: topology} do
+      [{a, na}, {b, nb}, {c, nc}, {old, nold}] = peers(["pga", "pgb", "pgc", "pgold"])
       {:ok, _} = Peer.start_cluster(a, topology)
       status_a = fn -> Peer.call(a, Cluster, :status, [:pg]) |> elem(1) end
       eventually(fn -> status_a.().extra.connected end, 10_000)
@@ -442,7 +450,8 @@ defmodule Cluster.Strategy.PostgresTest do
     end
 
     test "a node that is not distributed at start listens, and announces itself once it has a name",
-         %{peers: [{a, _na} | _], topology: topology} do
+         %{topology: topology} do
+      [{a, _na}] = peers(["pga"])
       {:ok, _} = Peer.start_cluster(a, topology)
       paths = Enum.flat_map(:code.get_path(), fn p -> [~c"-pa", p] end)
 

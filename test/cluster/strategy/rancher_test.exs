@@ -1,8 +1,8 @@
 defmodule Cluster.Strategy.RancherTest do
   # Against a Rancher metadata server started by the test (HTTP on 127.0.0.1, or on a netns bridge
   # for the end-to-end test with real nodes): names from the service's containers, and errors that
-  # never prune.
-  use ExUnit.Case, async: false
+  # never prune. Async: topologies of its own; logs are read per topology.
+  use ExUnit.Case, async: true
   import LibclusterRs.Test.Eventually
 
   alias LibclusterRs.Test.{FakeDist, JSON}
@@ -150,7 +150,7 @@ defmodule Cluster.Strategy.RancherTest do
           Supervisor.stop(sup)
         end)
 
-      assert [_once] = Regex.scan(~r/\[error\].*connects no node/, log)
+      assert [_once] = Regex.scan(~r/\[error\].*\[libcluster:#{topology}\].*connects no node/, log)
     end
 
     spec = [strategy: Cluster.Strategy.Rancher, config: [polling_interval: 1_000]]
@@ -194,10 +194,14 @@ defmodule Cluster.Strategy.RancherTest do
     Agent.update(agent, fn _ -> [{:json, service([ip1, ip2, ip3])}] end)
     eventually(fn -> Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2]) end, 5_000)
 
-    # The metadata service fails and then answers garbage: nobody is disconnected (the sleep is
-    # the window in which nothing may happen).
+    # The metadata service fails and then answers garbage: once the failures are served and both
+    # strategies have failed rounds in a row, nobody was disconnected (p3 saw no nodedown).
+    :ok = Peer.call(p3, LibclusterRs.Test.EventLog, :start, [])
     Agent.update(agent, fn _ -> [{:status, 503}, {:status, 500}, :garbage, :garbage] end)
-    Process.sleep(1_500)
+    status = fn p -> p |> Peer.call(Cluster, :status, [:rancher]) |> elem(1) end
+    eventually(fn -> Agent.get(agent, &length/1) == 1 end, 5_000)
+    eventually(fn -> Enum.all?([p1, p2], &(status.(&1).error_streak >= 2)) end, 5_000)
+    assert Peer.call(p3, LibclusterRs.Test.EventLog, :events, []) == []
     assert Enum.sort(Peer.nodes(p3)) == Enum.sort([n1, n2])
 
     # The container leaves the service: both running strategies prune it.

@@ -1,7 +1,8 @@
 defmodule Cluster.Strategy.StaticTest do
   # Epmd, LocalEpmd and ErlangHosts with real peers and real distribution. The peers use a private
   # epmd on a free loopback port (ERL_EPMD_PORT), so LocalEpmd sees only this test's nodes.
-  use ExUnit.Case, async: false
+  # Async: nothing of this VM is shared (the epmd is private, the nodes are peers).
+  use ExUnit.Case, async: true
   import LibclusterRs.Test.Eventually
 
   alias LibclusterRs.Test.Peer

@@ -1,12 +1,13 @@
 defmodule LibclusterRs.Membership.ProbeTest do
   # The heal probe: its decisions as plain functions, then the process against a fake epmd and the
-  # real one (with a real peer node), then the membership hook.
-  use ExUnit.Case, async: false
+  # real one (with a real peer node), then the membership hook. Async: the tests that change the
+  # VM's resolver (local_address/1) are in probe_local_address_test.exs.
+  use ExUnit.Case, async: true
 
   alias LibclusterRs.Membership
   alias LibclusterRs.Membership.Probe
   alias Cluster.Strategy.State
-  alias LibclusterRs.Test.{Dnsmasq, FakeDist, FakeEpmd, Peer}
+  alias LibclusterRs.Test.{FakeDist, FakeEpmd, Peer}
 
   # A resolver standing in for the local hosts table: "h1" and "h2" are known, the rest are not.
   defp table("h1"), do: "10.0.0.1"
@@ -117,41 +118,8 @@ defmodule LibclusterRs.Membership.ProbeTest do
     end
   end
 
-  describe "local_address/1" do
-    test "IP literals as they are, names from the local hosts table" do
-      assert Probe.local_address("10.1.2.3") == "10.1.2.3"
-      assert Probe.local_address("::1") == "::1"
-      assert Probe.local_address("localhost") == "127.0.0.1"
-
-      name = ~c"probe-#{System.unique_integer([:positive])}.test"
-      :ok = :inet_db.add_host({10, 9, 8, 7}, [name])
-      on_exit(fn -> :inet_db.del_host({10, 9, 8, 7}) end)
-      assert Probe.local_address(to_string(name)) == "10.9.8.7"
-      assert Probe.local_address("not-in-any-table.invalid") == nil
-    end
-
-    @tag :dnsmasq
-    test "a name that only DNS knows is not resolved (no lookup leaves the machine)" do
-      dns = Dnsmasq.start([{:a, "only-in-dns.test", "10.7.7.7"}])
-      on_exit(fn -> Dnsmasq.cleanup(dns) end)
-
-      lookup = :inet_db.res_option(:lookup)
-      nameservers = :inet_db.res_option(:nameservers)
-
-      on_exit(fn ->
-        :inet_db.res_option(:lookup, lookup)
-        :inet_db.res_option(:nameservers, nameservers)
-      end)
-
-      :inet_db.res_option(:nameservers, [{{127, 0, 0, 1}, dns.port}])
-      :inet_db.res_option(:lookup, [:file, :dns])
-      # The VM's resolver does know it...
-      assert {:ok, {10, 7, 7, 7}} = :inet.getaddr(~c"only-in-dns.test", :inet)
-      # ...the probe does not ask it.
-      assert Probe.local_address("only-in-dns.test") == nil
-      assert Probe.new() |> Probe.put_watched(%{:"a@only-in-dns.test" => 1}) |> Probe.hosts() == []
-    end
-  end
+  # Until the probe has started `n` rounds (so `n - 1` have been answered and handled).
+  defp await_rounds(probe, n), do: Peer.wait_until(fn -> :sys.get_state(probe).rounds >= n end, 5_000)
 
   describe "the process" do
     test "reports a peer when the fake epmd starts listing it, once" do
@@ -159,12 +127,16 @@ defmodule LibclusterRs.Membership.ProbeTest do
       {:ok, probe} = Probe.start_link(port: epmd.port, interval: 50, deadline: 40)
       Probe.watch(probe, %{:"app@127.0.0.1" => 3})
 
-      refute_receive {:probe_reachable, _}, 300
-      assert FakeEpmd.queries(epmd) >= 2
+      # two answers without the name were handled (a round starts once the previous one ended)
+      Peer.wait_until(fn -> FakeEpmd.queries(epmd) >= 3 end, 5_000)
+      refute_received {:probe_reachable, _}
 
       FakeEpmd.set_names(epmd, ["other", "app"])
       assert_receive {:probe_reachable, [:"app@127.0.0.1"]}, 1_000
-      refute_receive {:probe_reachable, _}, 300
+      # and not again for the next two answers that list it
+      reported_at = FakeEpmd.queries(epmd)
+      Peer.wait_until(fn -> FakeEpmd.queries(epmd) >= reported_at + 3 end, 5_000)
+      refute_received {:probe_reachable, _}
     end
 
     test "asks each host once per round, and stops asking when nothing is backed off" do
@@ -182,11 +154,9 @@ defmodule LibclusterRs.Membership.ProbeTest do
       assert queries <= div(elapsed, 100) + 2, "#{queries} queries in #{elapsed} ms"
 
       Probe.watch(probe, %{})
-      # A round may have been out when the set emptied.
-      Process.sleep(300)
-      before = FakeEpmd.queries(epmd)
-      Process.sleep(400)
-      assert FakeEpmd.queries(epmd) == before
+      # A round may have been out when the set emptied; once it is back, no round and no tick is
+      # left, and no query follows for several intervals.
+      assert_idle(probe, epmd)
     end
 
     test "a nodeup ends the probing of that peer" do
@@ -195,10 +165,15 @@ defmodule LibclusterRs.Membership.ProbeTest do
       Probe.watch(probe, %{:"app@127.0.0.1" => 1})
       Peer.wait_until(fn -> FakeEpmd.queries(epmd) >= 1 end, 2_000)
       send(probe, {:nodeup, :"app@127.0.0.1"})
-      # A round may have been out when the nodeup came.
-      Process.sleep(300)
+      assert_idle(probe, epmd)
+    end
+
+    # Nothing is out and nothing is scheduled (the state says so), and no query comes during three
+    # intervals (the window is the claim "it stopped asking").
+    defp assert_idle(probe, epmd) do
+      Peer.wait_until(fn -> match?(%{round: nil, timer: nil}, :sys.get_state(probe)) end, 2_000)
       before = FakeEpmd.queries(epmd)
-      Process.sleep(300)
+      Process.sleep(3 * :sys.get_state(probe).interval)
       assert FakeEpmd.queries(epmd) == before
     end
 
@@ -208,14 +183,22 @@ defmodule LibclusterRs.Membership.ProbeTest do
       node = :"#{name}@127.0.0.1"
       {:ok, probe} = Probe.start_link(interval: 100)
       Probe.watch(probe, %{node => 1})
-      refute_receive {:probe_reachable, _}, 500
+      # two rounds answered without it
+      await_rounds(probe, 3)
+      refute_received {:probe_reachable, _}
 
       {peer, ^node} = Peer.start(name, "127.0.0.1")
       assert_receive {:probe_reachable, [^node]}, 2_000
 
       # It goes away (its name leaves epmd) and comes back: reported again.
       Peer.stop(peer)
-      Process.sleep(500)
+
+      Peer.wait_until(fn ->
+        {:ok, names} = :erl_epmd.names(~c"127.0.0.1")
+        not List.keymember?(names, to_charlist(name), 0)
+      end)
+
+      await_rounds(probe, :sys.get_state(probe).rounds + 2)
       refute_received {:probe_reachable, _}
       {peer, ^node} = Peer.start(name, "127.0.0.1")
       on_exit(fn -> Peer.stop(peer) end)
@@ -244,33 +227,47 @@ defmodule LibclusterRs.Membership.ProbeTest do
     end
 
     # A discovered node fails its first dial (next attempt 22.5-37.5 s away); then the fake
-    # distribution accepts it and a real node of that name boots (registering in epmd).
-    defp backed_off_peer_comes_back(probe) do
-      name = "probem#{System.unique_integer([:positive])}"
-      node = :"#{name}@127.0.0.1"
+    # distribution accepts it. Returns the membership and its fake distribution.
+    defp backed_off(node, probe) do
       {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: probe)
       Membership.discovered(m, [node])
-      assert_receive {:connect, ^node}, 1_000
-      Peer.wait_until(fn -> Map.has_key?(Membership.status(m).pending, node) end, 2_000)
-
+      Peer.wait_until(fn -> match?(%{failures: 1}, Membership.status(m).pending[node]) end, 2_000)
       FakeDist.reachable(dist, [node])
-      {peer, ^node} = Peer.start(name, "127.0.0.1")
-      on_exit(fn -> Peer.stop(peer) end)
-      {m, dist, node}
+      {m, dist}
     end
+
+    # A real node of that name boots (registering in epmd).
+    defp boot(name) do
+      {peer, node} = Peer.start(name, "127.0.0.1")
+      on_exit(fn -> Peer.stop(peer) end)
+      node
+    end
+
+    defp dials(dist, node), do: Enum.count(FakeDist.calls(dist), &match?({:connect, ^node, _}, &1))
 
     @tag timeout: 120_000
     test "a backed-off peer that registers in epmd again is redialled before its backoff ends" do
-      {m, dist, node} = backed_off_peer_comes_back(true)
-      assert_receive {:connect, ^node}, 3_000
-      Peer.wait_until(fn -> node in FakeDist.up(dist) end, 1_000)
+      name = "probem#{System.unique_integer([:positive])}"
+      {m, dist} = backed_off(:"#{name}@127.0.0.1", true)
+      node = boot(name)
+      Peer.wait_until(fn -> node in FakeDist.up(dist) end, 3_000)
+      assert dials(dist, node) == 2
       assert Membership.status(m).pending == %{}
     end
 
+    # The same peer, with a probing membership beside it as the yardstick: once that one has
+    # redialled (the probe saw the name), the one without a probe has still not.
     @tag timeout: 120_000
     test "with probe: false the same peer waits out its backoff" do
-      {_m, _dist, node} = backed_off_peer_comes_back(false)
-      refute_receive {:connect, ^node}, 3_000
+      name = "probem#{System.unique_integer([:positive])}"
+      node = :"#{name}@127.0.0.1"
+      {_, probing} = backed_off(node, true)
+      {off, not_probing} = backed_off(node, false)
+      assert :sys.get_state(off).probe == nil
+      ^node = boot(name)
+      Peer.wait_until(fn -> node in FakeDist.up(probing) end, 3_000)
+      assert dials(not_probing, node) == 1
+      assert %{failures: 1} = Membership.status(off).pending[node]
     end
 
     test "discovered nodes are watched from their first attempt on, sighted ones never" do

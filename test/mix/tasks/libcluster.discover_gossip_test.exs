@@ -20,19 +20,12 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
   test "the task calls a strategy's dry_run/1 hook; gossip's makes it listen only" do
     assert Cluster.Strategy.Gossip.dry_run(%{port: 1, listen_only: false}).listen_only == true
 
-    saved = Application.get_env(:libcluster, :topologies)
-
-    on_exit(fn ->
-      if saved,
-        do: Application.put_env(:libcluster, :topologies, saved),
-        else: Application.delete_env(:libcluster, :topologies)
-    end)
-
-    Application.put_env(:libcluster, :topologies, probe: [strategy: DryRunProbe])
+    LibclusterRs.Test.DiscoverRun.configure!(probe: [strategy: DryRunProbe])
 
     out =
       ExUnit.CaptureIO.capture_io(fn ->
-        assert Mix.Tasks.Libcluster.Discover.main("probe", []) == 0
+        assert LibclusterRs.Test.DiscoverRun.locked(fn -> Mix.Tasks.Libcluster.Discover.main("probe", []) end) ==
+                 0
       end)
 
     assert out =~ "dry@10.0.0.1"
@@ -100,16 +93,8 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
   test "the gossip dry run works on a VM without a name (this test node) and lists what it heard" do
     refute Node.alive?()
     port = 47_900 + rem(System.unique_integer([:positive]), 90)
-    saved = Application.get_env(:libcluster, :topologies)
-
-    on_exit(fn ->
-      if saved,
-        do: Application.put_env(:libcluster, :topologies, saved),
-        else: Application.delete_env(:libcluster, :topologies)
-    end)
-
     config = [port: port, multicast_if: "lo", multicast_ttl: 0]
-    Application.put_env(:libcluster, :topologies, gossip: [strategy: Cluster.Strategy.Gossip, config: config])
+    LibclusterRs.Test.DiscoverRun.configure!(gossip: [strategy: Cluster.Strategy.Gossip, config: config])
 
     sender = GossipSender.open(socket_opts: [multicast_if: {127, 0, 0, 1}, multicast_ttl: 0])
     heartbeat = LibclusterRs.Native.gossip_encode_v1("heardpeer@127.0.0.1", nil)
@@ -124,7 +109,9 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
 
     out =
       ExUnit.CaptureIO.capture_io(fn ->
-        assert Mix.Tasks.Libcluster.Discover.main("gossip", timeout: 1_000) == 0
+        assert LibclusterRs.Test.DiscoverRun.locked(fn ->
+                 Mix.Tasks.Libcluster.Discover.main("gossip", timeout: 1_000)
+               end) == 0
       end)
 
     Task.await(beating)

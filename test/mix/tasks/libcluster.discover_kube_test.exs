@@ -2,12 +2,12 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
   # `mix libcluster.discover` against the fake Kubernetes API server (HTTPS on 127.0.0.1, a CA made
   # for the run) and a Rancher metadata server on 127.0.0.1: exit statuses and the plain-words
   # messages an operator reads.
-  use ExUnit.Case, async: false
+  # Async: the dry runs take their turn on the application env (DiscoverRun).
+  use ExUnit.Case, async: true
 
   alias LibclusterRs.Test.{FakeKube, JSON}
 
   setup do
-    LibclusterRs.Test.DiscoverRun.isolate_topologies()
     kube = FakeKube.start!()
     on_exit(fn -> FakeKube.stop(kube) end)
 
@@ -23,7 +23,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
   defp discover(args), do: LibclusterRs.Test.DiscoverRun.run(args)
 
   defp k8s(kube, config, drop \\ []) do
-    Application.put_env(:libcluster, :topologies,
+    LibclusterRs.Test.DiscoverRun.configure!(
       k8s: [
         strategy: Cluster.Strategy.Kubernetes,
         config:
@@ -206,7 +206,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverKubeTest do
     server = spawn_link(fn -> serve(listen, [{200, JSON.encode_binary(service)}, {500, "oops"}]) end)
     on_exit(fn -> Process.exit(server, :kill) end)
 
-    Application.put_env(:libcluster, :topologies,
+    LibclusterRs.Test.DiscoverRun.configure!(
       rancher: [
         strategy: Cluster.Strategy.Rancher,
         config: [node_basename: "app", rancher_metadata_url: "http://127.0.0.1:#{port}/latest/self/service"],

@@ -1,13 +1,9 @@
 defmodule Mix.Tasks.Libcluster.DiscoverTest do
-  use ExUnit.Case, async: false
+  # Async: the dry runs take their turn on the application env (DiscoverRun).
+  use ExUnit.Case, async: true
   import ExUnit.CaptureLog
 
   alias LibclusterRs.Test.ScriptedStrategy
-
-  setup do
-    LibclusterRs.Test.DiscoverRun.isolate_topologies()
-    :ok
-  end
 
   defp discover(args, during \\ fn _ -> :ok end) do
     {status, output, _ms} = LibclusterRs.Test.DiscoverRun.run(args, during)
@@ -25,7 +21,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
     test "Epmd: registered and absent listed nodes are told apart; exit 0 when some are there", ctx do
       absent = :"absent_#{System.unique_integer([:positive])}@127.0.0.1"
 
-      Application.put_env(:libcluster, :topologies,
+      LibclusterRs.Test.DiscoverRun.configure!(
         static: [
           strategy: Cluster.Strategy.Epmd,
           config: [hosts: [ctx.peer, absent]],
@@ -48,7 +44,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
     test "Epmd: no listed node registered is exit 1", _ctx do
       absent = :"absent_#{System.unique_integer([:positive])}@127.0.0.1"
 
-      Application.put_env(:libcluster, :topologies,
+      LibclusterRs.Test.DiscoverRun.configure!(
         static: [strategy: Cluster.Strategy.Epmd, config: [hosts: [absent]]]
       )
 
@@ -59,7 +55,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
     end
 
     test "Epmd: a host whose epmd does not answer is named with the reason, exit 1", ctx do
-      Application.put_env(:libcluster, :topologies,
+      LibclusterRs.Test.DiscoverRun.configure!(
         static: [strategy: Cluster.Strategy.Epmd, config: [hosts: [ctx.peer]]]
       )
 
@@ -85,7 +81,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
       hosts = Path.join(dir, "hosts.erlang")
       File.write!(hosts, "'127.0.0.1'.\n")
 
-      Application.put_env(:libcluster, :topologies,
+      LibclusterRs.Test.DiscoverRun.configure!(
         hosts: [strategy: Cluster.Strategy.ErlangHosts, config: [hosts_file: hosts]]
       )
 
@@ -127,7 +123,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
     end
 
     test "name mode: the registered nodes are checked against the mode given", ctx do
-      Application.put_env(:libcluster, :topologies,
+      LibclusterRs.Test.DiscoverRun.configure!(
         static: [strategy: Cluster.Strategy.Epmd, config: [hosts: [ctx.peer]]]
       )
 
@@ -138,7 +134,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
   end
 
   test "name mode: IP hosts cannot work with short names; exit 1 when the mode is given" do
-    Application.put_env(:libcluster, :topologies,
+    LibclusterRs.Test.DiscoverRun.configure!(
       found: [strategy: ScriptedStrategy, config: [result: {:discovered, [:"a@10.0.0.1", :b@myhost]}]]
     )
 
@@ -165,7 +161,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
   end
 
   test "a failed discovery prints the strategy's message and exits 1" do
-    Application.put_env(:libcluster, :topologies,
+    LibclusterRs.Test.DiscoverRun.configure!(
       dns: [
         strategy: ScriptedStrategy,
         config: [result: {:error, :nxdomain, "app.internal: NXDOMAIN from 127.0.0.1:5353"}]
@@ -179,7 +175,7 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
   end
 
   test "an asynchronous round: events until the round ends" do
-    Application.put_env(:libcluster, :topologies, fake: [strategy: ScriptedStrategy, config: [test: self()]])
+    LibclusterRs.Test.DiscoverRun.configure!(fake: [strategy: ScriptedStrategy, config: [test: self()]])
 
     {status, out} =
       discover(["fake"], fn _task ->
@@ -194,14 +190,14 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
   end
 
   test "a round that never ends times out with exit 1" do
-    Application.put_env(:libcluster, :topologies, fake: [strategy: ScriptedStrategy, config: [test: self()]])
+    LibclusterRs.Test.DiscoverRun.configure!(fake: [strategy: ScriptedStrategy, config: [test: self()]])
     {status, out} = discover(["fake", "--timeout", "200"])
     assert status == 1
     assert out =~ "discovery did not finish within 200 ms"
   end
 
   test "usage and config problems exit 2 with a plain message" do
-    Application.put_env(:libcluster, :topologies,
+    LibclusterRs.Test.DiscoverRun.configure!(
       static: [strategy: Cluster.Strategy.Epmd, config: [hosts: [:"a@h.example"]]],
       custom: [strategy: LibclusterRs.Test.CustomStrategy],
       broken: [strategy: Cluster.Strategy.Epmd, config: [hosts: "a@h"]]
@@ -225,26 +221,27 @@ defmodule Mix.Tasks.Libcluster.DiscoverTest do
     assert status == 2
     assert out =~ "unknown option(s): --bogus"
 
-    Application.delete_env(:libcluster, :topologies)
+    LibclusterRs.Test.DiscoverRun.configure!([])
     {status, out} = discover([])
     assert status == 2
     assert out =~ "no topologies configured"
   end
 
   test "a strategy that disables itself is reported, exit 1" do
-    Application.put_env(:libcluster, :topologies, off: [strategy: Cluster.Strategy.Epmd, config: [hosts: []]])
+    LibclusterRs.Test.DiscoverRun.configure!(off: [strategy: Cluster.Strategy.Epmd, config: [hosts: []]])
     {status, out} = discover([])
     assert status == 1
     assert out =~ "returned :ignore"
   end
 
   test "the topologies of both config keys are found" do
-    Application.put_env(:libcluster, :topologies,
+    LibclusterRs.Test.DiscoverRun.configure!(
       one: [strategy: ScriptedStrategy, config: [result: {:discovered, [:"a@h.example"]}]]
     )
 
-    Application.put_env(:libcluster_rs, :topologies,
-      two: [strategy: ScriptedStrategy, config: [result: {:discovered, []}]]
+    LibclusterRs.Test.DiscoverRun.configure!(
+      [two: [strategy: ScriptedStrategy, config: [result: {:discovered, []}]]],
+      :libcluster_rs
     )
 
     capture_log(fn ->
