@@ -62,8 +62,9 @@ defmodule LibclusterRs.MixProject do
     end
   end
 
-  # The fake Kubernetes API server of the tests speaks HTTPS.
-  defp test_applications(:test), do: [:ssl]
+  # The fake Kubernetes API server of the tests speaks HTTPS; some tests are HTTP clients (:httpc).
+  # Listed, because Elixir 1.15 and later keep the code paths of unlisted OTP applications out.
+  defp test_applications(:test), do: [:ssl, :inets]
   defp test_applications(_), do: []
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]
@@ -441,9 +442,13 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
     end
   end
 
-  # Mix gives a dependency's project config its app_path (in the host's _build); a root project
-  # has none.
-  defp dependency?, do: Mix.Project.config()[:app_path] != nil
+  # Mix gives a dependency's project config the path of its app in the host's _build: `:app_path`
+  # up to Elixir 1.14, `:deps_app_path` in later versions (checked on 1.18 and 1.20). A root
+  # project has neither.
+  defp dependency? do
+    config = Mix.Project.config()
+    config[:app_path] != nil or config[:deps_app_path] != nil
+  end
 
   @doc false
   def cargo_target_dir(
