@@ -242,7 +242,17 @@ defmodule LibclusterRs.Precompiled do
 
   @profile :libcluster_rs_precompiled
 
+  # Since Elixir 1.15, Mix keeps the code paths of OTP applications that the project being compiled
+  # does not list out of the VM; this dependency compiler runs inside the user's project, which
+  # need not list :inets or :ssl. Mix.ensure_application!/1 (1.15+) puts them and what they need
+  # back; on 1.14 nothing was pruned.
+  defp ensure_code_paths(apps) do
+    if function_exported?(Mix, :ensure_application!, 1),
+      do: Enum.each(apps, &apply(Mix, :ensure_application!, [&1]))
+  end
+
   defp http_get(url) do
+    ensure_code_paths([:inets, :ssl])
     {:ok, _} = Application.ensure_all_started(:inets)
     {:ok, _} = Application.ensure_all_started(:ssl)
 
