@@ -62,8 +62,9 @@ defmodule LibclusterRs.MixProject do
     end
   end
 
-  # The fake Kubernetes API server of the tests speaks HTTPS.
-  defp test_applications(:test), do: [:ssl]
+  # The fake Kubernetes API server of the tests speaks HTTPS; some tests are HTTP clients (:httpc).
+  # Listed, because Elixir 1.15 and later keep the code paths of unlisted OTP applications out.
+  defp test_applications(:test), do: [:ssl, :inets]
   defp test_applications(_), do: []
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]
@@ -241,7 +242,17 @@ defmodule LibclusterRs.Precompiled do
 
   @profile :libcluster_rs_precompiled
 
+  # Since Elixir 1.15, Mix keeps the code paths of OTP applications that the project being compiled
+  # does not list out of the VM; this dependency compiler runs inside the user's project, which
+  # need not list :inets or :ssl. Mix.ensure_application!/1 (1.15+) puts them and what they need
+  # back; on 1.14 nothing was pruned.
+  defp ensure_code_paths(apps) do
+    if function_exported?(Mix, :ensure_application!, 1),
+      do: Enum.each(apps, &apply(Mix, :ensure_application!, [&1]))
+  end
+
   defp http_get(url) do
+    ensure_code_paths([:inets, :ssl])
     {:ok, _} = Application.ensure_all_started(:inets)
     {:ok, _} = Application.ensure_all_started(:ssl)
 
@@ -441,9 +452,13 @@ defmodule Mix.Tasks.Compile.LibclusterRsNative do
     end
   end
 
-  # Mix gives a dependency's project config its app_path (in the host's _build); a root project
-  # has none.
-  defp dependency?, do: Mix.Project.config()[:app_path] != nil
+  # Mix gives a dependency's project config the path of its app in the host's _build: `:app_path`
+  # up to Elixir 1.14, `:deps_app_path` in later versions (checked on 1.18 and 1.20). A root
+  # project has neither.
+  defp dependency? do
+    config = Mix.Project.config()
+    config[:app_path] != nil or config[:deps_app_path] != nil
+  end
 
   @doc false
   def cargo_target_dir(

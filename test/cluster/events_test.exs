@@ -20,8 +20,12 @@ defmodule Cluster.EventsTest do
     spawn(fn ->
       receive_loop = fn loop ->
         receive do
-          :stop -> :ok
-          msg -> send(test, {:got, self(), msg}) && loop.(loop)
+          :stop ->
+            :ok
+
+          msg ->
+            send(test, {:got, self(), msg})
+            loop.(loop)
         end
       end
 

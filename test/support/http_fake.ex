@@ -221,7 +221,9 @@ defmodule LibclusterRs.Test.HttpFake do
   end
 
   defp read_body(_t, _sock, buffer, length) when byte_size(buffer) >= length do
-    <<body::binary-size(length), rest::binary>> = buffer
+    # split_binary/2, not a `binary-size(length)` match: Elixir 1.20 wants `^length` there, which
+    # Elixir 1.14 rejects.
+    {body, rest} = :erlang.split_binary(buffer, length)
     {:ok, body, rest}
   end
 

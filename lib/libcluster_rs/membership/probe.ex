@@ -328,8 +328,9 @@ defmodule LibclusterRs.Membership.Probe do
 
   defp stuck_in_connect?(pid) when is_pid(pid) do
     case Process.info(pid, [:initial_call, :current_function]) do
+      # prim_inet's connect/connect0 up to OTP 25, connect_cmd from OTP 26 (seen on 27 and 29).
       [initial_call: {_, :do_setup, _}, current_function: {:prim_inet, connect, _}]
-      when connect in [:connect, :connect0] ->
+      when connect in [:connect, :connect0, :connect_cmd] ->
         true
 
       _ ->

@@ -272,7 +272,8 @@ defmodule Cluster.Strategy.GossipNetnsTest do
   end
 
   defp flip(bin, i) do
-    <<pre::binary-size(i), b, post::binary>> = bin
+    # split_binary/2: Elixir 1.20 wants `size(^i)`, which Elixir 1.14 rejects.
+    {pre, <<b, post::binary>>} = :erlang.split_binary(bin, i)
     <<pre::binary, Bitwise.bxor(b, 1), post::binary>>
   end
 
