@@ -67,8 +67,8 @@ defmodule LibclusterRs.MembershipTest do
     Membership.discovered(m, nodes)
 
     # (a `:wait` peer reports its connect, then the attempt's pid)
-    assert_receive {:pending, :connect, n1, p1}, 500
-    assert_receive {:pending, :connect, n2, _p2}, 500
+    assert_receive {:pending, :connect, n1, p1}, 2_000
+    assert_receive {:pending, :connect, n2, _p2}, 2_000
     assert_received {:connect, ^n1}
     assert_received {:connect, ^n2}
     # two attempts out, three queued: the membership's own state says so
@@ -76,13 +76,13 @@ defmodule LibclusterRs.MembershipTest do
     refute_received {:connect, _}
 
     FakeDist.reply(p1, :accept)
-    assert_receive {:pending, :connect, n3, p3}, 500
+    assert_receive {:pending, :connect, n3, p3}, 2_000
     assert_received {:connect, ^n3}
     assert map_size(:sys.get_state(m).inflight) == 2
     refute_received {:connect, _}
     FakeDist.reply(p3, :refuse)
-    assert_receive {:connect, n4}, 500
-    assert_receive {:pending, :connect, ^n4, _}, 500
+    assert_receive {:connect, n4}, 2_000
+    assert_receive {:pending, :connect, ^n4, _}, 2_000
     assert map_size(:sys.get_state(m).inflight) == 2
     refute_received {:connect, _}
   end
@@ -93,9 +93,9 @@ defmodule LibclusterRs.MembershipTest do
     m = start(t, net, connect_timeout: 300, backoff_min: 5_000, backoff_max: 5_000)
     t0 = System.monotonic_time(:millisecond)
     Membership.discovered(m, [:hang@h, :ok@h])
-    assert_receive {:connect, :hang@h}, 500
-    assert_receive {:pending, :connect, :hang@h, hung}, 500
-    assert_receive {:connect, :ok@h}, 500
+    assert_receive {:connect, :hang@h}, 2_000
+    assert_receive {:pending, :connect, :hang@h, hung}, 2_000
+    assert_receive {:connect, :ok@h}, 2_000
     assert Peer.wait_until(fn -> :ok@h in FakeDist.up(net) end, 500)
     # before the hung attempt's deadline: it did not wait for it
     assert System.monotonic_time(:millisecond) - t0 < 300
@@ -150,9 +150,9 @@ defmodule LibclusterRs.MembershipTest do
     net = dist(%{:down@h => :refuse})
     m = start(t, net, backoff_min: 200, backoff_max: 200)
     Membership.discovered(m, [:down@h])
-    assert_receive {:connect, :down@h}, 500
+    assert_receive {:connect, :down@h}, 2_000
     t0 = System.monotonic_time(:millisecond)
-    assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{delay: delay}, _}, 500
+    assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{delay: delay}, _}, 2_000
     assert_receive {:connect, :down@h}, 1_000
     waited = System.monotonic_time(:millisecond) - t0
     assert waited >= delay - 5 and waited >= 140, "retried after #{waited} ms, delay #{delay}"
@@ -167,18 +167,18 @@ defmodule LibclusterRs.MembershipTest do
     net = dist(%{:a@h => :accept})
     m = start(t, net, stable_after: 0, min_dial_interval: 1)
     Membership.discovered(m, [:a@h])
-    assert_receive {:connect, :a@h}, 500
+    assert_receive {:connect, :a@h}, 2_000
     Peer.wait_until(fn -> FakeDist.up(net) == [:a@h] end, 500)
 
     # the peer drops the connection (silently: every {:disconnect, _} the test sees is the membership's)
     FakeDist.drop(net, :a@h)
     send(m, {:nodedown, :a@h})
-    assert_receive {:connect, :a@h}, 500
+    assert_receive {:connect, :a@h}, 2_000
     Peer.wait_until(fn -> FakeDist.up(net) == [:a@h] end, 500)
 
     # a node that is not (or no longer) discovered is not redialled on nodedown
     Membership.discovered(m, [])
-    assert_receive {:disconnect, :a@h}, 500
+    assert_receive {:disconnect, :a@h}, 2_000
     send(m, {:nodedown, :a@h})
     refute_receive {:connect, :a@h}, 150
   end
@@ -192,7 +192,7 @@ defmodule LibclusterRs.MembershipTest do
       Membership.discovered(m, [:a@h, :b@h])
       assert Peer.wait_until(fn -> length(FakeDist.up(net)) == 2 end, 500)
       Membership.discovered(m, [:a@h])
-      assert_receive {:disconnect, :b@h}, 500
+      assert_receive {:disconnect, :b@h}, 2_000
       refute_receive {:disconnect, :a@h}, 50
       assert FakeDist.up(net) == [:a@h]
     end
@@ -264,7 +264,7 @@ defmodule LibclusterRs.MembershipTest do
       m = start(t, net, [], MapSet.new([:a@h, :old@h]))
       assert Membership.status(m).known == MapSet.new([:a@h, :old@h])
       Membership.discovered(m, [:a@h])
-      assert_receive {:disconnect, :old@h}, 500
+      assert_receive {:disconnect, :old@h}, 2_000
       refute_receive {:disconnect, :a@h}, 50
     end
 
@@ -274,7 +274,7 @@ defmodule LibclusterRs.MembershipTest do
       Membership.discovered(m, [:a@h])
       assert Peer.wait_until(fn -> :a@h in FakeDist.up(net) end, 500)
       Membership.discovered(m, [])
-      assert_receive {:disconnect, :a@h}, 500
+      assert_receive {:disconnect, :a@h}, 2_000
       refute_receive {:disconnect, :other@h}, 100
     end
   end
@@ -284,8 +284,8 @@ defmodule LibclusterRs.MembershipTest do
     net = dist(%{:x@h => :wait, :y@h => :wait, :z@h => :wait})
     m = start(t, net, max_concurrency: 1)
     Membership.discovered(m, [:x@h, :y@h, :z@h])
-    assert_receive {:connect, first}, 500
-    assert_receive {:pending, :connect, ^first, pid}, 500
+    assert_receive {:connect, first}, 2_000
+    assert_receive {:pending, :connect, ^first, pid}, 2_000
     refute_receive {:connect, _}, 50
 
     # drop the in-flight node and one queued node; keep one
@@ -293,9 +293,9 @@ defmodule LibclusterRs.MembershipTest do
     [queued_dropped] = [:x@h, :y@h, :z@h] -- [first, keep]
     ref = Process.monitor(pid)
     Membership.discovered(m, [keep])
-    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, 500
-    assert_receive {:connect, ^keep}, 500
-    assert_receive {:pending, :connect, ^keep, kp}, 500
+    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, 2_000
+    assert_receive {:connect, ^keep}, 2_000
+    assert_receive {:pending, :connect, ^keep, kp}, 2_000
     FakeDist.reply(kp, :accept)
     refute_receive {:connect, _}, 300
     assert FakeDist.up(net) == [keep]
@@ -391,7 +391,7 @@ defmodule LibclusterRs.MembershipTest do
         FakeDist.drop(net, node)
         send(m, {:nodedown, node})
         # redialled without a backoff event: its failures were forgotten
-        assert_receive {:connect, ^node}, 500
+        assert_receive {:connect, ^node}, 2_000
         refute_received {:telemetry, [:libcluster, :membership, :backoff], _, %{reason: :dropped}}
       end)
     end
@@ -411,7 +411,10 @@ defmodule LibclusterRs.MembershipTest do
 
         times = count_dials(node, 1_300)
         assert length(times) in 2..6, "#{length(times)} dials"
-        assert Enum.all?(gaps(times), &(&1 >= 290)), inspect(gaps(times))
+        # The exact floor is proven on the pure core (membership/peers_test.exs); the times here
+        # are when the test received each dial, which a loaded scheduler delays: half the floor
+        # still tells the floor from none (gaps of 0–1 ms).
+        assert Enum.all?(gaps(times), &(&1 >= 150)), inspect(gaps(times))
       end)
     end
 

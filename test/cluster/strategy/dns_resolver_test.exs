@@ -490,10 +490,18 @@ defmodule Cluster.Strategy.DNSResolverTest do
       test = self()
       agent = answers(initial)
 
+      # `{:once, answer}` is served to one poll; the polls after it hang (each ends as a resolver
+      # timeout, an error, which never prunes), so whatever the membership does next was decided
+      # by that one answer, however loaded the machine.
       resolver = fn _ ->
-        ips = answer(agent)
-        send(test, {:answered, ips})
-        if is_list(ips), do: shape.(ips), else: ips
+        case serve(agent) do
+          :hold ->
+            Process.sleep(:infinity)
+
+          ips ->
+            send(test, {:answered, ips})
+            if is_list(ips), do: shape.(ips), else: ips
+        end
       end
 
       config = base ++ [resolver: resolver, polling_interval: 50]
@@ -517,37 +525,67 @@ defmodule Cluster.Strategy.DNSResolverTest do
       {pid, agent, table}
     end
 
+    defp serve(agent) do
+      Agent.get_and_update(agent, fn
+        {:once, answer} -> {answer, :hold}
+        :hold -> {:hold, :hold}
+        answer -> {answer, answer}
+      end)
+    end
+
+    # Ends one loop round's strategy and forgets its messages, so that the next round's asserts
+    # only ever see the next round's.
+    defp stop_default(pid) do
+      Process.unlink(pid)
+      ref = Process.monitor(pid)
+      Process.exit(pid, :kill)
+      assert_receive {:DOWN, ^ref, _, _, _}
+      flush()
+    end
+
+    defp flush do
+      receive do
+        _ -> flush()
+      after
+        0 -> :ok
+      end
+    end
+
     test "a node the next poll omits is disconnected within that poll" do
       for {strategy, base, shape} <- strategies() do
         {pid, agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}, {10, 0, 0, 2}])
         assert Discovery.status(pid).membership.opts.prune == :immediate
         assert_receive {:connect, :"app@10.0.0.2"}, 1_000
-        set_answer(agent, [{10, 0, 0, 1}])
-        # the first poll that omits it disconnects it
+        set_answer(agent, {:once, [{10, 0, 0, 1}]})
+        # the first poll that omits it disconnects it (the polls after it hang)
         assert_receive {:answered, [_]}, 1_000
-        assert_receive {:disconnect, :"app@10.0.0.2"}, 200
+        assert_receive {:disconnect, :"app@10.0.0.2"}, 5_000
         assert FakeDist.up(table) == [:"app@10.0.0.1"], inspect(strategy)
+        stop_default(pid)
       end
     end
 
     test "a node given in the initial State.meta and omitted by the first poll is disconnected" do
       for {strategy, base, shape} <- strategies() do
         old = :"app@10.0.0.9"
-        {_pid, _agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}], [old])
+        {pid, _agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}], [old])
         assert_receive {:disconnect, ^old}, 1_000
         assert_receive {:connect, :"app@10.0.0.1"}, 1_000
         assert FakeDist.up(table) == [:"app@10.0.0.1"], inspect(strategy)
+        stop_default(pid)
       end
     end
 
     test "an empty answer (no records, or NXDOMAIN) is applied at the first poll" do
       for {strategy, base, shape} <- strategies(), empty <- [[], {:error, :nxdomain}] do
-        {_pid, agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}])
+        {pid, agent, table} = start_default(strategy, base, shape, [{10, 0, 0, 1}])
         assert_receive {:connect, :"app@10.0.0.1"}, 1_000
-        set_answer(agent, empty)
+        set_answer(agent, {:once, empty})
+        # the first empty answer disconnects it (the polls after it hang)
         assert_receive {:answered, ^empty}, 1_000
-        assert_receive {:disconnect, :"app@10.0.0.1"}, 200
+        assert_receive {:disconnect, :"app@10.0.0.1"}, 5_000
         assert FakeDist.up(table) == [], inspect({strategy, empty})
+        stop_default(pid)
       end
     end
 
@@ -568,6 +606,7 @@ defmodule Cluster.Strategy.DNSResolverTest do
 
         refute_received {:disconnect, _}
         assert FakeDist.up(table) == [:"app@10.0.0.1"], inspect(strategy)
+        stop_default(pid)
       end
     end
   end

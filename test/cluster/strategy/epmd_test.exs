@@ -33,12 +33,14 @@ defmodule Cluster.Strategy.EpmdTest do
     test "timeout: n - a node whose connect #{what} is dialled once per n ms, not sooner" do
       dist = start([timeout: 400], unquote(reply))
       times = dial_times(dist, 2_100)
-      # About one dial per 400 ms (libcluster's rhythm), never two within 400 ms. The membership
-      # stamps a dial just before it calls the MFA and the fake stamps it inside the MFA: on a
-      # loaded VM the two stamps of one dial can be ms apart, hence 5 % of slack. (Without the
-      # floor, the gaps were 0–1 ms: 1,623 dials in 2.1 s.)
+      # About one dial per 400 ms (libcluster's rhythm). The exact floor (never two dials of one
+      # node within n ms of the membership's clock) is proven on the pure core
+      # (test/libcluster_rs/membership/peers_test.exs). Here the fake stamps a dial inside the
+      # MFA, which a loaded scheduler can run tens of ms late (CI saw gaps of 350 and 559 ms),
+      # so this end-to-end check asks for half the floor: without the floor the gaps were 0–1 ms
+      # (1,623 dials in 2.1 s).
       assert length(times) in 2..6, "#{length(times)} dials: #{inspect(gaps(times))}"
-      assert Enum.all?(gaps(times), &(&1 >= 380)), inspect(gaps(times))
+      assert Enum.all?(gaps(times), &(&1 >= 200)), inspect(gaps(times))
     end
   end
 
