@@ -1,6 +1,7 @@
 defmodule Cluster do
   @moduledoc """
-  Looking into and steering the running topologies: `status/0,1`, `await/1` and `leave/0,1`.
+  Looking into and steering the running topologies: `status/0,1`, `mesh/1`, `await/1` and
+  `leave/0,1`.
 
   Topologies are found wherever they run: under any `Cluster.Supervisor` (your own, or the one the
   application starts for `config :libcluster_rs, topologies: [...]`), and built-in strategy
@@ -53,6 +54,14 @@ defmodule Cluster do
       DateTime}}`. `failing` is true while the failure streak lasts (`count` failures in a row);
       `error` and `at` are the last failure's; `total` counts all. `%{}` when none ever failed.
       (A failed resolver fun is a failed discovery: see `:last_error`.)
+    * `:disconnects` - who cut connections: `:ours` counts the disconnects this topology made
+      (its `disconnect` MFA, e.g. pruning a node discovery no longer returns); `:global` counts
+      the connections `global` cut in this VM "in order to prevent overlapping partitions" (OTP
+      25+, kernel `prevent_overlapping_partitions`), and `:requested` the times it asked a peer
+      to cut its connection to this node, with the last few in `:recent` (`%{what:
+      :disconnected | :requested, node: node, at: DateTime}`). `global` reports these only in
+      warning logs, which is where they are read: `:seen` is `false` when the primary logger
+      level is above `:warning`, and the counts then stay 0. See docs/scale.md.
     * `:extra` - strategy-specific details from the optional `c:LibclusterRs.Discovery.status_extra/1`
       callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
       strategy reports nothing.
@@ -83,6 +92,44 @@ defmodule Cluster do
       :error -> {:error, :not_found}
     end
   end
+
+  @doc """
+  Checks that the cluster is a full mesh: asks every node for its own view (`:erlang.nodes/0`
+  over `:erpc`, all at once, each within `:timeout`), widens the set with the nodes those views
+  name, and names every missing link. Nothing of libcluster_rs needs to run on the nodes asked.
+
+      iex> Cluster.mesh()
+      %{
+        nodes: [:"a@10.0.0.1", :"b@10.0.0.2", :"c@10.0.0.3"],
+        full_mesh: false,
+        missing: [{:"a@10.0.0.1", :"c@10.0.0.3"}, {:"c@10.0.0.3", :"a@10.0.0.1"}],
+        asymmetric: [],
+        unreachable: %{},
+        truncated: false
+      }
+
+  `{a, b}` in `:missing` means that `a` does not see `b`; it is in `:asymmetric` too when `b` does
+  see `a` (a one-sided view, usually a connection being set up or torn down). `:unreachable` maps
+  the nodes that did not answer to why. From this node by default (this node and `Node.list/0`);
+  `mix libcluster.mesh` runs it from outside, as a hidden node.
+
+  ## Options
+
+    * `:seeds` - start from these nodes instead of this one, which is then not counted as a member
+      (what `mix libcluster.mesh --node` does)
+    * `:timeout` - ms per question, default `5_000`
+    * `:max_nodes` - at most this many nodes are asked, default `1_000` (`:truncated` is then true)
+    * `:rounds` - how many times the set is widened with nodes the answers named, default `3`
+  """
+  @spec mesh(Keyword.t()) :: %{
+          nodes: [node()],
+          full_mesh: boolean(),
+          missing: [{node(), node()}],
+          asymmetric: [{node(), node()}],
+          unreachable: %{node() => term()},
+          truncated: boolean()
+        }
+  def mesh(opts \\ []), do: LibclusterRs.Mesh.check(opts)
 
   @doc """
   Waits until this node is connected to at least `min_nodes` other nodes, for at most `timeout` ms.
@@ -269,7 +316,8 @@ defmodule Cluster do
           name_problems: d.name_problems,
           extra: d.extra,
           membership: membership,
-          mfa_errors: mfa_errors(Map.get(m, :mfa_errors, %{}))
+          mfa_errors: mfa_errors(Map.get(m, :mfa_errors, %{})),
+          disconnects: disconnects(m)
         }
 
       :error ->
@@ -299,6 +347,12 @@ defmodule Cluster do
     end
   end
 
+  # `global`'s cuts are the VM's (it does not know topologies); ours are the topology's.
+  defp disconnects(m) do
+    global = LibclusterRs.GlobalWatch.snapshot() || %{global: 0, requested: 0, recent: [], seen: false}
+    Map.put(global, :ours, Map.get(m, :disconnects_made, 0))
+  end
+
   defp unknown(topology, strategy, pid, state) do
     %{
       topology: topology,
@@ -317,7 +371,8 @@ defmodule Cluster do
       name_problems: [],
       extra: %{},
       membership: nil,
-      mfa_errors: %{}
+      mfa_errors: %{},
+      disconnects: nil
     }
   end
 

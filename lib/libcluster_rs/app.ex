@@ -16,6 +16,8 @@ defmodule LibclusterRs.App do
         # Short tasks of the library outside any topology (e.g. `Cluster.status/1` asking a custom
         # strategy's list_nodes); each topology has a Task.Supervisor of its own.
         {Task.Supervisor, name: LibclusterRs.TaskSupervisor},
+        # counts the connections `global` cuts to prevent overlapping partitions (Cluster.status/1)
+        LibclusterRs.GlobalWatch,
         Cluster.Events
       ] ++
         if topologies == [] do

@@ -154,6 +154,8 @@ defmodule LibclusterRs.Membership do
             missing: %{},
             # disconnects in flight: task ref => {nodes, pid, timer}
             disconnects: %{},
+            # nodes this topology has asked its disconnect MFA to disconnect, ever
+            disconnects_made: 0,
             # the last good `list_nodes` answer, and the refresh in flight
             listed: MapSet.new(),
             listed_at: nil,
@@ -828,7 +830,12 @@ defmodule LibclusterRs.Membership do
       )
 
     timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
-    %{m | disconnects: Map.put(m.disconnects, task.ref, {nodes, task.pid, timer})}
+
+    %{
+      m
+      | disconnects: Map.put(m.disconnects, task.ref, {nodes, task.pid, timer}),
+        disconnects_made: m.disconnects_made + length(nodes)
+    }
   end
 
   defp disconnect_done(m, ref, result) do

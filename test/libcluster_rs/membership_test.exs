@@ -168,13 +168,13 @@ defmodule LibclusterRs.MembershipTest do
     m = start(t, net, stable_after: 0, min_dial_interval: 1)
     Membership.discovered(m, [:a@h])
     assert_receive {:connect, :a@h}, 2_000
-    Peer.wait_until(fn -> FakeDist.up(net) == [:a@h] end, 500)
+    assert Peer.wait_until(fn -> FakeDist.up(net) == [:a@h] end, 2_000)
 
     # the peer drops the connection (silently: every {:disconnect, _} the test sees is the membership's)
     FakeDist.drop(net, :a@h)
     send(m, {:nodedown, :a@h})
     assert_receive {:connect, :a@h}, 2_000
-    Peer.wait_until(fn -> FakeDist.up(net) == [:a@h] end, 500)
+    assert Peer.wait_until(fn -> FakeDist.up(net) == [:a@h] end, 2_000)
 
     # a node that is not (or no longer) discovered is not redialled on nodedown
     Membership.discovered(m, [])
@@ -195,6 +195,8 @@ defmodule LibclusterRs.MembershipTest do
       assert_receive {:disconnect, :b@h}, 2_000
       refute_receive {:disconnect, :a@h}, 50
       assert FakeDist.up(net) == [:a@h]
+      # Cluster.status's disconnects.ours
+      assert Membership.status(m).disconnects_made == 1
     end
 
     test ":never never disconnects, and stops redialling", %{t: t} do

@@ -47,6 +47,7 @@ defmodule LibclusterRs.Membership.Status do
       mfa_errors: m.mfa_errors,
       list_nodes_age: if(m.listed_at, do: now - m.listed_at),
       sightings_dropped: m.sightings_dropped,
+      disconnects_made: m.disconnects_made,
       opts: m.opts
     }
   end
