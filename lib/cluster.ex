@@ -46,8 +46,11 @@ defmodule Cluster do
     * `:name_problems` - discovered node names that cannot be connected with this node's name
       mode (a short host under `--name`, a fully qualified host or an IP under `--sname`), as
       sentences; at most 10
-    * `:membership` - `:ok`, or `:unresponsive` when the topology's membership did not answer in
-      time (the other membership keys are then empty)
+    * `:membership` - `:ok`; `:unknown` while the topology's `list_nodes` MFA is failing
+      (`:connected` is then its last good answer plus the nodes whose connect returned true since;
+      nothing is pruned or disconnected, and the discovered nodes not known to be up are still
+      dialled, each with its backoff); or `:unresponsive` when the topology's membership did not
+      answer in time (the other membership keys are then empty)
     * `:mfa_errors` - the topology's MFAs (`:connect`, `:disconnect`, `:list_nodes`) that have
       failed (raised, exited, thrown, returned something unexpected or not returned in time):
       `%{kind => %{mfa: "Mod.fun/arity", error: text, failing: boolean, count: n, total: n, at:
@@ -290,6 +293,7 @@ defmodule Cluster do
       {:ok, d} ->
         {m, membership} =
           case d.membership do
+            %{mfa_errors: %{list_nodes: %{failing: true}}} = m -> {m, :unknown}
             %{} = m -> {m, :ok}
             :unresponsive -> {%{leaving: false, connected: [], pending: %{}, mfa_errors: %{}}, :unresponsive}
           end

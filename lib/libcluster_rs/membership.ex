@@ -37,6 +37,12 @@ defmodule LibclusterRs.Membership do
   for user code and `status/2` always answers. (The default `list_nodes`, `:erlang.nodes/1`, is a
   BIF that cannot fail: it is called directly.) When the topology stops, its tasks stop with it.
 
+  While `list_nodes` fails, the membership is unknown: nothing is pruned or disconnected on it,
+  but the discovered nodes not known to be up (the last good answer, plus the nodes whose connect
+  returned true since) are still dialled, each with its backoff, so a broken `list_nodes` never
+  keeps reachable nodes apart. A connect that returns true then counts as unconfirmed (reason
+  `:list_nodes_failed`), and the node is dialled again with backoff (a no-op while it is up).
+
   ## Options
 
   Given under `membership:` in a topology (`[strategy: ..., config: ..., membership: [...]]`) or in
@@ -435,16 +441,9 @@ defmodule LibclusterRs.Membership do
     {peers, failures, delay} = Peers.fail(m.peers, node, reason, now, m.opts, :rand.uniform())
 
     if failures == 1 do
-      text =
-        case reason do
-          :not_listed -> "the connect returned true but list_nodes does not show it"
-          :dropped -> "it connected but dropped again within #{m.opts.stable_after} ms"
-          other -> inspect(other)
-        end
-
       Cluster.Logger.warn(
         m.topology,
-        "cannot connect to #{inspect(node)} (#{text}); retrying with backoff, next in #{delay} ms"
+        failure_text(m, node, reason) <> "; retrying with backoff, next in #{delay} ms"
       )
     end
 
@@ -462,6 +461,21 @@ defmodule LibclusterRs.Membership do
     now = now()
     {peers, flapped} = Peers.observe(m.peers, m.listed, now, m.opts)
     Enum.reduce(flapped, %{m | peers: peers}, &fail(&2, &1, :dropped, now))
+  end
+
+  defp failure_text(_m, node, :list_nodes_failed),
+    do:
+      "dialled #{inspect(node)} (the connect returned true) but list_nodes failed, so it is not known to be up"
+
+  defp failure_text(m, node, reason) do
+    text =
+      case reason do
+        :not_listed -> "the connect returned true but list_nodes does not show it"
+        :dropped -> "it connected but dropped again within #{m.opts.stable_after} ms"
+        other -> inspect(other)
+      end
+
+    "cannot connect to #{inspect(node)} (#{text})"
   end
 
   ## list_nodes
@@ -517,10 +531,29 @@ defmodule LibclusterRs.Membership do
         m = mfa_fault(m, :list_nodes, error)
         failures = m.list_failures + 1
         delay = Backoff.delay(failures, m.opts.backoff_min, m.opts.backoff_max, :rand.uniform())
+        m = %{m | list_failures: failures, list_again: false}
 
-        if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
-        timer = if m.leaving, do: nil, else: Process.send_after(self(), :retry, delay)
-        %{m | list_failures: failures, list_again: false, retry_timer: timer}
+        # Membership unknown: nothing is pruned or disconnected on it, but the discovered nodes
+        # not known to be up (the last good answer, plus the connects that returned true since)
+        # are still dialled, each with its backoff (a connect to a connected node is a no-op that
+        # returns true). Then list_nodes is asked again at the earlier of its own backoff and the
+        # next dial due.
+        m = reconcile(m)
+        list_retry = if m.leaving, do: nil, else: Process.send_after(self(), :retry, delay)
+
+        case m.retry_timer do
+          nil ->
+            %{m | retry_timer: list_retry}
+
+          timer ->
+            if list_retry && (Process.read_timer(timer) || 0) > delay do
+              Process.cancel_timer(timer)
+              %{m | retry_timer: list_retry}
+            else
+              if list_retry, do: Process.cancel_timer(list_retry)
+              m
+            end
+        end
     end
   end
 

@@ -116,6 +116,10 @@ defmodule LibclusterRs.ContainmentTest do
     end
   end
 
+  defp expected_membership(:list_nodes, p) when p >= 1.0, do: [:unknown]
+  defp expected_membership(:list_nodes, _p), do: [:ok, :unknown]
+  defp expected_membership(_target, _p), do: [:ok]
+
   defp check_status(name, target, kind, p) do
     {:ok, status} = Cluster.status(name)
 
@@ -130,7 +134,8 @@ defmodule LibclusterRs.ContainmentTest do
 
     cond do
       status.state != :running -> "state #{inspect(status.state)}"
-      Map.get(status, :membership) != :ok -> "membership #{inspect(status.membership)}"
+      # while list_nodes fails for good, the membership is unknown (every 4th call: it may be either)
+      status.membership not in expected_membership(target, p) -> "membership #{inspect(status.membership)}"
       not shown? -> "the #{target} #{kind} (p=#{p}) failure is not in the status: #{inspect(status)}"
       true -> nil
     end

@@ -35,6 +35,12 @@ defmodule LibclusterRs.Test.MFA do
     reply
   end
 
+  @doc "A list_nodes MFA that always raises (it runs on `:peer` nodes too: it is compiled here)."
+  def raising_list_nodes, do: {__MODULE__, :raise_list_nodes, []}
+
+  @doc false
+  def raise_list_nodes, do: raise("list_nodes is down")
+
   @doc "Raises ArgumentError unless `mfa` is exported with the arity a `kind` MFA is called with."
   def check!({m, f, a} = mfa, kind) when is_atom(m) and is_atom(f) and is_list(a) do
     arity = length(a) + extra_arity(kind)
