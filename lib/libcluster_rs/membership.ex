@@ -539,20 +539,18 @@ defmodule LibclusterRs.Membership do
         # returns true). Then list_nodes is asked again at the earlier of its own backoff and the
         # next dial due.
         m = reconcile(m)
-        list_retry = if m.leaving, do: nil, else: Process.send_after(self(), :retry, delay)
+        dial_due_in = m.retry_timer && Process.read_timer(m.retry_timer)
 
-        case m.retry_timer do
-          nil ->
-            %{m | retry_timer: list_retry}
+        cond do
+          m.leaving ->
+            m
 
-          timer ->
-            if list_retry && (Process.read_timer(timer) || 0) > delay do
-              Process.cancel_timer(timer)
-              %{m | retry_timer: list_retry}
-            else
-              if list_retry, do: Process.cancel_timer(list_retry)
-              m
-            end
+          is_integer(dial_due_in) and dial_due_in <= delay ->
+            m
+
+          true ->
+            if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
+            %{m | retry_timer: Process.send_after(self(), :retry, delay)}
         end
     end
   end
