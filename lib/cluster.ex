@@ -64,7 +64,7 @@ defmodule Cluster do
       to cut its connection to this node, with the last few in `:recent` (`%{what:
       :disconnected | :requested, node: node, at: DateTime}`). `global` reports these only in
       warning logs, which is where they are read: `:seen` is `false` when the primary logger
-      level is above `:warning`, and the counts then stay 0. See docs/scale.md.
+      level is above `:warning`, and the counts then stay 0.
     * `:extra` - strategy-specific details from the optional `c:LibclusterRs.Discovery.status_extra/1`
       callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
       strategy reports nothing.
@@ -121,7 +121,8 @@ defmodule Cluster do
     * `:seeds` - start from these nodes instead of this one, which is then not counted as a member
       (what `mix libcluster.mesh --node` does)
     * `:timeout` - ms per question, default `5_000`
-    * `:max_nodes` - at most this many nodes are asked, default `1_000` (`:truncated` is then true)
+    * `:max_nodes` - at most this many nodes are asked (`:seeds` first, in their order), default
+      `1_000`; `:truncated` is true when some were left out
     * `:rounds` - how many times the set is widened with nodes the answers named, default `3`
   """
   @spec mesh(Keyword.t()) :: %{

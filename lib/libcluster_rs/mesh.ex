@@ -13,14 +13,15 @@ defmodule LibclusterRs.Mesh do
     max_nodes = pos_integer!(opts, :max_nodes)
     rounds = pos_integer!(opts, :rounds)
 
-    {members, views, unreachable} =
+    {members, views, unreachable, truncated} =
       case Keyword.fetch(opts, :seeds) do
         {:ok, seeds} when is_list(seeds) and seeds != [] ->
           unless Enum.all?(seeds, &is_atom/1),
             do: raise(ArgumentError, "expected :seeds to be a list of node atoms, got: #{inspect(seeds)}")
 
           # asked from outside: this node is not one of the members
-          explore(MapSet.new(seeds), %{}, %{}, timeout, max_nodes, rounds)
+          {start, cut} = grow(MapSet.new(), seeds, max_nodes)
+          explore(start, %{}, %{}, timeout, max_nodes, rounds, cut)
 
         {:ok, seeds} ->
           raise ArgumentError, "expected :seeds to be a non-empty list of node atoms, got: #{inspect(seeds)}"
@@ -28,9 +29,10 @@ defmodule LibclusterRs.Mesh do
         :error ->
           if Node.alive?() do
             views = %{node() => MapSet.new(Node.list())}
-            explore(MapSet.new([node() | Node.list()]), views, %{}, timeout, max_nodes, rounds)
+            {start, cut} = grow(MapSet.new([node()]), Node.list(), max_nodes)
+            explore(start, views, %{}, timeout, max_nodes, rounds, cut)
           else
-            {MapSet.new([node()]), %{node() => MapSet.new()}, %{}}
+            {MapSet.new([node()]), %{node() => MapSet.new()}, %{}, false}
           end
       end
 
@@ -46,7 +48,7 @@ defmodule LibclusterRs.Mesh do
       missing: missing,
       asymmetric: for({a, b} <- missing, b in answered, MapSet.member?(views[b], a), do: {a, b}),
       unreachable: unreachable,
-      truncated: MapSet.size(members) >= max_nodes
+      truncated: truncated
     }
   end
 
@@ -54,14 +56,14 @@ defmodule LibclusterRs.Mesh do
   # member asks a node it is not connected to through a node that sees it (asking directly would
   # connect the two and mend the very link it looks for); a checker outside the mesh (`:seeds`)
   # asks directly, which is why `mix libcluster.mesh` runs as a hidden node.
-  defp explore(members, views, unreachable, timeout, max_nodes, rounds) do
+  defp explore(members, views, unreachable, timeout, max_nodes, rounds, truncated) do
     ask =
       members
       |> Enum.reject(&(Map.has_key?(views, &1) or Map.has_key?(unreachable, &1)))
       |> Enum.sort()
 
     if ask == [] or rounds == 0 do
-      {members, views, unreachable}
+      {members, views, unreachable, truncated}
     else
       {views, unreachable} =
         ask
@@ -71,16 +73,15 @@ defmodule LibclusterRs.Mesh do
           {n, other}, {v, u} -> {v, Map.put(u, n, reason(other))}
         end)
 
-      learned =
+      named =
         views
         |> Map.values()
-        |> Enum.reduce(members, &MapSet.union/2)
+        |> Enum.reduce(MapSet.new(), &MapSet.union/2)
+        |> MapSet.difference(members)
         |> MapSet.delete(node_if_outside(members))
-        |> Enum.sort()
-        |> Enum.take(max_nodes)
-        |> MapSet.new()
 
-      explore(learned, views, unreachable, timeout, max_nodes, rounds - 1)
+      {learned, cut} = grow(members, Enum.sort(named), max_nodes)
+      explore(learned, views, unreachable, timeout, max_nodes, rounds - 1, truncated or cut)
     end
   end
 
@@ -121,6 +122,14 @@ defmodule LibclusterRs.Mesh do
     end)
   end
 
+  # Adds the `new` nodes, in their order, to `members`, up to `max` in all (the members already
+  # there stay); true when some were left out.
+  defp grow(members, new, max) do
+    new = Enum.uniq(new)
+    added = Enum.take(new, max(max - MapSet.size(members), 0))
+    {MapSet.union(members, MapSet.new(added)), length(added) < length(new)}
+  end
+
   # Asked from outside (seeds), this node sees itself in the members' views: it is not a member.
   defp node_if_outside(members), do: if(MapSet.member?(members, node()), do: nil, else: node())
 
@@ -132,12 +141,12 @@ defmodule LibclusterRs.Mesh do
   defp reason(other), do: other
 
   defp pos_integer!(opts, key) do
-    case opts[key] do
-      n when is_integer(n) and n > 0 ->
+    case LibclusterRs.Config.pos_integer().(opts[key]) do
+      {:ok, n} ->
         n
 
-      other ->
-        raise ArgumentError, "expected #{inspect(key)} to be a positive integer, got: #{inspect(other)}"
+      {:error, expected} ->
+        raise ArgumentError, "expected #{inspect(key)} to be #{expected}, got: #{inspect(opts[key])}"
     end
   end
 end

@@ -62,6 +62,11 @@ defmodule Cluster.MeshTest do
     assert Map.keys(mesh.unreachable) == [ghost]
     refute mesh.full_mesh
 
+    assert mesh.truncated == false
+    # at most :max_nodes nodes are asked; the check says it stopped short
+    assert %{nodes: [^a], truncated: true} =
+             Peer.call(pa, Cluster, :mesh, [[seeds: [a, ghost], max_nodes: 1]])
+
     assert_raise ArgumentError, ~r/:timeout/, fn -> Cluster.mesh(timeout: 0) end
     assert_raise ArgumentError, ~r/:seeds/, fn -> Cluster.mesh(seeds: ["a@h"]) end
   end
@@ -69,7 +74,7 @@ defmodule Cluster.MeshTest do
   test "Cluster.status counts the connections global cuts to prevent overlapping partitions" do
     # default kernel settings: prevent_overlapping_partitions is on (OTP 25+)
     peers = start_peers("meshglobal", 3, [])
-    [{pa, a}, {pb, b}, {pc, c}] = peers
+    [{_, a}, {pb, b}, {_, c}] = peers
 
     for {p, node} <- peers do
       {:ok, _} =
@@ -98,7 +103,7 @@ defmodule Cluster.MeshTest do
     assert Enum.any?(counts, fn s -> Enum.any?(s.recent, &(&1.node in [a, b, c])) end)
 
     # ... and Cluster.status shows them, apart from the topology's own (none here)
-    statuses = for {p, _} <- [{pa, a}, {pb, b}, {pc, c}], do: Peer.call(p, Cluster, :status, [])
+    statuses = for {p, _} <- peers, do: Peer.call(p, Cluster, :status, [])
 
     for status <- statuses, {_, s} <- status do
       assert %{ours: 0, global: g, requested: r, seen: true} = s.disconnects
