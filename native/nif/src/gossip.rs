@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use libcluster_core::gossip::wire::{self, Keys, Mode, ReplayGuard};
 use libcluster_core::gossip::{
-    self, random_array, Control, GossipConfig, Interface, Schedule, SocketConfig, Stats,
-    CONTROL_QUEUE,
+    self, random_array, Control, GossipConfig, Interface, Schedule, SocketConfig, CONTROL_QUEUE,
 };
+use libcluster_core::sighting::Stats;
 use rustler::{
     Atom, Binary, Encoder, Env, NifMap, NifResult, NifUnitEnum, OwnedBinary, Resource, ResourceArc,
     Term,
