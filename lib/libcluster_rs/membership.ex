@@ -442,7 +442,7 @@ defmodule LibclusterRs.Membership do
 
       Cluster.Logger.warn(
         m.topology,
-        "cannot connect to #{inspect(node)} (#{text}); retrying with backoff, next in #{delay} ms"
+        "cannot connect to #{inspect(node)} (#{text}); " <> next_attempt(m, node, delay)
       )
     end
 
@@ -453,6 +453,15 @@ defmodule LibclusterRs.Membership do
     )
 
     %{m | peers: peers}
+  end
+
+  # What the failure log promises: a discovered node is redialled by the retry timer; a node only
+  # sighted (gossip, Postgres: names heard from the network) is not, it is dialled again when it
+  # is heard from again and its backoff is over (Policy.take_sightings/7).
+  defp next_attempt(m, node, delay) do
+    if MapSet.member?(m.desired, node),
+      do: "retrying with backoff, next in #{delay} ms",
+      else: "dialling it again when it is next heard from, not sooner than #{delay} ms from now"
   end
 
   # Up/down transitions from the last `list_nodes` answer; nodes that flapped count as failed.
