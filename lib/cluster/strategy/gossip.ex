@@ -24,8 +24,10 @@ defmodule Cluster.Strategy.Gossip do
       new names are dropped and counted (`rejected_atom_cap`);
     * new names are rate-limited per sender address (`:new_names_burst`, then
       `:new_names_per_minute`) and for all senders together (`:new_names_total_burst`,
-      `:new_names_total_per_minute`), so one flooding host does not keep newcomers from other
-      hosts out;
+      `:new_names_total_per_minute`). A name over the limit waits for its turn (up to 10 s), and
+      turns go first to the sender address admitted least recently, so a flood from one or many
+      addresses does not keep a newcomer heartbeating from its own address out (with more
+      addresses than the 1,024 tracked ones it still can: use the authenticated format);
     * their sightings are reported as untrusted (`{:seen, nodes, trusted: false}`), so the
       membership bounds the connect attempts they cause; names from authenticated datagrams are
       trusted.
