@@ -623,6 +623,7 @@ async fn session(
     ));
     let mut listening = false;
     let mut next_beat = tokio::time::Instant::now() + cfg.heartbeat;
+    let mut next_admit = tokio::time::Instant::now();
     loop {
         let deadline = inflight.as_ref().map(|(_, d)| *d);
         tokio::select! {
@@ -680,7 +681,9 @@ async fn session(
                 ));
             },
             // Names waiting for a token get it even when nothing more is heard.
-            _ = tokio::time::sleep(sighting::ADMIT_TICK), if receiver.waiting() => {
+            // A deadline kept across loop turns: a stream of other datagrams must not postpone it.
+            _ = tokio::time::sleep_until(next_admit), if receiver.waiting() => {
+                next_admit = tokio::time::Instant::now() + sighting::ADMIT_TICK;
                 for name in receiver.admit(Instant::now(), stats) {
                     if !sink.send(Event::Heartbeat { name, trusted: false }) {
                         return End::Stopped;

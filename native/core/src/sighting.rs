@@ -74,7 +74,7 @@ impl Stats {
 
 /// A token bucket for names never heard before.
 #[derive(Debug, Clone)]
-pub struct NameLimiter {
+struct NameLimiter {
     burst: f64,
     per_ms: f64,
     tokens: f64,
@@ -82,7 +82,7 @@ pub struct NameLimiter {
 }
 
 impl NameLimiter {
-    pub fn new(burst: u32, per_minute: u32, now: Instant) -> NameLimiter {
+    fn new(burst: u32, per_minute: u32, now: Instant) -> NameLimiter {
         NameLimiter {
             burst: burst as f64,
             per_ms: per_minute as f64 / 60_000.0,
@@ -98,13 +98,13 @@ impl NameLimiter {
     }
 
     /// Whether a token is there (after refilling), without taking it.
-    pub fn ready(&mut self, now: Instant) -> bool {
+    fn ready(&mut self, now: Instant) -> bool {
         self.refill(now);
         self.tokens >= 1.0
     }
 
     /// Takes a token if there is one.
-    pub fn allow(&mut self, now: Instant) -> bool {
+    fn allow(&mut self, now: Instant) -> bool {
         if self.ready(now) {
             self.tokens -= 1.0;
             true

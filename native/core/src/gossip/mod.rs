@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
 use crate::event::{Error, ErrorKind, Event, Sink};
-pub use crate::sighting::Stats;
+use crate::sighting::Stats;
 use crate::sighting::{self, Bucket, Limits, Sightings};
 use wire::{Format, Keys, Mode, Reject, ReplayGuard};
 
@@ -423,6 +423,7 @@ pub async fn run(
             return;
         };
         let mut next_beat = tokio::time::Instant::now();
+        let mut next_admit = tokio::time::Instant::now();
         let mut next_stats = stats_every.map(|d| tokio::time::Instant::now() + d);
         let mut send_errors = 0u32;
         loop {
@@ -479,7 +480,9 @@ pub async fn run(
                     next_beat = tokio::time::Instant::now() + next_delay(cfg.schedule);
                 },
                 // Names waiting for a token get it even when nothing more is heard.
-                _ = tokio::time::sleep(sighting::ADMIT_TICK), if receiver.waiting() => {
+                // A deadline kept across loop turns: a stream of other datagrams must not postpone it.
+                _ = tokio::time::sleep_until(next_admit), if receiver.waiting() => {
+                    next_admit = tokio::time::Instant::now() + sighting::ADMIT_TICK;
                     for name in receiver.admit(Instant::now(), &stats) {
                         if !sink.send(Event::Heartbeat { name, trusted: false }) {
                             return;
