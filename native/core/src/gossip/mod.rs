@@ -753,6 +753,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_waiting_name_is_admitted_by_the_tick_while_only_known_names_are_heard() {
+        let port = 44_000 + (std::process::id() % 1000) as u16;
+        let mut cfg = config("me@127.0.0.1", port);
+        cfg.schedule = Schedule::Silent;
+        cfg.new_names_total_burst = 1;
+        cfg.new_names_total_per_minute = 600;
+        let (mut rx, _ctl, task) = spawn(cfg);
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+        sock.set_multicast_if_v4(&Ipv4Addr::LOCALHOST).unwrap();
+        sock.set_multicast_ttl_v4(0).unwrap();
+        sock.bind(&std::net::SocketAddr::from((Ipv4Addr::LOCALHOST, 0)).into())
+            .unwrap();
+        let sock = std::net::UdpSocket::from(sock);
+        let group = std::net::SocketAddr::from((Ipv4Addr::new(233, 252, 1, 32), port));
+        // the task's socket opens asynchronously: repeat "a" until it is heard
+        let mut got = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            sock.send_to(&hb("a@h"), group).unwrap();
+            got = heard(&mut rx, 1, Duration::from_millis(20)).await;
+            if !got.is_empty() {
+                break;
+            }
+        }
+        assert!(got.contains("a@h"), "{got:?}");
+        // "b" finds no token (burst 1) and waits; only the known "a" is heard from then on, every
+        // 5 ms, more often than the tick: the tick still admits "b" when a token comes (100 ms)
+        sock.send_to(&hb("b@h"), group).unwrap();
+        let mut admitted = false;
+        for _ in 0..200 {
+            sock.send_to(&hb("a@h"), group).unwrap();
+            if heard(&mut rx, 1, Duration::from_millis(5))
+                .await
+                .contains("b@h")
+            {
+                admitted = true;
+                break;
+            }
+        }
+        assert!(admitted, "b was never admitted");
+        task.abort();
+    }
+
+    #[tokio::test]
     async fn a_nameless_node_starts_heartbeating_when_it_gets_a_name() {
         let port = 45_000 + (std::process::id() % 1000) as u16;
         let (mut rx1, _c1, t1) = spawn(config("one@127.0.0.1", port));
