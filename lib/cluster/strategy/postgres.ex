@@ -21,7 +21,8 @@ defmodule Cluster.Strategy.Postgres do
 
   Notification payloads are untrusted: any role that can connect to the database can `NOTIFY`.
   Each payload must be a valid node name (`name@host`, checked natively before any atom is made);
-  names never heard before are rate-limited (`:new_names_burst`, `:new_names_per_minute`), and at
+  names never heard before are rate-limited (`:new_names_burst`, `:new_names_per_minute`; a name
+  over the limit waits up to 10 s for a token, as gossip's do), and at
   most `:max_new_atoms` atoms are made from them in the VM (a budget shared with gossip's
   unauthenticated names). Their sightings count as untrusted, so the membership bounds the connects
   they cause (`untrusted_connect_rate`). Dropped payloads are counted by reason (see
