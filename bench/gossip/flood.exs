@@ -75,7 +75,7 @@ flood_atoms =
   |> Enum.map(&Peer.call(v, GossipSender, :existing_atoms, [&1], 60_000))
   |> Enum.sum()
 
-{budget_created, budget_dropped} = Peer.call(v, LibclusterRs.Native, :gossip_atom_budget, [])
+{budget_created, budget_dropped} = Peer.call(v, LibclusterRs.Native, :untrusted_atom_budget, [])
 
 hz = 100
 pct = fn ticks -> Float.round(ticks / hz / wall * 100, 2) end

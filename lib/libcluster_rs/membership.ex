@@ -443,7 +443,7 @@ defmodule LibclusterRs.Membership do
     if failures == 1 do
       Cluster.Logger.warn(
         m.topology,
-        failure_text(m, node, reason) <> "; retrying with backoff, next in #{delay} ms"
+        failure_text(m, node, reason) <> "; " <> next_attempt(m, node, delay)
       )
     end
 
@@ -454,6 +454,15 @@ defmodule LibclusterRs.Membership do
     )
 
     %{m | peers: peers}
+  end
+
+  # What the failure log promises: a discovered node is redialled by the retry timer; a node only
+  # sighted (gossip, Postgres: names heard from the network) is not, it is dialled again when it
+  # is heard from again and its backoff is over (Policy.take_sightings/7).
+  defp next_attempt(m, node, delay) do
+    if MapSet.member?(m.desired, node),
+      do: "retrying with backoff, next in #{delay} ms",
+      else: "dialling it again when it is next heard from, not sooner than #{delay} ms from now"
   end
 
   # Up/down transitions from the last `list_nodes` answer; nodes that flapped count as failed.

@@ -103,15 +103,16 @@ defmodule LibclusterRs.Native do
   def gossip_node_down(_stats, _node), do: :erlang.nif_error(:nif_not_loaded)
 
   @doc """
-  Reserves one atom of the VM-wide budget for names from unauthenticated gossip, whose cap is
-  `cap`: `:ok`, or `:full` (`:full_first` the first time in this VM).
+  Reserves one atom of the VM-wide budget for node names from untrusted sources (unauthenticated
+  gossip, Postgres NOTIFY), whose cap is `cap`: `:ok`, or `:full` (`:full_first` the first time in
+  this VM). Called only by `LibclusterRs.NodeName.untrusted_to_node/3`.
   """
-  @spec gossip_atom_reserve(non_neg_integer()) :: :ok | :full | :full_first
-  def gossip_atom_reserve(_cap), do: :erlang.nif_error(:nif_not_loaded)
+  @spec untrusted_atom_reserve(non_neg_integer()) :: :ok | :full | :full_first
+  def untrusted_atom_reserve(_cap), do: :erlang.nif_error(:nif_not_loaded)
 
-  @doc "`{created, dropped}`: the VM-wide count of atoms made from unauthenticated gossip."
-  @spec gossip_atom_budget() :: {non_neg_integer(), non_neg_integer()}
-  def gossip_atom_budget, do: :erlang.nif_error(:nif_not_loaded)
+  @doc "`{created, dropped}`: the VM-wide count of atoms made from untrusted node names."
+  @spec untrusted_atom_budget() :: {non_neg_integer(), non_neg_integer()}
+  def untrusted_atom_budget, do: :erlang.nif_error(:nif_not_loaded)
 
   @doc "A libcluster v1 heartbeat datagram for `node` (plain, or AES-256-CBC with `secret`)."
   @spec gossip_encode_v1(String.t(), binary() | nil) :: binary()

@@ -1,6 +1,7 @@
 defmodule LibclusterRs.NodeName do
   @moduledoc false
-  # The only place where names from discovery become atoms. Which names are valid is decided by
+  # The only place where names from discovery become atoms (names from untrusted sources within the
+  # VM-wide budget: `untrusted_to_node/3`). Which names are valid is decided by
   # the Rust core (`native/core/src/node_name.rs`, through `LibclusterRs.Native.node_names_check/1`),
   # the one validator both sides use: `name@host`, at most 255 bytes, the name of ASCII letters,
   # digits, `_`, `-`, `.`, the host an IP address or a hostname, no `..`, no trailing dot. Anything
@@ -54,6 +55,41 @@ defmodule LibclusterRs.NodeName do
       shown = rejected |> Enum.take(5) |> Enum.map_join(", ", &inspect(&1, limit: 5, printable_limit: 80))
       "libcluster_rs: dropped #{length(rejected)} invalid node name(s) from discovery: #{shown}"
     end)
+  end
+
+  @doc """
+  The node atom for `name` heard from an untrusted source (gossip v1 heartbeats, Postgres NOTIFY
+  payloads). A name that is already an atom (a known node) is free; a new one spends one atom of the
+  VM-wide budget for untrusted names, whose cap is `cap` (the strategy's `max_unauthenticated_atoms`
+  or `max_new_atoms`). With `trusted: true` (an authenticated gossip datagram) the budget is not
+  used. Returns `{:ok, node}`, `:invalid`, or `:full` at the cap (`:full_first` the first time this
+  VM drops a name there: the caller logs that once, as an error).
+  """
+  @spec untrusted_to_node(term(), non_neg_integer(), boolean()) ::
+          {:ok, node()} | :invalid | :full | :full_first
+  def untrusted_to_node(name, cap, trusted \\ false) do
+    cond do
+      not valid?(name) ->
+        :invalid
+
+      existing = existing_atom(name) ->
+        {:ok, existing}
+
+      trusted ->
+        {:ok, String.to_atom(name)}
+
+      true ->
+        case LibclusterRs.Native.untrusted_atom_reserve(cap) do
+          :ok -> {:ok, String.to_atom(name)}
+          full -> full
+        end
+    end
+  end
+
+  defp existing_atom(name) do
+    String.to_existing_atom(name)
+  rescue
+    ArgumentError -> nil
   end
 
   defp atom(name) when is_atom(name), do: name

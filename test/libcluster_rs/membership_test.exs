@@ -478,6 +478,45 @@ defmodule LibclusterRs.MembershipTest do
       assert Enum.max(Map.values(per_node)) <= 4, inspect(per_node)
     end
 
+    test "a sighted node whose connect fails is dialled again when next heard from, and the log says so",
+         %{t: t} do
+      sighted = :"heard@127.0.0.1"
+      discovered = :"listed@127.0.0.1"
+      net = dist(%{sighted => :refuse, discovered => :refuse})
+
+      log =
+        capture_log(fn ->
+          m = start(t, net, backoff_min: 30, backoff_max: 30, min_dial_interval: 1)
+          Membership.seen(m, [sighted])
+
+          assert_receive {:telemetry, [:libcluster, :membership, :backoff], %{failures: 1, delay: delay},
+                          %{node: ^sighted}},
+                         1_000
+
+          # the refusal was served; its backoff passes several times over without a redial...
+          assert_receive {:connect, ^sighted}
+          refute_receive {:connect, ^sighted}, delay * 5
+          # ...until it is heard from again
+          Membership.seen(m, [sighted])
+          assert_receive {:connect, ^sighted}, 1_000
+
+          # a discovered node is retried by the timer, as its log says
+          Membership.discovered(m, [discovered])
+          assert_receive {:connect, ^discovered}
+          assert_receive {:connect, ^discovered}, 1_000
+          _ = Membership.status(m)
+        end)
+
+      log = lines_of(log, t)
+
+      assert log =~
+               "cannot connect to :\"heard@127.0.0.1\" (false); dialling it again when it is next heard from",
+             log
+
+      refute log =~ ~r/heard@127.0.0.1.*retrying with backoff/
+      assert log =~ ~r/listed@127.0.0.1.*retrying with backoff, next in \d+ ms/, log
+    end
+
     test "a sighted node that connects is not dialled again", %{t: t} do
       node = :"gossip@127.0.0.1"
       net = dist(%{node => :accept})

@@ -92,6 +92,45 @@ defmodule LibclusterRs.Test.GossipSender do
   end
 
   @doc """
+  Like `flood/6`, from several source addresses of this host: one socket bound to each address in
+  `sources` (IPv4 strings, all on the interface multicast leaves by), the fresh names spread over
+  them round robin, each name pointing at the address it is sent from (so `verify_sender` does not
+  tell them apart, and every connect attempt they cause stays on the sender's host). Returns the
+  names sent.
+  """
+  def flood_from(ip, port, sources, per_second, duration_ms, socket_opts) do
+    sockets =
+      for src <- sources do
+        {:ok, addr} = :inet.parse_address(to_charlist(src))
+        {src, open(socket_opts: [ip: addr, multicast_if: addr] ++ socket_opts)}
+      end
+
+    batch = max(div(per_second, 20), 1)
+    t0 = System.monotonic_time(:millisecond)
+    names = flood_from_loop(List.to_tuple(sockets), ip, port, batch, t0, t0 + duration_ms, 0, [])
+    for {_, socket} <- sockets, do: :gen_udp.close(socket)
+    names
+  end
+
+  defp flood_from_loop(sockets, ip, port, batch, t0, stop, tick, acc) do
+    if System.monotonic_time(:millisecond) >= stop do
+      acc |> Enum.reverse() |> List.flatten()
+    else
+      sent =
+        for i <- 0..(batch - 1) do
+          {host, socket} = elem(sockets, rem(tick * batch + i, tuple_size(sockets)))
+          [{name, datagram}] = fresh_names(1, host)
+          :gen_udp.send(socket, ip, port, datagram)
+          name
+        end
+
+      next = t0 + (tick + 1) * 50
+      Process.sleep(max(next - System.monotonic_time(:millisecond), 0))
+      flood_from_loop(sockets, ip, port, batch, t0, stop, tick + 1, [sent | acc])
+    end
+  end
+
+  @doc """
   Sends `datagrams` over and over, `per_second` a second (in batches every 50 ms), to
   `{ip, port}` for `duration_ms`. Returns how many were sent.
   """

@@ -6,7 +6,7 @@ defmodule LibclusterRs.Test.Netns do
   # Needs root; tests that use it are tagged `@tag :root`. Everything is removed by `teardown/1`
   # (call it from `on_exit`), and only processes started in these namespaces are ever killed.
 
-  defstruct [:id, :subnet, :bridge, :gateway, hosts: []]
+  defstruct [:id, :subnet, :bridge, :gateway, ns_prefix: "lcn", veth_prefix: "lcv", hosts: []]
 
   @type host :: %{ns: String.t(), ip: String.t(), veth: String.t()}
   @type t :: %__MODULE__{
@@ -14,32 +14,49 @@ defmodule LibclusterRs.Test.Netns do
           subnet: 0..255,
           bridge: String.t(),
           gateway: String.t(),
+          ns_prefix: String.t(),
+          veth_prefix: String.t(),
           hosts: [host()]
         }
 
   @doc """
   Creates `count` namespaces on a fresh bridge in subnet `198.18.<subnet>.0/24`. Host `i` (1-based)
   gets `198.18.<subnet>.<10 + i>`. Options: `ipv6: true` keeps IPv6 enabled (link-local addresses and
-  multicast) in the namespaces.
+  multicast) in the namespaces; `prefix: "lcg"` names namespaces `lcg…`, veths `lcgv…` and the bridge
+  `lcgb…` (default: `lcn…`, `lcv…`, `lcb…`), for a caller that owns its own prefix.
   """
   @spec setup(0..255, pos_integer(), Keyword.t()) :: t()
   def setup(subnet, count, opts \\ []) do
     # Random, not a counter: a VM's counters restart from the same values, and a run that was killed
     # may have left its namespaces behind.
     id = :crypto.strong_rand_bytes(3) |> Base.encode32(case: :lower, padding: false)
-    bridge = "lcb#{id}"
+
+    {ns_prefix, veth_prefix, bridge} =
+      case Keyword.get(opts, :prefix) do
+        nil -> {"lcn", "lcv", "lcb#{id}"}
+        prefix -> {prefix, prefix <> "v", "#{prefix}b#{id}"}
+      end
+
     gateway = "198.18.#{subnet}.1"
     ip!(["link", "add", bridge, "type", "bridge"])
     # Flood multicast to every port: there is no IGMP querier on a test bridge.
     File.write("/sys/class/net/#{bridge}/bridge/multicast_snooping", "0")
     ip!(["addr", "add", "#{gateway}/24", "dev", bridge])
     ip!(["link", "set", bridge, "up"])
-    net = %__MODULE__{id: id, subnet: subnet, bridge: bridge, gateway: gateway}
+
+    net = %__MODULE__{
+      id: id,
+      subnet: subnet,
+      bridge: bridge,
+      gateway: gateway,
+      ns_prefix: ns_prefix,
+      veth_prefix: veth_prefix
+    }
 
     hosts =
       for i <- 1..count do
-        ns = "lcn#{id}h#{i}"
-        veth = "lcv#{id}h#{i}"
+        ns = "#{ns_prefix}#{id}h#{i}"
+        veth = "#{veth_prefix}#{id}h#{i}"
         addr = "198.18.#{subnet}.#{10 + i}"
         ip!(["netns", "add", ns])
         ip!(["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
@@ -63,8 +80,8 @@ defmodule LibclusterRs.Test.Netns do
   @doc "Adds one more namespace to `net` (e.g. a hostile sender), returning the new host."
   @spec add_host(t(), pos_integer()) :: host()
   def add_host(%__MODULE__{} = net, i) do
-    ns = "lcn#{net.id}h#{i}"
-    veth = "lcv#{net.id}h#{i}"
+    ns = "#{net.ns_prefix}#{net.id}h#{i}"
+    veth = "#{net.veth_prefix}#{net.id}h#{i}"
     addr = "198.18.#{net.subnet}.#{10 + i}"
     ip!(["netns", "add", ns])
     ip!(["link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns])
@@ -85,7 +102,7 @@ defmodule LibclusterRs.Test.Netns do
       out
       |> String.split("\n", trim: true)
       |> Enum.map(&(&1 |> String.split(" ") |> hd()))
-      |> Enum.filter(&String.starts_with?(&1, "lcn#{net.id}h"))
+      |> Enum.filter(&String.starts_with?(&1, "#{net.ns_prefix}#{net.id}h"))
 
     for ns <- namespaces do
       kill_all(ns)
@@ -93,6 +110,14 @@ defmodule LibclusterRs.Test.Netns do
     end
 
     System.cmd("ip", ["link", "del", net.bridge], stderr_to_stdout: true)
+    :ok
+  end
+
+  @doc "Removes one host added by `add_host/2` (its processes, by PID, then its namespace and veth)."
+  @spec remove_host(host()) :: :ok
+  def remove_host(%{ns: ns}) do
+    kill_all(ns)
+    System.cmd("ip", ["netns", "del", ns], stderr_to_stdout: true)
     :ok
   end
 

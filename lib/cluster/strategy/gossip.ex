@@ -24,8 +24,10 @@ defmodule Cluster.Strategy.Gossip do
       new names are dropped and counted (`rejected_atom_cap`);
     * new names are rate-limited per sender address (`:new_names_burst`, then
       `:new_names_per_minute`) and for all senders together (`:new_names_total_burst`,
-      `:new_names_total_per_minute`), so one flooding host does not keep newcomers from other
-      hosts out;
+      `:new_names_total_per_minute`). A name over the limit waits for its turn (up to 10 s), and
+      turns go first to the sender address admitted least recently, so a flood from one or many
+      addresses does not keep a newcomer heartbeating from its own address out (with more
+      addresses than the 1,024 tracked ones it still can: use the authenticated format);
     * their sightings are reported as untrusted (`{:seen, nodes, trusted: false}`), so the
       membership bounds the connect attempts they cause; names from authenticated datagrams are
       trusted.
@@ -114,7 +116,7 @@ defmodule Cluster.Strategy.Gossip do
   use LibclusterRs.Discovery
 
   alias LibclusterRs.Config
-  alias __MODULE__.Watcher
+  alias LibclusterRs.NameWatcher
 
   @default_multicast {233, 252, 1, 32}
   @default_atom_cap 10_000
@@ -255,12 +257,30 @@ defmodule Cluster.Strategy.Gossip do
     }
 
     {handle, stats} = LibclusterRs.Native.gossip_start(tag, native_opts, impl.secret)
-    watcher = impl.watcher || Watcher.start(self())
-    send(watcher, {:task, stats, native_opts.node})
+    watcher = impl.watcher || start_watcher()
+    NameWatcher.follow(watcher, stats, native_opts.node)
     {{:stream, handle}, %{impl | stats: stats, watcher: watcher}}
   end
 
-  defp current_node, do: if(Node.alive?(), do: Atom.to_string(Node.self()), else: nil)
+  defp current_node, do: NameWatcher.current()
+
+  # Follows this VM's node name, so that a node that becomes distributed later (`Node.start/2`)
+  # starts heartbeating under the right name, and tells the native task when a node goes down, so
+  # that the node's next heartbeat is reported at once (heard names are otherwise re-reported with
+  # backoff).
+  defp start_watcher do
+    NameWatcher.start(%{
+      on_name: &set_node/2,
+      on_nodedown: fn task, node -> LibclusterRs.Native.gossip_node_down(task, Atom.to_string(node)) end
+    })
+  end
+
+  # A name the native validator refuses cannot be announced: announce none rather than crash.
+  defp set_node(task, node) do
+    LibclusterRs.Native.gossip_set_node(task, node)
+  rescue
+    ArgumentError -> LibclusterRs.Native.gossip_set_node(task, nil)
+  end
 
   defp ip_string(name) when is_binary(name), do: name
   defp ip_string(ip) when is_tuple(ip), do: ip |> :inet.ntoa() |> List.to_string()
@@ -298,7 +318,7 @@ defmodule Cluster.Strategy.Gossip do
   @impl LibclusterRs.Discovery
   def status_extra(impl) do
     counters = if impl.stats, do: LibclusterRs.Native.gossip_stats(impl.stats), else: impl.last_stats
-    {created, dropped} = LibclusterRs.Native.gossip_atom_budget()
+    {created, dropped} = LibclusterRs.Native.untrusted_atom_budget()
 
     %{
       wire_format: impl.wire_format,
@@ -312,100 +332,31 @@ defmodule Cluster.Strategy.Gossip do
   defp with_local_counters(counters, %{atom_cap_dropped: 0}), do: counters
   defp with_local_counters(counters, impl), do: Map.put(counters, :rejected_atom_cap, impl.atom_cap_dropped)
 
-  # The only place where gossip makes atoms. A name that is already an atom (a known peer) is free;
-  # a new name from an unauthenticated datagram spends one atom of the VM-wide budget.
+  # A name that is already an atom (a known peer) is free; a new name from an unauthenticated
+  # datagram spends one atom of the VM-wide budget (LibclusterRs.NodeName.untrusted_to_node/3).
   defp node_atom(name, trusted, impl) do
-    cond do
-      not LibclusterRs.NodeName.valid?(name) ->
+    case LibclusterRs.NodeName.untrusted_to_node(name, impl.max_unauthenticated_atoms, trusted) do
+      {:ok, node} ->
+        {:ok, node}
+
+      :invalid ->
         :invalid
 
-      existing = existing_atom(name) ->
-        {:ok, existing}
+      :full_first ->
+        Cluster.Logger.error(
+          impl.topology,
+          "gossip reached its cap of #{impl.max_unauthenticated_atoms} atoms made from " <>
+            "unauthenticated heartbeats in this VM (max_unauthenticated_atoms): new node names " <>
+            "from v1 heartbeats are now dropped (counted as rejected_atom_cap); nodes already " <>
+            "known keep working. Anyone on the network can send such names: use " <>
+            "wire_format: :authenticated with a secret"
+        )
 
-      trusted ->
-        {:ok, String.to_atom(name)}
+        :dropped
 
-      true ->
-        case LibclusterRs.Native.gossip_atom_reserve(impl.max_unauthenticated_atoms) do
-          :ok ->
-            {:ok, String.to_atom(name)}
-
-          :full_first ->
-            Cluster.Logger.error(
-              impl.topology,
-              "gossip reached its cap of #{impl.max_unauthenticated_atoms} atoms made from " <>
-                "unauthenticated heartbeats in this VM (max_unauthenticated_atoms): new node names " <>
-                "from v1 heartbeats are now dropped (counted as rejected_atom_cap); nodes already " <>
-                "known keep working. Anyone on the network can send such names: use " <>
-                "wire_format: :authenticated with a secret"
-            )
-
-            :dropped
-
-          :full ->
-            Cluster.Logger.debug(impl.topology, "gossip: new name dropped at the atom cap")
-            :dropped
-        end
+      :full ->
+        Cluster.Logger.debug(impl.topology, "gossip: new name dropped at the atom cap")
+        :dropped
     end
-  end
-
-  defp existing_atom(name) do
-    String.to_existing_atom(name)
-  rescue
-    ArgumentError -> nil
-  end
-
-  defmodule Watcher do
-    @moduledoc false
-    # One per gossip strategy process (its owner): follows this VM's node name, so that a node
-    # that becomes distributed later (`Node.start/2`) starts heartbeating under the right name,
-    # and tells the native task when a node goes down, so that the node's next heartbeat is
-    # reported at once (heard names are otherwise re-reported with backoff). Ends with its topology.
-
-    @poll 500
-
-    # A task of the topology's Task.Supervisor (LibclusterRs.Discovery.task_supervisor/0), which is
-    # linked to the owner: it ends when the supervisor shuts it down with the topology. (It neither
-    # links to nor watches the owner itself: dying by itself at the same moment would make the
-    # supervisor report a shutdown error.)
-    def start(_owner) do
-      {:ok, pid} =
-        Task.Supervisor.start_child(LibclusterRs.Discovery.task_supervisor(), fn ->
-          Process.send_after(self(), :poll, @poll)
-          loop(%{task: nil, node: nil, monitoring: subscribe(false)})
-        end)
-
-      pid
-    end
-
-    defp loop(w) do
-      receive do
-        {:task, task, node} ->
-          loop(%{w | task: task, node: node})
-
-        :poll ->
-          node = if Node.alive?(), do: Atom.to_string(Node.self()), else: nil
-          if w.task && node != w.node, do: set_node(w.task, node)
-          Process.send_after(self(), :poll, @poll)
-          loop(%{w | node: node, monitoring: subscribe(w.monitoring)})
-
-        {:nodedown, node} ->
-          if w.task, do: LibclusterRs.Native.gossip_node_down(w.task, Atom.to_string(node))
-          loop(w)
-
-        _other ->
-          loop(w)
-      end
-    end
-
-    # A name the native validator refuses cannot be announced: announce none rather than crash.
-    defp set_node(task, node) do
-      LibclusterRs.Native.gossip_set_node(task, node)
-    rescue
-      ArgumentError -> LibclusterRs.Native.gossip_set_node(task, nil)
-    end
-
-    defp subscribe(true), do: true
-    defp subscribe(false), do: :net_kernel.monitor_nodes(true) == :ok
   end
 end

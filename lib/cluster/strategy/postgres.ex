@@ -21,7 +21,8 @@ defmodule Cluster.Strategy.Postgres do
 
   Notification payloads are untrusted: any role that can connect to the database can `NOTIFY`.
   Each payload must be a valid node name (`name@host`, checked natively before any atom is made);
-  names never heard before are rate-limited (`:new_names_burst`, `:new_names_per_minute`), and at
+  names never heard before are rate-limited (`:new_names_burst`, `:new_names_per_minute`; a name
+  over the limit waits up to 10 s for a token, as gossip's do), and at
   most `:max_new_atoms` atoms are made from them in the VM (a budget shared with gossip's
   unauthenticated names). Their sightings count as untrusted, so the membership bounds the connects
   they cause (`untrusted_connect_rate`). Dropped payloads are counted by reason (see
@@ -432,36 +433,31 @@ defmodule Cluster.Strategy.Postgres do
   # A node that is not distributed yet listens only; once it has a name, the stream is restarted
   # (`:node_named` → `:done`) so that it announces itself. A stale tag (the stream restarted
   # meanwhile) is ignored by the discovery.
-  @name_poll 500
   defp await_name(tag) do
     owner = self()
 
-    case LibclusterRs.Discovery.task_supervisor() do
-      nil ->
-        :ok
-
-      sup ->
-        Task.Supervisor.start_child(sup, fn ->
-          wait = fn wait ->
-            if Node.alive?() do
+    watcher =
+      LibclusterRs.NameWatcher.start(%{
+        on_name: fn
+          tag, name when is_binary(name) ->
+            # A name that cannot be announced keeps the node listening only (own_node/1 warns).
+            if LibclusterRs.NodeName.valid?(name) do
               send(owner, {:libcluster_rs, tag, :node_named})
-            else
-              Process.sleep(@name_poll)
-              wait.(wait)
+              :stop
             end
-          end
 
-          wait.(wait)
-        end)
-    end
+          _tag, nil ->
+            :ok
+        end
+      })
 
-    :ok
+    LibclusterRs.NameWatcher.follow(watcher, tag, nil)
   end
 
   defp own_node(%{listen_only: true}), do: nil
 
   defp own_node(impl) do
-    name = if Node.alive?(), do: Atom.to_string(Node.self())
+    name = LibclusterRs.NameWatcher.current()
 
     cond do
       is_nil(name) ->
@@ -522,43 +518,31 @@ defmodule Cluster.Strategy.Postgres do
   def handle_event(event, impl), do: {[LibclusterRs.Discovery.default_event(event)], impl}
 
   # Names were validated natively; a name that is already an atom is free, a new one spends one
-  # atom of the VM-wide budget for names from untrusted sources.
+  # atom of the VM-wide budget for names from untrusted sources (LibclusterRs.NodeName.untrusted_to_node/3).
   defp node_atom(name, impl) do
-    cond do
-      not LibclusterRs.NodeName.valid?(name) ->
+    case LibclusterRs.NodeName.untrusted_to_node(name, impl.max_new_atoms) do
+      {:ok, node} ->
+        {:ok, node}
+
+      :invalid ->
         :dropped
 
-      existing = existing_atom(name) ->
-        {:ok, existing}
+      full ->
+        level = if full == :full_first, do: :error, else: :debug
 
-      true ->
-        case LibclusterRs.Native.gossip_atom_reserve(impl.max_new_atoms) do
-          :ok ->
-            {:ok, String.to_atom(name)}
+        log(
+          level,
+          impl.topology,
+          "Postgres: new node name dropped at the VM's cap of atoms from " <>
+            "untrusted names (max_new_atoms #{impl.max_new_atoms}); known nodes keep working"
+        )
 
-          other ->
-            level = if other == :full_first, do: :error, else: :debug
-
-            log(
-              level,
-              impl.topology,
-              "Postgres: new node name dropped at the VM's cap of atoms from " <>
-                "untrusted names (max_new_atoms #{impl.max_new_atoms}); known nodes keep working"
-            )
-
-            :dropped
-        end
+        :dropped
     end
   end
 
   defp log(:error, topology, text), do: Cluster.Logger.error(topology, text)
   defp log(_, topology, text), do: Cluster.Logger.debug(topology, text)
-
-  defp existing_atom(name) do
-    String.to_existing_atom(name)
-  rescue
-    ArgumentError -> nil
-  end
 
   @impl LibclusterRs.Discovery
   def status_extra(impl) do

@@ -18,4 +18,5 @@ pub mod kubernetes;
 pub mod node_name;
 pub mod postgres;
 pub mod rancher;
+pub mod sighting;
 pub mod task;

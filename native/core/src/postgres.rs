@@ -11,11 +11,10 @@
 //! reconnect it LISTENs and announces again.
 //!
 //! Payloads are untrusted (anyone who may connect to the database can NOTIFY): each must be a
-//! valid node name ([`crate::node_name::is_valid`]) and names never heard before are limited by a
-//! token bucket ([`NameLimiter`], gossip's), before anything reaches Elixir. Known names are
-//! re-reported with gossip's backoff (1 s doubling to 10 s). Everything dropped is counted.
+//! valid node name ([`crate::node_name::is_valid`]), then goes through [`crate::sighting`] (one
+//! source: the known-names table and its re-report backoff, and one bucket for new names), before
+//! anything reaches Elixir. Everything dropped is counted.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -38,8 +37,8 @@ use tokio_postgres::{AsyncMessage, Socket};
 
 use crate::backoff::Backoff;
 use crate::event::{Error, ErrorKind, Event, Sink};
-use crate::gossip::{NameLimiter, Stats, MAX_KNOWN_NAMES, REPORT_GAP_MAX, REPORT_GAP_MIN};
 use crate::http::{self, Roots};
+use crate::sighting::{self, Bucket, Limits, Sightings, Stats};
 
 /// Where the server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,40 +165,39 @@ pub fn notify_sql(cfg: &Config) -> Option<String> {
 /// What the receive path decided for one notification.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 pub enum Verdict {
-    Report,
-    /// Reported recently.
-    Quiet,
+    /// Valid, another node's, on our channel: on to the sightings.
+    Sighted,
     Own,
     BadName,
-    RateLimited,
     OtherChannel,
 }
 
-struct Known {
-    last_report: Instant,
-    gap: Duration,
-}
-
-/// Judges notification payloads: validation, own name, known names' re-report backoff, and the
-/// limit on new names. Kept across reconnects.
+/// Judges notification payloads: the channel, validation and own name here; known names and the
+/// limit on new ones in [`Sightings`] (one source: Postgres does not say who sent a payload in a
+/// way worth trusting more than the payload). Kept across reconnects.
 pub struct Receiver {
     own: Option<String>,
     channels: Vec<String>,
-    known: HashMap<String, Known>,
-    limiter: NameLimiter,
+    sightings: Sightings<()>,
 }
 
 impl Receiver {
     pub fn new(cfg: &Config, now: Instant) -> Receiver {
+        let limits = Limits {
+            per_source: None,
+            total: Bucket {
+                burst: cfg.new_names_burst,
+                per_minute: cfg.new_names_per_minute,
+            },
+        };
         Receiver {
             own: cfg.node.clone(),
             channels: listen_channels(&cfg.channel),
-            known: HashMap::new(),
-            limiter: NameLimiter::new(cfg.new_names_burst, cfg.new_names_per_minute, now),
+            sightings: Sightings::new(limits, now),
         }
     }
 
-    pub fn judge(&mut self, channel: &str, payload: &str, now: Instant) -> Verdict {
+    pub fn judge(&self, channel: &str, payload: &str) -> Verdict {
         if !self.channels.iter().any(|c| c == channel) {
             return Verdict::OtherChannel;
         }
@@ -209,46 +207,51 @@ impl Receiver {
         if self.own.as_deref() == Some(payload) {
             return Verdict::Own;
         }
-        if let Some(k) = self.known.get_mut(payload) {
-            if now.saturating_duration_since(k.last_report) < k.gap {
-                return Verdict::Quiet;
-            }
-            k.last_report = now;
-            k.gap = (k.gap * 2).clamp(REPORT_GAP_MIN, REPORT_GAP_MAX);
-            return Verdict::Report;
-        }
-        if !self.limiter.allow(now) {
-            return Verdict::RateLimited;
-        }
-        if self.known.len() >= MAX_KNOWN_NAMES {
-            // Rare (thousands of distinct valid names): start over rather than track ages.
-            self.known.clear();
-        }
-        self.known.insert(
-            payload.to_string(),
-            Known {
-                last_report: now,
-                gap: REPORT_GAP_MIN,
-            },
-        );
-        Verdict::Report
+        Verdict::Sighted
     }
 
-    /// Counts `verdict` in `stats` and returns whether to report the name.
-    pub fn count(verdict: Verdict, stats: &Stats) -> bool {
-        let counter = match verdict {
-            Verdict::Report => "reported",
-            Verdict::Quiet => "accepted",
-            Verdict::Own => "own",
+    /// Whether new names wait for a token: call [`admit`](Self::admit) every
+    /// [`sighting::ADMIT_TICK`] then.
+    pub fn waiting(&self) -> bool {
+        self.sightings.waiting()
+    }
+
+    /// The waiting names that get a token now, counted in `stats`.
+    pub fn admit(&mut self, now: Instant, stats: &Stats) -> Vec<String> {
+        self.sightings.admit(now, stats)
+    }
+
+    /// Judges one notification and returns the names to report now: the payload when known (or
+    /// admitted at once) and waiting names that got a token. Counts everything in `stats`.
+    pub fn receive(
+        &mut self,
+        channel: &str,
+        payload: &str,
+        now: Instant,
+        stats: &Stats,
+    ) -> Vec<String> {
+        let counter = match self.judge(channel, payload) {
+            Verdict::Sighted => {
+                let (verdict, names) = self.sightings.sight(payload, (), false, now, stats);
+                if verdict == sighting::Verdict::Report || verdict == sighting::Verdict::Quiet {
+                    stats.incr("accepted");
+                }
+                return names;
+            }
+            Verdict::Own => {
+                stats.incr("own");
+                return Vec::new();
+            }
             Verdict::BadName => "rejected_bad_name",
-            Verdict::RateLimited => "rejected_rate_limited",
             Verdict::OtherChannel => "rejected_other_channel",
         };
         stats.incr(counter);
-        if verdict == Verdict::Report {
-            stats.incr("accepted");
-        }
-        verdict == Verdict::Report
+        tracing::debug!(
+            counter,
+            len = payload.len(),
+            "postgres notification dropped"
+        );
+        Vec::new()
     }
 }
 
@@ -620,19 +623,16 @@ async fn session(
     ));
     let mut listening = false;
     let mut next_beat = tokio::time::Instant::now() + cfg.heartbeat;
+    let mut next_admit = tokio::time::Instant::now();
     loop {
         let deadline = inflight.as_ref().map(|(_, d)| *d);
         tokio::select! {
             msg = messages.next() => match msg {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    let verdict = receiver.judge(n.channel(), n.payload(), Instant::now());
-                    if Receiver::count(verdict, stats) {
-                        let event = Event::Heartbeat { name: n.payload().to_string(), trusted: false };
-                        if !sink.send(event) {
+                    for name in receiver.receive(n.channel(), n.payload(), Instant::now(), stats) {
+                        if !sink.send(Event::Heartbeat { name, trusted: false }) {
                             return End::Stopped;
                         }
-                    } else if verdict != Verdict::Quiet && verdict != Verdict::Own {
-                        tracing::debug!(?verdict, len = n.payload().len(), "postgres notification dropped");
                     }
                 }
                 Some(Ok(_notice)) => {}
@@ -679,6 +679,16 @@ async fn session(
                         cfg.timeout.as_millis()
                     ),
                 ));
+            },
+            // Names waiting for a token get it even when nothing more is heard.
+            // A deadline kept across loop turns: a stream of other datagrams must not postpone it.
+            _ = tokio::time::sleep_until(next_admit), if receiver.waiting() => {
+                next_admit = tokio::time::Instant::now() + sighting::ADMIT_TICK;
+                for name in receiver.admit(Instant::now(), stats) {
+                    if !sink.send(Event::Heartbeat { name, trusted: false }) {
+                        return End::Stopped;
+                    }
+                }
             },
             _ = tokio::time::sleep_until(next_beat) => {
                 next_beat += cfg.heartbeat;
@@ -770,44 +780,61 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Receiver::new(&c, t0);
         let stats = Stats::default();
-        let mut judge = |ch: &str, p: &str, t: Instant| {
-            let v = r.judge(ch, p, t);
-            Receiver::count(v, &stats);
-            v
-        };
-        assert_eq!(judge("ch", "me@127.0.0.1", t0), Verdict::Own);
-        assert_eq!(judge("other", "a@127.0.0.1", t0), Verdict::OtherChannel);
+        let mut heard = |ch: &str, p: &str, t: Instant| r.receive(ch, p, t, &stats);
+        let none: Vec<String> = Vec::new();
+        assert_eq!(heard("ch", "me@127.0.0.1", t0), none);
+        assert_eq!(heard("other", "a@127.0.0.1", t0), none);
         let long = "a".repeat(300);
         for bad in ["", "nohost", "a@b@c", "x@", "'; DROP", long.as_str()] {
-            assert_eq!(judge("ch", bad, t0), Verdict::BadName, "{bad:?}");
+            assert_eq!(heard("ch", bad, t0), none, "{bad:?}");
         }
-        assert_eq!(judge("ch", "a@127.0.0.1", t0), Verdict::Report);
-        assert_eq!(judge("ch", "a@127.0.0.1", t0), Verdict::Quiet);
-        assert_eq!(judge("ch", "b@127.0.0.1", t0), Verdict::Report);
-        assert_eq!(judge("ch", "c@127.0.0.1", t0), Verdict::Report);
-        // burst 3, no refill: a fourth new name is dropped, known ones still go through
-        assert_eq!(judge("ch", "d@127.0.0.1", t0), Verdict::RateLimited);
-        let later = t0 + REPORT_GAP_MIN;
-        assert_eq!(judge("ch", "a@127.0.0.1", later), Verdict::Report);
+        assert_eq!(heard("ch", "a@127.0.0.1", t0), vec!["a@127.0.0.1"]);
+        assert_eq!(heard("ch", "a@127.0.0.1", t0), none);
+        assert_eq!(heard("ch", "b@127.0.0.1", t0), vec!["b@127.0.0.1"]);
+        assert_eq!(heard("ch", "c@127.0.0.1", t0), vec!["c@127.0.0.1"]);
+        // burst 3, no refill: a fourth new name waits (for ever here), known ones still go through
+        assert_eq!(heard("ch", "d@127.0.0.1", t0), none);
+        let later = t0 + sighting::REPORT_GAP_MIN;
+        assert_eq!(heard("ch", "a@127.0.0.1", later), vec!["a@127.0.0.1"]);
         // the gap doubles
         assert_eq!(
-            judge("ch", "a@127.0.0.1", later + REPORT_GAP_MIN),
-            Verdict::Quiet
+            heard("ch", "a@127.0.0.1", later + sighting::REPORT_GAP_MIN),
+            none
         );
         assert_eq!(stats.get("rejected_bad_name"), 6);
         assert_eq!(stats.get("rejected_rate_limited"), 1);
         assert_eq!(stats.get("reported"), 4);
         assert_eq!(stats.get("own"), 1);
         assert_eq!(stats.get("rejected_other_channel"), 1);
+        assert!(r.waiting());
+    }
+
+    #[test]
+    fn a_new_name_waiting_for_a_token_is_reported_when_one_comes() {
+        let mut c = cfg("ch", Some("me@127.0.0.1"));
+        c.new_names_burst = 1;
+        c.new_names_per_minute = 60;
+        let t0 = Instant::now();
+        let mut r = Receiver::new(&c, t0);
+        let stats = Stats::default();
+        assert_eq!(r.receive("ch", "a@h", t0, &stats), vec!["a@h"]);
+        assert!(r.receive("ch", "b@h", t0, &stats).is_empty());
+        assert!(r.admit(t0 + Duration::from_millis(500), &stats).is_empty());
+        assert_eq!(
+            r.admit(t0 + Duration::from_millis(1_100), &stats),
+            vec!["b@h"]
+        );
+        assert_eq!(stats.get("admitted_after_waiting"), 1);
+        assert_eq!(stats.get("reported"), 2);
     }
 
     #[test]
     fn the_lower_case_channel_of_libcluster_postgres_is_heard() {
         let c = cfg("AbC", None);
-        let mut r = Receiver::new(&c, Instant::now());
-        assert_eq!(r.judge("abc", "a@h", Instant::now()), Verdict::Report);
-        assert_eq!(r.judge("AbC", "b@h", Instant::now()), Verdict::Report);
-        assert_eq!(r.judge("ABC", "c@h", Instant::now()), Verdict::OtherChannel);
+        let r = Receiver::new(&c, Instant::now());
+        assert_eq!(r.judge("abc", "a@h"), Verdict::Sighted);
+        assert_eq!(r.judge("AbC", "b@h"), Verdict::Sighted);
+        assert_eq!(r.judge("ABC", "c@h"), Verdict::OtherChannel);
     }
 
     #[test]

@@ -1,16 +1,14 @@
 //! `gossip_start/3`, `gossip_stats/1`, the owner's notices `gossip_set_node/2` and
-//! `gossip_node_down/2`, the VM-wide atom budget `gossip_atom_reserve/1` and
-//! `gossip_atom_budget/0`, and the pure wire helpers `gossip_encode_v1/2` and `gossip_decode/3`
+//! `gossip_node_down/2`, and the pure wire helpers `gossip_encode_v1/2` and `gossip_decode/3`
 //! (used by tests to prove libcluster 3.5 compatibility from the BEAM side).
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use libcluster_core::gossip::wire::{self, Keys, Mode, ReplayGuard};
 use libcluster_core::gossip::{
-    self, random_array, Control, GossipConfig, Interface, Schedule, SocketConfig, Stats,
-    CONTROL_QUEUE,
+    self, random_array, Control, GossipConfig, Interface, Schedule, SocketConfig, CONTROL_QUEUE,
 };
+use libcluster_core::sighting::Stats;
 use rustler::{
     Atom, Binary, Encoder, Env, NifMap, NifResult, NifUnitEnum, OwnedBinary, Resource, ResourceArc,
     Term,
@@ -150,39 +148,6 @@ fn gossip_set_node(task: ResourceArc<GossipStats>, node: Option<String>) -> NifR
 fn gossip_node_down(task: ResourceArc<GossipStats>, node: String) -> Atom {
     let _ = task.control.try_send(Control::NodeDown(node));
     atoms::ok()
-}
-
-/// Atoms made from names in unauthenticated heartbeats in this VM, and names dropped at the cap.
-/// Statics: one count per VM (the NIF library is loaded once), across every topology and restart.
-static ATOMS_CREATED: AtomicU64 = AtomicU64::new(0);
-static ATOMS_DROPPED: AtomicU64 = AtomicU64::new(0);
-static CAP_REPORTED: AtomicBool = AtomicBool::new(false);
-
-/// Reserves one atom of the VM-wide budget `cap`: `:ok` (count it, then make the atom), `:full`,
-/// or `:full_first` the first time in this VM that a name is dropped (the caller logs that once).
-#[rustler::nif]
-fn gossip_atom_reserve(cap: u64) -> Atom {
-    let reserved = ATOMS_CREATED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-        (n < cap).then_some(n + 1)
-    });
-    if reserved.is_ok() {
-        return atoms::ok();
-    }
-    ATOMS_DROPPED.fetch_add(1, Ordering::Relaxed);
-    if CAP_REPORTED.swap(true, Ordering::SeqCst) {
-        atoms::full()
-    } else {
-        atoms::full_first()
-    }
-}
-
-/// `{created, dropped}` of the VM-wide budget.
-#[rustler::nif]
-fn gossip_atom_budget() -> (u64, u64) {
-    (
-        ATOMS_CREATED.load(Ordering::SeqCst),
-        ATOMS_DROPPED.load(Ordering::Relaxed),
-    )
 }
 
 pub(crate) fn encode_stats<'a>(

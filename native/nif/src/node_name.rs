@@ -1,6 +1,12 @@
 //! `node_names_check/1`: the node-name rule of `libcluster_core::node_name`, for Elixir
-//! (`LibclusterRs.NodeName`), so both sides use one validator.
-use rustler::{NifResult, Term, TermType};
+//! (`LibclusterRs.NodeName`), so both sides use one validator; and the VM-wide budget of atoms
+//! made from untrusted names, `untrusted_atom_reserve/1` and `untrusted_atom_budget/0` (used by
+//! `LibclusterRs.NodeName.untrusted_to_node/3` only).
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use rustler::{Atom, NifResult, Term, TermType};
+
+use crate::atoms;
 
 use libcluster_core::node_name;
 
@@ -49,4 +55,38 @@ fn node_names_check<'a>(names: Term<'a>) -> NifResult<(Vec<Term<'a>>, Vec<Term<'
         }
     }
     Ok((ok, bad))
+}
+
+/// Atoms made from node names heard from untrusted sources (unauthenticated gossip, Postgres
+/// NOTIFY) in this VM, and names dropped at the cap.
+/// Statics: one count per VM (the NIF library is loaded once), across every topology and restart.
+static ATOMS_CREATED: AtomicU64 = AtomicU64::new(0);
+static ATOMS_DROPPED: AtomicU64 = AtomicU64::new(0);
+static CAP_REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Reserves one atom of the VM-wide budget `cap`: `:ok` (count it, then make the atom), `:full`,
+/// or `:full_first` the first time in this VM that a name is dropped (the caller logs that once).
+#[rustler::nif]
+fn untrusted_atom_reserve(cap: u64) -> Atom {
+    let reserved = ATOMS_CREATED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+        (n < cap).then_some(n + 1)
+    });
+    if reserved.is_ok() {
+        return atoms::ok();
+    }
+    ATOMS_DROPPED.fetch_add(1, Ordering::Relaxed);
+    if CAP_REPORTED.swap(true, Ordering::SeqCst) {
+        atoms::full()
+    } else {
+        atoms::full_first()
+    }
+}
+
+/// `{created, dropped}` of the VM-wide budget.
+#[rustler::nif]
+fn untrusted_atom_budget() -> (u64, u64) {
+    (
+        ATOMS_CREATED.load(Ordering::SeqCst),
+        ATOMS_DROPPED.load(Ordering::Relaxed),
+    )
 }

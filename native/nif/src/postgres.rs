@@ -2,8 +2,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use libcluster_core::gossip::Stats;
 use libcluster_core::postgres::{self, Host, Tls};
+use libcluster_core::sighting::Stats;
 use rustler::{Env, NifMap, NifResult, Resource, ResourceArc, Term};
 
 use crate::args::{bad, millis};

@@ -200,6 +200,72 @@ defmodule Cluster.Strategy.GossipNetnsTest do
     assert length(names) > 6_000
   end
 
+  @tag timeout: 60_000
+  test "a newcomer joins while the flood comes from 16 source addresses of one host", %{
+    peers: peers,
+    started: started,
+    evil: evil,
+    evil_pid: evil_pid
+  } do
+    # One hostile host with 16 addresses: between them they used to spend the total allowance (a
+    # burst of 256, then 600 a minute) as fast as it refilled, and no newcomer got in. Admission is
+    # now in turn among sender addresses, and a newcomer's address has never been served.
+    sources = for i <- 100..115, do: "198.18.#{@subnet}.#{i}"
+    for a <- sources, do: Netns.exec!(evil.ns, "ip", ["addr", "add", "#{a}/24", "dev", "eth0"])
+
+    on_exit(fn ->
+      for a <- sources, do: System.cmd("ip", ["-n", evil.ns, "addr", "del", "#{a}/24", "dev", "eth0"])
+    end)
+
+    config = [port: 45897, heartbeat_interval: 200, stats_interval: 200, multicast_if: "eth0"]
+    [newcomer | cluster] = peers
+    sups = start(started, cluster, List.duplicate(config, 3))
+    eventually(fn -> meshed?(cluster) end, 15_000)
+
+    flood =
+      Task.async(fn ->
+        Peer.call(
+          evil_pid,
+          GossipSender,
+          :flood_from,
+          [@group, 45897, sources, 2_000, 10_000, [multicast_ttl: 1]],
+          30_000
+        )
+      end)
+
+    # Every burst the flood can reach is spent: each node has kept hundreds of its names waiting.
+    limited_before =
+      eventually(
+        fn ->
+          limited =
+            for {{p, _}, sup} <- Enum.zip(cluster, sups),
+                do: Map.get(counters(p, sup), :rejected_rate_limited, 0)
+
+          Enum.all?(limited, &(&1 >= 1_000)) && limited
+        end,
+        10_000
+      )
+
+    _ = start(started, [newcomer], [config])
+    eventually(fn -> meshed?(peers) end, 5_000)
+
+    # The flood was still on, and still being limited, when the newcomer joined.
+    eventually(
+      fn ->
+        limited_after =
+          for {{p, _}, sup} <- Enum.zip(cluster, sups), do: counters(p, sup).rejected_rate_limited
+
+        Enum.zip(limited_before, limited_after) |> Enum.all?(fn {b, a} -> a > b + 100 end)
+      end,
+      3_000
+    )
+
+    assert Task.yield(flood, 0) == nil
+    names = Task.await(flood, 30_000)
+    # the flood came from every address
+    assert names |> Enum.map(&(&1 |> String.split("@") |> List.last())) |> Enum.uniq() |> length() == 16
+  end
+
   @tag timeout: 30_000
   test "broadcast_only", %{peers: peers, started: started} do
     config = [

@@ -358,7 +358,7 @@ defmodule Cluster.Strategy.GossipTest do
       GossipSender.send_all(sender, {233, 252, 1, 32}, port, Enum.map(flood1, &elem(&1, 1)))
 
       eventually(
-        fn -> match?({^cap, dropped} when dropped > 0, Peer.call(v, Native, :gossip_atom_budget, [])) end,
+        fn -> match?({^cap, dropped} when dropped > 0, Peer.call(v, Native, :untrusted_atom_budget, [])) end,
         5_000
       )
 
