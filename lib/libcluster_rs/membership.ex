@@ -106,7 +106,7 @@ defmodule LibclusterRs.Membership do
   use GenServer
 
   alias LibclusterRs.{Backoff, Config}
-  alias LibclusterRs.Membership.{Calls, Faults, Peers, Policy, Status}
+  alias LibclusterRs.Membership.{Calls, Faults, Pace, Peers, Policy, Status}
   alias Cluster.Strategy.State
 
   @type prune :: :immediate | :never | {:grace_period, pos_integer()}
@@ -121,7 +121,9 @@ defmodule LibclusterRs.Membership do
     stable_after: 5_000,
     list_nodes_timeout: 5_000,
     untrusted_connect_rate: 10,
-    probe: :auto
+    probe: :auto,
+    pace: :infinity,
+    pace_hold: 200
   }
 
   # Backoff entries of nodes that are neither wanted nor connected are dropped beyond this many.
@@ -146,6 +148,8 @@ defmodule LibclusterRs.Membership do
             # connect attempts: task ref => {node, pid, started_at, timer}
             inflight: %{},
             queue: [],
+            # first dials holding a pacing slot: task ref => hold timer (LibclusterRs.Membership.Pace)
+            pacing: %{},
             # nodes in flight or queued, for O(1) lookups with large discoveries
             busy: MapSet.new(),
             # node => monotonic ms when a prune killed its connect attempt
@@ -228,7 +232,9 @@ defmodule LibclusterRs.Membership do
       {:stable_after, @defaults.stable_after, Config.non_neg_integer()},
       {:list_nodes_timeout, @defaults.list_nodes_timeout, Config.pos_integer()},
       {:untrusted_connect_rate, @defaults.untrusted_connect_rate, Config.pos_integer()},
-      {:probe, @defaults.probe, Config.one_of([:auto, true, false])}
+      {:probe, @defaults.probe, Config.one_of([:auto, true, false])},
+      {:pace, @defaults.pace, &validate_pace/1},
+      {:pace_hold, @defaults.pace_hold, Config.pos_integer()}
     ]
 
     validated = Config.validate!(opts, schema, topology, __MODULE__)
@@ -241,6 +247,10 @@ defmodule LibclusterRs.Membership do
 
     validated
   end
+
+  defp validate_pace(:infinity), do: {:ok, :infinity}
+  defp validate_pace(n) when is_integer(n) and n > 0, do: {:ok, n}
+  defp validate_pace(_), do: {:error, "a positive integer or :infinity"}
 
   defp validate_prune(:immediate), do: {:ok, :immediate}
   defp validate_prune(:never), do: {:ok, :never}
@@ -423,6 +433,14 @@ defmodule LibclusterRs.Membership do
   end
 
   def handle_info({:probe_reachable, nodes}, m), do: {:noreply, probe_reachable(m, nodes)}
+
+  # A paced first dial held its slot for `:pace_hold` ms: the next one may start (this one goes on).
+  def handle_info({:pace_release, ref}, m) do
+    if Map.has_key?(m.pacing, ref),
+      do: {:noreply, start_attempts(%{m | pacing: Map.delete(m.pacing, ref)})},
+      else: {:noreply, m}
+  end
+
   def handle_info(_other, m), do: {:noreply, m}
 
   ## Backoff state
@@ -564,7 +582,7 @@ defmodule LibclusterRs.Membership do
   end
 
   defp enqueue(m, nodes) do
-    {queue, busy} = Policy.enqueue(m.queue, m.busy, m.peers, nodes)
+    {queue, busy} = Policy.enqueue(m.queue, m.busy, m.peers, Pace.ring(nodes, Node.self()))
     %{m | queue: queue, busy: busy}
   end
 
@@ -580,15 +598,17 @@ defmodule LibclusterRs.Membership do
     end
   end
 
+  # What starts now is LibclusterRs.Membership.Pace.take/5's: within `:max_concurrency`, first
+  # dials within `:pace`, and queued nodes that are connected by now are not dialled.
   defp start_queued(%{queue: []} = m), do: m
 
   defp start_queued(m) do
-    if map_size(m.inflight) >= m.opts.max_concurrency do
-      m
-    else
-      [node | rest] = m.queue
-      start_queued(start_attempt(%{m | queue: rest}, node))
-    end
+    free = max(m.opts.max_concurrency - map_size(m.inflight), 0)
+    paced_free = if m.opts.pace == :infinity, do: :infinity, else: max(m.opts.pace - map_size(m.pacing), 0)
+    listed = if inline_list?(m.list_nodes), do: list_inline(m), else: m.listed
+    {starts, skipped, queue} = Pace.take(m.queue, m.peers, listed, free, paced_free)
+    m = %{m | queue: queue, busy: Enum.reduce(skipped, m.busy, &MapSet.delete(&2, &1))}
+    Enum.reduce(starts, m, fn {node, paced?}, m -> start_attempt(m, node, paced?) end)
   end
 
   defp system_stopping? do
@@ -602,6 +622,8 @@ defmodule LibclusterRs.Membership do
       Process.exit(pid, :kill)
     end
 
+    for {_ref, timer} <- m.pacing, do: Process.cancel_timer(timer)
+
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
     LibclusterRs.Membership.Probe.watch(m.probe, %{})
 
@@ -609,6 +631,7 @@ defmodule LibclusterRs.Membership do
       m
       | leaving: true,
         inflight: %{},
+        pacing: %{},
         queue: [],
         busy: MapSet.new(),
         retry_timer: nil,
@@ -616,7 +639,7 @@ defmodule LibclusterRs.Membership do
     }
   end
 
-  defp start_attempt(m, node) do
+  defp start_attempt(m, node, paced?) do
     %{topology: topology, connect: connect, list_nodes: list_nodes} = m
     now = now()
 
@@ -627,9 +650,16 @@ defmodule LibclusterRs.Membership do
 
     timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
 
+    pacing =
+      if paced?,
+        do:
+          Map.put(m.pacing, task.ref, Process.send_after(self(), {:pace_release, task.ref}, m.opts.pace_hold)),
+        else: m.pacing
+
     %{
       m
       | inflight: Map.put(m.inflight, task.ref, {node, task.pid, now, timer}),
+        pacing: pacing,
         peers: Peers.dialled(m.peers, node, now)
     }
   end
@@ -642,7 +672,7 @@ defmodule LibclusterRs.Membership do
   defp attempt_done(m, ref, result) do
     {{node, _pid, _started, timer}, inflight} = Map.pop(m.inflight, ref)
     Process.cancel_timer(timer)
-    m = %{m | inflight: inflight, busy: MapSet.delete(m.busy, node)}
+    m = %{m | inflight: inflight, busy: MapSet.delete(m.busy, node), pacing: release(m.pacing, ref)}
     now = now()
 
     m =
@@ -679,6 +709,18 @@ defmodule LibclusterRs.Membership do
     %{m | peers: Peers.gc(m.peers, m.desired, m.busy, now, @peers_cap)}
     |> start_attempts()
     |> schedule_retry()
+  end
+
+  # The pacing slot of attempt `ref`, if it still holds one, is freed.
+  defp release(pacing, ref) do
+    case Map.pop(pacing, ref) do
+      {nil, pacing} ->
+        pacing
+
+      {timer, pacing} ->
+        Process.cancel_timer(timer)
+        pacing
+    end
   end
 
   defp schedule_retry(%{leaving: true} = m), do: m
@@ -803,6 +845,8 @@ defmodule LibclusterRs.Membership do
       Process.exit(pid, :kill)
     end
 
+    pacing = Enum.reduce(cancelled, m.pacing, fn {ref, _}, pacing -> release(pacing, ref) end)
+
     now = now()
     killed = for {_ref, {node, _, _, _}} <- cancelled, into: %{}, do: {node, now}
     recent = for {n, at} <- m.cancelled, now - at < m.opts.connect_timeout, into: %{}, do: {n, at}
@@ -810,6 +854,7 @@ defmodule LibclusterRs.Membership do
     %{
       m
       | inflight: Map.new(inflight),
+        pacing: pacing,
         queue: Enum.reject(m.queue, &MapSet.member?(nodes, &1)),
         busy: MapSet.difference(m.busy, nodes),
         cancelled: Map.merge(recent, killed)
