@@ -52,6 +52,14 @@ defmodule LibclusterRs.Membership do
       (default `10_000`)
     * `:max_concurrency` - connect attempts in flight at once (default `64`); more wait their turn,
       nodes never tried before first
+    * `:pace` - `:infinity` (default) or a positive integer: how many first dials of newly
+      discovered nodes may hold a slot at once (within `:max_concurrency`). When N nodes start
+      together and each dials all others at once, their connection setups collide with the
+      distribution's arbitration of simultaneous connects and with `global`'s own connects;
+      `pace: 4` is recommended from about 25 nodes (see "Dialling order and pacing" below)
+    * `:pace_hold` - the longest, in ms, that a paced first dial holds its slot (default `200`):
+      a dial that hangs on a dead peer then goes on concurrently, within `:connect_timeout`, and
+      the next first dial starts
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±20% uniform jitter (defaults `250` / `10_000` ms)
     * `:min_dial_interval` - the shortest time in ms between two connect attempts to one node,
@@ -67,6 +75,17 @@ defmodule LibclusterRs.Membership do
       topology connects with the default `{:net_kernel, :connect_node, []}`
 
   Errors never prune: a failed discovery leaves the last known set in place.
+
+  ## Dialling order and pacing
+
+  Nodes never dialled before are dialled first, in ring order: the names sorted, starting with the
+  first name after this node's own and wrapping around, so that nodes starting together do not all
+  dial the same peer first and two neighbours do not dial each other first. A queued node that is
+  connected by the time its turn comes (it dialled us, or `global` connected it) is not dialled,
+  as libcluster's `connect_nodes` skips listed nodes. With `:pace` set, at most that many first
+  dials hold a slot at once; a slot is freed when its dial ends or after `:pace_hold` ms, whichever
+  comes first. Retries are never paced (their backoff spaces them). The decisions are
+  `LibclusterRs.Membership.Pace`'s plain functions.
 
   ## Healing
 
