@@ -400,7 +400,7 @@ partition = fn n, lib, run ->
       "N=#{n} #{lib.name} partition #{half}|#{n - half} held #{hold_s} s run #{run}: " <>
         "split noticed everywhere after #{if noticed, do: "#{noticed_s} s", else: "NEVER"}; " <>
         if(ms, do: "full mesh #{fmt_ms.(ms)} after the heal", else: "NO full mesh within 120 s of the heal") <>
-        "; connect calls #{d.(:connect_calls)} (failed #{d.(:connect_failed)}); global disconnects #{d.(:global_disconnects)}; " <>
+        "; connect calls #{d.(:connect_calls)} (failed #{d.(:connect_failed)}); global disconnects #{d.(:global_disconnects)} (+#{d.(:global_requests)} requested); " <>
         "library disconnects #{d.(:lib_disconnects)}; error lines #{d.(:errors)}; load #{loadavg.()}"
     )
 

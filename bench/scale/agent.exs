@@ -47,8 +47,13 @@ defmodule Bench.Scale.Agent do
     :erlang.trace(:all, true, [:call, {:tracer, tracer}])
     :erlang.trace(tracer, false, [:call])
 
-    _ = :logger.remove_handler(:default)
     :ok = :logger.add_handler(:scale_count, __MODULE__, %{level: :all})
+    quiet()
+  end
+
+  @doc "Removes every logger handler but the agent's (call again after starting applications)."
+  def quiet do
+    for id <- :logger.get_handler_ids(), id != :scale_count, do: :logger.remove_handler(id)
     :ok
   end
 

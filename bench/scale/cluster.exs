@@ -160,6 +160,7 @@ defmodule Bench.Scale.Cluster do
     {:module, ^mod} = :peer.call(peer, :code, :load_binary, [mod, ~c"agent.exs", bin], 30_000)
     :ok = :peer.call(peer, mod, :init, [nodes], 30_000)
     for app <- lib.apps, do: {:ok, _} = :peer.call(peer, :application, :ensure_all_started, [app], 60_000)
+    :ok = :peer.call(peer, mod, :quiet, [], 30_000)
     :ok = :peer.call(peer, mod, :preload, [lib.preload], 60_000)
     os_pid = :peer.call(peer, :os, :getpid, [], 30_000) |> List.to_integer()
     %{i: i, node: node, peer: peer, os_pid: os_pid}
