@@ -129,20 +129,20 @@ defmodule Bench.Scale.Run do
   full_since everywhere. Returns {:ok, full_since per node} or {:timeout, connected counts}.
   """
   def await_mesh(started, deadline) do
-    statuses = Cluster.call_all(started, Agent, :report, [])
-    sinces = Enum.map(statuses, & &1.full_since)
+    statuses = Cluster.call_all(started, Agent, :status, [])
+    sinces = Enum.map(statuses, &elem(&1, 0))
 
     cond do
       Enum.all?(sinces, &is_integer/1) ->
         Process.sleep(2_000)
-        again = Cluster.call_all(started, Agent, :report, []) |> Enum.map(& &1.full_since)
+        again = Cluster.call_all(started, Agent, :status, []) |> Enum.map(&elem(&1, 0))
         if again == sinces, do: {:ok, sinces}, else: await_mesh(started, deadline)
 
       System.monotonic_time(:millisecond) > deadline ->
-        {:timeout, Enum.map(statuses, & &1.connected)}
+        {:timeout, Enum.map(statuses, &elem(&1, 1))}
 
       true ->
-        Process.sleep(250)
+        Process.sleep(500)
         await_mesh(started, deadline)
     end
   end
@@ -163,9 +163,9 @@ defmodule Bench.Scale.Run do
   @doc "Waits until every node of 1..half sees only 1..half, and the others only the others."
   def await_split(started, half, deadline) do
     ok =
-      Enum.all?(Cluster.call_all(started, Agent, :report, []) |> Enum.zip(started), fn {r, s} ->
+      Enum.all?(Cluster.call_all(started, Agent, :status, []) |> Enum.zip(started), fn {{_, c}, s} ->
         mine = if s.i <= half, do: half, else: length(started) - half
-        r.connected == mine - 1
+        c == mine - 1
       end)
 
     cond do

@@ -75,6 +75,9 @@ defmodule Bench.Scale.Agent do
     :ok
   end
 
+  @doc "{full_since, connected count}: cheap, for polling."
+  def status, do: {lookup(:full_since), length(Node.list())}
+
   @doc "What the node recorded: a summary, and with `events: true` the event log as well."
   def report(opts \\ []) do
     events = for {{_ts, _seq}, _} = e <- :ets.tab2list(@table), do: e
