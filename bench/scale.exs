@@ -129,13 +129,20 @@ defmodule Bench.Scale.Run do
   full_since everywhere. Returns {:ok, full_since per node} or {:timeout, connected counts}.
   """
   def await_mesh(started, deadline) do
-    statuses = Cluster.call_all(started, Agent, :status, [])
+    # a node too busy to answer counts as not formed yet
+    statuses =
+      Cluster.try_all(started, Agent, :status, [])
+      |> Enum.map(fn
+        {:no_answer, _} -> {nil, 0}
+        status -> status
+      end)
+
     sinces = Enum.map(statuses, &elem(&1, 0))
 
     cond do
       Enum.all?(sinces, &is_integer/1) ->
         Process.sleep(2_000)
-        again = Cluster.call_all(started, Agent, :status, []) |> Enum.map(&elem(&1, 0))
+        again = Cluster.try_all(started, Agent, :status, []) |> Enum.map(&elem(&1, 0))
         if again == sinces, do: {:ok, sinces}, else: await_mesh(started, deadline)
 
       System.monotonic_time(:millisecond) > deadline ->
@@ -445,7 +452,7 @@ results =
 if "formation" in scenarios do
   cell = fn
     nil ->
-      {"–", "–", "–", "–"}
+      {"–", "–", "–", nil}
 
     rs ->
       ok = rs |> Enum.map(& &1.ms) |> Enum.reject(&is_nil/1)

@@ -204,9 +204,26 @@ defmodule Bench.Scale.Cluster do
   def call(%{peer: peer}, m, f, a, timeout \\ 30_000), do: :peer.call(peer, m, f, a, timeout)
 
   @doc "Calls `m.f(a)` on all nodes at once; results in node order."
-  def call_all(nodes, m, f, a, timeout \\ 30_000) do
+  def call_all(nodes, m, f, a, timeout \\ 60_000) do
     nodes
     |> Task.async_stream(&call(&1, m, f, a, timeout),
+      max_concurrency: length(nodes) + 1,
+      timeout: timeout + 5_000
+    )
+    |> Enum.map(fn {:ok, r} -> r end)
+  end
+
+  @doc "As call_all/5, but a node that does not answer in time gives `{:no_answer, reason}`."
+  def try_all(nodes, m, f, a, timeout \\ 60_000) do
+    nodes
+    |> Task.async_stream(
+      fn n ->
+        try do
+          call(n, m, f, a, timeout)
+        catch
+          kind, reason -> {:no_answer, {kind, reason}}
+        end
+      end,
       max_concurrency: length(nodes) + 1,
       timeout: timeout + 5_000
     )
