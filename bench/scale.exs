@@ -14,6 +14,8 @@
 #   LIBCLUSTER35  libcluster 3.5's ebin dir (default /work/ext/libcluster-3.5/ebin; see its README)
 #   EPMD_TIMEOUT  the Epmd strategy's `timeout` config (default 5000: libcluster 3.5 redials every
 #             5 s; the same config goes to both libraries, as a drop-in user would have it)
+#   STRATEGY  epmd (default): Epmd listing all N; dns: DNSPoll (polling_interval = EPMD_TIMEOUT)
+#             of nodes.scale.test against a dnsmasq holding N A records (nodes named n@<ip>)
 #   SCENARIOS formation (default), rolling, partition (comma-separated)
 #   IDLE      1 (default): idle CPU and RSS per node, measured once per N and library after run 1
 #   LOG_LEVEL the nodes' logger level (default warning); FORM_TIMEOUT ms (default 300000)
@@ -53,6 +55,9 @@ runs = String.to_integer(System.get_env("RUNS", "3"))
 scenarios = System.get_env("SCENARIOS", "formation") |> String.split(",", trim: true)
 idle? = System.get_env("IDLE", "1") == "1"
 form_timeout = String.to_integer(System.get_env("FORM_TIMEOUT", "300000"))
+
+strategy = System.get_env("STRATEGY", "epmd") |> String.to_atom()
+true = strategy in [:epmd, :dns]
 
 epmd_timeout =
   case System.get_env("EPMD_TIMEOUT", "5000") do
@@ -96,7 +101,8 @@ lib_spec = fn
       apps: [:libcluster_rs],
       preload: rs_ebin,
       log_level: log_level,
-      erl_args: erl_args
+      erl_args: erl_args,
+      strategy: strategy
     }
 
   "3.5" ->
@@ -106,7 +112,8 @@ lib_spec = fn
       apps: [:logger],
       preload: lc_ebin,
       log_level: log_level,
-      erl_args: erl_args
+      erl_args: erl_args,
+      strategy: strategy
     }
 end
 
@@ -120,8 +127,19 @@ fmt_ms = fn ms -> if ms >= 10_000, do: "#{Float.round(ms / 1000, 1)} s", else: "
 defmodule Bench.Scale.Run do
   alias Bench.Scale.{Agent, Cluster}
 
-  def topologies(nodes, timeout) do
+  def topologies(nodes, timeout, strategy \\ :epmd)
+
+  def topologies(nodes, timeout, :epmd) do
     [scale: [strategy: :"Elixir.Cluster.Strategy.Epmd", config: [hosts: nodes, timeout: timeout]]]
+  end
+
+  def topologies(_nodes, interval, :dns) do
+    [
+      scale: [
+        strategy: :"Elixir.Cluster.Strategy.DNSPoll",
+        config: [query: Cluster.dns_query(), node_basename: "n", polling_interval: interval]
+      ]
+    ]
   end
 
   @doc """
@@ -238,13 +256,16 @@ end
 alias Bench.Scale.Run
 
 formation = fn n, lib, run ->
-  nodes = for i <- 1..n, do: Cluster.node_name(i)
+  nodes = for i <- 1..n, do: Cluster.node_name(i, strategy)
   t_boot = System.monotonic_time(:millisecond)
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
 
   try do
     boot_s = (System.monotonic_time(:millisecond) - t_boot) / 1000
-    starts = Cluster.call_all(started, Agent, :start_topology, [Run.topologies(nodes, epmd_timeout)])
+
+    starts =
+      Cluster.call_all(started, Agent, :start_topology, [Run.topologies(nodes, epmd_timeout, strategy)])
+
     last_start = Enum.max(starts)
     spread_ms = (last_start - Enum.min(starts)) / 1000
     deadline = System.monotonic_time(:millisecond) + form_timeout
@@ -317,9 +338,9 @@ roll_batch = String.to_integer(System.get_env("ROLL_BATCH", "1"))
 roll_timeout = String.to_integer(System.get_env("ROLL_TIMEOUT", "60000"))
 
 rolling = fn n, lib, run ->
-  nodes = for i <- 1..n, do: Cluster.node_name(i)
+  nodes = for i <- 1..n, do: Cluster.node_name(i, strategy)
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
-  topo = Run.topologies(nodes, epmd_timeout)
+  topo = Run.topologies(nodes, epmd_timeout, strategy)
   alive = :ets.new(:alive, [:set, :public])
   for s <- started, do: :ets.insert(alive, {s.i, s})
 
@@ -378,11 +399,11 @@ ticktime = System.get_env("TICKTIME", "4")
 
 partition = fn n, lib, run ->
   lib = %{lib | erl_args: lib.erl_args ++ [~c"-kernel", ~c"net_ticktime", to_charlist(ticktime)]}
-  nodes = for i <- 1..n, do: Cluster.node_name(i)
+  nodes = for i <- 1..n, do: Cluster.node_name(i, strategy)
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
 
   try do
-    Cluster.call_all(started, Agent, :start_topology, [Run.topologies(nodes, epmd_timeout)])
+    Cluster.call_all(started, Agent, :start_topology, [Run.topologies(nodes, epmd_timeout, strategy)])
     {:ok, _} = Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout)
     before = Cluster.call_all(started, Agent, :report, [])
     split_at = System.monotonic_time(:millisecond)
@@ -419,7 +440,7 @@ end
 
 IO.puts(
   "bench/scale: N=#{Enum.join(ns_list, ",")}, #{runs} runs, libs #{Enum.join(libs, ",")}, " <>
-    "Epmd timeout #{inspect(epmd_timeout)}, libcluster_rs from #{rs_ebin}; load #{loadavg.()}"
+    "strategy #{strategy} (timeout/polling_interval #{inspect(epmd_timeout)}), libcluster_rs from #{rs_ebin}; load #{loadavg.()}"
 )
 
 Cluster.cleanup()
@@ -427,7 +448,7 @@ Cluster.cleanup()
 results =
   try do
     for n <- ns_list do
-      Cluster.setup(n)
+      Cluster.setup(n, strategy)
 
       try do
         per_lib =
@@ -472,7 +493,7 @@ if "formation" in scenarios do
 
   IO.puts("""
 
-  Formation, Epmd with all N hosts (timeout: #{inspect(epmd_timeout)}), medians of #{runs} runs (min–max);
+  Formation, #{if strategy == :dns, do: "DNSPoll of N A records (polling_interval", else: "Epmd with all N hosts (timeout:"} #{inspect(epmd_timeout)}), medians of #{runs} runs (min–max);
   connect calls (failed) and global disconnects are medians of the per-run totals over all nodes.
 
   | N | libcluster_rs | connects (failed) | global disconnects | libcluster 3.5 | connects (failed) | global disconnects | rs / 3.5 | load avg |

@@ -10,6 +10,13 @@ defmodule Bench.Scale.Cluster do
   def ip(i), do: "198.19.1.#{i}"
   def mac(i), do: "02:19:00:00:01:" <> (i |> Integer.to_string(16) |> String.pad_leading(2, "0"))
   def node_name(i), do: :"n#{i}@#{ip(i)}"
+  # DNSPoll makes `<basename>@<ip>` of every address: all nodes share one basename.
+  def node_name(i, :dns), do: :"n@#{ip(i)}"
+  def node_name(i, _), do: node_name(i)
+  def short_name(_i, :dns), do: "n"
+  def short_name(i, _), do: "n#{i}"
+  @dns_ip "198.19.0.2"
+  def dns_query, do: "nodes.scale.test"
 
   ## Network
 
@@ -26,6 +33,7 @@ defmodule Bench.Scale.Cluster do
         do: System.cmd("ip", ["link", "del", l], stderr_to_stdout: true)
 
     System.cmd("ip", ["link", "del", @bridge], stderr_to_stdout: true)
+    for dir <- Path.wildcard("/etc/netns/lcs*"), Regex.match?(~r{/lcs\d+$}, dir), do: File.rm_rf!(dir)
     :ok
   end
 
@@ -47,8 +55,17 @@ defmodule Bench.Scale.Cluster do
   Namespaces lcs1..lcsN on bridge lcsbr0 (which holds 198.19.0.1/16), host i at 198.19.1.i with the
   MAC mac(i), a permanent neighbour entry for every other host, and an epmd each.
   """
-  def setup(n) do
+  def setup(n, strategy \\ :epmd) do
     true = n <= 250
+
+    # `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: both
+    # libraries' DNSPoll then ask the bench's dnsmasq with their default resolver settings.
+    if strategy == :dns do
+      for i <- 1..n do
+        File.mkdir_p!("/etc/netns/#{ns(i)}")
+        File.write!("/etc/netns/#{ns(i)}/resolv.conf", "nameserver #{@dns_ip}\n")
+      end
+    end
 
     batch!([
       "link add #{@bridge} type bridge",
@@ -88,6 +105,45 @@ defmodule Bench.Scale.Cluster do
     )
     |> Stream.run()
 
+    if strategy == :dns, do: start_dnsmasq(n)
+    :ok
+  end
+
+  # dnsmasq in namespace lcs0 (198.19.0.2) answering `nodes.scale.test` with the N node addresses
+  # (A records) from a hosts file, nothing else. Permanent neighbour entries both ways.
+  defp start_dnsmasq(n) do
+    dns_mac = "02:19:00:00:00:02"
+    batch!(["netns add lcs0"])
+    batch!(["link add lcsv0 type veth peer name eth0 netns lcs0", "link set lcsv0 master #{@bridge} up"])
+
+    batch!(
+      [
+        "link set lo up",
+        "link set eth0 address #{dns_mac}",
+        "addr add #{@dns_ip}/16 dev eth0",
+        "link set eth0 up"
+      ] ++
+        for(j <- 1..n, do: "neigh replace #{ip(j)} lladdr #{mac(j)} nud permanent dev eth0"),
+      "lcs0"
+    )
+
+    for i <- 1..n, do: batch!(["neigh replace #{@dns_ip} lladdr #{dns_mac} nud permanent dev eth0"], ns(i))
+    dir = Path.join(System.tmp_dir!(), "lcs-dnsmasq")
+    File.mkdir_p!(dir)
+    File.chmod!(dir, 0o755)
+    hosts = Path.join(dir, "hosts")
+    File.write!(hosts, Enum.map_join(1..n, fn i -> "#{ip(i)} #{dns_query()}\n" end))
+    File.chmod!(hosts, 0o644)
+
+    {out, status} =
+      System.cmd(
+        "ip",
+        ~w(netns exec lcs0 dnsmasq --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts=#{hosts}
+           --listen-address=#{@dns_ip} --bind-interfaces --port=53 --local=/test/ --pid-file=#{dir}/pid),
+        stderr_to_stdout: true
+      )
+
+    if status != 0, do: raise("dnsmasq did not start: #{out}")
     :ok
   end
 
@@ -147,7 +203,7 @@ defmodule Bench.Scale.Cluster do
 
     {:ok, peer, node} =
       :peer.start(%{
-        name: ~c"n#{i}",
+        name: to_charlist(short_name(i, lib.strategy)),
         host: to_charlist(ip(i)),
         longnames: true,
         connection: :standard_io,
