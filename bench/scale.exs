@@ -285,6 +285,9 @@ formation = fn n, lib, run ->
       ms: ms,
       connects: Run.sum(reports, :connect_calls),
       failed: Run.sum(reports, :connect_failed),
+      # calls that never returned: their task was killed (connect_timeout) or is still running
+      abandoned:
+        Run.sum(reports, :connect_calls) - Run.sum(reports, :connect_ok) - Run.sum(reports, :connect_failed),
       gdisc: Run.sum(reports, :global_disconnects),
       greq: Run.sum(reports, :global_requests),
       libdisc: Run.sum(reports, :lib_disconnects),
@@ -306,7 +309,7 @@ formation = fn n, lib, run ->
 
     IO.puts(
       "N=#{n} #{lib.name} run #{run}: #{formed}; starts spread #{round(spread_ms)} ms; " <>
-        "connect calls #{r.connects} (failed #{r.failed}; minimum #{div(n * (n - 1), 2)}); " <>
+        "connect calls #{r.connects} (failed #{r.failed}, abandoned #{r.abandoned}; minimum #{div(n * (n - 1), 2)}); " <>
         "global disconnects #{r.gdisc} (+#{r.greq} requested); library disconnects #{r.libdisc}; " <>
         "nodedowns #{r.nodedowns}; error lines #{r.errors}, warnings #{r.warnings}; " <>
         "boot #{Float.round(boot_s, 1)} s; load #{loadavg.()}"
@@ -443,6 +446,21 @@ IO.puts(
     "strategy #{strategy} (timeout/polling_interval #{inspect(epmd_timeout)}), libcluster_rs from #{rs_ebin}; load #{loadavg.()}"
 )
 
+# One run at a time: a second run's cleanup would delete the first one's namespaces.
+owner = "/tmp/lcs-bench.pid"
+
+case File.read(owner) do
+  {:ok, pid} ->
+    if File.exists?("/proc/#{String.trim(pid)}") and String.trim(pid) != System.pid() do
+      IO.puts(:stderr, "another bench/scale run (OS pid #{String.trim(pid)}) owns the lcs* namespaces")
+      System.halt(1)
+    end
+
+  _ ->
+    :ok
+end
+
+File.write!(owner, System.pid())
 Cluster.cleanup()
 
 results =
@@ -468,6 +486,7 @@ results =
     end
   after
     Cluster.cleanup()
+    File.rm(owner)
   end
 
 if "formation" in scenarios do
