@@ -374,12 +374,18 @@ rolling = fn n, lib, run ->
         {:timeout, counts} -> {nil, Enum.count(counts, &(&1 < n - 1))}
       end
 
+    # the other nodes may dial a restarted node before its own topology starts: the mesh can be
+    # whole before the last topology start (a negative figure); from the last kill it is not
+    last_kill = kills |> Enum.map(&elem(&1, 1)) |> Enum.max()
+    since_kill = if ms, do: ms + (last_start - last_kill) / 1000
+
     collateral = Run.collateral(old_events ++ finals, kills)
 
     IO.puts(
       "N=#{n} #{lib.name} rolling (#{roll_batch} at a time) run #{run}: " <>
         if(ms,
-          do: "full mesh #{fmt_ms.(ms)} after the last restart",
+          do:
+            "full mesh #{fmt_ms.(ms)} after the last topology start (#{fmt_ms.(since_kill)} after the last kill)",
           else: "NO full mesh within #{roll_timeout} ms"
         ) <>
         "; nodes left out #{left_out}; collateral nodedowns #{collateral.total} (global #{collateral.global}, " <>
