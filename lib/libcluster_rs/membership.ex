@@ -58,6 +58,14 @@ defmodule LibclusterRs.Membership do
       (default `10_000`)
     * `:max_concurrency` - connect attempts in flight at once (default `64`); more wait their turn,
       nodes never tried before first
+    * `:pace` - `:infinity` (default) or a positive integer: how many first dials of newly
+      discovered nodes may hold a slot at once (within `:max_concurrency`). When N nodes start
+      together and each dials all others at once, their connection setups collide with the
+      distribution's arbitration of simultaneous connects and with `global`'s own connects;
+      `pace: 4` is recommended from about 25 nodes (see "Dialling order and pacing" below)
+    * `:pace_hold` - the longest, in ms, that a paced first dial holds its slot (default `200`):
+      a dial that hangs on a dead peer then goes on concurrently, within `:connect_timeout`, and
+      the next first dial starts
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±20% uniform jitter (defaults `250` / `10_000` ms)
     * `:min_dial_interval` - the shortest time in ms between two connect attempts to one node,
@@ -73,6 +81,17 @@ defmodule LibclusterRs.Membership do
       topology connects with the default `{:net_kernel, :connect_node, []}`
 
   Errors never prune: a failed discovery leaves the last known set in place.
+
+  ## Dialling order and pacing
+
+  Nodes never dialled before are dialled first, in ring order: the names sorted, starting with the
+  first name after this node's own and wrapping around, so that nodes starting together do not all
+  dial the same peer first and two neighbours do not dial each other first. A queued node that is
+  connected by the time its turn comes (it dialled us, or `global` connected it) is not dialled,
+  as libcluster's `connect_nodes` skips listed nodes. With `:pace` set, at most that many first
+  dials hold a slot at once; a slot is freed when its dial ends or after `:pace_hold` ms, whichever
+  comes first. Retries are never paced (their backoff spaces them). The decisions are
+  `LibclusterRs.Membership.Pace`'s plain functions.
 
   ## Healing
 
@@ -112,7 +131,7 @@ defmodule LibclusterRs.Membership do
   use GenServer
 
   alias LibclusterRs.{Backoff, Config}
-  alias LibclusterRs.Membership.{Calls, Faults, Peers, Policy, Status}
+  alias LibclusterRs.Membership.{Calls, Faults, Pace, Peers, Policy, Status}
   alias Cluster.Strategy.State
 
   @type prune :: :immediate | :never | {:grace_period, pos_integer()}
@@ -127,7 +146,9 @@ defmodule LibclusterRs.Membership do
     stable_after: 5_000,
     list_nodes_timeout: 5_000,
     untrusted_connect_rate: 10,
-    probe: :auto
+    probe: :auto,
+    pace: :infinity,
+    pace_hold: 200
   }
 
   # Backoff entries of nodes that are neither wanted nor connected are dropped beyond this many.
@@ -152,6 +173,8 @@ defmodule LibclusterRs.Membership do
             # connect attempts: task ref => {node, pid, started_at, timer}
             inflight: %{},
             queue: [],
+            # first dials holding a pacing slot: task ref => hold timer (LibclusterRs.Membership.Pace)
+            pacing: %{},
             # nodes in flight or queued, for O(1) lookups with large discoveries
             busy: MapSet.new(),
             # node => monotonic ms when a prune killed its connect attempt
@@ -236,7 +259,9 @@ defmodule LibclusterRs.Membership do
       {:stable_after, @defaults.stable_after, Config.non_neg_integer()},
       {:list_nodes_timeout, @defaults.list_nodes_timeout, Config.pos_integer()},
       {:untrusted_connect_rate, @defaults.untrusted_connect_rate, Config.pos_integer()},
-      {:probe, @defaults.probe, Config.one_of([:auto, true, false])}
+      {:probe, @defaults.probe, Config.one_of([:auto, true, false])},
+      {:pace, @defaults.pace, &validate_pace/1},
+      {:pace_hold, @defaults.pace_hold, Config.pos_integer()}
     ]
 
     validated = Config.validate!(opts, schema, topology, __MODULE__)
@@ -249,6 +274,10 @@ defmodule LibclusterRs.Membership do
 
     validated
   end
+
+  defp validate_pace(:infinity), do: {:ok, :infinity}
+  defp validate_pace(n) when is_integer(n) and n > 0, do: {:ok, n}
+  defp validate_pace(_), do: {:error, "a positive integer or :infinity"}
 
   defp validate_prune(:immediate), do: {:ok, :immediate}
   defp validate_prune(:never), do: {:ok, :never}
@@ -431,6 +460,14 @@ defmodule LibclusterRs.Membership do
   end
 
   def handle_info({:probe_reachable, nodes}, m), do: {:noreply, probe_reachable(m, nodes)}
+
+  # A paced first dial held its slot for `:pace_hold` ms: the next one may start (this one goes on).
+  def handle_info({:pace_release, ref}, m) do
+    if Map.has_key?(m.pacing, ref),
+      do: {:noreply, start_attempts(%{m | pacing: Map.delete(m.pacing, ref)})},
+      else: {:noreply, m}
+  end
+
   def handle_info(_other, m), do: {:noreply, m}
 
   ## Backoff state
@@ -606,7 +643,7 @@ defmodule LibclusterRs.Membership do
   end
 
   defp enqueue(m, nodes) do
-    {queue, busy} = Policy.enqueue(m.queue, m.busy, m.peers, nodes)
+    {queue, busy} = Policy.enqueue(m.queue, m.busy, m.peers, Pace.ring(nodes, Node.self()))
     %{m | queue: queue, busy: busy}
   end
 
@@ -622,15 +659,17 @@ defmodule LibclusterRs.Membership do
     end
   end
 
+  # What starts now is LibclusterRs.Membership.Pace.take/5's: within `:max_concurrency`, first
+  # dials within `:pace`, and queued nodes that are connected by now are not dialled.
   defp start_queued(%{queue: []} = m), do: m
 
   defp start_queued(m) do
-    if map_size(m.inflight) >= m.opts.max_concurrency do
-      m
-    else
-      [node | rest] = m.queue
-      start_queued(start_attempt(%{m | queue: rest}, node))
-    end
+    free = max(m.opts.max_concurrency - map_size(m.inflight), 0)
+    paced_free = if m.opts.pace == :infinity, do: :infinity, else: max(m.opts.pace - map_size(m.pacing), 0)
+    listed = if inline_list?(m.list_nodes), do: list_inline(m), else: m.listed
+    {starts, skipped, queue} = Pace.take(m.queue, m.peers, listed, free, paced_free)
+    m = %{m | queue: queue, busy: Enum.reduce(skipped, m.busy, &MapSet.delete(&2, &1))}
+    Enum.reduce(starts, m, fn {node, paced?}, m -> start_attempt(m, node, paced?) end)
   end
 
   defp system_stopping? do
@@ -644,6 +683,8 @@ defmodule LibclusterRs.Membership do
       Process.exit(pid, :kill)
     end
 
+    for {_ref, timer} <- m.pacing, do: Process.cancel_timer(timer)
+
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
     LibclusterRs.Membership.Probe.watch(m.probe, %{})
 
@@ -651,6 +692,7 @@ defmodule LibclusterRs.Membership do
       m
       | leaving: true,
         inflight: %{},
+        pacing: %{},
         queue: [],
         busy: MapSet.new(),
         retry_timer: nil,
@@ -658,7 +700,7 @@ defmodule LibclusterRs.Membership do
     }
   end
 
-  defp start_attempt(m, node) do
+  defp start_attempt(m, node, paced?) do
     %{topology: topology, connect: connect, list_nodes: list_nodes} = m
     now = now()
 
@@ -669,9 +711,16 @@ defmodule LibclusterRs.Membership do
 
     timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
 
+    pacing =
+      if paced?,
+        do:
+          Map.put(m.pacing, task.ref, Process.send_after(self(), {:pace_release, task.ref}, m.opts.pace_hold)),
+        else: m.pacing
+
     %{
       m
       | inflight: Map.put(m.inflight, task.ref, {node, task.pid, now, timer}),
+        pacing: pacing,
         peers: Peers.dialled(m.peers, node, now)
     }
   end
@@ -684,7 +733,7 @@ defmodule LibclusterRs.Membership do
   defp attempt_done(m, ref, result) do
     {{node, _pid, _started, timer}, inflight} = Map.pop(m.inflight, ref)
     Process.cancel_timer(timer)
-    m = %{m | inflight: inflight, busy: MapSet.delete(m.busy, node)}
+    m = %{m | inflight: inflight, busy: MapSet.delete(m.busy, node), pacing: release(m.pacing, ref)}
     now = now()
 
     m =
@@ -721,6 +770,18 @@ defmodule LibclusterRs.Membership do
     %{m | peers: Peers.gc(m.peers, m.desired, m.busy, now, @peers_cap)}
     |> start_attempts()
     |> schedule_retry()
+  end
+
+  # The pacing slot of attempt `ref`, if it still holds one, is freed.
+  defp release(pacing, ref) do
+    case Map.pop(pacing, ref) do
+      {nil, pacing} ->
+        pacing
+
+      {timer, pacing} ->
+        Process.cancel_timer(timer)
+        pacing
+    end
   end
 
   defp schedule_retry(%{leaving: true} = m), do: m
@@ -845,6 +906,8 @@ defmodule LibclusterRs.Membership do
       Process.exit(pid, :kill)
     end
 
+    pacing = Enum.reduce(cancelled, m.pacing, fn {ref, _}, pacing -> release(pacing, ref) end)
+
     now = now()
     killed = for {_ref, {node, _, _, _}} <- cancelled, into: %{}, do: {node, now}
     recent = for {n, at} <- m.cancelled, now - at < m.opts.connect_timeout, into: %{}, do: {n, at}
@@ -852,6 +915,7 @@ defmodule LibclusterRs.Membership do
     %{
       m
       | inflight: Map.new(inflight),
+        pacing: pacing,
         queue: Enum.reject(m.queue, &MapSet.member?(nodes, &1)),
         busy: MapSet.difference(m.busy, nodes),
         cancelled: Map.merge(recent, killed)

@@ -1,3 +1,17 @@
+defmodule LibclusterRs.MembershipTest.Stubborn do
+  # A connect MFA that traps exits and never returns: only a `:kill` ends it.
+  def connect(test, node) do
+    Process.flag(:trap_exit, true)
+    send(test, {:stubborn, node, self()})
+
+    receive do
+      :never -> true
+    end
+  end
+
+  def list_nodes, do: []
+end
+
 defmodule LibclusterRs.MembershipTest do
   # LibclusterRs.Membership driven directly, over the fake distribution (LibclusterRs.Test.FakeDist):
   # every dial is reported to the test as `{:connect, node}` (and, for a `:hang` or `:wait` peer, the
@@ -112,6 +126,70 @@ defmodule LibclusterRs.MembershipTest do
                     %{node: :hang@h, reason: :timeout}}
 
     assert %{failures: 1, last_error: :timeout, in_flight: false} = Membership.status(m).pending[:hang@h]
+  end
+
+  @tag capture_log: true
+  test "a connect MFA that traps exits and never returns is ended at its deadline", %{t: t} do
+    state = %State{
+      topology: t,
+      connect: {LibclusterRs.MembershipTest.Stubborn, :connect, [self()]},
+      disconnect: {:erlang, :disconnect_node, []},
+      list_nodes: {LibclusterRs.MembershipTest.Stubborn, :list_nodes, []}
+    }
+
+    {:ok, m} = Membership.start_link(state, connect_timeout: 200, backoff_min: 60_000, backoff_max: 60_000)
+    on_exit(fn -> if Process.alive?(m), do: Process.exit(m, :kill) end)
+    Membership.discovered(m, [:stubborn@h])
+    assert_receive {:stubborn, :stubborn@h, pid}, 1_000
+    ref = Process.monitor(pid)
+
+    assert_receive {:telemetry, [:libcluster, :connect_node, :error], _,
+                    %{node: :stubborn@h, reason: :timeout}},
+                   2_000
+
+    assert_receive {:DOWN, ^ref, :process, ^pid, :killed}, 1_000
+    assert %{failures: 1, last_error: :timeout, in_flight: false} = Membership.status(m).pending[:stubborn@h]
+  end
+
+  @tag capture_log: true
+  test "with :pace, at most that many first dials hold a slot; a slot frees when its dial ends", %{t: t} do
+    nodes = for i <- 1..6, do: :"p#{i}@h"
+    net = dist(Map.new(nodes, &{&1, :wait}))
+    m = start(t, net, pace: 2, pace_hold: 60_000)
+    Membership.discovered(m, nodes)
+
+    assert_receive {:pending, :connect, n1, p1}, 500
+    assert_receive {:pending, :connect, n2, _p2}, 500
+    # two first dials out and holding their slots, four queued
+    state = :sys.get_state(m)
+    assert map_size(state.inflight) == 2 and map_size(state.pacing) == 2
+    assert length(state.queue) == 4
+    refute_received {:pending, :connect, _, _}
+    # ring order from this node (nonode@nohost sorts before p1@h)
+    assert Enum.sort([n1, n2]) == [:p1@h, :p2@h]
+
+    FakeDist.reply(p1, :accept)
+    assert_receive {:pending, :connect, n3, _p3}, 500
+    assert n3 == :p3@h
+    assert map_size(:sys.get_state(m).pacing) == 2
+  end
+
+  @tag capture_log: true
+  test "with :pace, a dial that hangs holds its slot for :pace_hold at most, then the next one starts", %{
+    t: t
+  } do
+    net = dist(%{:a@h => :hang, :b@h => :hang, :c@h => :accept})
+    m = start(t, net, pace: 1, pace_hold: 100, connect_timeout: 60_000)
+    Membership.discovered(m, [:a@h, :b@h, :c@h])
+
+    # ring order from this (non-distributed) node: a, b, c; each hang frees its slot after the hold
+    assert_receive {:pending, :connect, :a@h, a}, 500
+    assert_receive {:pending, :connect, :b@h, b}, 1_000
+    assert_receive {:connect, :c@h}, 1_000
+    assert Peer.wait_until(fn -> :c@h in FakeDist.up(net) end, 1_000)
+    # the hung dials go on, within their deadline
+    assert Process.alive?(a) and Process.alive?(b)
+    assert map_size(:sys.get_state(m).inflight) == 2
   end
 
   @tag capture_log: true

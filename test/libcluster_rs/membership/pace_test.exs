@@ -1,0 +1,61 @@
+defmodule LibclusterRs.Membership.PaceTest do
+  use ExUnit.Case, async: true
+  alias LibclusterRs.Membership.Pace
+
+  describe "ring/2" do
+    test "starts with the first name after this node's own and wraps around" do
+      nodes = [:a@h, :b@h, :d@h, :e@h]
+      assert Pace.ring(nodes, :c@h) == [:d@h, :e@h, :a@h, :b@h]
+      assert Pace.ring(Enum.reverse(nodes), :c@h) == [:d@h, :e@h, :a@h, :b@h]
+    end
+
+    test "nodes of one cluster do not all dial the same peer first" do
+      names = for i <- 1..20, do: :"n#{String.pad_leading("#{i}", 2, "0")}@h"
+      firsts = for self <- names, do: hd(Pace.ring(names -- [self], self))
+      assert Enum.sort(firsts) == Enum.sort(names)
+    end
+
+    test "the last name wraps to the first, and the empty set stays empty" do
+      assert Pace.ring([:a@h, :b@h], :z@h) == [:a@h, :b@h]
+      assert Pace.ring([], :a@h) == []
+    end
+  end
+
+  describe "take/5" do
+    test "first dials start within the paced slots, the rest wait in order" do
+      queue = [:a@h, :b@h, :c@h, :d@h]
+
+      assert Pace.take(queue, %{}, MapSet.new(), 64, 2) ==
+               {[{:a@h, true}, {:b@h, true}], [], [:c@h, :d@h]}
+    end
+
+    test "retries are not paced" do
+      peers = %{:r@h => %{failures: 2}}
+      queue = [:a@h, :b@h, :r@h]
+
+      assert Pace.take(queue, peers, MapSet.new(), 64, 1) ==
+               {[{:a@h, true}, {:r@h, false}], [], [:b@h]}
+    end
+
+    test "max_concurrency bounds paced and unpaced starts together" do
+      peers = %{:r@h => %{failures: 1}}
+
+      assert Pace.take([:r@h, :a@h, :b@h], peers, MapSet.new(), 2, 4) ==
+               {[{:r@h, false}, {:a@h, true}], [], [:b@h]}
+
+      assert Pace.take([:a@h], %{}, MapSet.new(), 0, 4) == {[], [], [:a@h]}
+    end
+
+    test "nodes connected by now are dropped, not dialled, even when no slot is free" do
+      listed = MapSet.new([:b@h, :d@h])
+
+      assert Pace.take([:a@h, :b@h, :c@h, :d@h], %{}, listed, 64, 1) ==
+               {[{:a@h, true}], [:b@h, :d@h], [:c@h]}
+    end
+
+    test "with pacing off every first dial starts, none holding a slot" do
+      assert Pace.take([:a@h, :b@h], %{}, MapSet.new(), 64, :infinity) ==
+               {[{:a@h, false}, {:b@h, false}], [], []}
+    end
+  end
+end
