@@ -221,21 +221,15 @@ defmodule Cluster.Strategy.Kubernetes do
   end
 
   @impl LibclusterRs.Discovery
-  # A namespace file that is not there yet: the round fails with a :config error (logged at error
-  # level once per streak, shown by Cluster.status), nothing is connected or pruned, and the next
-  # round tries again.
+  # The service account's files (token, ca.crt and, without :kubernetes_namespace, namespace) are
+  # read by the native task, which owns them: a namespace file that is not there yet fails the
+  # round with a :config error (logged at error level once per streak, shown by Cluster.status),
+  # nothing is connected or pruned, and the next round reads it again.
   def discover(impl, tag) do
-    case namespace(impl) do
-      {:ok, namespace} ->
-        native = %{impl.native | namespace: namespace, probe: impl.dry_run}
-        handle = LibclusterRs.Native.kubernetes_start(tag, native)
-        mode = if native.watch, do: :watch, else: :poll
-        impl = %{impl | namespace: namespace, mode: mode, watch_forbidden: nil}
-        {{if(native.watch, do: :stream, else: :async), handle}, impl}
-
-      {:error, message} ->
-        {{:error, :config, message}, impl}
-    end
+    native = %{impl.native | probe: impl.dry_run}
+    handle = LibclusterRs.Native.kubernetes_start(tag, native)
+    mode = if native.watch, do: :watch, else: :poll
+    {{if(native.watch, do: :stream, else: :async), handle}, %{impl | mode: mode, watch_forbidden: nil}}
   end
 
   @impl LibclusterRs.Discovery
@@ -275,6 +269,7 @@ defmodule Cluster.Strategy.Kubernetes do
     %{
       kubernetes: %{
         mode: impl.mode,
+        # nil when it comes from the service account's file (read by the native task)
         namespace: impl.namespace,
         resource: impl.resource,
         watch_forbidden: impl.watch_forbidden
@@ -391,39 +386,6 @@ defmodule Cluster.Strategy.Kubernetes do
       fallback_poll_ms: fallback_poll_ms,
       dry_run: false
     }
-  end
-
-  # The namespace: `kubernetes_namespace`, else the service account's `namespace` file, read at
-  # every round until it is there (the same release may start outside a cluster, or before the
-  # service account is mounted).
-  defp namespace(%{native: %{namespace: ns}}) when is_binary(ns), do: {:ok, ns}
-
-  defp namespace(%{native: %{service_account_path: sa_path}}) do
-    path = Path.join(sa_path, "namespace")
-
-    problem =
-      case File.read(path) do
-        {:ok, ns} ->
-          case String.trim(ns) do
-            "" -> "is empty"
-            ns -> {:ok, ns}
-          end
-
-        {:error, reason} ->
-          "cannot be read (#{:file.format_error(reason)})"
-      end
-
-    case problem do
-      {:ok, ns} ->
-        {:ok, ns}
-
-      problem ->
-        {:error,
-         "the service account's namespace file #{path} #{problem}: set :kubernetes_namespace in the " <>
-           "topology's config, or :kubernetes_service_account_path to the directory where the " <>
-           "service account is mounted (automountServiceAccountToken). Nothing is connected or " <>
-           "pruned until then; retrying"}
-    end
   end
 
   # Pods: no field selector by default (libcluster's), `status.phase=Running` with ready-only.
