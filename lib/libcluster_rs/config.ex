@@ -135,17 +135,50 @@ defmodule LibclusterRs.Config do
     end)
   end
 
+  @typedoc """
+  What a message names: a config key (`:port`), a key inside a keyword option
+  (`{:ssl_opts, :verify}`, worded "ssl_opts :verify"), or an environment variable (`"PGPORT"`).
+  """
+  @type key :: atom() | {atom(), atom()} | String.t()
+
+  @doc """
+  The one wording of a value that cannot work: "expected :port to be an integer in 1..65535, got:
+  0", with `note` in parentheses after the value when given. Strategies that boot anyway
+  (`LibclusterRs.InvalidTopology`) use it for their message; `invalid!/5` raises it.
+
+      iex> LibclusterRs.Config.expected(:port, "an integer in 1..65535", 0)
+      "expected :port to be an integer in 1..65535, got: 0"
+      iex> LibclusterRs.Config.expected({:ssl_opts, :verify}, ":verify_peer or :verify_none", :yes)
+      "expected ssl_opts :verify to be :verify_peer or :verify_none, got: :yes"
+      iex> LibclusterRs.Config.expected(:query, "a non-empty string", nil, "the key is required")
+      "expected :query to be a non-empty string, got: nil (the key is required)"
+  """
+  @spec expected(key(), String.t(), term(), String.t() | nil) :: String.t()
+  def expected(key, expected, value, note \\ nil) do
+    "expected #{key_name(key)} to be #{expected}, got: #{inspect(value)}" <>
+      if(note, do: " (#{note})", else: "")
+  end
+
+  defp key_name(key) when is_atom(key), do: inspect(key)
+  defp key_name({parent, key}) when is_atom(parent) and is_atom(key), do: "#{parent} #{inspect(key)}"
+  defp key_name(var) when is_binary(var), do: var
+
+  @doc """
+  Raises the ArgumentError of a bad config value of `topology`: "invalid config for topology
+  :t: " followed by `expected/4`'s words. The one place a strategy's "expected" error is raised.
+  """
+  @spec invalid!(atom(), key(), String.t(), term(), String.t() | nil) :: no_return()
+  def invalid!(topology, key, expected, value, note \\ nil) do
+    raise ArgumentError,
+          "invalid config for topology #{inspect(topology)}: " <> expected(key, expected, value, note)
+  end
+
   @doc "Runs one validator, raising the standard ArgumentError on failure."
   @spec check!(atom(), atom(), term(), validator()) :: term()
   def check!(topology, key, value, validator) do
     case validator.(value) do
-      {:ok, normalized} ->
-        normalized
-
-      {:error, expected} ->
-        raise ArgumentError,
-              "invalid config for topology #{inspect(topology)}: expected #{inspect(key)} to be " <>
-                "#{expected}, got: #{inspect(value)}"
+      {:ok, normalized} -> normalized
+      {:error, expected} -> invalid!(topology, key, expected, value)
     end
   end
 
@@ -153,15 +186,44 @@ defmodule LibclusterRs.Config do
   @spec required!(map(), atom(), atom(), String.t()) :: term()
   def required!(validated, key, topology, expected) do
     case Map.fetch!(validated, key) do
-      nil ->
-        raise ArgumentError,
-              "invalid config for topology #{inspect(topology)}: expected #{inspect(key)} to be " <>
-                "#{expected}, got: nil (the key is required)"
-
-      value ->
-        value
+      nil -> invalid!(topology, key, expected, nil, "the key is required")
+      value -> value
     end
   end
+
+  @doc """
+  The backoff range of validated options: `:backoff_max` must be at least `:backoff_min`. The one
+  check of the range (the membership's redials, Postgres' reconnects); the native side receives
+  ranges that passed it.
+  """
+  @spec backoff_range!(map(), atom()) :: map()
+  def backoff_range!(%{backoff_min: min, backoff_max: max} = validated, topology) do
+    if max < min, do: invalid!(topology, :backoff_max, "at least :backoff_min (#{min})", max)
+    validated
+  end
+
+  @doc """
+  The environment a strategy reads, as a map: the validated `:env` option when given (tests, and
+  callers that want to pin it), else `System.get_env()`, read here once at start. Takes the
+  validated options or the raw keyword config. Strategies that read variables list
+  `env_key/0` in their schema and never call `System.get_env` themselves.
+  """
+  @spec env(map() | Keyword.t()) :: %{String.t() => String.t()}
+  def env(%{env: env}) when is_map(env), do: env
+  def env(config) when is_list(config), do: env(%{env: Keyword.get(config, :env)})
+  def env(_), do: System.get_env()
+
+  @doc "The schema entry of the `:env` option (see `env/1`)."
+  @spec env_key() :: {:env, nil, validator()}
+  def env_key, do: {:env, nil, nullable(&env_map/1)}
+
+  defp env_map(map) when is_map(map) do
+    if Enum.all?(map, fn {k, v} -> is_binary(k) and is_binary(v) end),
+      do: {:ok, map},
+      else: {:error, "a map of string names to string values"}
+  end
+
+  defp env_map(_), do: {:error, "a map of string names to string values"}
 
   ## Validators
 

@@ -264,15 +264,7 @@ defmodule LibclusterRs.Membership do
       {:pace_hold, @defaults.pace_hold, Config.pos_integer()}
     ]
 
-    validated = Config.validate!(opts, schema, topology, __MODULE__)
-
-    if validated.backoff_max < validated.backoff_min do
-      raise ArgumentError,
-            "invalid config for topology #{inspect(topology)}: expected :backoff_max to be >= :backoff_min " <>
-              "(#{validated.backoff_min}), got: #{validated.backoff_max}"
-    end
-
-    validated
+    opts |> Config.validate!(schema, topology, __MODULE__) |> Config.backoff_range!(topology)
   end
 
   defp validate_pace(:infinity), do: {:ok, :infinity}

@@ -141,7 +141,9 @@ defmodule LibclusterRs.Native do
   Start a Kubernetes discovery. `opts` is the map `Cluster.Strategy.Kubernetes` builds from its
   validated config (its `impl.native`, with the namespace resolved). With `watch: true` it streams
   `{:nodes, names}` on every change and reconnects by itself; a forbidden watch falls back to a
-  list every `poll_interval_ms` (`{:watch_mode, ...}` events); otherwise it lists once.
+  list every `poll_interval_ms` (`{:watch_mode, ...}` events); otherwise it lists once. With
+  `namespace: nil` the task reads the service account's `namespace` file at its start (a
+  `{:discovery_error, :config, msg}` naming the file when it cannot).
   """
   @spec kubernetes_start(term(), map()) :: handle()
   def kubernetes_start(_tag, _opts), do: :erlang.nif_error(:nif_not_loaded)

@@ -14,6 +14,68 @@ defmodule LibclusterRs.ConfigTest do
     {:ok, t: :"cfg_#{System.unique_integer([:positive])}"}
   end
 
+  doctest LibclusterRs.Config
+
+  describe "the one wording of a bad value" do
+    test "invalid!/5 raises an ArgumentError naming the topology and the key", %{t: t} do
+      e = assert_raise ArgumentError, fn -> Config.invalid!(t, :port, "an integer in 1..65535", 0) end
+
+      assert e.message ==
+               "invalid config for topology #{inspect(t)}: expected :port to be an integer in 1..65535, got: 0"
+
+      e =
+        assert_raise ArgumentError, fn ->
+          Config.invalid!(t, "PGPORT", "a port", "x", "an environment variable")
+        end
+
+      assert e.message =~ "expected PGPORT to be a port, got: \"x\" (an environment variable)"
+    end
+
+    test "check!/4 and required!/4 word it the same way", %{t: t} do
+      e = assert_raise ArgumentError, fn -> Config.check!(t, :n, -1, Config.pos_integer()) end
+      assert e.message =~ "expected :n to be a positive integer, got: -1"
+
+      e = assert_raise ArgumentError, fn -> Config.required!(%{q: nil}, :q, t, "a non-empty string") end
+      assert e.message =~ "expected :q to be a non-empty string, got: nil (the key is required)"
+    end
+
+    test "backoff_range!/2: :backoff_max at least :backoff_min, the one check", %{t: t} do
+      assert Config.backoff_range!(%{backoff_min: 5, backoff_max: 5}, t) == %{backoff_min: 5, backoff_max: 5}
+
+      e =
+        assert_raise ArgumentError, fn -> Config.backoff_range!(%{backoff_min: 500, backoff_max: 100}, t) end
+
+      assert e.message =~ "expected :backoff_max to be at least :backoff_min (500), got: 100"
+      assert e.message =~ inspect(t)
+
+      # Its two users: the membership and Postgres.
+      assert_raise ArgumentError, ~r/:backoff_max/, fn ->
+        LibclusterRs.Membership.validate_opts!(t, backoff_min: 500, backoff_max: 100)
+      end
+
+      assert_raise ArgumentError, ~r/expected :backoff_max to be at least :backoff_min/, fn ->
+        Cluster.Strategy.Postgres.init(%State{
+          topology: t,
+          config: [database: "d", username: "u", backoff_min: 500, backoff_max: 100, env: %{}]
+        })
+      end
+    end
+
+    test "env/1: the :env option, else the process environment", %{t: t} do
+      System.put_env(@var, "from-the-process")
+      assert Config.env(%{env: %{"A" => "1"}}) == %{"A" => "1"}
+      assert Config.env(env: %{"A" => "1"}) == %{"A" => "1"}
+      assert Config.env(%{env: nil})[@var] == "from-the-process"
+      assert Config.env([])[@var] == "from-the-process"
+
+      schema = [{:x, 1, Config.pos_integer()}, Config.env_key()]
+      assert Config.validate!([env: %{"A" => "1"}], schema, t, __MODULE__).env == %{"A" => "1"}
+
+      e = assert_raise ArgumentError, fn -> Config.validate!([env: %{"A" => 1}], schema, t, __MODULE__) end
+      assert e.message =~ "expected :env to be a map of string names to string values"
+    end
+  end
+
   describe "{:system, ...} values" do
     test "{:system, var} and {:system, var, default} are strings" do
       assert Config.resolve_value!({:system, @var, "dflt"}) == "dflt"

@@ -114,7 +114,7 @@ defmodule Cluster.Strategy.Consul do
   @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     opts = Config.validate!(config, schema(), topology, __MODULE__, [:membership])
-    impl = impl(opts, config, System.get_env(), topology)
+    impl = impl(opts, config, Config.env(opts), topology)
 
     if impl.native.insecure do
       Cluster.Logger.error(
@@ -204,7 +204,8 @@ defmodule Cluster.Strategy.Consul do
       {:cert_file, nil, Config.nullable(Config.string())},
       {:key_file, nil, Config.nullable(Config.string())},
       {:disable_verify_ssl?, false, Config.boolean()},
-      {:async_initial_connection?, true, Config.boolean()}
+      {:async_initial_connection?, true, Config.boolean()},
+      Config.env_key()
     ]
   end
 
@@ -323,6 +324,7 @@ defmodule Cluster.Strategy.Consul do
     queries = Enum.flat_map(opts.list_using, &queries!(&1, opts, topology))
     conn = connection(opts, env)
     poll_ms = if opts.polling_interval == :infinity, do: 0, else: opts.polling_interval
+    {backoff_min, backoff_max} = LibclusterRs.Discovery.Schedule.error_backoff(opts.polling_interval)
 
     native = %{
       base_url: conn.base_url,
@@ -338,8 +340,8 @@ defmodule Cluster.Strategy.Consul do
       request_timeout_ms: opts.request_timeout,
       poll_interval_ms: poll_ms,
       min_interval_ms: opts.blocking_min_interval,
-      backoff_min_ms: 500,
-      backoff_max_ms: if(poll_ms == 0, do: 30_000, else: max(poll_ms, 1_000)),
+      backoff_min_ms: backoff_min,
+      backoff_max_ms: backoff_max,
       max_body_bytes: 32 * 1024 * 1024
     }
 
@@ -370,9 +372,7 @@ defmodule Cluster.Strategy.Consul do
         name
 
       other ->
-        raise ArgumentError,
-              "invalid config for topology #{inspect(topology)}: expected :node_basename to be a " <>
-                "non-empty string, got: #{inspect(other)}"
+        Config.invalid!(topology, :node_basename, "a non-empty string", other)
     end
   end
 
@@ -386,19 +386,22 @@ defmodule Cluster.Strategy.Consul do
 
         list when is_list(list) and list != [] ->
           case Config.collect(list, Config.string()) do
-            {:ok, dcs} -> dcs
-            :error -> bad!(topology, :datacenters, "a non-empty list of datacenter names or :all", list)
+            {:ok, dcs} ->
+              dcs
+
+            :error ->
+              Config.invalid!(topology, :datacenters, "a non-empty list of datacenter names or :all", list)
           end
 
         other ->
-          bad!(topology, :datacenters, "a non-empty list of datacenter names or :all", other)
+          Config.invalid!(topology, :datacenters, "a non-empty list of datacenter names or :all", other)
       end
 
     endpoints = Keyword.get(mopts, :endpoints)
 
     unless is_list(endpoints) and endpoints != [] and
              Enum.all?(endpoints, &(entry?(&1) and not match?({@multisite, _}, &1) and &1 != @multisite)) do
-      bad!(
+      Config.invalid!(
         topology,
         :endpoints,
         "a non-empty list of Agent, Health or Catalog entries (Multisite)",
@@ -417,7 +420,7 @@ defmodule Cluster.Strategy.Consul do
 
   defp queries!(@multisite, _opts, topology),
     do:
-      bad!(
+      Config.invalid!(
         topology,
         :list_using,
         "Multisite with opts: {Multisite, datacenters: ..., endpoints: [...]}",
@@ -464,7 +467,13 @@ defmodule Cluster.Strategy.Consul do
     {name, id} =
       case {endpoint, opts.service} do
         {_, nil} ->
-          bad!(topology, :service, "[name: \"service\"] or [id: \"service-id\"] (the key is required)", nil)
+          Config.invalid!(
+            topology,
+            :service,
+            "[name: \"service\"] or [id: \"service-id\"]",
+            nil,
+            "the key is required"
+          )
 
         {_, [name: name]} ->
           {name, nil}
@@ -473,7 +482,7 @@ defmodule Cluster.Strategy.Consul do
           {nil, id}
 
         {_, [id: _] = service} ->
-          bad!(
+          Config.invalid!(
             topology,
             :service,
             "[name: \"service\"] for #{inspect(mod)} (only Agent takes an id)",
@@ -492,12 +501,6 @@ defmodule Cluster.Strategy.Consul do
       datacenters: nil,
       all_datacenters: false
     }
-  end
-
-  defp bad!(topology, key, expected, value) do
-    raise ArgumentError,
-          "invalid config for topology #{inspect(topology)}: expected #{inspect(key)} to be " <>
-            "#{expected}, got: #{inspect(value)}"
   end
 
   defp describe(q) do

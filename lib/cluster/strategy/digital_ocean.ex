@@ -188,8 +188,8 @@ defmodule Cluster.Strategy.DigitalOcean do
       LibclusterRs.InvalidTopology.child_spec(
         state,
         __MODULE__,
-        "DigitalOcean: expected :token to be #{expected} (a DigitalOcean API token with the " <>
-          "droplet:read scope), got: #{inspect(value)}"
+        "DigitalOcean: " <>
+          Config.expected(:token, "#{expected} (a DigitalOcean API token with the droplet:read scope)", value)
       )
     else
       _ -> super(args)

@@ -181,7 +181,7 @@ defmodule Cluster.Strategy.DNSPoll do
     end
   end
 
-  defp queries(nil), do: {:error, "expected :query to be a non-empty string, got: nil (the key is required)"}
+  defp queries(nil), do: {:error, Config.expected(:query, "a non-empty string", nil, "the key is required")}
 
   defp queries(query) when is_binary(query) or (is_list(query) and query != [] and is_integer(hd(query))),
     do: queries([query])
@@ -212,8 +212,11 @@ defmodule Cluster.Strategy.DNSPoll do
   end
 
   defp bad_query(value) do
-    "expected :query to be a non-empty string, a list of them, or a list of {node_basename, query} " <>
-      "pairs, got: #{inspect(value)}"
+    Config.expected(
+      :query,
+      "a non-empty string, a list of them, or a list of {node_basename, query} pairs",
+      value
+    )
   end
 
   defp with_basenames(queries, basename) do
@@ -222,8 +225,8 @@ defmodule Cluster.Strategy.DNSPoll do
         {:ok, b} ->
           {:ok, Enum.map(queries, fn {q_base, q} -> {q_base || b, q} end)}
 
-        _ ->
-          {:error, "expected :node_basename to be a non-empty string, got: #{inspect(basename)}"}
+        {:error, expected} ->
+          {:error, Config.expected(:node_basename, expected, basename)}
       end
     else
       {:ok, queries}

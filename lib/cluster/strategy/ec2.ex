@@ -111,7 +111,7 @@ defmodule Cluster.Strategy.EC2 do
     opts = Config.validate!(config, schema(), topology, __MODULE__, [:membership])
     Config.required!(opts, :ec2_tagname, topology, "a non-empty string")
 
-    env = opts.env || aws_env()
+    env = aws_env(Config.env(opts))
     check_env!(topology, env)
 
     native = %{
@@ -140,7 +140,7 @@ defmodule Cluster.Strategy.EC2 do
                 "invalid config for topology #{inspect(topology)}: #{key}: #{message}"
       end
 
-    impl = Map.merge(opts, %{topology: topology, client: client})
+    impl = opts |> Map.delete(:env) |> Map.merge(%{topology: topology, client: client})
     # A round: credentials (maybe STS or IMDS), maybe this instance's tag, every page, and the funs.
     round_timeout = 4 * opts.request_timeout + 2 * opts.fun_timeout + 4 * opts.imds_timeout + 2_000
 
@@ -164,7 +164,7 @@ defmodule Cluster.Strategy.EC2 do
       {:request_timeout, 10_000, Config.pos_integer()},
       {:imds_timeout, 1_000, Config.pos_integer()},
       {:fun_timeout, 5_000, Config.pos_integer()},
-      {:env, nil, Config.nullable(&env_map/1)}
+      Config.env_key()
     ]
   end
 
@@ -198,19 +198,9 @@ defmodule Cluster.Strategy.EC2 do
     end
   end
 
-  defp env_map(map) when is_map(map) do
-    if Enum.all?(map, fn {k, v} -> is_binary(k) and is_binary(v) end),
-      do: {:ok, map},
-      else: {:error, "a map of string names to string values"}
-  end
-
-  defp env_map(_), do: {:error, "a map of string names to string values"}
-
-  @doc false
-  # The AWS_* variables of the process environment: the one place the strategy reads them.
-  def aws_env do
-    System.get_env() |> Map.filter(fn {k, _} -> String.starts_with?(k, @env_prefix) end)
-  end
+  # The AWS_* variables of the environment (Config.env/1: the process's, read once at start, or
+  # the :env option): only these cross to the native client.
+  defp aws_env(env), do: Map.filter(env, fn {k, _} -> String.starts_with?(k, @env_prefix) end)
 
   # Environment values that cannot work raise at start, naming the variable.
   defp check_env!(topology, env) do
@@ -219,9 +209,7 @@ defmodule Cluster.Strategy.EC2 do
         value = env[var],
         value not in [nil, ""],
         match?({:error, _}, Config.url().(value)) do
-      raise ArgumentError,
-            "invalid environment for topology #{inspect(topology)}: expected #{var} to be an " <>
-              "http:// or https:// URL, got: #{inspect(value)}"
+      Config.invalid!(topology, var, "an http:// or https:// URL", value, "an environment variable")
     end
 
     case env["AWS_CA_BUNDLE"] do
@@ -230,9 +218,13 @@ defmodule Cluster.Strategy.EC2 do
 
       path ->
         unless File.regular?(path) do
-          raise ArgumentError,
-                "invalid environment for topology #{inspect(topology)}: expected AWS_CA_BUNDLE to " <>
-                  "be the path of an existing PEM file, got: #{inspect(path)}"
+          Config.invalid!(
+            topology,
+            "AWS_CA_BUNDLE",
+            "the path of an existing PEM file",
+            path,
+            "an environment variable"
+          )
         end
     end
 

@@ -153,6 +153,7 @@ defmodule Cluster.Strategy.Gossip do
     {:ok,
      Map.merge(opts, %{
        topology: topology,
+       native: native_opts(opts),
        stats: nil,
        last_stats: %{},
        watcher: nil,
@@ -164,9 +165,7 @@ defmodule Cluster.Strategy.Gossip do
     wire_format = opts.wire_format || :v1
 
     if wire_format != :v1 and is_nil(opts.secret) do
-      raise ArgumentError,
-            "invalid config for topology #{inspect(topology)}: expected :secret to be a non-empty string " <>
-              "with wire_format: #{inspect(wire_format)}, got: nil"
+      Config.invalid!(topology, :secret, "a non-empty string with wire_format: #{inspect(wire_format)}", nil)
     end
 
     multicast_addr =
@@ -174,14 +173,20 @@ defmodule Cluster.Strategy.Gossip do
 
     cond do
       opts.broadcast_only and tuple_size(multicast_addr) != 4 ->
-        raise ArgumentError,
-              "invalid config for topology #{inspect(topology)}: expected :multicast_addr to be an IPv4 " <>
-                "broadcast address with broadcast_only: true, got: #{inspect(multicast_addr)}"
+        Config.invalid!(
+          topology,
+          :multicast_addr,
+          "an IPv4 broadcast address with broadcast_only: true",
+          multicast_addr
+        )
 
       not opts.broadcast_only and not multicast?(multicast_addr) ->
-        raise ArgumentError,
-              "invalid config for topology #{inspect(topology)}: expected :multicast_addr to be a multicast " <>
-                "address (224.0.0.0/4 or ff00::/8; or set broadcast_only: true), got: #{inspect(multicast_addr)}"
+        Config.invalid!(
+          topology,
+          :multicast_addr,
+          "a multicast address (224.0.0.0/4 or ff00::/8; or set broadcast_only: true)",
+          multicast_addr
+        )
 
       true ->
         %{opts | wire_format: wire_format, multicast_addr: multicast_addr}
@@ -234,28 +239,32 @@ defmodule Cluster.Strategy.Gossip do
     end
   end
 
+  # The native task's options, built once; `discover/2` adds this node's name, which can change.
+  defp native_opts(opts) do
+    %{
+      node: nil,
+      port: opts.port,
+      if_addr: ip_string(opts.if_addr),
+      multicast_if: opts.multicast_if && ip_string(opts.multicast_if),
+      multicast_addr: ip_string(opts.multicast_addr),
+      multicast_ttl: opts.multicast_ttl,
+      broadcast_only: opts.broadcast_only,
+      wire_format: opts.wire_format,
+      heartbeat_interval: opts.heartbeat_interval,
+      replay_window: opts.replay_window,
+      new_names_burst: opts.new_names_burst,
+      new_names_per_minute: opts.new_names_per_minute,
+      new_names_total_burst: opts.new_names_total_burst,
+      new_names_total_per_minute: opts.new_names_total_per_minute,
+      verify_sender: opts.verify_sender,
+      stats_interval: opts.stats_interval,
+      listen_only: false
+    }
+  end
+
   @impl LibclusterRs.Discovery
   def discover(impl, tag) do
-    native_opts = %{
-      node: current_node(),
-      port: impl.port,
-      if_addr: ip_string(impl.if_addr),
-      multicast_if: impl.multicast_if && ip_string(impl.multicast_if),
-      multicast_addr: ip_string(impl.multicast_addr),
-      multicast_ttl: impl.multicast_ttl,
-      broadcast_only: impl.broadcast_only,
-      wire_format: impl.wire_format,
-      heartbeat_interval: impl.heartbeat_interval,
-      replay_window: impl.replay_window,
-      new_names_burst: impl.new_names_burst,
-      new_names_per_minute: impl.new_names_per_minute,
-      new_names_total_burst: impl.new_names_total_burst,
-      new_names_total_per_minute: impl.new_names_total_per_minute,
-      verify_sender: impl.verify_sender,
-      stats_interval: impl.stats_interval,
-      listen_only: Map.get(impl, :listen_only, false)
-    }
-
+    native_opts = %{impl.native | node: current_node()}
     {handle, stats} = LibclusterRs.Native.gossip_start(tag, native_opts, impl.secret)
     watcher = impl.watcher || start_watcher()
     NameWatcher.follow(watcher, stats, native_opts.node)
@@ -289,7 +298,7 @@ defmodule Cluster.Strategy.Gossip do
   # `mix libcluster.discover`: listen only. A dry run must not announce its own node, or the
   # cluster's nodes would dial it.
   @spec dry_run(map()) :: map()
-  def dry_run(impl), do: Map.put(impl, :listen_only, true)
+  def dry_run(impl), do: put_in(impl.native.listen_only, true)
 
   @impl LibclusterRs.Discovery
   def handle_event({:heartbeat, name, trusted}, impl) when is_boolean(trusted) do

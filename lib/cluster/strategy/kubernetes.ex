@@ -47,9 +47,9 @@ defmodule Cluster.Strategy.Kubernetes do
 
       A required key that is missing, or a value of the wrong type, raises an `ArgumentError`
       naming the key (libcluster crashes at start as well). A required key given as `nil` (say
-      `System.get_env("UNSET")` in `runtime.exs`) boots, as libcluster does, and every round fails
-      with a `:config` error naming the key: logged once at error level, shown by
-      `Cluster.status/1`.
+      `System.get_env("UNSET")` in `runtime.exs`) boots, as libcluster does, and connects nothing:
+      the topology says why once at error level, naming the key, and `Cluster.status/1` shows it
+      with `state: :invalid_config` (as the other strategies do).
     * `:kubernetes_namespace` - default: the service account's `namespace` file, read at each
       round until it is there
     * `:kubernetes_ip_lookup_mode` - `:endpoints` (default), `:pods` or `:endpointslices`:
@@ -101,6 +101,9 @@ defmodule Cluster.Strategy.Kubernetes do
     * `:kubernetes_watch_timeout` - how long the server keeps one watch open before it is re-opened
       from the last version, in ms (default `300_000`, with up to 20% jitter)
     * `:kubernetes_max_body_bytes` - the largest list accepted (default 64 MiB)
+    * `:env` - a map of environment variables read instead of the process environment
+      (`KUBERNETES_SERVICE_HOST`, `KUBERNETES_SERVICE_PORT`, `CLUSTER_DOMAIN`), e.g. in tests; by
+      default the process environment is read once, at start
     * `:kubernetes_insecure_skip_tls_verify` - **DANGEROUS**: `true` skips the verification of
       the API server's certificate, so anyone on the path can read the service account token. It
       exists for clusters with broken certificates only; an error is logged at every start.
@@ -168,7 +171,7 @@ defmodule Cluster.Strategy.Kubernetes do
   @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
     opts = Config.validate!(config, schema(), topology, __MODULE__, [:membership])
-    impl = impl(opts, config, topology)
+    impl = impl(opts, Config.env(opts), topology)
 
     if opts.kubernetes_insecure_skip_tls_verify do
       Cluster.Logger.error(
@@ -183,25 +186,50 @@ defmodule Cluster.Strategy.Kubernetes do
      interval: opts.polling_interval, prune: true, round_timeout: opts.kubernetes_request_timeout + 5_000}
   end
 
-  @impl LibclusterRs.Discovery
-  # A config the strategy cannot run with (a required key given as nil) or a namespace file that
-  # is not there yet: the round fails with a :config error (logged at error level once per streak,
-  # shown by Cluster.status), nothing is connected or pruned, and the next round tries again.
-  def discover(%{unusable: message} = impl, _tag) when is_binary(message),
-    do: {{:error, :config, message}, impl}
+  @doc false
+  # A required key given as nil (`System.get_env("UNSET")` in runtime.exs) does not stop libcluster
+  # from booting: it warns at every poll and connects nothing. As the other strategies do,
+  # LibclusterRs.InvalidTopology says why at error level, once, and in Cluster.status/1. A
+  # missing key raises in init/1, as libcluster's Keyword.fetch! crashed the strategy.
+  def child_spec([%Cluster.Strategy.State{config: config} = state] = args) do
+    LibclusterRs.InvalidTopology.child_spec(state, __MODULE__, "Kubernetes", nil_key_problem(config)) ||
+      super(args)
+  end
 
-  def discover(impl, tag) do
-    case namespace(impl) do
-      {:ok, namespace} ->
-        native = %{impl.native | namespace: namespace, probe: impl.dry_run}
-        handle = LibclusterRs.Native.kubernetes_start(tag, native)
-        mode = if native.watch, do: :watch, else: :poll
-        impl = %{impl | namespace: namespace, mode: mode, watch_forbidden: nil}
-        {{if(native.watch, do: :stream, else: :async), handle}, impl}
-
-      {:error, message} ->
-        {{:error, :config, message}, impl}
+  defp nil_key_problem(config) do
+    if Keyword.keyword?(config) do
+      config
+      |> required_keys()
+      |> Enum.find_value(fn {key, expected} ->
+        if Keyword.has_key?(config, key) and Keyword.get(config, key) == nil,
+          do: Config.expected(key, expected, nil, "not configured")
+      end)
     end
+  end
+
+  # The required keys and what each must be. The selector is not needed for the EndpointSlices of
+  # one named service. `config`: the keyword config, or the validated options.
+  defp required_keys(config) do
+    slices_of_service? =
+      config[:kubernetes_ip_lookup_mode] == :endpointslices and config[:kubernetes_service_name] != nil
+
+    [kubernetes_node_basename: "a non-empty string"] ++
+      if(slices_of_service?,
+        do: [],
+        else: [kubernetes_selector: "a label selector string such as \"app=myapp\""]
+      )
+  end
+
+  @impl LibclusterRs.Discovery
+  # The service account's files (token, ca.crt and, without :kubernetes_namespace, namespace) are
+  # read by the native task, which owns them: a namespace file that is not there yet fails the
+  # round with a :config error (logged at error level once per streak, shown by Cluster.status),
+  # nothing is connected or pruned, and the next round reads it again.
+  def discover(impl, tag) do
+    native = %{impl.native | probe: impl.dry_run}
+    handle = LibclusterRs.Native.kubernetes_start(tag, native)
+    mode = if native.watch, do: :watch, else: :poll
+    {{if(native.watch, do: :stream, else: :async), handle}, %{impl | mode: mode, watch_forbidden: nil}}
   end
 
   @impl LibclusterRs.Discovery
@@ -241,6 +269,7 @@ defmodule Cluster.Strategy.Kubernetes do
     %{
       kubernetes: %{
         mode: impl.mode,
+        # nil when it comes from the service account's file (read by the native task)
         namespace: impl.namespace,
         resource: impl.resource,
         watch_forbidden: impl.watch_forbidden
@@ -284,7 +313,8 @@ defmodule Cluster.Strategy.Kubernetes do
       {:kubernetes_request_timeout, 15_000, Config.pos_integer()},
       {:kubernetes_watch_timeout, 300_000, Config.pos_integer()},
       {:kubernetes_max_body_bytes, 64 * 1024 * 1024, Config.pos_integer()},
-      {:kubernetes_insecure_skip_tls_verify, false, Config.boolean()}
+      {:kubernetes_insecure_skip_tls_verify, false, Config.boolean()},
+      Config.env_key()
     ]
   end
 
@@ -292,8 +322,8 @@ defmodule Cluster.Strategy.Kubernetes do
   defp field_selector(value), do: Config.string().(value)
 
   # The strategy's state: the native options (the namespace is resolved at each round when it
-  # comes from the service account's file), the mode it runs in, and why it cannot run, if so.
-  defp impl(opts, config, topology) do
+  # comes from the service account's file) and the mode it runs in. `env`: Config.env/1.
+  defp impl(opts, env, topology) do
     if opts.kubernetes_pods_ready_only and opts.kubernetes_ip_lookup_mode != :pods do
       Cluster.Logger.warn(
         topology,
@@ -302,30 +332,26 @@ defmodule Cluster.Strategy.Kubernetes do
       )
     end
 
-    {basename, basename_problem} =
-      required(opts, config, :kubernetes_node_basename, topology, "a non-empty string")
-
     lookup = opts.kubernetes_ip_lookup_mode
     service = opts.kubernetes_service_name
 
-    {label_selector, selector_problem} =
-      if lookup == :endpointslices and service != nil do
-        {"kubernetes.io/service-name=#{service}", nil}
-      else
-        required(
-          opts,
-          config,
-          :kubernetes_selector,
-          topology,
-          "a label selector string such as \"app=myapp\""
-        )
+    required = required_keys(opts)
+
+    basename =
+      Config.required!(opts, :kubernetes_node_basename, topology, required[:kubernetes_node_basename])
+
+    label_selector =
+      case required[:kubernetes_selector] do
+        nil -> "kubernetes.io/service-name=#{service}"
+        expected -> Config.required!(opts, :kubernetes_selector, topology, expected)
       end
 
-    domain = cluster_domain(opts.kubernetes_cluster_name)
+    domain = cluster_domain(opts.kubernetes_cluster_name, env)
     fallback_poll_ms = if opts.polling_interval == :infinity, do: 30_000, else: opts.polling_interval
+    {backoff_min, backoff_max} = LibclusterRs.Discovery.Schedule.error_backoff(opts.polling_interval)
 
     native = %{
-      api_url: api_url(opts.kubernetes_master, domain, topology),
+      api_url: api_url(opts.kubernetes_master, domain, env, topology),
       service_account_path: opts.kubernetes_service_account_path,
       namespace: opts.kubernetes_namespace,
       lookup: lookup,
@@ -333,7 +359,7 @@ defmodule Cluster.Strategy.Kubernetes do
       label_selector: label_selector,
       field_selector:
         default_field_selector(opts.kubernetes_field_selector, lookup, opts.kubernetes_pods_ready_only),
-      basename: basename || "",
+      basename: basename,
       mode: opts.mode,
       service_name: service,
       cluster_domain: domain,
@@ -343,8 +369,8 @@ defmodule Cluster.Strategy.Kubernetes do
       max_body_bytes: opts.kubernetes_max_body_bytes,
       watch: opts.kubernetes_watch,
       watch_timeout_ms: opts.kubernetes_watch_timeout,
-      backoff_min_ms: 500,
-      backoff_max_ms: backoff_max(opts.polling_interval),
+      backoff_min_ms: backoff_min,
+      backoff_max_ms: backoff_max,
       poll_interval_ms: fallback_poll_ms,
       watch_retry_interval_ms: opts.kubernetes_watch_retry_interval,
       probe: false
@@ -353,7 +379,6 @@ defmodule Cluster.Strategy.Kubernetes do
     %{
       topology: topology,
       native: native,
-      unusable: basename_problem || selector_problem,
       namespace: opts.kubernetes_namespace,
       resource: Atom.to_string(lookup),
       mode: if(opts.kubernetes_watch, do: :watch, else: :poll),
@@ -363,69 +388,16 @@ defmodule Cluster.Strategy.Kubernetes do
     }
   end
 
-  # A required key that is missing, or of the wrong type, is bad config: ArgumentError. One given
-  # as nil (`System.get_env("UNSET")` in runtime.exs) does not stop libcluster from booting: it
-  # warns at every poll and connects nothing. We boot as well, and say why at error level.
-  defp required(opts, config, key, topology, expected) do
-    cond do
-      not Keyword.has_key?(config, key) ->
-        {Config.required!(opts, key, topology, expected), nil}
-
-      opts[key] == nil ->
-        {nil,
-         "#{inspect(key)} is nil, so this topology connects nothing (libcluster boots in this case " <>
-           "too, and connects nothing). Set #{inspect(key)} to #{expected} in the topology's config"}
-
-      true ->
-        {opts[key], nil}
-    end
-  end
-
-  # The namespace: `kubernetes_namespace`, else the service account's `namespace` file, read at
-  # every round until it is there (the same release may start outside a cluster, or before the
-  # service account is mounted).
-  defp namespace(%{native: %{namespace: ns}}) when is_binary(ns), do: {:ok, ns}
-
-  defp namespace(%{native: %{service_account_path: sa_path}}) do
-    path = Path.join(sa_path, "namespace")
-
-    problem =
-      case File.read(path) do
-        {:ok, ns} ->
-          case String.trim(ns) do
-            "" -> "is empty"
-            ns -> {:ok, ns}
-          end
-
-        {:error, reason} ->
-          "cannot be read (#{:file.format_error(reason)})"
-      end
-
-    case problem do
-      {:ok, ns} ->
-        {:ok, ns}
-
-      problem ->
-        {:error,
-         "the service account's namespace file #{path} #{problem}: set :kubernetes_namespace in the " <>
-           "topology's config, or :kubernetes_service_account_path to the directory where the " <>
-           "service account is mounted (automountServiceAccountToken). Nothing is connected or " <>
-           "pruned until then; retrying"}
-    end
-  end
-
-  defp backoff_max(:infinity), do: 30_000
-  defp backoff_max(ms), do: max(ms, 1_000) |> min(60_000)
-
   # Pods: no field selector by default (libcluster's), `status.phase=Running` with ready-only.
   defp default_field_selector(:default, :pods, true), do: "status.phase=Running"
   defp default_field_selector(:default, _lookup, _ready_only), do: nil
   defp default_field_selector(selector, _lookup, _ready_only), do: selector
 
   @doc false
-  @spec cluster_domain(String.t()) :: String.t()
-  def cluster_domain(cluster_name) do
-    case System.get_env("CLUSTER_DOMAIN") do
+  # `env`: Config.env/1 (the strategy's, or a test's map).
+  @spec cluster_domain(String.t(), %{String.t() => String.t()}) :: String.t()
+  def cluster_domain(cluster_name, env) do
+    case env["CLUSTER_DOMAIN"] do
       domain when is_binary(domain) and domain != "" -> String.trim_trailing(domain, ".")
       _ -> "#{cluster_name}.local"
     end
@@ -433,25 +405,29 @@ defmodule Cluster.Strategy.Kubernetes do
 
   @doc false
   # libcluster: the domain is appended to `kubernetes_master` unless it ends with it or with ".".
-  @spec api_url(String.t() | nil, String.t(), atom()) :: String.t()
-  def api_url(nil, domain, topology) do
-    case System.get_env("KUBERNETES_SERVICE_HOST") do
+  @spec api_url(String.t() | nil, String.t(), %{String.t() => String.t()}, atom()) :: String.t()
+  def api_url(nil, domain, env, topology) do
+    case env["KUBERNETES_SERVICE_HOST"] do
       host when is_binary(host) and host != "" ->
-        port = System.get_env("KUBERNETES_SERVICE_PORT") || "443"
+        port = env["KUBERNETES_SERVICE_PORT"] || "443"
         "https://#{bracket(host)}:#{port}"
 
       _ ->
-        api_url("kubernetes.default.svc", domain, topology)
+        api_url("kubernetes.default.svc", domain, env, topology)
     end
   end
 
-  def api_url("https://" <> _ = url, _domain, _topology), do: String.trim_trailing(url, "/")
+  def api_url("https://" <> _ = url, _domain, _env, _topology), do: String.trim_trailing(url, "/")
 
-  def api_url(master, domain, topology) do
+  def api_url(master, domain, _env, topology) do
     if String.contains?(master, "://") do
-      raise ArgumentError,
-            "invalid config for topology #{inspect(topology)}: expected :kubernetes_master to be a " <>
-              "host, host:port or https:// URL (the token is never sent in clear), got: #{inspect(master)}"
+      Config.invalid!(
+        topology,
+        :kubernetes_master,
+        "a host, host:port or https:// URL",
+        master,
+        "the token is never sent in clear"
+      )
     end
 
     {host, port} = split_port(master)

@@ -78,6 +78,9 @@ defmodule Cluster.Strategy.Postgres do
       (defaults `256` and `600`)
     * `:max_new_atoms` - the most atoms notification payloads may create in this VM (default
       `10_000`, counted with gossip's unauthenticated names)
+    * `:env` - a map of environment variables read instead of the process environment (`PGHOST`,
+      `PGPORT`, `PGUSER`, `USER`, `PGPASSWORD`, `PGDATABASE`), e.g. in tests; by default the
+      process environment is read once, at start
 
   ## Example
 
@@ -125,37 +128,37 @@ defmodule Cluster.Strategy.Postgres do
       {:backoff_max, 30_000, Config.pos_integer()},
       {:new_names_burst, 256, Config.pos_integer()},
       {:new_names_per_minute, 600, Config.non_neg_integer()},
-      {:max_new_atoms, @default_atom_cap, Config.non_neg_integer()}
+      {:max_new_atoms, @default_atom_cap, Config.non_neg_integer()},
+      Config.env_key()
     ]
 
     opts = Config.validate!(config, schema, topology, __MODULE__, [:membership])
-    opts = opts |> merge_url() |> env_defaults() |> socket!(topology) |> tls!(topology)
-
-    if opts.backoff_max < opts.backoff_min do
-      raise ArgumentError,
-            "invalid config for topology #{inspect(topology)}: expected :backoff_max to be at least " <>
-              ":backoff_min (#{opts.backoff_min}), got: #{opts.backoff_max}"
-    end
+    opts = Config.backoff_range!(opts, topology)
+    env = Config.env(opts)
+    opts = opts |> merge_url() |> env_defaults(env) |> socket!(topology) |> tls!(topology)
 
     if is_nil(opts.database) do
-      raise ArgumentError,
-            "invalid config for topology #{inspect(topology)}: expected :database to be a non-empty " <>
-              "string, got: nil (the key is required unless PGDATABASE is set or :url names one)"
+      Config.invalid!(
+        topology,
+        :database,
+        "a non-empty string",
+        nil,
+        "the key is required unless PGDATABASE is set or :url names one"
+      )
     end
 
-    if is_nil(opts.username) do
-      raise ArgumentError,
-            "invalid config for topology #{inspect(topology)}: expected :username to be a non-empty " <>
-              "string, got: nil (PGUSER and USER are unset too)"
-    end
+    if is_nil(opts.username),
+      do: Config.invalid!(topology, :username, "a non-empty string", nil, "PGUSER and USER are unset too")
 
     channel = opts.channel_name || clean_cookie(Node.get_cookie())
     if opts.ssl and not opts.ssl_verify, do: warn_unverified_once(topology)
 
+    opts = %{Map.delete(opts, :env) | channel_name: channel}
+
     impl =
       Map.merge(opts, %{
         topology: topology,
-        channel_name: channel,
+        native: native_opts(opts),
         stats: nil,
         listen_only: false,
         connected_at: nil,
@@ -179,7 +182,7 @@ defmodule Cluster.Strategy.Postgres do
     with true <- Keyword.keyword?(config),
          nil <- Keyword.get(config, :database),
          nil <- url_database(Keyword.get(config, :url)),
-         nil <- System.get_env("PGDATABASE") do
+         nil <- Config.env(config)["PGDATABASE"] do
       "no database: set :database (or a :url naming one, or PGDATABASE); nothing is connected"
     else
       _ -> nil
@@ -287,22 +290,22 @@ defmodule Cluster.Strategy.Postgres do
     end
   end
 
-  # Postgrex's defaults from libpq's environment variables.
-  defp env_defaults(opts) do
+  # Postgrex's defaults from libpq's environment variables (`env`: Config.env/1, read once at start).
+  defp env_defaults(opts, env) do
     port =
       opts.port ||
-        case Integer.parse(System.get_env("PGPORT") || "") do
+        case Integer.parse(env["PGPORT"] || "") do
           {p, ""} when p in 1..65535 -> p
           _ -> 5432
         end
 
     %{
       opts
-      | hostname: opts.hostname || System.get_env("PGHOST") || "localhost",
+      | hostname: opts.hostname || env["PGHOST"] || "localhost",
         port: port,
-        username: opts.username || System.get_env("PGUSER") || System.get_env("USER"),
-        password: opts.password || System.get_env("PGPASSWORD"),
-        database: opts.database || System.get_env("PGDATABASE")
+        username: opts.username || env["PGUSER"] || env["USER"],
+        password: opts.password || env["PGPASSWORD"],
+        database: opts.database || env["PGDATABASE"]
     }
   end
 
@@ -315,9 +318,13 @@ defmodule Cluster.Strategy.Postgres do
         %{opts | socket_dir: Path.dirname(path), port: String.to_integer(port)}
 
       nil ->
-        raise ArgumentError,
-              "invalid config for topology #{inspect(topology)}: expected :socket to be the path of " <>
-                "a Postgres socket file (<dir>/.s.PGSQL.<port>), got: #{inspect(path)}; or use :socket_dir"
+        Config.invalid!(
+          topology,
+          :socket,
+          "the path of a Postgres socket file (<dir>/.s.PGSQL.<port>)",
+          path,
+          "or use :socket_dir"
+        )
     end
   end
 
@@ -329,16 +336,19 @@ defmodule Cluster.Strategy.Postgres do
       end
 
     for key <- [:cert, :key], Keyword.has_key?(ssl_opts, key) do
-      raise ArgumentError,
-            "invalid config for topology #{inspect(topology)}: ssl_opts #{inspect(key)}: DER client " <>
-              "certificates are not supported; give PEM files as :certfile and :keyfile"
+      Config.invalid!(
+        topology,
+        {:ssl_opts, key},
+        "absent (DER client certificates are not supported; give PEM files as :certfile and :keyfile)",
+        Keyword.get(ssl_opts, key)
+      )
     end
 
     file = fn key ->
       case Keyword.get(ssl_opts, key) do
         nil -> nil
         f when is_binary(f) or is_list(f) -> to_string(f)
-        other -> raise ArgumentError, bad_ssl(topology, key, other, "a file path")
+        other -> Config.invalid!(topology, {:ssl_opts, key}, "a file path", other)
       end
     end
 
@@ -346,7 +356,14 @@ defmodule Cluster.Strategy.Postgres do
 
     if is_nil(certfile) != is_nil(keyfile) do
       missing = if certfile, do: :keyfile, else: :certfile
-      raise ArgumentError, bad_ssl(topology, missing, nil, "a file path (:certfile and :keyfile go together)")
+
+      Config.invalid!(
+        topology,
+        {:ssl_opts, missing},
+        "a file path",
+        nil,
+        ":certfile and :keyfile go together"
+      )
     end
 
     verify =
@@ -354,7 +371,7 @@ defmodule Cluster.Strategy.Postgres do
         :verify_peer -> true
         :verify_none -> false
         nil -> ssl == :verify_full
-        other -> raise ArgumentError, bad_ssl(topology, :verify, other, ":verify_peer or :verify_none")
+        other -> Config.invalid!(topology, {:ssl_opts, :verify}, ":verify_peer or :verify_none", other)
       end
 
     cacertfile = file.(:cacertfile)
@@ -364,7 +381,7 @@ defmodule Cluster.Strategy.Postgres do
         nil -> nil
         :disable -> nil
         n when is_binary(n) or is_list(n) -> to_string(n)
-        other -> raise ArgumentError, bad_ssl(topology, :server_name_indication, other, "a host name")
+        other -> Config.invalid!(topology, {:ssl_opts, :server_name_indication}, "a host name", other)
       end
 
     Map.merge(opts, %{
@@ -375,11 +392,6 @@ defmodule Cluster.Strategy.Postgres do
       certfile: certfile,
       keyfile: keyfile
     })
-  end
-
-  defp bad_ssl(topology, key, value, expected) do
-    "invalid config for topology #{inspect(topology)}: expected ssl_opts #{inspect(key)} to be " <>
-      "#{expected}, got: #{inspect(value)}"
   end
 
   defp warn_unverified_once(topology) do
@@ -396,36 +408,38 @@ defmodule Cluster.Strategy.Postgres do
     end
   end
 
+  # The native task's options, built once; `discover/2` adds this node's name, which can change.
+  defp native_opts(opts) do
+    %{
+      hostname: opts.hostname,
+      socket_dir: opts.socket_dir,
+      port: opts.port,
+      username: opts.username,
+      password: opts.password,
+      database: opts.database,
+      # TLS does not apply to Unix sockets (as in libpq): the server refuses it there.
+      ssl: opts.ssl and is_nil(opts.socket_dir),
+      ssl_verify: opts.ssl_verify,
+      cacertfile: opts.cacertfile,
+      server_name: opts.server_name,
+      certfile: opts.certfile,
+      keyfile: opts.keyfile,
+      parameters: opts.parameters,
+      channel_name: opts.channel_name,
+      node: nil,
+      heartbeat_interval: opts.heartbeat_interval,
+      timeout: opts.connect_timeout,
+      backoff_min: opts.backoff_min,
+      backoff_max: opts.backoff_max,
+      new_names_burst: opts.new_names_burst,
+      new_names_per_minute: opts.new_names_per_minute
+    }
+  end
+
   @impl LibclusterRs.Discovery
   def discover(impl, tag) do
     node = own_node(impl)
-
-    native_opts = %{
-      hostname: impl.hostname,
-      socket_dir: impl.socket_dir,
-      port: impl.port,
-      username: impl.username,
-      password: impl.password,
-      database: impl.database,
-      # TLS does not apply to Unix sockets (as in libpq): the server refuses it there.
-      ssl: impl.ssl and is_nil(impl.socket_dir),
-      ssl_verify: impl.ssl_verify,
-      cacertfile: impl.cacertfile,
-      server_name: impl.server_name,
-      certfile: impl.certfile,
-      keyfile: impl.keyfile,
-      parameters: impl.parameters,
-      channel_name: impl.channel_name,
-      node: node,
-      heartbeat_interval: impl.heartbeat_interval,
-      timeout: impl.connect_timeout,
-      backoff_min: impl.backoff_min,
-      backoff_max: impl.backoff_max,
-      new_names_burst: impl.new_names_burst,
-      new_names_per_minute: impl.new_names_per_minute
-    }
-
-    {handle, stats} = LibclusterRs.Native.postgres_start(tag, native_opts)
+    {handle, stats} = LibclusterRs.Native.postgres_start(tag, %{impl.native | node: node})
     if is_nil(node) and not impl.listen_only, do: await_name(tag)
     {{:stream, handle}, %{impl | stats: stats}}
   end

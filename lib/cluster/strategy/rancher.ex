@@ -60,7 +60,7 @@ defmodule Cluster.Strategy.Rancher do
       LibclusterRs.InvalidTopology.child_spec(
         state,
         __MODULE__,
-        "Rancher: expected :node_basename to be #{expected}, got: #{inspect(value)}"
+        "Rancher: " <> Config.expected(:node_basename, expected, value)
       )
     else
       _ -> super(args)

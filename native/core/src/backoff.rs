@@ -19,6 +19,8 @@ pub(crate) struct Backoff {
 }
 
 impl Backoff {
+    /// The range comes validated from Elixir (`Config.backoff_range!`, `Schedule.error_backoff`);
+    /// should `max` be below `min`, every delay is `max` ([`Backoff::base`]), never a panic.
     pub(crate) fn new(min: Duration, max: Duration) -> Backoff {
         Backoff {
             min,

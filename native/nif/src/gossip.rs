@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::args::bad;
 use crate::atoms;
 use crate::handle::{spawn, Discovery};
+use crate::sink::encode_stats;
 
 /// The counters of one gossip task, readable while it runs, and the way to send it notices.
 pub(crate) struct GossipStats {
@@ -148,17 +149,6 @@ fn gossip_set_node(task: ResourceArc<GossipStats>, node: Option<String>) -> NifR
 fn gossip_node_down(task: ResourceArc<GossipStats>, node: String) -> Atom {
     let _ = task.control.try_send(Control::NodeDown(node));
     atoms::ok()
-}
-
-pub(crate) fn encode_stats<'a>(
-    env: Env<'a>,
-    counters: &[(&'static str, u64)],
-) -> NifResult<Term<'a>> {
-    let mut map = Term::map_new(env);
-    for (name, value) in counters {
-        map = map.map_put(Atom::from_str(env, name)?, *value)?;
-    }
-    Ok(map)
 }
 
 fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> NifResult<Term<'a>> {

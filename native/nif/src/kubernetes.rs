@@ -1,6 +1,5 @@
 //! `kubernetes_start/2` and the dirty `kubernetes_parse/5` (body in, names out).
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use libcluster_core::kubernetes::{self, Config, Lookup, NameMode, Naming};
 use rustler::{Binary, Encoder, Env, NifMap, NifResult, NifUnitEnum, ResourceArc, Term};
@@ -50,7 +49,8 @@ impl From<Mode> for NameMode {
 pub(crate) struct KubernetesOpts {
     api_url: String,
     service_account_path: String,
-    namespace: String,
+    /// `nil`: the service account's `namespace` file, read by the task (the core owns those files).
+    namespace: Option<String>,
     lookup: LookupMode,
     pods_ready_only: bool,
     label_selector: Option<String>,
@@ -87,15 +87,17 @@ fn kubernetes_start<'a>(
     tag: Term<'a>,
     opts: KubernetesOpts,
 ) -> NifResult<ResourceArc<Discovery>> {
-    if opts.max_body_bytes == 0 || opts.namespace.is_empty() || opts.basename.is_empty() {
+    if opts.max_body_bytes == 0 || opts.namespace.as_deref() == Some("") || opts.basename.is_empty()
+    {
         return Err(bad(
             "kubernetes_start/2: max_body_bytes, namespace and basename must not be empty",
         ));
     }
-    let cfg = Arc::new(Config {
+    let cfg = Config {
         api_url: opts.api_url,
         service_account_path: PathBuf::from(opts.service_account_path),
-        namespace: opts.namespace,
+        // Empty: read from the service account by the task (kubernetes::run).
+        namespace: opts.namespace.unwrap_or_default(),
         lookup: opts.lookup.lookup(opts.pods_ready_only),
         label_selector: opts.label_selector,
         field_selector: opts.field_selector,
@@ -119,14 +121,10 @@ fn kubernetes_start<'a>(
             MAX_MS,
         )?,
         probe: opts.probe,
-    });
+    };
     let watch = opts.watch;
-    Ok(spawn(env, tag, move |sink| async move {
-        if watch {
-            kubernetes::watch(cfg, sink).await
-        } else {
-            kubernetes::poll_once(cfg, sink).await
-        }
+    Ok(spawn(env, tag, move |sink| {
+        kubernetes::run(cfg, watch, sink)
     }))
 }
 

@@ -7,8 +7,8 @@ use libcluster_core::sighting::Stats;
 use rustler::{Env, NifMap, NifResult, Resource, ResourceArc, Term};
 
 use crate::args::{bad, millis};
-use crate::gossip::encode_stats;
 use crate::handle::{spawn, Discovery};
+use crate::sink::encode_stats;
 
 /// The counters of one Postgres task, readable while it runs.
 pub(crate) struct PostgresStats(Arc<Stats>);

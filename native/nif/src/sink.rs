@@ -3,7 +3,7 @@ use std::sync::Mutex;
 
 use libcluster_core::event::{Error, ErrorKind, Event, Sink};
 use rustler::env::SavedTerm;
-use rustler::{Encoder, Env, LocalPid, NifUnitEnum, OwnedEnv, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, NifUnitEnum, OwnedEnv, Term};
 
 use crate::atoms;
 
@@ -93,6 +93,20 @@ kinds!(
     Panic = Panic,
 );
 
+/// Counters (a fixed set of names) as a map of atoms to integers: the stats events of a task and
+/// the `*_stats` NIFs of gossip and Postgres. Here, with the other encodings of what tasks report,
+/// so that the task modules depend on the sink and never the other way round.
+pub(crate) fn encode_stats<'a>(
+    env: Env<'a>,
+    counters: &[(&'static str, u64)],
+) -> NifResult<Term<'a>> {
+    let mut map = Term::map_new(env);
+    for (name, value) in counters {
+        map = map.map_put(Atom::from_str(env, name)?, *value)?;
+    }
+    Ok(map)
+}
+
 fn encode_error<'a>(env: Env<'a>, error: &Error) -> Term<'a> {
     (Kind::from(error.kind), error.message.as_str()).encode(env)
 }
@@ -123,8 +137,7 @@ pub(crate) fn encode<'a>(env: Env<'a>, event: &Event) -> Term<'a> {
             (atoms::heartbeat(), name.as_str(), *trusted).encode(env)
         }
         Event::GossipStats(counters) => {
-            let map =
-                crate::gossip::encode_stats(env, counters).unwrap_or_else(|_| Term::map_new(env));
+            let map = encode_stats(env, counters).unwrap_or_else(|_| Term::map_new(env));
             (atoms::gossip_stats(), map).encode(env)
         }
         Event::WatchMode { fallback, detail } => {

@@ -446,17 +446,19 @@ defmodule Cluster.Strategy.DNSResolverTest do
       )
 
       assert_receive {:asked, query}, 1_000
-      assert query == String.to_charlist(Kubernetes.DNSSRV.query("myapp-headless", "default"))
+
+      assert query ==
+               String.to_charlist(Kubernetes.DNSSRV.query("myapp-headless", "default", System.get_env()))
+
       assert_receive {:connect, :"myapp@myapp-0.myapp-headless.default.svc.cluster.local"}, 1_000
       assert_receive {:connect, :"myapp@myapp-1.myapp-headless.default.svc.cluster.local"}, 1_000
     end
 
     test "the query uses CLUSTER_DOMAIN or cluster.local." do
-      if System.get_env("CLUSTER_DOMAIN") do
-        assert Kubernetes.DNSSRV.query("s", "ns") == "s.ns.svc." <> System.get_env("CLUSTER_DOMAIN")
-      else
-        assert Kubernetes.DNSSRV.query("s", "ns") == "s.ns.svc.cluster.local."
-      end
+      assert Kubernetes.DNSSRV.query("s", "ns", %{"CLUSTER_DOMAIN" => "corp.example."}) ==
+               "s.ns.svc.corp.example."
+
+      assert Kubernetes.DNSSRV.query("s", "ns", %{}) == "s.ns.svc.cluster.local."
     end
 
     test "missing namespace connects nothing" do

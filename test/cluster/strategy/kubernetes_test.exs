@@ -731,7 +731,7 @@ defmodule Cluster.Strategy.KubernetesTest do
       assert [_] = Regex.run(~r/\[error\].*service account token #{Regex.escape(path)}/, log)
     end
 
-    test "a required key given as nil boots and says why at error level, once; a missing key raises",
+    test "a required key given as nil boots as an invalid topology, says why once; a missing key raises",
          %{kube: kube} do
       FakeKube.put(kube, :endpoints, FakeKube.endpoints("myapp", ["10.8.0.3"], labels: %{"app" => "myapp"}))
 
@@ -742,18 +742,33 @@ defmodule Cluster.Strategy.KubernetesTest do
         log =
           capture_log(fn ->
             start_strategy(kube, topology, [{key, nil}, polling_interval: 100])
-            s = status_until(topology, &(&1.error_streak >= 3))
+            # As DNSPoll, EC2, DigitalOcean, Rancher, Postgres and the DNS strategies: boots, says why.
+            s = status_until(topology, &(&1.state == :invalid_config))
             assert %{kind: :config, message: message} = s.last_error
-            assert message =~ "#{inspect(key)} is nil"
+            assert message =~ "expected #{inspect(key)} to be"
+            assert message =~ "got: nil"
           end)
 
         log = lines_of(log, topology)
-        assert occurrences(log, "#{inspect(key)} is nil") == 1
+        assert occurrences(log, "expected #{inspect(key)} to be") == 1
         assert log =~ "[error]"
       end
 
+      # Nothing was asked of the API server, and nothing connected.
       refute_received {:connect, _}
       assert FakeKube.requests(kube) == []
+
+      # The selector is not required for the EndpointSlices of one named service, nil or not.
+      slices = [
+        kubernetes_selector: nil,
+        kubernetes_ip_lookup_mode: :endpointslices,
+        kubernetes_service_name: "myapp",
+        kubernetes_namespace: "default"
+      ]
+
+      start_strategy(kube, :k8s_nil_selector_slices, slices)
+      assert {:ok, %{state: state}} = Cluster.status(:k8s_nil_selector_slices)
+      assert state != :invalid_config
 
       state = %Cluster.Strategy.State{topology: :k8s, config: [kubernetes_node_basename: "a"]}
       assert_raise ArgumentError, ~r/:kubernetes_selector/, fn -> Cluster.Strategy.Kubernetes.init(state) end

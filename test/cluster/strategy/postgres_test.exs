@@ -81,14 +81,19 @@ defmodule Cluster.Strategy.PostgresTest do
   end
 
   describe "config" do
+    # An empty environment unless the test gives one: the process's PG* variables do not matter.
     defp init(config),
-      do: Cluster.Strategy.Postgres.init(%Cluster.Strategy.State{topology: :t, config: config})
+      do:
+        Cluster.Strategy.Postgres.init(%Cluster.Strategy.State{
+          topology: :t,
+          config: Keyword.put_new(config, :env, %{})
+        })
 
     test "libcluster_postgres's keys and defaults" do
       {:ok, impl, opts} = init(database: "app", username: "u", hostname: "db", password: "p")
       assert opts[:prune] == false
       assert impl.heartbeat_interval == 5_000
-      assert impl.port == String.to_integer(System.get_env("PGPORT") || "5432")
+      assert impl.port == 5432
       assert impl.channel_name == Cluster.Strategy.Postgres.clean_cookie(Node.get_cookie())
       assert Cluster.Strategy.Postgres.clean_cookie(:"a-b.c$d") == "a_b_c_d"
       refute impl.ssl
@@ -148,26 +153,67 @@ defmodule Cluster.Strategy.PostgresTest do
         assert error.message =~ key, "#{inspect(config)}: #{error.message}"
       end
 
-      if System.get_env("PGDATABASE") == nil do
-        assert_raise ArgumentError, ~r/:database/, fn -> init(username: "u") end
+      assert_raise ArgumentError, ~r/expected :database to be a non-empty string, got: nil/, fn ->
+        init(username: "u")
       end
+
+      assert_raise ArgumentError, ~r/expected :username to be a non-empty string, got: nil/, fn ->
+        init(database: "d")
+      end
+
+      assert_raise ArgumentError, ~r/expected :env to be a map/, fn -> init(database: "d", env: [1]) end
     end
 
-    if System.get_env("PGDATABASE") == nil do
-      test "no database anywhere: the topology boots, connects nothing and says why" do
-        log =
-          capture_log(fn ->
-            start_supervised!(
-              {Cluster.Supervisor,
-               [[pg_nodb_cfg: [strategy: Cluster.Strategy.Postgres, config: [username: "u"]]]]}
-            )
+    test "libpq's variables come from the environment map, read once at start; keys win" do
+      env = %{
+        "PGHOST" => "envhost",
+        "PGPORT" => "6001",
+        "PGUSER" => "envuser",
+        "PGPASSWORD" => "envpw",
+        "PGDATABASE" => "envdb"
+      }
 
-            status = status_until(:pg_nodb_cfg, &(&1.state == :invalid_config))
-            assert status.last_error.message =~ "no database"
-          end)
+      {:ok, impl, _} = init(env: env)
 
-        assert log =~ "set :database"
-      end
+      assert {impl.hostname, impl.port, impl.username, impl.password, impl.database} ==
+               {"envhost", 6001, "envuser", "envpw", "envdb"}
+
+      # The whole environment is not kept in the strategy's state.
+      refute Map.has_key?(impl, :env)
+      # The native options are built once, at init; discover/2 adds only this node's name.
+      assert %{hostname: "envhost", port: 6001, database: "envdb", node: nil} = impl.native
+
+      {:ok, impl, _} = init(env: env, hostname: "keyhost", database: "keydb")
+      assert {impl.hostname, impl.database, impl.username} == {"keyhost", "keydb", "envuser"}
+
+      # USER when PGUSER is unset; a PGPORT that is not a port falls back to 5432, as libpq.
+      {:ok, impl, _} = init(env: %{"USER" => "login", "PGDATABASE" => "d", "PGPORT" => "x"})
+      assert {impl.username, impl.port} == {"login", 5432}
+    end
+
+    test "no database anywhere: the topology boots, connects nothing and says why" do
+      config = [username: "u", env: %{}]
+
+      log =
+        capture_log(fn ->
+          start_supervised!(
+            {Cluster.Supervisor, [[pg_nodb_cfg: [strategy: Cluster.Strategy.Postgres, config: config]]]}
+          )
+
+          status = status_until(:pg_nodb_cfg, &(&1.state == :invalid_config))
+          assert status.last_error.message =~ "no database"
+        end)
+
+      assert log =~ "set :database"
+
+      # PGDATABASE in the environment map is a database: no stand-in.
+      assert %{start: {Cluster.Strategy.Postgres, :start_link, _}} =
+               Cluster.Strategy.Postgres.child_spec([
+                 %Cluster.Strategy.State{
+                   topology: :pg_envdb,
+                   config: [username: "u", env: %{"PGDATABASE" => "d"}]
+                 }
+               ])
     end
   end
 

@@ -3,6 +3,43 @@ defmodule LibclusterRs.Discovery.ScheduleTest do
 
   alias LibclusterRs.Discovery.Schedule
 
+  doctest LibclusterRs.Discovery.Schedule
+
+  test "the native tasks that retry by themselves get the failed-round range: one rule" do
+    for interval <- [200, 1_000, 5_000, 300_000, :infinity] do
+      {min, max} = Schedule.error_backoff(interval)
+      assert min <= max
+      # The first and the capped delays of a failed round are the range's ends (jitter at 0.5).
+      assert Schedule.next_delay(:error, interval, 0.1, 1, 0.5) == min
+      assert Schedule.next_delay(:error, interval, 0.1, 40, 0.5) == max
+    end
+
+    state = fn strategy, config ->
+      strategy.init(%Cluster.Strategy.State{topology: :schedule_rule, config: config})
+    end
+
+    {:ok, consul, _} =
+      state.(Cluster.Strategy.Consul,
+        list_using: [Cluster.Strategy.Consul.Agent],
+        service: [name: "a"],
+        polling_interval: 7_000,
+        env: %{}
+      )
+
+    assert {consul.native.backoff_min_ms, consul.native.backoff_max_ms} == Schedule.error_backoff(7_000)
+
+    {:ok, kube, _} =
+      state.(Cluster.Strategy.Kubernetes,
+        kubernetes_node_basename: "a",
+        kubernetes_selector: "app=a",
+        kubernetes_namespace: "d",
+        polling_interval: :infinity,
+        env: %{}
+      )
+
+    assert {kube.native.backoff_min_ms, kube.native.backoff_max_ms} == Schedule.error_backoff(:infinity)
+  end
+
   test "after a successful round: the interval, varied by the strategy's jitter" do
     assert Schedule.next_delay(:ok, 5_000, 0.1, 0, 0.5) == 5_000
     assert Schedule.next_delay(:ok, 5_000, 0.1, 0, 0.0) == 4_500

@@ -18,7 +18,10 @@ defmodule Mix.Tasks.Libcluster.DiscoverGossipTest do
   end
 
   test "the task calls a strategy's dry_run/1 hook; gossip's makes it listen only" do
-    assert Cluster.Strategy.Gossip.dry_run(%{port: 1, listen_only: false}).listen_only == true
+    state = %Cluster.Strategy.State{topology: :gossip_dry_run_hook, config: []}
+    {:ok, impl, _} = Cluster.Strategy.Gossip.init(state)
+    refute impl.native.listen_only
+    assert Cluster.Strategy.Gossip.dry_run(impl).native.listen_only == true
 
     LibclusterRs.Test.DiscoverRun.configure!(probe: [strategy: DryRunProbe])
 

@@ -95,7 +95,7 @@ defmodule Cluster.Strategy.Kubernetes.DNS do
 
     case Config.string().(value) do
       {:ok, s} -> {:ok, s}
-      _ -> {:error, "expected #{inspect(key)} to be a non-empty string, got: #{inspect(value)}"}
+      {:error, expected} -> {:error, Config.expected(key, expected, value)}
     end
   end
 

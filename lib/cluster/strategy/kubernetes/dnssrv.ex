@@ -23,6 +23,8 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
       [{priority, weight, port, target}]}}` or `{:error, reason}`
     * `:resolver_timeout`, `:nameservers`, `:query_timeout`, `:query_attempts`, `:resolv_conf`,
       `:confirm_empty` - as in `Cluster.Strategy.DNSPoll`
+    * `:env` - a map of environment variables read instead of the process environment
+      (`CLUSTER_DOMAIN`), e.g. in tests; by default the process environment is read once, at start
 
   A missing `:service`, `:namespace` or `:application_name` is logged and the topology connects
   nothing.
@@ -65,7 +67,7 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
 
   @impl LibclusterRs.Discovery
   def init(%{topology: topology, config: config}) do
-    schema = DNS.interval_schema() ++ DNS.schema()
+    schema = DNS.interval_schema() ++ DNS.schema() ++ [Config.env_key()]
 
     opts =
       Config.validate!(config, schema, topology, __MODULE__, [
@@ -78,8 +80,13 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
     with {:ok, service} <- K8sDNS.required(config, :service),
          {:ok, namespace} <- K8sDNS.required(config, :namespace),
          {:ok, app} <- K8sDNS.required(config, :application_name) do
-      query = query(service, namespace)
-      impl = Map.merge(opts, %{topology: topology, query: query, app: app, questions: [{app, query, [:srv]}]})
+      query = query(service, namespace, Config.env(opts))
+
+      impl =
+        opts
+        |> Map.delete(:env)
+        |> Map.merge(%{topology: topology, query: query, app: app, questions: [{app, query, [:srv]}]})
+
       {:ok, impl, DNS.discovery_opts(opts, config)}
     else
       {:error, message} -> DNS.ignore(topology, "Kubernetes.DNSSRV: " <> message)
@@ -87,8 +94,9 @@ defmodule Cluster.Strategy.Kubernetes.DNSSRV do
   end
 
   @doc false
-  def query(service, namespace) do
-    "#{service}.#{namespace}.svc.#{System.get_env("CLUSTER_DOMAIN", "cluster.local.")}"
+  # `env`: Config.env/1 (the process environment read once at start, or the `:env` option).
+  def query(service, namespace, env) do
+    "#{service}.#{namespace}.svc.#{env["CLUSTER_DOMAIN"] || "cluster.local."}"
   end
 
   @doc false

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
+use super::service_account;
 use crate::event::{Error, ErrorKind};
 use crate::http::{self, ClientOptions, Roots, Stage, TlsError, TransportError};
 
@@ -50,7 +51,7 @@ impl ApiClient {
         insecure: bool,
         connect_timeout: Duration,
     ) -> Result<Self, Error> {
-        let ca = service_account.join("ca.crt");
+        let ca = service_account::ca_file(service_account);
         let opts = ClientOptions {
             insecure,
             connect_timeout: Some(connect_timeout),
@@ -58,31 +59,13 @@ impl ApiClient {
         };
         Ok(ApiClient {
             http: http::client(opts, tls_error)?,
-            token_file: service_account.join("token"),
+            token_file: service_account::token_file(service_account),
         })
     }
 
     /// Read at every request: kubelet rewrites projected tokens before they expire.
     fn token(&self) -> Result<String, Error> {
-        // A small local file (tmpfs in a pod): a blocking read costs microseconds.
-        match std::fs::read_to_string(&self.token_file) {
-            Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
-            Ok(_) => Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "the service account token {} is empty",
-                    self.token_file.display()
-                ),
-            )),
-            Err(e) => Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "cannot read the service account token {}: {e}; mount the service account \
-                     (automountServiceAccountToken: true) or set kubernetes_service_account_path",
-                    self.token_file.display()
-                ),
-            )),
-        }
+        service_account::token(&self.token_file)
     }
 
     /// Send `req`, with `timeout` for the whole exchange when given (lists), and return the

@@ -47,7 +47,7 @@ pub(super) async fn list(cfg: &Config, client: &ApiClient) -> Result<api::Parsed
 }
 
 /// One poll: list once, report `Nodes` or `Error`.
-pub async fn poll_once(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
+pub(super) async fn poll_once(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
     let result = async {
         let client = cfg.client()?;
         list(&cfg, &client).await

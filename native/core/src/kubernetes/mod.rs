@@ -19,17 +19,19 @@
 mod api;
 mod client;
 mod list;
+mod service_account;
 mod watch;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::event::{Error, ErrorKind};
+use crate::event::{Error, ErrorKind, Event, Sink};
 use api::Skipped;
 use client::{ApiClient, Request};
 
-pub use list::poll_once;
-pub use watch::watch;
+use list::poll_once;
+use watch::watch;
 
 /// Which API object lists the cluster's members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +94,8 @@ pub struct Config {
     /// `https://host[:port]`
     pub api_url: String,
     pub service_account_path: PathBuf,
+    /// `kubernetes_namespace`; empty: the service account's `namespace` file, read by [`run`] at
+    /// the start of each task.
     pub namespace: String,
     pub lookup: Lookup,
     pub label_selector: Option<String>,
@@ -150,6 +154,30 @@ impl Config {
             self.insecure_skip_tls_verify,
             self.request_timeout.min(Duration::from_secs(10)),
         )
+    }
+}
+
+/// The task of one round: resolve the namespace (the service account's file when
+/// `kubernetes_namespace` is unset, see [`service_account`]), then watch (`watch`) or list once. A
+/// namespace that cannot be read is a `:config` error, and the task ends (a watch says `Done`), so
+/// the owner's next round reads the file again.
+pub async fn run(mut cfg: Config, watch_mode: bool, sink: Arc<dyn Sink>) {
+    if cfg.namespace.is_empty() {
+        match service_account::namespace(&cfg.service_account_path) {
+            Ok(ns) => cfg.namespace = ns,
+            Err(e) => {
+                if sink.send(Event::Error(e)) && watch_mode {
+                    sink.send(Event::Done);
+                }
+                return;
+            }
+        }
+    }
+    let cfg = Arc::new(cfg);
+    if watch_mode {
+        watch(cfg, sink).await
+    } else {
+        poll_once(cfg, sink).await
     }
 }
 

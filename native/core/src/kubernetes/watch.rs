@@ -62,7 +62,7 @@ enum WatchEnd {
 /// List + watch until cancelled (the future is dropped) or the owner goes away. While the watch
 /// is forbidden, list every `poll_interval` instead and retry the watch every
 /// `watch_retry_interval`.
-pub async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
+pub(super) async fn watch(cfg: Arc<Config>, sink: Arc<dyn Sink>) {
     let client = match cfg.client() {
         Ok(c) => c,
         Err(e) => {
