@@ -53,6 +53,12 @@ defmodule Cluster do
       DateTime}}`. `failing` is true while the failure streak lasts (`count` failures in a row);
       `error` and `at` are the last failure's; `total` counts all. `%{}` when none ever failed.
       (A failed resolver fun is a failed discovery: see `:last_error`.)
+    * `:heal_probe` - the topology's heal probe (`LibclusterRs.Membership.Probe`), `nil` when it
+      has none: `%{method: how peers are asked, reported: n, setups_ended: n}`. `method` is
+      `{:epmd, port}` or `{:dist_port, epmd_module}` (no epmd: the peers' distribution ports are
+      tried); `reported` counts peers found back and redialled at once, `setups_ended` the
+      connection setups stuck in a partition that it ended (see "Healing" in
+      `LibclusterRs.Membership`)
     * `:extra` - strategy-specific details from the optional `c:LibclusterRs.Discovery.status_extra/1`
       callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
       strategy reports nothing.
@@ -243,8 +249,12 @@ defmodule Cluster do
       {:ok, d} ->
         {m, membership} =
           case d.membership do
-            %{} = m -> {m, :ok}
-            :unresponsive -> {%{leaving: false, connected: [], pending: %{}, mfa_errors: %{}}, :unresponsive}
+            %{} = m ->
+              {m, :ok}
+
+            :unresponsive ->
+              {%{leaving: false, connected: [], pending: %{}, mfa_errors: %{}, heal_probe: nil},
+               :unresponsive}
           end
 
         %{
@@ -269,7 +279,8 @@ defmodule Cluster do
           name_problems: d.name_problems,
           extra: d.extra,
           membership: membership,
-          mfa_errors: mfa_errors(Map.get(m, :mfa_errors, %{}))
+          mfa_errors: mfa_errors(Map.get(m, :mfa_errors, %{})),
+          heal_probe: Map.get(m, :heal_probe)
         }
 
       :error ->
@@ -317,7 +328,8 @@ defmodule Cluster do
       name_problems: [],
       extra: %{},
       membership: nil,
-      mfa_errors: %{}
+      mfa_errors: %{},
+      heal_probe: nil
     }
   end
 

@@ -47,7 +47,11 @@ defmodule LibclusterRs.Membership.Status do
       mfa_errors: m.mfa_errors,
       list_nodes_age: if(m.listed_at, do: now - m.listed_at),
       sightings_dropped: m.sightings_dropped,
+      heal_probe: heal_probe(m.probe_counters),
       opts: m.opts
     }
   end
+
+  defp heal_probe(nil), do: nil
+  defp heal_probe({method, counters}), do: LibclusterRs.Membership.Probe.stats_of(method, counters)
 end
