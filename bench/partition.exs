@@ -29,6 +29,8 @@ unless LibclusterRs.Test.Env.root?() do
   System.halt(1)
 end
 
+# DIST=tls makes its certificates with the tests' TestCA, whose makers take turns through this lock.
+LibclusterRs.Test.Lock.start()
 runs = String.to_integer(System.get_env("RUNS", "5"))
 
 splits =
