@@ -5,6 +5,11 @@
 #
 #     MIX_ENV=test mix run bench/partition.exs                (as root: it makes network namespaces)
 #     RUNS=5 SPLITS=10,30,60 CONFIGS=probe,no_probe MODE=drop GLOBAL=1 MIX_ENV=test mix run bench/partition.exs
+#     DIST=tcp,tls,epmdless RUNS=3 SPLITS=10 MIX_ENV=test mix run bench/partition.exs
+#
+# DIST: the distributions to measure (default tcp): `tcp` (inet_tcp, epmd on every host), `tls`
+# (`-proto_dist inet_tls`, certificates from a CA made for the run), `epmdless` (`-start_epmd false
+# -erl_epmd_port 4370`, no epmd anywhere). See LibclusterRs.Test.Partition.setup/4.
 #
 # MODE=drop (default): packets across the split are lost silently (permanent ARP entries), as behind
 # a router or firewall that drops them; a connect across the split hangs until net_setuptime.
@@ -24,12 +29,16 @@ unless LibclusterRs.Test.Env.root?() do
   System.halt(1)
 end
 
+# DIST=tls makes its certificates with the tests' TestCA, whose makers take turns through this lock.
+LibclusterRs.Test.Lock.start()
 runs = String.to_integer(System.get_env("RUNS", "5"))
 
 splits =
   System.get_env("SPLITS", "10,30,60") |> String.split(",", trim: true) |> Enum.map(&String.to_integer/1)
 
 configs = System.get_env("CONFIGS", "probe,no_probe") |> String.split(",", trim: true)
+dists = System.get_env("DIST", "tcp") |> String.split(",", trim: true) |> Enum.map(&String.to_existing_atom/1)
+Enum.each(dists, fn d -> d in [:tcp, :tls, :epmdless] || raise(ArgumentError, "DIST: unknown #{d}") end)
 mode = System.get_env("MODE", "drop") |> String.to_existing_atom()
 # GLOBAL=0: nodes run with `-connect_all false`, so `global` neither connects nodes transitively nor
 # keeps dialling lost ones: the heal is then the membership's work alone.
@@ -47,13 +56,14 @@ loadavg = fn -> File.read!("/proc/loadavg") |> String.split() |> Enum.take(3) |>
 load_before = loadavg.()
 
 results =
-  for {config, c} <- Enum.with_index(configs) do
+  for {dist, config} <- for(d <- dists, c <- configs, do: {d, c}) do
     p =
-      Partition.setup(163 + c, 2, 3,
+      Partition.setup(200, 2, 3,
         membership: membership.(config),
         logger_level: :error,
         mode: mode,
-        erl_args: erl_args
+        erl_args: erl_args,
+        dist: dist
       )
 
     try do
@@ -72,7 +82,7 @@ results =
             ms = (Enum.max(full) - healed_at) / 1000
 
             IO.puts(
-              "#{config} split #{split_s} s run #{run}: heal #{:erlang.float_to_binary(ms, decimals: 0)} ms " <>
+              "#{dist} #{config} split #{split_s} s run #{run}: heal #{:erlang.float_to_binary(ms, decimals: 0)} ms " <>
                 "(split noticed after #{noticed_ms} ms; load #{loadavg.()})"
             )
 
@@ -81,7 +91,7 @@ results =
             ms
           end
 
-        {config, split_s, times}
+        {dist, config, split_s, times}
       end
     after
       Partition.teardown(p)
@@ -97,13 +107,13 @@ Heal time after a 2|3 partition of 5 nodes (network namespaces, link cut between
 mode #{mode}#{if erl_args != [], do: ", -connect_all false", else: ""}), Cluster.Strategy.Epmd, net_ticktime 4 s, #{runs} runs per partition length
 (load average #{load_before} before, #{loadavg.()} after; #{System.schedulers_online()} cores, shared machine):
 
-| config | partition | median | max | all runs | target ≤ #{target_ms} ms |
-|---|---:|---:|---:|---|:---:|\
+| distribution | config | partition | median | max | all runs | target ≤ #{target_ms} ms |
+|---|---|---:|---:|---:|---|:---:|\
 """)
 
-for {config, split_s, times} <- results do
+for {dist, config, split_s, times} <- results do
   IO.puts(
-    "| #{config} | #{split_s} s | #{fmt.(median.(times))} | #{fmt.(Enum.max(times))} | " <>
+    "| #{dist} | #{config} | #{split_s} s | #{fmt.(median.(times))} | #{fmt.(Enum.max(times))} | " <>
       "#{Enum.map_join(times, ", ", &:erlang.float_to_binary(&1 / 1, decimals: 0))} | " <>
       "#{if Enum.max(times) <= target_ms, do: "yes", else: "NO"} |"
   )

@@ -65,6 +65,12 @@ defmodule Cluster do
       :disconnected | :requested, node: node, at: DateTime}`). `global` reports these only in
       warning logs, which is where they are read: `:seen` is `false` when the primary logger
       level is above `:warning`, and the counts then stay 0.
+    * `:heal_probe` - the topology's heal probe (`LibclusterRs.Membership.Probe`), `nil` when it
+      has none: `%{method: how peers are asked, reported: n, setups_ended: n}`. `method` is
+      `{:epmd, port}` or `{:dist_port, epmd_module}` (no epmd: the peers' distribution ports are
+      tried); `reported` counts peers found back and redialled at once, `setups_ended` the
+      connection setups stuck in a partition that it ended (see "Healing" in
+      `LibclusterRs.Membership`)
     * `:extra` - strategy-specific details from the optional `c:LibclusterRs.Discovery.status_extra/1`
       callback, e.g. the gossip strategy's accepted/rejected datagram counters. `%{}` when the
       strategy reports nothing.
@@ -294,9 +300,15 @@ defmodule Cluster do
       {:ok, d} ->
         {m, membership} =
           case d.membership do
-            %{mfa_errors: %{list_nodes: %{failing: true}}} = m -> {m, :unknown}
-            %{} = m -> {m, :ok}
-            :unresponsive -> {%{leaving: false, connected: [], pending: %{}, mfa_errors: %{}}, :unresponsive}
+            %{mfa_errors: %{list_nodes: %{failing: true}}} = m ->
+              {m, :unknown}
+
+            %{} = m ->
+              {m, :ok}
+
+            :unresponsive ->
+              {%{leaving: false, connected: [], pending: %{}, mfa_errors: %{}, heal_probe: nil},
+               :unresponsive}
           end
 
         %{
@@ -322,7 +334,8 @@ defmodule Cluster do
           extra: d.extra,
           membership: membership,
           mfa_errors: mfa_errors(Map.get(m, :mfa_errors, %{})),
-          disconnects: disconnects(m)
+          disconnects: disconnects(m),
+          heal_probe: Map.get(m, :heal_probe)
         }
 
       :error ->
@@ -377,7 +390,8 @@ defmodule Cluster do
       extra: %{},
       membership: nil,
       mfa_errors: %{},
-      disconnects: nil
+      disconnects: nil,
+      heal_probe: nil
     }
   end
 

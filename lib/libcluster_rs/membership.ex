@@ -203,8 +203,10 @@ defmodule LibclusterRs.Membership do
             discoveries: 0,
             errors: 0,
             leaving: false,
-            # heal probe: the LibclusterRs.Membership.Probe pid, or nil (off)
-            probe: nil
+            # heal probe: the LibclusterRs.Membership.Probe pid, or nil (off), and its
+            # {method, counters} (read by status without a call)
+            probe: nil,
+            probe_counters: nil
 
   ## API
 
@@ -799,7 +801,7 @@ defmodule LibclusterRs.Membership do
     {:ok, probe} =
       LibclusterRs.Membership.Probe.start_link(topology: m.topology, only_when_distributed: mode == :auto)
 
-    %{m | probe: probe}
+    %{m | probe: probe, probe_counters: LibclusterRs.Membership.Probe.counters(probe)}
   end
 
   defp start_probe(m), do: m

@@ -44,7 +44,7 @@ defmodule LibclusterRs.Test.Peer do
       :ok = :peer.call(pid, :application, :set_env, [app, key, value])
     end
 
-    {:ok, _} = :peer.call(pid, :application, :ensure_all_started, [:libcluster_rs])
+    {:ok, _} = :peer.call(pid, :application, :ensure_all_started, [:libcluster_rs], 30_000)
     {pid, node}
   end
 

@@ -19,7 +19,14 @@ defmodule LibclusterRs.Membership.Probe do
       the NIF (`LibclusterRs.Native.epmd_names_start/4`): no scheduler and no `net_kernel` call waits for
       it. A round starts only once the previous one has ended, and asks at most 256 hosts (more
       take turns, round by round)
-    * the epmd port is `ERL_EPMD_PORT` when set, else `4369`
+    * the epmd port is the one OTP's `erl_epmd` uses: `-epmd_port` (which `erl` sets from
+      `ERL_EPMD_PORT`), else `ERL_EPMD_PORT`, else `4369`
+    * without epmd (`-start_epmd false -erl_epmd_port PORT`, or a custom `-epmd_module`), each
+      peer's distribution port is asked of the distribution's own `:net_kernel.epmd_module()`, as
+      the distribution asks it (`address_please/3` when exported, else `port_please/3`), and tried
+      with a TCP connect that is closed at once, all within the same deadline, in a process of the
+      probe's (see `method/0`). A port that accepts is the peer back; a refused one, its host there
+      without it
     * a peer's nodeup (seen through `:net_kernel.monitor_nodes/1`) stops its probing at once
 
   ## Which hosts are asked
@@ -62,8 +69,12 @@ defmodule LibclusterRs.Membership.Probe do
   last failed to answer, and that are still blocked in their TCP connect, are ended as
   `net_setuptime` would end them later (the setup process is killed; `net_kernel` answers its
   callers `false`, and the membership's follow-up attempt starts a fresh setup at once). They are
-  found in `net_kernel`'s `sys_dist` table and recognised by shape (a pending `#connection{}` whose
-  owner is a `do_setup` process currently in `prim_inet` connect). An OTP release that stores them
+  found in `net_kernel`'s `sys_dist` table and recognised by shape: a pending `#connection{}` whose
+  owner (the process the distribution module's `setup/5` returned) is currently in `prim_inet`'s
+  connect, whether for its epmd query or its distribution connect. The owner's initial call is not
+  looked at: it is `inet_tcp_dist:do_setup/7` under `inet_tcp`, but a fun (`erlang:apply/2`) under
+  `inet_tls`. Checked on OTP 25 (`prim_inet:connect0/3`), 27 and 29 (`prim_inet:connect_cmd/3`),
+  with `inet_tcp` and `inet_tls`, with and without epmd. An OTP release that stores them
   differently only loses this part; a setup that has got past its TCP connect is never touched.
 
   ## When it runs, and custom connect MFAs
@@ -73,9 +84,10 @@ defmodule LibclusterRs.Membership.Probe do
   depends on. A custom connect MFA may not use epmd, or Erlang distribution, at all (libcluster's
   tests connect by sending messages), so it gets no probe unless `probe: true` is given; the probe
   then only moves the MFA's retries earlier, and the MFA still decides what connecting means.
-  Where nodes do not register in epmd (an `-epmd_module` without epmd), peers are never reported
-  and the probe costs one refused or unanswered query per host every 500 ms while peers are
-  unreachable; `probe: false` turns it off. With `:auto`, no query is sent while this node is not
+  Where nodes do not register in epmd, the probe tries their distribution ports instead (above):
+  one TCP connection to each unreachable peer's port every 500 ms, accepted and closed at once
+  (the peer's distribution sees a connection that ends before its handshake); `probe: false`
+  turns it off. With `:auto`, no query is sent while this node is not
   distributed (net_kernel could connect nothing anyway).
   """
   use GenServer
@@ -84,6 +96,9 @@ defmodule LibclusterRs.Membership.Probe do
   @deadline 400
   # At most this many hosts are asked per round; more take turns.
   @max_hosts 256
+  # :counters indexes
+  @reported 1
+  @setups_ended 2
 
   @typedoc "A node being dialled or in backoff, and its failure count (0 before its first failure)."
   @type watched :: %{node() => non_neg_integer()}
@@ -99,7 +114,8 @@ defmodule LibclusterRs.Membership.Probe do
   Starts a probe that reports to `owner` (default: the caller), linked to the caller.
 
   Options: `:topology` (for log lines), `:interval` and `:deadline` in ms (defaults `500` and
-  `400`), `:port` (the epmd port; default `ERL_EPMD_PORT` or `4369`), `:owner`,
+  `400`), `:port` (ask epmd on this port), `:method` (see `method/0`; default: what the
+  distribution uses), `:owner`,
   `:only_when_distributed` (default `false`: ask nothing while this node is not distributed); for tests,
   `:resolve` (host -> address or nil) and `:setups` (node -> stuck setup pids).
   """
@@ -108,6 +124,32 @@ defmodule LibclusterRs.Membership.Probe do
     opts = Keyword.put_new(opts, :owner, self())
     GenServer.start_link(__MODULE__, opts)
   end
+
+  @doc """
+  What the probe does and has done: `:method` (see `method/0`), `:reported` (peers handed back to
+  the membership as reachable again) and `:setups_ended` (connection setups stuck in a partition
+  that were ended), counted since it started. Read from counters: never waits for a round.
+  """
+  @spec stats(pid()) :: %{method: term(), reported: non_neg_integer(), setups_ended: non_neg_integer()}
+  def stats(probe) do
+    {method, counters} = counters(probe)
+    stats_of(method, counters)
+  end
+
+  @doc false
+  # The probe's method and counters, for its owner to read without a call (`stats_of/2`).
+  @spec counters(pid()) :: {term(), :counters.counters_ref()}
+  def counters(probe), do: GenServer.call(probe, :counters)
+
+  @doc false
+  def stats_of(method, nil), do: %{method: method, reported: 0, setups_ended: 0}
+
+  def stats_of(method, counters),
+    do: %{
+      method: method,
+      reported: :counters.get(counters, @reported),
+      setups_ended: :counters.get(counters, @setups_ended)
+    }
 
   @doc """
   Sets the nodes to probe (being dialled or in backoff), with their failure counts. Nodes not in
@@ -154,6 +196,12 @@ defmodule LibclusterRs.Membership.Probe do
   # The addresses to ask in one round: one per distinct host.
   @spec hosts(t()) :: [String.t()]
   def hosts(%__MODULE__{} = p), do: Map.keys(p.by_host)
+
+  @doc false
+  # The node basenames watched on `host` (the names a round asks about there).
+  @spec basenames(t(), String.t()) :: [String.t()]
+  def basenames(%__MODULE__{} = p, host),
+    do: p.by_host |> Map.get(host, []) |> Enum.map(&p.watched[&1].basename) |> Enum.uniq()
 
   @doc false
   # The hosts of round number `round`: all of them, or a window of `max` that moves each round.
@@ -326,11 +374,14 @@ defmodule LibclusterRs.Membership.Probe do
     ArgumentError -> []
   end
 
+  # The owner of a pending `#connection{}` is, by construction, the process the distribution
+  # module's `setup/5` returned: no need to know that module. Its initial call differs by module
+  # (`{inet_tcp_dist, do_setup, 7}` under inet_tcp, `{erlang, apply, 2}` under inet_tls: a fun),
+  # so only where it is blocked counts: in prim_inet's connect (connect0 on OTP 25, connect_cmd on
+  # OTP 26+, seen on 27 and 29), whether that is its epmd query or its distribution connect.
   defp stuck_in_connect?(pid) when is_pid(pid) do
-    case Process.info(pid, [:initial_call, :current_function]) do
-      # prim_inet's connect/connect0 up to OTP 25, connect_cmd from OTP 26 (seen on 27 and 29).
-      [initial_call: {_, :do_setup, _}, current_function: {:prim_inet, connect, _}]
-      when connect in [:connect, :connect0, :connect_cmd] ->
+    case Process.info(pid, :current_function) do
+      {:current_function, {:prim_inet, connect, _}} when connect in [:connect, :connect0, :connect_cmd] ->
         true
 
       _ ->
@@ -349,10 +400,158 @@ defmodule LibclusterRs.Membership.Probe do
         do: Cluster.Logger.debug(s.topology, "ending a stale connection setup to #{inspect(node)}")
 
       Process.exit(pid, :kill)
+      :counters.add(s.counters, @setups_ended, 1)
     end
 
     :ok
   end
+
+  ## How peers are asked
+
+  @doc """
+  How this node's distribution finds peers, and so how the probe asks about them:
+
+    * `{:epmd, port}` - OTP's `erl_epmd` with an epmd: each host's epmd is asked for its names (on
+      `port`: the `-epmd_port` argument, which `erl` sets from `ERL_EPMD_PORT`, else `4369`)
+    * `{:dist_port, module}` - no epmd to ask: `erl_epmd` with `-erl_epmd_port` (every node listens
+      on that fixed port and nothing registers), or a custom `-epmd_module`. Each peer's port is
+      asked of `module` as the distribution asks it (`address_please/3` when exported, else
+      `port_please/3`), and a TCP connect to it, closed at once, tells whether the peer is back
+  """
+  @spec method() :: {:epmd, 1..65535} | {:dist_port, module()}
+  def method do
+    module = :net_kernel.epmd_module()
+
+    if module == :erl_epmd and :erl_epmd.listen_port_please(~c"probe", ~c"localhost") == {:ok, 0},
+      do: {:epmd, epmd_port()},
+      else: {:dist_port, module}
+  end
+
+  @doc false
+  # The port of epmd, as erl_epmd finds it: `-epmd_port` (erl sets it from ERL_EPMD_PORT), else
+  # ERL_EPMD_PORT (a VM started without erl's launcher), else 4369.
+  @spec epmd_port() :: 1..65535
+  def epmd_port do
+    with {:ok, [[port | _] | _]} <- :init.get_argument(:epmd_port),
+         {port, ""} when port in 1..65535 <- Integer.parse(to_string(port)) do
+      port
+    else
+      _ -> Cluster.Strategy.LocalEpmd.default_epmd_port()
+    end
+  end
+
+  @doc false
+  # One `{:dist_port, module}` round: for each `{host, [basename]}` of `targets`, the peers' ports
+  # are asked of `module` and connected to, all hosts concurrently, within `deadline` ms in all.
+  # Answers go to `owner` as the NIF's do (`{:libcluster_rs, tag, {:epmd_names, host, answer}}`,
+  # then `{:libcluster_rs, tag, :done}`): `{:ok, names}` with the names whose port accepted, when
+  # some port accepted or refused (the host is there); `{:error, _}` when none answered. Returns the
+  # round's pid (linked to the caller).
+  @spec dist_port_round(pid(), reference(), [{String.t(), [String.t()]}], module(), pos_integer()) :: pid()
+  def dist_port_round(owner, tag, targets, module, deadline) do
+    spawn_link(fn ->
+      until = System.monotonic_time(:millisecond) + deadline
+
+      workers =
+        Map.new(targets, fn {host, names} ->
+          {pid, ref} = spawn_monitor(fn -> exit({:answer, ask_host(host, names, module, until)}) end)
+          {ref, {pid, host}}
+        end)
+
+      collect_round(owner, tag, workers, until)
+    end)
+  end
+
+  defp collect_round(owner, tag, workers, _until) when map_size(workers) == 0,
+    do: send(owner, {:libcluster_rs, tag, :done})
+
+  defp collect_round(owner, tag, workers, until) do
+    receive do
+      {:DOWN, ref, :process, _pid, reason} when is_map_key(workers, ref) ->
+        {{_pid, host}, workers} = Map.pop(workers, ref)
+
+        answer =
+          case reason do
+            {:answer, answer} -> answer
+            other -> {:error, {:crashed, inspect(other)}}
+          end
+
+        send(owner, {:libcluster_rs, tag, {:epmd_names, host, answer}})
+        collect_round(owner, tag, workers, until)
+    after
+      max(until - System.monotonic_time(:millisecond), 0) ->
+        for {ref, {pid, host}} <- workers do
+          Process.demonitor(ref, [:flush])
+          Process.exit(pid, :kill)
+          send(owner, {:libcluster_rs, tag, {:epmd_names, host, {:error, {:timeout, "no answer"}}}})
+        end
+
+        send(owner, {:libcluster_rs, tag, :done})
+    end
+  end
+
+  defp ask_host(host, names, module, until) do
+    {:ok, ip} = :inet.parse_strict_address(to_charlist(host))
+    family = if tuple_size(ip) == 8, do: :inet6, else: :inet
+
+    ports = Enum.map(names, &{&1, dist_port(module, &1, ip, family, left(until))})
+
+    answers =
+      ports
+      |> Enum.flat_map(fn {_name, port} -> if is_integer(port), do: [port], else: [] end)
+      |> Enum.uniq()
+      |> Map.new(fn port ->
+        case :gen_tcp.connect(ip, port, [family, active: false], left(until)) do
+          {:ok, socket} ->
+            :gen_tcp.close(socket)
+            {port, :open}
+
+          {:error, :econnrefused} ->
+            {port, :refused}
+
+          {:error, reason} ->
+            {port, {:error, reason}}
+        end
+      end)
+
+    open = for {name, port} <- ports, Map.get(answers, port) == :open, do: name
+
+    if Enum.any?(Map.values(answers), &(&1 in [:open, :refused])),
+      do: {:ok, open},
+      else: {:error, {:unreachable, "no distribution port of #{host} answered"}}
+  end
+
+  # The peer's distribution port, as the distribution would find it (inet_tcp_dist/inet_tls_dist
+  # call `address_please/3` when the module exports it, then `port_please/3` unless the address
+  # came with a port). Anything else (noport, an error, a raise) is `nil`: not asked this round.
+  defp dist_port(module, name, ip, family, timeout) do
+    name = to_charlist(name)
+
+    address =
+      if function_exported?(module, :address_please, 3),
+        do: module.address_please(name, :inet.ntoa(ip), family),
+        else: {:ok, ip}
+
+    case address do
+      {:ok, _ip, port, _version} when is_integer(port) ->
+        port
+
+      {:ok, _ip} ->
+        case module.port_please(name, ip, timeout) do
+          {:port, port, _version} when is_integer(port) -> port
+          _ -> nil
+        end
+
+      _ ->
+        nil
+    end
+  rescue
+    _ -> nil
+  catch
+    _, _ -> nil
+  end
+
+  defp left(until), do: max(until - System.monotonic_time(:millisecond), 0)
 
   ## Server
 
@@ -366,7 +565,8 @@ defmodule LibclusterRs.Membership.Probe do
       topology: Keyword.get(opts, :topology),
       interval: interval,
       deadline: Keyword.get(opts, :deadline, min(@deadline, interval)),
-      port: Keyword.get_lazy(opts, :port, &Cluster.Strategy.LocalEpmd.default_epmd_port/0),
+      method: probe_method(opts),
+      counters: :counters.new(2, []),
       setups: setups,
       core: new(Keyword.get(opts, :resolve, &local_address/1), setups),
       max_hosts: Keyword.get(opts, :max_hosts, @max_hosts),
@@ -379,6 +579,18 @@ defmodule LibclusterRs.Membership.Probe do
     :ok = :net_kernel.monitor_nodes(true)
     {:ok, state}
   end
+
+  # `:port` (an epmd port) or `:method` given, else what the distribution uses.
+  defp probe_method(opts) do
+    case {Keyword.fetch(opts, :port), Keyword.fetch(opts, :method)} do
+      {{:ok, port}, _} -> {:epmd, port}
+      {:error, {:ok, method}} -> method
+      {:error, :error} -> method()
+    end
+  end
+
+  @impl true
+  def handle_call(:counters, _from, s), do: {:reply, {s.method, s.counters}, s}
 
   @impl true
   def handle_cast({:watch, watched}, s) do
@@ -409,8 +621,7 @@ defmodule LibclusterRs.Membership.Probe do
         {nil, hosts} ->
           tag = make_ref()
           hosts = round_hosts(hosts, s.rounds, s.max_hosts)
-          handle = LibclusterRs.Native.epmd_names_start(tag, hosts, s.port, s.deadline)
-          %{s | round: {tag, handle}, rounds: s.rounds + 1}
+          %{s | round: {tag, start_round(s, tag, hosts)}, rounds: s.rounds + 1}
       end
 
     {:noreply, schedule(s)}
@@ -436,6 +647,14 @@ defmodule LibclusterRs.Membership.Probe do
   def handle_info({:nodeup, node}, s), do: {:noreply, %{s | core: forget(s.core, node)}}
   def handle_info(_other, s), do: {:noreply, s}
 
+  defp start_round(%{method: {:epmd, port}} = s, tag, hosts),
+    do: LibclusterRs.Native.epmd_names_start(tag, hosts, port, s.deadline)
+
+  defp start_round(%{method: {:dist_port, module}} = s, tag, hosts) do
+    targets = Enum.map(hosts, &{&1, basenames(s.core, &1)})
+    dist_port_round(self(), tag, targets, module, s.deadline)
+  end
+
   defp report(_s, []), do: :ok
 
   defp report(s, nodes) do
@@ -443,6 +662,7 @@ defmodule LibclusterRs.Membership.Probe do
       Cluster.Logger.debug(s.topology, "epmd probe: #{inspect(nodes)} reachable again, redialling now")
     end
 
+    :counters.add(s.counters, @reported, length(nodes))
     send(s.owner, {:probe_reachable, nodes})
   end
 

@@ -48,7 +48,11 @@ defmodule LibclusterRs.Membership.Status do
       list_nodes_age: if(m.listed_at, do: now - m.listed_at),
       sightings_dropped: m.sightings_dropped,
       disconnects_made: m.disconnects_made,
+      heal_probe: heal_probe(m.probe_counters),
       opts: m.opts
     }
   end
+
+  defp heal_probe(nil), do: nil
+  defp heal_probe({method, counters}), do: LibclusterRs.Membership.Probe.stats_of(method, counters)
 end

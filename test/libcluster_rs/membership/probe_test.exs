@@ -206,6 +206,47 @@ defmodule LibclusterRs.Membership.ProbeTest do
     end
   end
 
+  describe "without epmd (method {:dist_port, module})" do
+    # An -epmd_module standing in for a user's: every node listens on the port in the calling
+    # test's persistent term.
+    defmodule FixedPortEpmd do
+      @moduledoc false
+      def port_please(_name, _ip, _timeout), do: {:port, :persistent_term.get({__MODULE__, :port}), 6}
+    end
+
+    test "the method follows the distribution: epmd here, the module's port otherwise" do
+      assert {:epmd, port} = Probe.method()
+      assert port == Probe.epmd_port()
+    end
+
+    test "a peer is reported when its distribution port accepts again, once" do
+      # A port that refuses (the host is there, the node is not), then accepts (the node is back).
+      {:ok, l} = :gen_tcp.listen(0, ip: {127, 0, 0, 1}, active: false, reuseaddr: true)
+      {:ok, port} = :inet.port(l)
+      :gen_tcp.close(l)
+      :persistent_term.put({FixedPortEpmd, :port}, port)
+
+      {:ok, probe} = Probe.start_link(method: {:dist_port, FixedPortEpmd}, interval: 50, deadline: 40)
+      Probe.watch(probe, %{:"app@127.0.0.1" => 2})
+      await_rounds(probe, 3)
+      refute_received {:probe_reachable, _}
+
+      {:ok, _l} = :gen_tcp.listen(port, ip: {127, 0, 0, 1}, active: false, reuseaddr: true)
+      assert_receive {:probe_reachable, [:"app@127.0.0.1"]}, 2_000
+      await_rounds(probe, :sys.get_state(probe).rounds + 2)
+      refute_received {:probe_reachable, _}
+      assert %{method: {:dist_port, FixedPortEpmd}, reported: 1, setups_ended: 0} = Probe.stats(probe)
+    end
+
+    test "a module that raises or hangs costs one round's deadline, never the probe" do
+      {:ok, probe} = Probe.start_link(method: {:dist_port, :no_such_epmd_module}, interval: 50, deadline: 40)
+      Probe.watch(probe, %{:"app@127.0.0.1" => 2})
+      await_rounds(probe, 3)
+      refute_received {:probe_reachable, _}
+      assert Process.alive?(probe)
+    end
+  end
+
   describe "the membership hook" do
     # Over the tests' fake distribution: every node refuses until the test makes it reachable,
     # and hangs@127.1.1.3's handshake never finishes.
