@@ -161,7 +161,7 @@ defmodule LibclusterRs.Membership do
             disconnect: nil,
             list_nodes: nil,
             opts: @defaults,
-            tasks: nil,
+            task_sup: nil,
             # the last successful complete discovery (libcluster's `meta`)
             known: MapSet.new(),
             known_at: nil,
@@ -170,8 +170,10 @@ defmodule LibclusterRs.Membership do
             # The per-node backoff state, the one place it lives (LibclusterRs.Membership.Peers):
             # node => %{failures, next_at, last_error, last_dial_at, up_since}.
             peers: %{},
-            # connect attempts: task ref => {node, pid, started_at, timer}
-            inflight: %{},
+            # Every task of the topology, one table: task ref => {job, pid, deadline timer}, the job
+            # being {:connect, node}, :list_nodes or {:disconnect, nodes}. Each has a deadline
+            # ({:deadline, ref} kills it) and ends in task_done/3, however it ended.
+            tasks: %{},
             queue: [],
             # first dials holding a pacing slot: task ref => hold timer (LibclusterRs.Membership.Pace)
             pacing: %{},
@@ -181,14 +183,11 @@ defmodule LibclusterRs.Membership do
             cancelled: %{},
             # node => monotonic ms when it went missing (grace-period prune)
             missing: %{},
-            # disconnects in flight: task ref => {nodes, pid, timer}
-            disconnects: %{},
             # nodes this topology has asked its disconnect MFA to disconnect, ever
             disconnects_made: 0,
             # the last good `list_nodes` answer, and the refresh in flight
             listed: MapSet.new(),
             listed_at: nil,
-            list_task: nil,
             list_again: false,
             list_failures: 0,
             # sightings waiting for the next `list_nodes` answer: node => trusted?
@@ -302,7 +301,7 @@ defmodule LibclusterRs.Membership do
       disconnect: state.disconnect,
       list_nodes: state.list_nodes,
       opts: opts,
-      tasks: tasks,
+      task_sup: tasks,
       known: known,
       desired: known,
       bucket: {opts.untrusted_connect_rate * 1.0, now()}
@@ -330,7 +329,7 @@ defmodule LibclusterRs.Membership do
         m
       end
 
-    m = %{m | desired: nodes, peers: Map.drop(m.peers, MapSet.to_list(dropped) -- inflight_nodes(m))}
+    m = %{m | desired: nodes, peers: Map.drop(m.peers, MapSet.to_list(dropped) -- connecting(m))}
     {:noreply, refresh(m)}
   end
 
@@ -356,60 +355,28 @@ defmodule LibclusterRs.Membership do
 
   def handle_call(:leave, _from, m), do: {:reply, :ok, stop_dialling(m)}
 
+  # Every task of the topology ends in task_done/3, whichever way: its reply, its crash, or its
+  # deadline (the kill shows as a DOWN with reason :killed).
   @impl true
   def handle_info({ref, result}, m) when is_reference(ref) do
-    cond do
-      Map.has_key?(m.inflight, ref) ->
-        Process.demonitor(ref, [:flush])
-        {:noreply, attempt_done(m, ref, result)}
-
-      match?({^ref, _, _}, m.list_task) ->
-        Process.demonitor(ref, [:flush])
-        {:noreply, list_done(m, result)}
-
-      Map.has_key?(m.disconnects, ref) ->
-        Process.demonitor(ref, [:flush])
-        {:noreply, disconnect_done(m, ref, result)}
-
-      true ->
-        {:noreply, m}
+    if Map.has_key?(m.tasks, ref) do
+      Process.demonitor(ref, [:flush])
+      {:noreply, task_done(m, ref, result)}
+    else
+      {:noreply, m}
     end
   end
 
   def handle_info({:DOWN, ref, :process, _pid, reason}, m) do
-    result = if reason == :killed, do: :deadline, else: {:crashed, reason}
-
-    cond do
-      Map.has_key?(m.inflight, ref) ->
-        result =
-          case result do
-            :deadline -> {:error, :timeout, {:connect, "did not return within #{m.opts.connect_timeout} ms"}}
-            {:crashed, reason} -> {:error, result, {:connect, "crashed: #{inspect(reason, limit: 5)}"}}
-          end
-
-        {:noreply, attempt_done(m, ref, result)}
-
-      match?({^ref, _, _}, m.list_task) ->
-        {:noreply, list_done(m, result)}
-
-      Map.has_key?(m.disconnects, ref) ->
-        {:noreply, disconnect_done(m, ref, result)}
-
-      true ->
-        {:noreply, m}
+    if Map.has_key?(m.tasks, ref) do
+      {:noreply, task_done(m, ref, if(reason == :killed, do: :deadline, else: {:crashed, reason}))}
+    else
+      {:noreply, m}
     end
   end
 
   def handle_info({:deadline, ref}, m) do
-    pid =
-      case {Map.get(m.inflight, ref), m.list_task, Map.get(m.disconnects, ref)} do
-        {{_node, pid, _, _}, _, _} -> pid
-        {_, {^ref, pid, _}, _} -> pid
-        {_, _, {_nodes, pid, _}} -> pid
-        _ -> nil
-      end
-
-    if pid, do: Process.exit(pid, :kill)
+    with {_job, pid, _timer} <- Map.get(m.tasks, ref), do: Process.exit(pid, :kill)
     {:noreply, m}
   end
 
@@ -536,25 +503,20 @@ defmodule LibclusterRs.Membership do
       inline_list?(m.list_nodes) ->
         listed(m, list_inline(m))
 
-      m.list_task != nil ->
+      Enum.any?(m.tasks, &match?({_ref, {:list_nodes, _, _}}, &1)) ->
         %{m | list_again: true}
 
       true ->
         list_nodes = m.list_nodes
 
-        task =
-          Task.Supervisor.async_nolink(m.tasks, fn -> Calls.list_nodes(list_nodes) end, shutdown: :brutal_kill)
+        {_ref, m} =
+          start_task(m, :list_nodes, fn -> Calls.list_nodes(list_nodes) end, m.opts.list_nodes_timeout)
 
-        timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.list_nodes_timeout)
-        %{m | list_task: {task.ref, task.pid, timer}, list_again: false}
+        %{m | list_again: false}
     end
   end
 
   defp list_done(m, result) do
-    {_ref, _pid, timer} = m.list_task
-    Process.cancel_timer(timer)
-    m = %{m | list_task: nil}
-
     result =
       case result do
         :deadline -> {:fault, "did not return within #{m.opts.list_nodes_timeout} ms"}
@@ -658,7 +620,7 @@ defmodule LibclusterRs.Membership do
   defp start_queued(%{queue: []} = m), do: m
 
   defp start_queued(m) do
-    free = max(m.opts.max_concurrency - map_size(m.inflight), 0)
+    free = max(m.opts.max_concurrency - length(connecting(m)), 0)
     paced_free = if m.opts.pace == :infinity, do: :infinity, else: max(m.opts.pace - map_size(m.pacing), 0)
     listed = if inline_list?(m.list_nodes), do: list_inline(m), else: m.listed
     {starts, skipped, queue} = Pace.take(m.queue, m.peers, listed, free, paced_free)
@@ -672,10 +634,7 @@ defmodule LibclusterRs.Membership do
 
   # Graceful leave: abandon attempts in flight, forget queued ones, schedule nothing again.
   defp stop_dialling(m) do
-    for {_ref, {_node, pid, _started, timer}} <- m.inflight do
-      Process.cancel_timer(timer)
-      Process.exit(pid, :kill)
-    end
+    {_killed, m} = kill_tasks(m, &match?({:connect, _}, &1))
 
     for {_ref, timer} <- m.pacing, do: Process.cancel_timer(timer)
 
@@ -685,7 +644,6 @@ defmodule LibclusterRs.Membership do
     %{
       m
       | leaving: true,
-        inflight: %{},
         pacing: %{},
         queue: [],
         busy: MapSet.new(),
@@ -698,36 +656,37 @@ defmodule LibclusterRs.Membership do
     %{topology: topology, connect: connect, list_nodes: list_nodes} = m
     now = now()
 
-    task =
-      Task.Supervisor.async_nolink(m.tasks, fn -> Calls.connect(topology, connect, list_nodes, node) end,
-        shutdown: :brutal_kill
+    {ref, m} =
+      start_task(
+        m,
+        {:connect, node},
+        fn -> Calls.connect(topology, connect, list_nodes, node) end,
+        m.opts.connect_timeout
       )
-
-    timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
 
     pacing =
       if paced?,
-        do:
-          Map.put(m.pacing, task.ref, Process.send_after(self(), {:pace_release, task.ref}, m.opts.pace_hold)),
+        do: Map.put(m.pacing, ref, Process.send_after(self(), {:pace_release, ref}, m.opts.pace_hold)),
         else: m.pacing
 
-    %{
-      m
-      | inflight: Map.put(m.inflight, task.ref, {node, task.pid, now, timer}),
-        pacing: pacing,
-        peers: Peers.dialled(m.peers, node, now)
-    }
+    %{m | pacing: pacing, peers: Peers.dialled(m.peers, node, now)}
   end
 
-  defp attempt_done(m, ref, {:dialled, dialled_at, result}) do
-    {node, _pid, _started, _timer} = Map.fetch!(m.inflight, ref)
-    attempt_done(%{m | peers: Peers.dialled(m.peers, node, dialled_at, false)}, ref, result)
+  defp attempt_done(m, ref, node, {:dialled, dialled_at, result}) do
+    attempt_done(%{m | peers: Peers.dialled(m.peers, node, dialled_at, false)}, ref, node, result)
   end
 
-  defp attempt_done(m, ref, result) do
-    {{node, _pid, _started, timer}, inflight} = Map.pop(m.inflight, ref)
-    Process.cancel_timer(timer)
-    m = %{m | inflight: inflight, busy: MapSet.delete(m.busy, node), pacing: release(m.pacing, ref)}
+  defp attempt_done(m, ref, node, :deadline) do
+    fault = {:connect, "did not return within #{m.opts.connect_timeout} ms"}
+    attempt_done(m, ref, node, {:error, :timeout, fault})
+  end
+
+  defp attempt_done(m, ref, node, {:crashed, reason} = crashed) do
+    attempt_done(m, ref, node, {:error, crashed, {:connect, "crashed: #{inspect(reason, limit: 5)}"}})
+  end
+
+  defp attempt_done(m, ref, node, result) do
+    m = %{m | busy: MapSet.delete(m.busy, node), pacing: release(m.pacing, ref)}
     now = now()
 
     m =
@@ -891,25 +850,21 @@ defmodule LibclusterRs.Membership do
   # such attempts are dropped or killed. A killed attempt may still complete the connection inside
   # the distribution, so a nodeup from it shortly after is disconnected again (see :nodeup).
   defp cancel_attempts(m, nodes) do
-    {cancelled, inflight} =
-      Enum.split_with(m.inflight, fn {_ref, {n, _pid, _, _}} -> MapSet.member?(nodes, n) end)
-
-    for {ref, {_node, pid, _, timer}} <- cancelled do
-      Process.demonitor(ref, [:flush])
-      Process.cancel_timer(timer)
-      Process.exit(pid, :kill)
-    end
+    {cancelled, m} =
+      kill_tasks(m, fn
+        {:connect, node} -> MapSet.member?(nodes, node)
+        _job -> false
+      end)
 
     pacing = Enum.reduce(cancelled, m.pacing, fn {ref, _}, pacing -> release(pacing, ref) end)
 
     now = now()
-    killed = for {_ref, {node, _, _, _}} <- cancelled, into: %{}, do: {node, now}
+    killed = for {_ref, {{:connect, node}, _, _}} <- cancelled, into: %{}, do: {node, now}
     recent = for {n, at} <- m.cancelled, now - at < m.opts.connect_timeout, into: %{}, do: {n, at}
 
     %{
       m
-      | inflight: Map.new(inflight),
-        pacing: pacing,
+      | pacing: pacing,
         queue: Enum.reject(m.queue, &MapSet.member?(nodes, &1)),
         busy: MapSet.difference(m.busy, nodes),
         cancelled: Map.merge(recent, killed)
@@ -920,27 +875,18 @@ defmodule LibclusterRs.Membership do
   defp disconnect_async(m, nodes) do
     %{topology: topology, disconnect: disconnect, list_nodes: list_nodes} = m
 
-    task =
-      Task.Supervisor.async_nolink(
-        m.tasks,
+    {_ref, m} =
+      start_task(
+        m,
+        {:disconnect, nodes},
         fn -> Calls.disconnect(topology, disconnect, list_nodes, nodes) end,
-        shutdown: :brutal_kill
+        m.opts.connect_timeout
       )
 
-    timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
-
-    %{
-      m
-      | disconnects: Map.put(m.disconnects, task.ref, {nodes, task.pid, timer}),
-        disconnects_made: m.disconnects_made + length(nodes)
-    }
+    %{m | disconnects_made: m.disconnects_made + length(nodes)}
   end
 
-  defp disconnect_done(m, ref, result) do
-    {{_nodes, _pid, timer}, disconnects} = Map.pop(m.disconnects, ref)
-    Process.cancel_timer(timer)
-    m = %{m | disconnects: disconnects}
-
+  defp disconnect_done(m, result) do
     faults =
       case result do
         :deadline -> [{:disconnect, "did not return within #{m.opts.connect_timeout} ms"}]
@@ -970,7 +916,43 @@ defmodule LibclusterRs.Membership do
     :ok
   end
 
-  defp inflight_nodes(m), do: Enum.map(m.inflight, fn {_ref, {n, _, _, _}} -> n end)
+  ## Tasks
+
+  # Starts `fun` as a task of the topology doing `job`, with a deadline of `timeout` ms.
+  defp start_task(m, job, fun, timeout) do
+    task = Task.Supervisor.async_nolink(m.task_sup, fun, shutdown: :brutal_kill)
+    timer = Process.send_after(self(), {:deadline, task.ref}, timeout)
+    {task.ref, %{m | tasks: Map.put(m.tasks, task.ref, {job, task.pid, timer})}}
+  end
+
+  # Task `ref` ended with `result`: its reply, `:deadline` or `{:crashed, reason}`.
+  defp task_done(m, ref, result) do
+    {{job, _pid, timer}, tasks} = Map.pop(m.tasks, ref)
+    Process.cancel_timer(timer)
+    m = %{m | tasks: tasks}
+
+    case job do
+      {:connect, node} -> attempt_done(m, ref, node, result)
+      :list_nodes -> list_done(m, result)
+      {:disconnect, _nodes} -> disconnect_done(m, result)
+    end
+  end
+
+  # Ends the tasks whose job `which?` accepts, unheard: neither their reply nor their DOWN is seen.
+  defp kill_tasks(m, which?) do
+    {killed, kept} = Enum.split_with(m.tasks, fn {_ref, {job, _, _}} -> which?.(job) end)
+
+    for {ref, {_job, pid, timer}} <- killed do
+      Process.demonitor(ref, [:flush])
+      Process.cancel_timer(timer)
+      Process.exit(pid, :kill)
+    end
+
+    {killed, %{m | tasks: Map.new(kept)}}
+  end
+
+  # The nodes with a connect attempt in flight.
+  defp connecting(m), do: for({_ref, {{:connect, node}, _, _}} <- m.tasks, do: node)
 
   defp now, do: System.monotonic_time(:millisecond)
   defp now_ms, do: System.system_time(:millisecond)
