@@ -106,7 +106,7 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
   end
 
   test "SRV targets become node names (Kubernetes.DNSSRV)", %{dns: dns} do
-    query = Kubernetes.DNSSRV.query("myapp-headless", "default")
+    query = Kubernetes.DNSSRV.query("myapp-headless", "default", %{})
 
     Dnsmasq.set_records(dns, [
       {:srv, String.trim_trailing(query, "."), "myapp-0.myapp-headless.default.svc.cluster.local", 4000},
@@ -119,7 +119,9 @@ defmodule Cluster.Strategy.DNSDnsmasqTest do
       service: "myapp-headless",
       namespace: "default",
       application_name: "myapp",
-      nameservers: [Dnsmasq.nameserver(dns)]
+      nameservers: [Dnsmasq.nameserver(dns)],
+      # no CLUSTER_DOMAIN: the default cluster.local.
+      env: %{}
     )
 
     assert_receive {:connect, :"myapp@myapp-0.myapp-headless.default.svc.cluster.local"}, 2_000
