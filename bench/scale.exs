@@ -328,7 +328,17 @@ formation = fn n, lib, run ->
       errors: Run.sum(reports, :errors),
       warnings: Run.sum(reports, :warnings),
       load: load,
-      idle: idle
+      idle: idle,
+      gconnfail: Run.sum(reports, :global_connect_failures),
+      reasons:
+        reports
+        |> Enum.map(& &1.nodedown_reasons)
+        |> Enum.reduce(%{}, &Map.merge(&1, &2, fn _, a, b -> a + b end)),
+      first_down:
+        case reports |> Enum.map(& &1.first_nodedown) |> Enum.reject(&is_nil/1) do
+          [] -> nil
+          ts -> (Enum.min(ts) - last_start) / 1000
+        end
     }
 
     formed =
@@ -347,6 +357,13 @@ formation = fn n, lib, run ->
         "nodedowns #{r.nodedowns}; error lines #{r.errors}, warnings #{r.warnings}; " <>
         "boot #{Float.round(boot_s, 1)} s; load #{loadavg.()}"
     )
+
+    if r.nodedowns > 0 or r.gconnfail > 0 do
+      IO.puts(
+        "    first nodedown #{if r.first_down, do: fmt_ms.(r.first_down), else: "–"} after the last topology start; " <>
+          "nodedown reasons #{inspect(r.reasons)}; global transitive connects failed #{r.gconnfail}"
+      )
+    end
 
     samples = reports |> Enum.flat_map(& &1.error_samples) |> Enum.take(3)
     for s <- samples, do: IO.puts("    error sample: #{s}")
