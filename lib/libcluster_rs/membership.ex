@@ -58,14 +58,20 @@ defmodule LibclusterRs.Membership do
       (default `10_000`)
     * `:max_concurrency` - connect attempts in flight at once (default `64`); more wait their turn,
       nodes never tried before first
-    * `:pace` - `:infinity` (default) or a positive integer: how many first dials of newly
+    * `:pace` - `:auto` (default), `:infinity` or a positive integer: how many first dials of newly
       discovered nodes may hold a slot at once (within `:max_concurrency`). When N nodes start
-      together and each dials all others at once, their connection setups collide with the
-      distribution's arbitration of simultaneous connects and with `global`'s own connects;
-      `pace: 4` is recommended from about 25 nodes (see "Dialling order and pacing" below)
-    * `:pace_hold` - the longest, in ms, that a paced first dial holds its slot (default `200`):
-      a dial that hangs on a dead peer then goes on concurrently, within `:connect_timeout`, and
-      the next first dial starts
+      together and each dials all others at once, their connection setups collide with each
+      other, with `global`'s own connects and with its partition prevention (from about 100 nodes,
+      a storm of disconnects). A slot is held while the dial is making progress and freed as soon
+      as its setup is seen waiting for a host that has not answered (a dead peer), so a live peer
+      listed after dead ones is still dialled within milliseconds. `:auto` is 16 slots when the
+      topology connects with `:net_kernel.connect_node/1` (whose setups can be seen), and no
+      pacing with any other connect MFA; `:infinity` turns pacing off (see "Dialling order and
+      pacing" below)
+    * `:pace_hold` - the longest, in ms, that a paced first dial holds its slot (default `5_000`);
+      with a connect MFA other than the default, setups cannot be seen and every paced dial holds
+      its slot this long unless it ends sooner
+    * `:dial_order` - `:ring` (default) or `:sorted`: the order of first dials (see below)
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±20% uniform jitter (defaults `250` / `10_000` ms)
     * `:min_dial_interval` - the shortest time in ms between two connect attempts to one node,
@@ -86,12 +92,20 @@ defmodule LibclusterRs.Membership do
 
   Nodes never dialled before are dialled first, in ring order: the names sorted, starting with the
   first name after this node's own and wrapping around, so that nodes starting together do not all
-  dial the same peer first and two neighbours do not dial each other first. A queued node that is
-  connected by the time its turn comes (it dialled us, or `global` connected it) is not dialled,
-  as libcluster's `connect_nodes` skips listed nodes. With `:pace` set, at most that many first
-  dials hold a slot at once; a slot is freed when its dial ends or after `:pace_hold` ms, whichever
-  comes first. Retries are never paced (their backoff spaces them). The decisions are
-  `LibclusterRs.Membership.Pace`'s plain functions.
+  dial the same peer first and two neighbours do not dial each other first (`dial_order: :sorted`:
+  the names sorted, the same order on every node, as libcluster dials its host list). A queued node
+  that is connected by the time its turn comes (it dialled us, or `global` connected it) is not
+  dialled, as libcluster's `connect_nodes` skips listed nodes.
+
+  At most `:pace` first dials hold a slot at once. Every 5 ms the membership looks at the setup of
+  each paced dial in `net_kernel`'s connection table: one that has heard nothing yet from the peer's
+  host (in its epmd lookup or its TCP connect, no reply waiting) frees its slot and goes on
+  concurrently within `:connect_timeout`; one that is past that point keeps its slot until it ends,
+  or for `:pace_hold` ms at most. So a dead peer holds back the next first dial for about 5 ms, and a
+  cluster of live peers that are slow to set up is dialled `:pace` at a time. Retries are never
+  paced (their backoff spaces them). What the MFAs receive, and which nodes end up connected, do not
+  change, only when dials start. The decisions are `LibclusterRs.Membership.Pace`'s plain functions;
+  the look at a setup is `LibclusterRs.Membership.Probe.setup_stage/1`.
 
   ## Healing
 
@@ -147,8 +161,9 @@ defmodule LibclusterRs.Membership do
     list_nodes_timeout: 5_000,
     untrusted_connect_rate: 10,
     probe: :auto,
-    pace: :infinity,
-    pace_hold: 200
+    pace: :auto,
+    pace_hold: 5_000,
+    dial_order: :ring
   }
 
   # Backoff entries of nodes that are neither wanted nor connected are dropped beyond this many.
@@ -173,8 +188,11 @@ defmodule LibclusterRs.Membership do
             # connect attempts: task ref => {node, pid, started_at, timer}
             inflight: %{},
             queue: [],
-            # first dials holding a pacing slot: task ref => hold timer (LibclusterRs.Membership.Pace)
+            # first dials holding a pacing slot: task ref => {check timer, node, started at}
+            # (LibclusterRs.Membership.Pace)
             pacing: %{},
+            # whether connection setups can be seen (the default connect MFA): see Pace.window/2
+            setups_seen: false,
             # nodes in flight or queued, for O(1) lookups with large discoveries
             busy: MapSet.new(),
             # node => monotonic ms when a prune killed its connect attempt
@@ -261,7 +279,8 @@ defmodule LibclusterRs.Membership do
       {:untrusted_connect_rate, @defaults.untrusted_connect_rate, Config.pos_integer()},
       {:probe, @defaults.probe, Config.one_of([:auto, true, false])},
       {:pace, @defaults.pace, &validate_pace/1},
-      {:pace_hold, @defaults.pace_hold, Config.pos_integer()}
+      {:pace_hold, @defaults.pace_hold, Config.pos_integer()},
+      {:dial_order, @defaults.dial_order, Config.one_of([:ring, :sorted])}
     ]
 
     validated = Config.validate!(opts, schema, topology, __MODULE__)
@@ -275,9 +294,10 @@ defmodule LibclusterRs.Membership do
     validated
   end
 
+  defp validate_pace(:auto), do: {:ok, :auto}
   defp validate_pace(:infinity), do: {:ok, :infinity}
   defp validate_pace(n) when is_integer(n) and n > 0, do: {:ok, n}
-  defp validate_pace(_), do: {:error, "a positive integer or :infinity"}
+  defp validate_pace(_), do: {:error, ":auto, :infinity or a positive integer"}
 
   defp validate_prune(:immediate), do: {:ok, :immediate}
   defp validate_prune(:never), do: {:ok, :never}
@@ -301,6 +321,8 @@ defmodule LibclusterRs.Membership do
       end
 
     opts = validate_opts!(topology, opts)
+    setups_seen = state.connect == {:net_kernel, :connect_node, []}
+    opts = %{opts | pace: Pace.window(opts.pace, setups_seen)}
 
     m = %__MODULE__{
       topology: topology,
@@ -308,6 +330,7 @@ defmodule LibclusterRs.Membership do
       disconnect: state.disconnect,
       list_nodes: state.list_nodes,
       opts: opts,
+      setups_seen: setups_seen,
       tasks: tasks,
       known: known,
       desired: known,
@@ -461,11 +484,26 @@ defmodule LibclusterRs.Membership do
 
   def handle_info({:probe_reachable, nodes}, m), do: {:noreply, probe_reachable(m, nodes)}
 
-  # A paced first dial held its slot for `:pace_hold` ms: the next one may start (this one goes on).
-  def handle_info({:pace_release, ref}, m) do
-    if Map.has_key?(m.pacing, ref),
-      do: {:noreply, start_attempts(%{m | pacing: Map.delete(m.pacing, ref)})},
-      else: {:noreply, m}
+  # A look at a paced first dial (LibclusterRs.Membership.Pace.check/3): its slot is freed when its
+  # setup waits for a peer's host that has not answered, or after `:pace_hold` ms; the next first
+  # dial may then start (this one goes on within its deadline).
+  def handle_info({:pace_check, ref}, m) do
+    case Map.fetch(m.pacing, ref) do
+      {:ok, {_timer, node, started}} ->
+        stage = if m.setups_seen, do: LibclusterRs.Membership.Probe.setup_stage(node)
+
+        case Pace.check(stage, now() - started, m.opts.pace_hold) do
+          :release ->
+            {:noreply, start_attempts(%{m | pacing: Map.delete(m.pacing, ref)})}
+
+          {:keep, ms} ->
+            timer = Process.send_after(self(), {:pace_check, ref}, ms)
+            {:noreply, %{m | pacing: Map.put(m.pacing, ref, {timer, node, started})}}
+        end
+
+      :error ->
+        {:noreply, m}
+    end
   end
 
   def handle_info(_other, m), do: {:noreply, m}
@@ -643,7 +681,9 @@ defmodule LibclusterRs.Membership do
   end
 
   defp enqueue(m, nodes) do
-    {queue, busy} = Policy.enqueue(m.queue, m.busy, m.peers, Pace.ring(nodes, Node.self()))
+    {queue, busy} =
+      Policy.enqueue(m.queue, m.busy, m.peers, Pace.order(nodes, Node.self(), m.opts.dial_order))
+
     %{m | queue: queue, busy: busy}
   end
 
@@ -683,7 +723,7 @@ defmodule LibclusterRs.Membership do
       Process.exit(pid, :kill)
     end
 
-    for {_ref, timer} <- m.pacing, do: Process.cancel_timer(timer)
+    for {_ref, {timer, _node, _started}} <- m.pacing, do: Process.cancel_timer(timer)
 
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
     LibclusterRs.Membership.Probe.watch(m.probe, %{})
@@ -712,10 +752,12 @@ defmodule LibclusterRs.Membership do
     timer = Process.send_after(self(), {:deadline, task.ref}, m.opts.connect_timeout)
 
     pacing =
-      if paced?,
-        do:
-          Map.put(m.pacing, task.ref, Process.send_after(self(), {:pace_release, task.ref}, m.opts.pace_hold)),
-        else: m.pacing
+      if paced? do
+        first = if m.setups_seen, do: Pace.check_interval(), else: m.opts.pace_hold
+        Map.put(m.pacing, task.ref, {Process.send_after(self(), {:pace_check, task.ref}, first), node, now})
+      else
+        m.pacing
+      end
 
     %{
       m
@@ -778,7 +820,7 @@ defmodule LibclusterRs.Membership do
       {nil, pacing} ->
         pacing
 
-      {timer, pacing} ->
+      {{timer, _node, _started}, pacing} ->
         Process.cancel_timer(timer)
         pacing
     end

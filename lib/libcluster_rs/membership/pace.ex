@@ -7,9 +7,14 @@ defmodule LibclusterRs.Membership.Pace do
   #     with the first name after this node's own, so that N nodes starting together do not all
   #     dial the same peer first, and node i's first dials are not node i+1's (two nodes dialling
   #     each other at once collide in the distribution's simultaneous-connect arbitration)
-  #   * at most `pace` first dials hold a slot at once; a slot is freed when its dial ends or when
-  #     the membership's hold timer fires (`:pace_hold`), so a dial that hangs on a dead peer holds
-  #     back the next one for that long at most, and then goes on concurrently within its deadline
+  #   * at most `pace` first dials hold a slot at once; a slot is freed when its dial ends, when
+  #     its setup is seen waiting for a peer's host that has not answered (check/3, every
+  #     check_interval/0 ms), or after `:pace_hold` ms: a dial that hangs on a dead peer holds back
+  #     the next one for a few ms, and then goes on concurrently within its deadline, while a
+  #     dial to a live peer that is slow to set up (a loaded cluster) keeps its slot
+  #   * `pace: :auto` (the default) is auto_pace/0 slots when the setups can be seen (the topology
+  #     connects with `:net_kernel.connect_node/1`), else no pacing: without seeing them, a dead
+  #     peer would hold its slot for all of `:pace_hold`
   #   * retries (nodes with a backoff entry) are not paced: their backoff already spaces them
   #   * a queued node that is connected by the time its turn comes (the peer dialled us, or
   #     `global` connected it transitively) is not dialled: libcluster's connect_nodes skips
@@ -18,6 +23,45 @@ defmodule LibclusterRs.Membership.Pace do
   # `max_concurrency` still bounds all attempts in flight, paced or not.
 
   alias LibclusterRs.Membership.Peers
+
+  # Slots of `pace: :auto`, and the ms between two looks at a paced dial's setup.
+  @auto_pace 16
+  @check_interval 5
+
+  @doc "How many first dials hold a slot with `pace: :auto`."
+  @spec auto_pace() :: pos_integer()
+  def auto_pace, do: @auto_pace
+
+  @doc "The ms between two looks at the setup of a paced dial, when it can be seen."
+  @spec check_interval() :: pos_integer()
+  def check_interval, do: @check_interval
+
+  @doc """
+  The effective `:pace`: `:auto` is auto_pace/0 when setups can be seen (`seen?`: the topology
+  connects with `:net_kernel.connect_node/1`), else `:infinity`; other values stand.
+  """
+  @spec window(:auto | :infinity | pos_integer(), boolean()) :: :infinity | pos_integer()
+  def window(:auto, true), do: @auto_pace
+  def window(:auto, false), do: :infinity
+  def window(pace, _seen?), do: pace
+
+  @doc """
+  What the slot of a paced first dial does at a check, `elapsed` ms after the dial started, with
+  its setup at `stage` (`LibclusterRs.Membership.Probe.setup_stage/1`, or `nil` when setups cannot
+  be seen): `:release` after `hold` ms, or at once when the setup is `:waiting` (nothing heard from
+  the peer's host yet: dead peers stay there); else `{:keep, ms}` until the next check.
+  """
+  @spec check(:waiting | :answered | :none | nil, non_neg_integer(), pos_integer()) ::
+          :release | {:keep, pos_integer()}
+  def check(_stage, elapsed, hold) when elapsed >= hold, do: :release
+  def check(:waiting, _elapsed, _hold), do: :release
+  def check(nil, elapsed, hold), do: {:keep, hold - elapsed}
+  def check(_stage, elapsed, hold), do: {:keep, min(@check_interval, hold - elapsed)}
+
+  @doc "First dials in `order`: `:ring` (see ring/2) or `:sorted` (the same order on every node)."
+  @spec order(Enumerable.t(), node(), :ring | :sorted) :: [node()]
+  def order(nodes, self, :ring), do: ring(nodes, self)
+  def order(nodes, _self, :sorted), do: Enum.sort(nodes)
 
   @doc "`nodes` in ring order from `self`: sorted, the names after `self` first, then the rest."
   @spec ring(Enumerable.t(), node()) :: [node()]
