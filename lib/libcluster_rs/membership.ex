@@ -64,7 +64,7 @@ defmodule LibclusterRs.Membership do
       other, with `global`'s own connects and with its partition prevention (from about 100 nodes,
       a storm of disconnects). A slot is held while the dial is making progress and freed as soon
       as its setup is seen waiting for a host that has not answered (a dead peer), so a live peer
-      listed after dead ones is still dialled within milliseconds. `:auto` is 16 slots when the
+      listed after dead ones is still dialled within milliseconds. `:auto` is 8 slots when the
       topology connects with `:net_kernel.connect_node/1` (whose setups can be seen), and no
       pacing with any other connect MFA; `:infinity` turns pacing off (see "Dialling order and
       pacing" below)
@@ -97,11 +97,12 @@ defmodule LibclusterRs.Membership do
   that is connected by the time its turn comes (it dialled us, or `global` connected it) is not
   dialled, as libcluster's `connect_nodes` skips listed nodes.
 
-  At most `:pace` first dials hold a slot at once. Every 5 ms the membership looks at the setup of
-  each paced dial in `net_kernel`'s connection table: one that has heard nothing yet from the peer's
-  host (in its epmd lookup or its TCP connect, no reply waiting) frees its slot and goes on
-  concurrently within `:connect_timeout`; one that is past that point keeps its slot until it ends,
-  or for `:pace_hold` ms at most. So a dead peer holds back the next first dial for about 5 ms, and a
+  At most `:pace` first dials hold a slot at once. The membership looks at the setup of each paced
+  dial in `net_kernel`'s connection table 2 ms after it starts, then at twice the time since it
+  started (at most every 50 ms): one that has heard nothing yet from the peer's host (in its epmd
+  lookup or its TCP connect, no reply waiting) frees its slot and goes on concurrently within
+  `:connect_timeout`; one that is past that point keeps its slot until it ends, or for
+  `:pace_hold` ms at most. So a dead peer holds back the next first dial for a few ms, and a
   cluster of live peers that are slow to set up is dialled `:pace` at a time. Retries are never
   paced (their backoff spaces them). What the MFAs receive, and which nodes end up connected, do not
   change, only when dials start. The decisions are `LibclusterRs.Membership.Pace`'s plain functions;
@@ -753,7 +754,7 @@ defmodule LibclusterRs.Membership do
 
     pacing =
       if paced? do
-        first = if m.setups_seen, do: Pace.check_interval(), else: m.opts.pace_hold
+        first = if m.setups_seen, do: Pace.first_check(), else: m.opts.pace_hold
         Map.put(m.pacing, task.ref, {Process.send_after(self(), {:pace_check, task.ref}, first), node, now})
       else
         m.pacing

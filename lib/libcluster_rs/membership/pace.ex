@@ -8,9 +8,10 @@ defmodule LibclusterRs.Membership.Pace do
   #     dial the same peer first, and node i's first dials are not node i+1's (two nodes dialling
   #     each other at once collide in the distribution's simultaneous-connect arbitration)
   #   * at most `pace` first dials hold a slot at once; a slot is freed when its dial ends, when
-  #     its setup is seen waiting for a peer's host that has not answered (check/3, every
-  #     check_interval/0 ms), or after `:pace_hold` ms: a dial that hangs on a dead peer holds back
-  #     the next one for a few ms, and then goes on concurrently within its deadline, while a
+  #     its setup is seen waiting for a peer's host that has not answered (check/3: looked at
+  #     first_check/0 ms after the dial starts, then at twice the time since it started, at most
+  #     every @max_interval ms), or after `:pace_hold` ms: a dial that hangs on a dead peer holds
+  #     back the next one for a few ms, and then goes on concurrently within its deadline, while a
   #     dial to a live peer that is slow to set up (a loaded cluster) keeps its slot
   #   * `pace: :auto` (the default) is auto_pace/0 slots when the setups can be seen (the topology
   #     connects with `:net_kernel.connect_node/1`), else no pacing: without seeing them, a dead
@@ -24,17 +25,19 @@ defmodule LibclusterRs.Membership.Pace do
 
   alias LibclusterRs.Membership.Peers
 
-  # Slots of `pace: :auto`, and the ms between two looks at a paced dial's setup.
-  @auto_pace 16
-  @check_interval 5
+  # Slots of `pace: :auto`; when a paced dial's setup is first looked at, and the longest
+  # interval between two looks (ms).
+  @auto_pace 8
+  @first_check 2
+  @max_interval 50
 
   @doc "How many first dials hold a slot with `pace: :auto`."
   @spec auto_pace() :: pos_integer()
   def auto_pace, do: @auto_pace
 
-  @doc "The ms between two looks at the setup of a paced dial, when it can be seen."
-  @spec check_interval() :: pos_integer()
-  def check_interval, do: @check_interval
+  @doc "When, in ms after its start, the setup of a paced dial is first looked at (when it can be seen)."
+  @spec first_check() :: pos_integer()
+  def first_check, do: @first_check
 
   @doc """
   The effective `:pace`: `:auto` is auto_pace/0 when setups can be seen (`seen?`: the topology
@@ -49,14 +52,18 @@ defmodule LibclusterRs.Membership.Pace do
   What the slot of a paced first dial does at a check, `elapsed` ms after the dial started, with
   its setup at `stage` (`LibclusterRs.Membership.Probe.setup_stage/1`, or `nil` when setups cannot
   be seen): `:release` after `hold` ms, or at once when the setup is `:waiting` (nothing heard from
-  the peer's host yet: dead peers stay there); else `{:keep, ms}` until the next check.
+  the peer's host yet: dead peers stay there); else `{:keep, ms}` until the next check, which comes
+  at twice `elapsed` (a dial that is slow to set up is looked at less and less often), at most
+  #{@max_interval} ms later.
   """
   @spec check(:waiting | :answered | :none | nil, non_neg_integer(), pos_integer()) ::
           :release | {:keep, pos_integer()}
   def check(_stage, elapsed, hold) when elapsed >= hold, do: :release
   def check(:waiting, _elapsed, _hold), do: :release
   def check(nil, elapsed, hold), do: {:keep, hold - elapsed}
-  def check(_stage, elapsed, hold), do: {:keep, min(@check_interval, hold - elapsed)}
+
+  def check(_stage, elapsed, hold),
+    do: {:keep, elapsed |> max(@first_check) |> min(@max_interval) |> min(hold - elapsed)}
 
   @doc "First dials in `order`: `:ring` (see ring/2) or `:sorted` (the same order on every node)."
   @spec order(Enumerable.t(), node(), :ring | :sorted) :: [node()]

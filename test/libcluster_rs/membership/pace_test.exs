@@ -77,9 +77,11 @@ defmodule LibclusterRs.Membership.PaceTest do
       assert Pace.check(:waiting, 5, 5_000) == :release
     end
 
-    test "a setup the peer answered keeps its slot, looked at again soon" do
-      assert Pace.check(:answered, 5, 5_000) == {:keep, Pace.check_interval()}
-      assert Pace.check(:none, 5, 5_000) == {:keep, Pace.check_interval()}
+    test "a setup the peer answered keeps its slot, looked at again at twice its age, at most every 50 ms" do
+      assert Pace.check(:answered, 2, 5_000) == {:keep, 2}
+      assert Pace.check(:none, 8, 5_000) == {:keep, 8}
+      assert Pace.check(:answered, 0, 5_000) == {:keep, Pace.first_check()}
+      assert Pace.check(:answered, 400, 5_000) == {:keep, 50}
     end
 
     test "no slot is held longer than the hold" do
