@@ -71,7 +71,6 @@ defmodule LibclusterRs.Membership do
     * `:pace_hold` - the longest, in ms, that a paced first dial holds its slot (default `5_000`);
       with a connect MFA other than the default, setups cannot be seen and every paced dial holds
       its slot this long unless it ends sooner
-    * `:dial_order` - `:ring` (default) or `:sorted`: the order of first dials (see below)
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±20% uniform jitter (defaults `250` / `10_000` ms)
     * `:min_dial_interval` - the shortest time in ms between two connect attempts to one node,
@@ -92,10 +91,9 @@ defmodule LibclusterRs.Membership do
 
   Nodes never dialled before are dialled first, in ring order: the names sorted, starting with the
   first name after this node's own and wrapping around, so that nodes starting together do not all
-  dial the same peer first and two neighbours do not dial each other first (`dial_order: :sorted`:
-  the names sorted, the same order on every node, as libcluster dials its host list). A queued node
-  that is connected by the time its turn comes (it dialled us, or `global` connected it) is not
-  dialled, as libcluster's `connect_nodes` skips listed nodes.
+  dial the same peer first and two neighbours do not dial each other first. A queued node that is
+  connected by the time its turn comes (it dialled us, or `global` connected it) is not dialled,
+  as libcluster's `connect_nodes` skips listed nodes.
 
   At most `:pace` first dials hold a slot at once. The membership looks at the setup of each paced
   dial in `net_kernel`'s connection table 2 ms after it starts, then at twice the time since it
@@ -163,8 +161,7 @@ defmodule LibclusterRs.Membership do
     untrusted_connect_rate: 10,
     probe: :auto,
     pace: :auto,
-    pace_hold: 5_000,
-    dial_order: :ring
+    pace_hold: 5_000
   }
 
   # Backoff entries of nodes that are neither wanted nor connected are dropped beyond this many.
@@ -280,8 +277,7 @@ defmodule LibclusterRs.Membership do
       {:untrusted_connect_rate, @defaults.untrusted_connect_rate, Config.pos_integer()},
       {:probe, @defaults.probe, Config.one_of([:auto, true, false])},
       {:pace, @defaults.pace, &validate_pace/1},
-      {:pace_hold, @defaults.pace_hold, Config.pos_integer()},
-      {:dial_order, @defaults.dial_order, Config.one_of([:ring, :sorted])}
+      {:pace_hold, @defaults.pace_hold, Config.pos_integer()}
     ]
 
     validated = Config.validate!(opts, schema, topology, __MODULE__)
@@ -682,8 +678,7 @@ defmodule LibclusterRs.Membership do
   end
 
   defp enqueue(m, nodes) do
-    {queue, busy} =
-      Policy.enqueue(m.queue, m.busy, m.peers, Pace.order(nodes, Node.self(), m.opts.dial_order))
+    {queue, busy} = Policy.enqueue(m.queue, m.busy, m.peers, Pace.ring(nodes, Node.self()))
 
     %{m | queue: queue, busy: busy}
   end

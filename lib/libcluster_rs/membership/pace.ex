@@ -65,11 +65,6 @@ defmodule LibclusterRs.Membership.Pace do
   def check(_stage, elapsed, hold),
     do: {:keep, elapsed |> max(@first_check) |> min(@max_interval) |> min(hold - elapsed)}
 
-  @doc "First dials in `order`: `:ring` (see ring/2) or `:sorted` (the same order on every node)."
-  @spec order(Enumerable.t(), node(), :ring | :sorted) :: [node()]
-  def order(nodes, self, :ring), do: ring(nodes, self)
-  def order(nodes, _self, :sorted), do: Enum.sort(nodes)
-
   @doc "`nodes` in ring order from `self`: sorted, the names after `self` first, then the rest."
   @spec ring(Enumerable.t(), node()) :: [node()]
   def ring(nodes, self) do
