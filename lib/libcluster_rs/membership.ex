@@ -697,8 +697,6 @@ defmodule LibclusterRs.Membership do
 
   # What starts now is LibclusterRs.Membership.Pace.take/5's: within `:max_concurrency`, first
   # dials within `:pace`, and queued nodes that are connected by now are not dialled.
-  defp start_queued(%{queue: []} = m), do: m
-
   defp start_queued(m) do
     free = max(m.opts.max_concurrency - map_size(m.inflight), 0)
     paced_free = if m.opts.pace == :infinity, do: :infinity, else: max(m.opts.pace - map_size(m.pacing), 0)
