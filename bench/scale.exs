@@ -20,6 +20,8 @@
 #   IDLE      1 (default): idle CPU and RSS per node, measured once per N and library after run 1
 #   LOG_LEVEL the nodes' logger level (default warning); FORM_TIMEOUT ms (default 300000)
 #   ERL_ARGS  extra erl arguments for every node, e.g. "-kernel prevent_overlapping_partitions false"
+#   MEMBERSHIP  libcluster_rs only: a keyword list (Elixir syntax) given to the topology as its
+#             `membership:` options, e.g. MEMBERSHIP='[pace: 4, pace_hold: 100]' (default: none)
 #
 # Nodes: n<i>@198.19.1.<i> in namespace lcs<i>, flags +S 1:1 +SDcpu 1 +SDio 1 +A 1, default kernel
 # settings (prevent_overlapping_partitions on), the library's modules preloaded (as in a release).
@@ -93,6 +95,29 @@ elixir_paths = for app <- [:elixir, :logger], do: :code.lib_dir(app, :ebin) |> L
 log_level = System.get_env("LOG_LEVEL", "warning")
 erl_args = System.get_env("ERL_ARGS", "") |> String.split(" ", trim: true) |> Enum.map(&to_charlist/1)
 
+# MEMBERSHIP: libcluster_rs's `membership:` options for the topology (libcluster 3.5 has none).
+membership =
+  case System.get_env("MEMBERSHIP", "") |> String.trim() do
+    "" ->
+      []
+
+    text ->
+      value =
+        try do
+          {value, _} = Code.eval_string(text)
+          value
+        rescue
+          e -> raise ArgumentError, "MEMBERSHIP: not an Elixir term (#{Exception.message(e)}): #{text}"
+        end
+
+      unless is_list(value) and value != [] and Keyword.keyword?(value) do
+        raise ArgumentError,
+              "MEMBERSHIP must be a non-empty keyword list such as '[pace: 4]', got: #{inspect(value)}"
+      end
+
+      value
+  end
+
 lib_spec = fn
   "rs" ->
     %{
@@ -102,7 +127,8 @@ lib_spec = fn
       preload: rs_ebin,
       log_level: log_level,
       erl_args: erl_args,
-      strategy: strategy
+      strategy: strategy,
+      membership: membership
     }
 
   "3.5" ->
@@ -113,7 +139,8 @@ lib_spec = fn
       preload: lc_ebin,
       log_level: log_level,
       erl_args: erl_args,
-      strategy: strategy
+      strategy: strategy,
+      membership: []
     }
 end
 
@@ -127,13 +154,17 @@ fmt_ms = fn ms -> if ms >= 10_000, do: "#{Float.round(ms / 1000, 1)} s", else: "
 defmodule Bench.Scale.Run do
   alias Bench.Scale.{Agent, Cluster}
 
-  def topologies(nodes, timeout, strategy \\ :epmd)
+  @doc "The topology every node starts; `membership` (libcluster_rs only) goes in as `membership:`."
+  def topologies(nodes, timeout, strategy, membership) do
+    [{name, spec}] = topology(nodes, timeout, strategy)
+    if membership == [], do: [{name, spec}], else: [{name, spec ++ [membership: membership]}]
+  end
 
-  def topologies(nodes, timeout, :epmd) do
+  defp topology(nodes, timeout, :epmd) do
     [scale: [strategy: :"Elixir.Cluster.Strategy.Epmd", config: [hosts: nodes, timeout: timeout]]]
   end
 
-  def topologies(_nodes, interval, :dns) do
+  defp topology(_nodes, interval, :dns) do
     [
       scale: [
         strategy: :"Elixir.Cluster.Strategy.DNSPoll",
@@ -264,7 +295,9 @@ formation = fn n, lib, run ->
     boot_s = (System.monotonic_time(:millisecond) - t_boot) / 1000
 
     starts =
-      Cluster.call_all(started, Agent, :start_topology, [Run.topologies(nodes, epmd_timeout, strategy)])
+      Cluster.call_all(started, Agent, :start_topology, [
+        Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
+      ])
 
     last_start = Enum.max(starts)
     spread_ms = (last_start - Enum.min(starts)) / 1000
@@ -295,7 +328,17 @@ formation = fn n, lib, run ->
       errors: Run.sum(reports, :errors),
       warnings: Run.sum(reports, :warnings),
       load: load,
-      idle: idle
+      idle: idle,
+      gconnfail: Run.sum(reports, :global_connect_failures),
+      reasons:
+        reports
+        |> Enum.map(& &1.nodedown_reasons)
+        |> Enum.reduce(%{}, &Map.merge(&1, &2, fn _, a, b -> a + b end)),
+      first_down:
+        case reports |> Enum.map(& &1.first_nodedown) |> Enum.reject(&is_nil/1) do
+          [] -> nil
+          ts -> (Enum.min(ts) - last_start) / 1000
+        end
     }
 
     formed =
@@ -314,6 +357,13 @@ formation = fn n, lib, run ->
         "nodedowns #{r.nodedowns}; error lines #{r.errors}, warnings #{r.warnings}; " <>
         "boot #{Float.round(boot_s, 1)} s; load #{loadavg.()}"
     )
+
+    if r.nodedowns > 0 or r.gconnfail > 0 do
+      IO.puts(
+        "    first nodedown #{if r.first_down, do: fmt_ms.(r.first_down), else: "–"} after the last topology start; " <>
+          "nodedown reasons #{inspect(r.reasons)}; global transitive connects failed #{r.gconnfail}"
+      )
+    end
 
     samples = reports |> Enum.flat_map(& &1.error_samples) |> Enum.take(3)
     for s <- samples, do: IO.puts("    error sample: #{s}")
@@ -343,7 +393,7 @@ roll_timeout = String.to_integer(System.get_env("ROLL_TIMEOUT", "60000"))
 rolling = fn n, lib, run ->
   nodes = for i <- 1..n, do: Cluster.node_name(i, strategy)
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
-  topo = Run.topologies(nodes, epmd_timeout, strategy)
+  topo = Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
   alive = :ets.new(:alive, [:set, :public])
   for s <- started, do: :ets.insert(alive, {s.i, s})
 
@@ -412,7 +462,10 @@ partition = fn n, lib, run ->
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
 
   try do
-    Cluster.call_all(started, Agent, :start_topology, [Run.topologies(nodes, epmd_timeout, strategy)])
+    Cluster.call_all(started, Agent, :start_topology, [
+      Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
+    ])
+
     {:ok, _} = Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout)
     before = Cluster.call_all(started, Agent, :report, [])
     split_at = System.monotonic_time(:millisecond)
@@ -449,7 +502,8 @@ end
 
 IO.puts(
   "bench/scale: N=#{Enum.join(ns_list, ",")}, #{runs} runs, libs #{Enum.join(libs, ",")}, " <>
-    "strategy #{strategy} (timeout/polling_interval #{inspect(epmd_timeout)}), libcluster_rs from #{rs_ebin}; load #{loadavg.()}"
+    "strategy #{strategy} (timeout/polling_interval #{inspect(epmd_timeout)}), libcluster_rs from #{rs_ebin}, " <>
+    "membership #{inspect(membership)}#{if erl_args != [], do: ", erl args #{Enum.join(erl_args, " ")}"}; load #{loadavg.()}"
 )
 
 # One run at a time: a second run's cleanup would delete the first one's namespaces.

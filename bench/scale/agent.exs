@@ -98,6 +98,15 @@ defmodule Bench.Scale.Agent do
       global_requests: count(events, &match?({:global, _, :requested}, &1)),
       nodeups: count(events, &match?({:nodeup, _, _}, &1)),
       nodedowns: count(events, &match?({:nodedown, _, _}, &1)),
+      # nodedown reasons (connection_closed, disconnect, net_tick_timeout, ...) => count
+      nodedown_reasons: events |> Enum.flat_map(fn {_, e} -> nodedown_reason(e) end) |> Enum.frequencies(),
+      # OS time (us) of this node's first nodedown, if any
+      first_nodedown:
+        events
+        |> Enum.flat_map(fn {{ts, _}, e} -> if match?({:nodedown, _, _}, e), do: [ts], else: [] end)
+        |> Enum.min(fn -> nil end),
+      # global's transitive connect (sync_other) saw a nodedown: "'global' at ~w failed to connect to ~w"
+      global_connect_failures: count(events, &match?({:global_connect_failed, _}, &1)),
       errors: count(events, &match?({:log, :error, _}, &1)),
       warnings: count(events, &match?({:log, :warning, _}, &1)),
       error_samples:
@@ -186,6 +195,9 @@ defmodule Bench.Scale.Agent do
     end
   end
 
+  defp nodedown_reason({:nodedown, _, reason}), do: [reason]
+  defp nodedown_reason(_), do: []
+
   ## Logger handler
 
   @doc false
@@ -200,6 +212,9 @@ defmodule Bench.Scale.Agent do
 
           record({:global, node, kind})
         end
+
+      {fmt, [_me, node]} when is_list(fmt) or is_binary(fmt) ->
+        if :string.find(fmt, ~c"failed to connect to") != :nomatch, do: record({:global_connect_failed, node})
 
       _ ->
         :ok

@@ -58,14 +58,19 @@ defmodule LibclusterRs.Membership do
       (default `10_000`)
     * `:max_concurrency` - connect attempts in flight at once (default `64`); more wait their turn,
       nodes never tried before first
-    * `:pace` - `:infinity` (default) or a positive integer: how many first dials of newly
+    * `:pace` - `:auto` (default), `:infinity` or a positive integer: how many first dials of newly
       discovered nodes may hold a slot at once (within `:max_concurrency`). When N nodes start
-      together and each dials all others at once, their connection setups collide with the
-      distribution's arbitration of simultaneous connects and with `global`'s own connects;
-      `pace: 4` is recommended from about 25 nodes (see "Dialling order and pacing" below)
-    * `:pace_hold` - the longest, in ms, that a paced first dial holds its slot (default `200`):
-      a dial that hangs on a dead peer then goes on concurrently, within `:connect_timeout`, and
-      the next first dial starts
+      together and each dials all others at once, their connection setups collide with each
+      other, with `global`'s own connects and with its partition prevention (from about 100 nodes,
+      a storm of disconnects). A slot is held while the dial is making progress and freed as soon
+      as its setup is seen waiting for a host that has not answered (a dead peer), so a live peer
+      listed after dead ones is still dialled within milliseconds. `:auto` is 8 slots when the
+      topology connects with `:net_kernel.connect_node/1` (whose setups can be seen), and no
+      pacing with any other connect MFA; `:infinity` turns pacing off (see "Dialling order and
+      pacing" below)
+    * `:pace_hold` - the longest, in ms, that a paced first dial holds its slot (default `5_000`);
+      with a connect MFA other than the default, setups cannot be seen and every paced dial holds
+      its slot this long unless it ends sooner
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
       failure up to the maximum, ±20% uniform jitter (defaults `250` / `10_000` ms)
     * `:min_dial_interval` - the shortest time in ms between two connect attempts to one node,
@@ -88,10 +93,18 @@ defmodule LibclusterRs.Membership do
   first name after this node's own and wrapping around, so that nodes starting together do not all
   dial the same peer first and two neighbours do not dial each other first. A queued node that is
   connected by the time its turn comes (it dialled us, or `global` connected it) is not dialled,
-  as libcluster's `connect_nodes` skips listed nodes. With `:pace` set, at most that many first
-  dials hold a slot at once; a slot is freed when its dial ends or after `:pace_hold` ms, whichever
-  comes first. Retries are never paced (their backoff spaces them). The decisions are
-  `LibclusterRs.Membership.Pace`'s plain functions.
+  as libcluster's `connect_nodes` skips listed nodes.
+
+  At most `:pace` first dials hold a slot at once. The membership looks at the setup of each paced
+  dial in `net_kernel`'s connection table 2 ms after it starts, then at twice the time since it
+  started (at most every 50 ms): one that has heard nothing yet from the peer's host (in its epmd
+  lookup or its TCP connect, no reply waiting) frees its slot and goes on concurrently within
+  `:connect_timeout`; one that is past that point keeps its slot until it ends, or for
+  `:pace_hold` ms at most. So a dead peer holds back the next first dial for a few ms, and a
+  cluster of live peers that are slow to set up is dialled `:pace` at a time. Retries are never
+  paced (their backoff spaces them). What the MFAs receive, and which nodes end up connected, do not
+  change, only when dials start. The decisions are `LibclusterRs.Membership.Pace`'s plain functions;
+  the look at a setup is `LibclusterRs.Membership.Probe.setup_stage/1`.
 
   ## Healing
 
@@ -147,8 +160,8 @@ defmodule LibclusterRs.Membership do
     list_nodes_timeout: 5_000,
     untrusted_connect_rate: 10,
     probe: :auto,
-    pace: :infinity,
-    pace_hold: 200
+    pace: :auto,
+    pace_hold: 5_000
   }
 
   # Backoff entries of nodes that are neither wanted nor connected are dropped beyond this many.
@@ -175,8 +188,11 @@ defmodule LibclusterRs.Membership do
             # ({:deadline, ref} kills it) and ends in task_done/3, however it ended.
             tasks: %{},
             queue: [],
-            # first dials holding a pacing slot: task ref => hold timer (LibclusterRs.Membership.Pace)
+            # first dials holding a pacing slot: task ref => {check timer, node, started at}
+            # (LibclusterRs.Membership.Pace)
             pacing: %{},
+            # whether connection setups can be seen (the default connect MFA): see Pace.window/2
+            setups_seen: false,
             # nodes in flight or queued, for O(1) lookups with large discoveries
             busy: MapSet.new(),
             # node => monotonic ms when a prune killed its connect attempt
@@ -268,9 +284,10 @@ defmodule LibclusterRs.Membership do
     opts |> Config.validate!(schema, topology, __MODULE__) |> Config.backoff_range!(topology)
   end
 
+  defp validate_pace(:auto), do: {:ok, :auto}
   defp validate_pace(:infinity), do: {:ok, :infinity}
   defp validate_pace(n) when is_integer(n) and n > 0, do: {:ok, n}
-  defp validate_pace(_), do: {:error, "a positive integer or :infinity"}
+  defp validate_pace(_), do: {:error, ":auto, :infinity or a positive integer"}
 
   defp validate_prune(:immediate), do: {:ok, :immediate}
   defp validate_prune(:never), do: {:ok, :never}
@@ -294,6 +311,8 @@ defmodule LibclusterRs.Membership do
       end
 
     opts = validate_opts!(topology, opts)
+    setups_seen = state.connect == {:net_kernel, :connect_node, []}
+    opts = %{opts | pace: Pace.window(opts.pace, setups_seen)}
 
     m = %__MODULE__{
       topology: topology,
@@ -302,6 +321,7 @@ defmodule LibclusterRs.Membership do
       list_nodes: state.list_nodes,
       opts: opts,
       task_sup: tasks,
+      setups_seen: setups_seen,
       known: known,
       desired: known,
       bucket: {opts.untrusted_connect_rate * 1.0, now()}
@@ -422,11 +442,26 @@ defmodule LibclusterRs.Membership do
 
   def handle_info({:probe_reachable, nodes}, m), do: {:noreply, probe_reachable(m, nodes)}
 
-  # A paced first dial held its slot for `:pace_hold` ms: the next one may start (this one goes on).
-  def handle_info({:pace_release, ref}, m) do
-    if Map.has_key?(m.pacing, ref),
-      do: {:noreply, start_attempts(%{m | pacing: Map.delete(m.pacing, ref)})},
-      else: {:noreply, m}
+  # A look at a paced first dial (LibclusterRs.Membership.Pace.check/3): its slot is freed when its
+  # setup waits for a peer's host that has not answered, or after `:pace_hold` ms; the next first
+  # dial may then start (this one goes on within its deadline).
+  def handle_info({:pace_check, ref}, m) do
+    case Map.fetch(m.pacing, ref) do
+      {:ok, {_timer, node, started}} ->
+        stage = if m.setups_seen, do: LibclusterRs.Membership.Probe.setup_stage(node)
+
+        case Pace.check(stage, now() - started, m.opts.pace_hold) do
+          :release ->
+            {:noreply, start_attempts(%{m | pacing: Map.delete(m.pacing, ref)})}
+
+          {:keep, ms} ->
+            timer = Process.send_after(self(), {:pace_check, ref}, ms)
+            {:noreply, %{m | pacing: Map.put(m.pacing, ref, {timer, node, started})}}
+        end
+
+      :error ->
+        {:noreply, m}
+    end
   end
 
   def handle_info(_other, m), do: {:noreply, m}
@@ -600,6 +635,7 @@ defmodule LibclusterRs.Membership do
 
   defp enqueue(m, nodes) do
     {queue, busy} = Policy.enqueue(m.queue, m.busy, m.peers, Pace.ring(nodes, Node.self()))
+
     %{m | queue: queue, busy: busy}
   end
 
@@ -617,8 +653,6 @@ defmodule LibclusterRs.Membership do
 
   # What starts now is LibclusterRs.Membership.Pace.take/5's: within `:max_concurrency`, first
   # dials within `:pace`, and queued nodes that are connected by now are not dialled.
-  defp start_queued(%{queue: []} = m), do: m
-
   defp start_queued(m) do
     free = max(m.opts.max_concurrency - length(connecting(m)), 0)
     paced_free = if m.opts.pace == :infinity, do: :infinity, else: max(m.opts.pace - map_size(m.pacing), 0)
@@ -636,7 +670,7 @@ defmodule LibclusterRs.Membership do
   defp stop_dialling(m) do
     {_killed, m} = kill_tasks(m, &match?({:connect, _}, &1))
 
-    for {_ref, timer} <- m.pacing, do: Process.cancel_timer(timer)
+    for {_ref, {timer, _node, _started}} <- m.pacing, do: Process.cancel_timer(timer)
 
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
     LibclusterRs.Membership.Probe.watch(m.probe, %{})
@@ -665,9 +699,12 @@ defmodule LibclusterRs.Membership do
       )
 
     pacing =
-      if paced?,
-        do: Map.put(m.pacing, ref, Process.send_after(self(), {:pace_release, ref}, m.opts.pace_hold)),
-        else: m.pacing
+      if paced? do
+        first = if m.setups_seen, do: Pace.first_check(), else: m.opts.pace_hold
+        Map.put(m.pacing, ref, {Process.send_after(self(), {:pace_check, ref}, first), node, now})
+      else
+        m.pacing
+      end
 
     %{m | pacing: pacing, peers: Peers.dialled(m.peers, node, now)}
   end
@@ -731,7 +768,7 @@ defmodule LibclusterRs.Membership do
       {nil, pacing} ->
         pacing
 
-      {timer, pacing} ->
+      {{timer, _node, _started}, pacing} ->
         Process.cancel_timer(timer)
         pacing
     end

@@ -1,5 +1,5 @@
 defmodule Cluster.FormationTest do
-  # Real :peer nodes on loopback: a 20-node mesh formed by paced first dials, with no node cut by
+  # Real :peer nodes on loopback: a 20-node mesh formed by paced first dials (the default), with no node cut by
   # `global`, and a refusing peer whose backoff keeps growing.
   use ExUnit.Case, async: false
   import LibclusterRs.Test.Eventually
@@ -31,13 +31,13 @@ defmodule Cluster.FormationTest do
   end
 
   @tag :slow
-  test "20 nodes dialling each other with pace: 4 form a full mesh, and global cuts no node" do
+  test "20 nodes dialling each other with the default pacing form a full mesh, and global cuts no node" do
     id = System.unique_integer([:positive])
     names = for i <- 1..20, do: :"mesh#{id}n#{String.pad_leading("#{i}", 2, "0")}@127.0.0.1"
     peers = start_peers(names)
     watchers = for {p, _} <- peers, do: {p, Peer.call(p, NodeWatch, :start, [])}
 
-    topologies = [mesh: [strategy: Cluster.Strategy.Epmd, config: [hosts: names], membership: [pace: 4]]]
+    topologies = [mesh: [strategy: Cluster.Strategy.Epmd, config: [hosts: names]]]
 
     peers
     |> Task.async_stream(fn {p, _} -> {:ok, _} = Peer.start_cluster(p, topologies) end, max_concurrency: 20)

@@ -357,21 +357,52 @@ defmodule LibclusterRs.Membership.Probe do
   # (`#connection{}` records, checked field by field): any other shape yields `[]`, so an OTP that
   # keeps this elsewhere only loses the acceleration.
   @spec stuck_setups(node()) :: [pid()]
-  def stuck_setups(node) do
+  def stuck_setups(node), do: node |> pending_setups() |> Enum.filter(&stuck_in_connect?/1)
+
+  @doc false
+  # How far the connection setup to `node` that net_kernel has pending has got (read as
+  # stuck_setups/1 reads it):
+  #
+  #   * `:waiting` - an outgoing setup that has heard nothing from the peer's host yet: it is in its
+  #     epmd lookup (`erl_epmd`) or in a TCP connect, with no reply waiting in its mailbox. A dead
+  #     or silent peer keeps a setup here until `net_setuptime`
+  #   * `:answered` - a pending setup past that point (in its handshake), or one the peer started
+  #   * `:none` - nothing pending: the setup has not reached net_kernel yet, has ended, or the
+  #     node is connected; an OTP that keeps setups elsewhere always yields this
+  #
+  # LibclusterRs.Membership.Pace frees a first dial's pacing slot on `:waiting`.
+  @spec setup_stage(node()) :: :waiting | :answered | :none
+  def setup_stage(node) do
+    case pending_setups(node) do
+      [] -> :none
+      owners -> if Enum.all?(owners, &waiting?/1), do: :waiting, else: :answered
+    end
+  end
+
+  # The owners of the `#connection{}` records net_kernel has pending for `node`.
+  defp pending_setups(node) do
     :ets.lookup(:sys_dist, node)
     |> Enum.flat_map(fn
       conn when is_tuple(conn) and tuple_size(conn) > 4 and elem(conn, 0) == :connection ->
         owner = elem(conn, 4)
-
-        if elem(conn, 1) == node and elem(conn, 3) == :pending and stuck_in_connect?(owner),
-          do: [owner],
-          else: []
+        if elem(conn, 1) == node and elem(conn, 3) == :pending and is_pid(owner), do: [owner], else: []
 
       _ ->
         []
     end)
   rescue
     ArgumentError -> []
+  end
+
+  # A setup that has heard nothing from the peer's host yet: in its epmd lookup (erl_epmd) or in
+  # a TCP connect (stuck_in_connect?/1), with no reply waiting in its mailbox. Like
+  # stuck_in_connect?/1, it does not look at the initial call, which differs by distribution module.
+  defp waiting?(pid) do
+    case Process.info(pid, [:current_function, :message_queue_len]) do
+      [current_function: {:erl_epmd, _, _}, message_queue_len: 0] -> true
+      [current_function: _, message_queue_len: 0] -> stuck_in_connect?(pid)
+      _ -> false
+    end
   end
 
   # The owner of a pending `#connection{}` is, by construction, the process the distribution

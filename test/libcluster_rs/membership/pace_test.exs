@@ -58,4 +58,41 @@ defmodule LibclusterRs.Membership.PaceTest do
                {[{:a@h, false}, {:b@h, false}], [], []}
     end
   end
+
+  describe "window/2" do
+    test ":auto paces when setups can be seen, and not otherwise" do
+      assert Pace.window(:auto, true) == Pace.auto_pace()
+      assert Pace.window(:auto, false) == :infinity
+    end
+
+    test "an explicit pace stands either way" do
+      assert Pace.window(4, false) == 4
+      assert Pace.window(4, true) == 4
+      assert Pace.window(:infinity, true) == :infinity
+    end
+  end
+
+  describe "check/3" do
+    test "a setup waiting for the peer's host frees its slot at once" do
+      assert Pace.check(:waiting, 5, 5_000) == :release
+    end
+
+    test "a setup the peer answered keeps its slot, looked at again at twice its age, at most every 50 ms" do
+      assert Pace.check(:answered, 2, 5_000) == {:keep, 2}
+      assert Pace.check(:none, 8, 5_000) == {:keep, 8}
+      assert Pace.check(:answered, 0, 5_000) == {:keep, Pace.first_check()}
+      assert Pace.check(:answered, 400, 5_000) == {:keep, 50}
+    end
+
+    test "no slot is held longer than the hold" do
+      assert Pace.check(:answered, 5_000, 5_000) == :release
+      assert Pace.check(:answered, 4_998, 5_000) == {:keep, 2}
+      assert Pace.check(nil, 200, 200) == :release
+    end
+
+    test "when setups cannot be seen, the slot is held for all of the hold" do
+      assert Pace.check(nil, 0, 200) == {:keep, 200}
+      assert Pace.check(nil, 150, 200) == {:keep, 50}
+    end
+  end
 end
