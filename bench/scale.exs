@@ -282,6 +282,67 @@ defmodule Bench.Scale.Run do
       other: Map.get(f, :other, 0)
     }
   end
+
+  @doc """
+  Where the tail of a formation goes: per-node full-mesh times (`sinces`, OS µs) after `from` (µs)
+  as p50/p90/max, and the `k` links that came up last (the later of the two ends' last nodeup),
+  each with the last connect_node call each end made towards the other before it (ms after
+  `from`, and what it returned), so that a late link shows whether nobody dialled it, or a dial
+  was slow or failed. `reports` are the agents' reports with `events: true`.
+  """
+  def tail(reports, sinces, from, k \\ 5) do
+    rel = fn t -> round((t - from) / 1000) end
+    sorted = sinces |> Enum.map(rel) |> Enum.sort()
+    pct = fn p -> Enum.at(sorted, min(length(sorted) - 1, trunc(p * length(sorted)))) end
+    events = Map.new(reports, &{&1.node, &1.events})
+
+    last_up = fn a, b ->
+      Enum.reduce(Map.get(events, a, []), nil, fn
+        {{t, _}, {:nodeup, ^b, _}}, _ -> t
+        _, acc -> acc
+      end)
+    end
+
+    dial = fn a, b, before ->
+      evs = Map.get(events, a, [])
+
+      call =
+        Enum.reduce(evs, nil, fn
+          {{t, _}, {:connect_call, ^b, _}}, _ when t <= before -> t
+          _, acc -> acc
+        end)
+
+      ret =
+        call &&
+          Enum.find_value(evs, fn
+            {{t, _}, {:connect_ret, ^b, r}} when t >= call -> {rel.(t), r}
+            _ -> nil
+          end)
+
+      if call, do: "#{rel.(call)} ms -> #{inspect(ret)}", else: "none"
+    end
+
+    names = Map.keys(events)
+
+    links =
+      for a <- names, b <- names, a < b, ta = last_up.(a, b), tb = last_up.(b, a), ta && tb do
+        {max(ta, tb), a, b}
+      end
+      |> Enum.sort(:desc)
+      |> Enum.take(k)
+
+    IO.puts(
+      "    full mesh per node (ms after the last topology start): p50 #{pct.(0.5)}, p90 #{pct.(0.9)}, max #{List.last(sorted)}"
+    )
+
+    for {t, a, b} <- links do
+      IO.puts(
+        "    late link #{a} <-> #{b} up at #{rel.(t)} ms; last dial by #{a}: #{dial.(a, b, t)}; by #{b}: #{dial.(b, a, t)}"
+      )
+    end
+
+    :ok
+  end
 end
 
 alias Bench.Scale.Run
@@ -294,6 +355,14 @@ formation = fn n, lib, run ->
   try do
     boot_s = (System.monotonic_time(:millisecond) - t_boot) / 1000
 
+    # PROFILE=1: call_time of the libraries' own functions on every node (bench/scale/agent.exs)
+    profile? = System.get_env("PROFILE") == "1"
+
+    if profile?,
+      do: Cluster.call_all(started, Agent, :profile_on, [["Elixir.LibclusterRs.", "Elixir.Cluster."]])
+
+    cpu0 = Enum.map(started, &Cluster.cpu_ticks(&1.os_pid))
+
     starts =
       Cluster.call_all(started, Agent, :start_topology, [
         Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
@@ -304,13 +373,48 @@ formation = fn n, lib, run ->
     deadline = System.monotonic_time(:millisecond) + form_timeout
     result = Run.await_mesh(started, deadline)
     load = load1.()
-    reports = Cluster.call_all(started, Agent, :report, [])
+    # CPU the nodes used from just before their topologies started until formed (+ the 2 s hold)
+    cpu_s = (Enum.sum(Enum.map(started, &Cluster.cpu_ticks(&1.os_pid))) - Enum.sum(cpu0)) / clk_tck
+    reports = Cluster.call_all(started, Agent, :report, [[events: true, reductions: true]])
+
+    # Where the nodes' work went (REDUCTIONS=1): reductions since the topology start, summed over
+    # all nodes by process kind, the top 12 (processes that ended in between are not counted).
+    if profile? do
+      started
+      |> Cluster.call_all(Agent, :profile_report, [40])
+      |> Enum.concat()
+      |> Enum.reduce(%{}, fn {mfa, c, us}, acc ->
+        Map.update(acc, mfa, {c, us}, fn {c0, u0} -> {c0 + c, u0 + us} end)
+      end)
+      |> Enum.sort_by(fn {_, {_, us}} -> -us end)
+      |> Enum.take(20)
+      |> Enum.each(fn {{m, f, a}, {c, us}} ->
+        IO.puts("    call_time #{inspect(m)}.#{f}/#{a}: #{div(us, 1000)} ms in #{c} calls (all nodes)")
+      end)
+    end
+
+    if System.get_env("REDUCTIONS") == "1" do
+      total = reports |> Enum.flat_map(&Map.to_list(&1.reductions)) |> Enum.map(&elem(&1, 1)) |> Enum.sum()
+
+      reports
+      |> Enum.flat_map(&Map.to_list(&1.reductions))
+      |> Enum.reduce(%{}, fn {k, r}, acc -> Map.update(acc, k, r, &(&1 + r)) end)
+      |> Enum.sort_by(&(-elem(&1, 1)))
+      |> Enum.take(12)
+      |> Enum.each(fn {k, r} ->
+        IO.puts("    reductions #{inspect(k)}: #{r} (#{Float.round(r * 100 / max(total, 1), 1)} %)")
+      end)
+
+      IO.puts("    reductions total: #{total}")
+    end
 
     ms =
       case result do
         {:ok, sinces} -> (Enum.max(sinces) - last_start) / 1000
         {:timeout, _} -> nil
       end
+
+    if ms, do: Run.tail(reports, elem(result, 1), last_start)
 
     idle = if idle? and run == 1 and ms, do: Run.idle(started, clk_tck)
 
@@ -355,7 +459,7 @@ formation = fn n, lib, run ->
         "connect calls #{r.connects} (failed #{r.failed}, abandoned #{r.abandoned}; minimum #{div(n * (n - 1), 2)}); " <>
         "global disconnects #{r.gdisc} (+#{r.greq} requested); library disconnects #{r.libdisc}; " <>
         "nodedowns #{r.nodedowns}; error lines #{r.errors}, warnings #{r.warnings}; " <>
-        "boot #{Float.round(boot_s, 1)} s; load #{loadavg.()}"
+        "boot #{Float.round(boot_s, 1)} s; CPU #{Float.round(cpu_s, 1)} s; load #{loadavg.()}"
     )
 
     if r.nodedowns > 0 or r.gconnfail > 0 do
@@ -430,6 +534,10 @@ rolling = fn n, lib, run ->
     since_kill = if ms, do: ms + (last_start - last_kill) / 1000
 
     collateral = Run.collateral(old_events ++ finals, kills)
+    if ms, do: Run.tail(finals, elem(result, 1), last_start)
+
+    for sample <- finals |> Enum.flat_map(& &1.error_samples) |> Enum.uniq() |> Enum.take(3),
+        do: IO.puts("    error sample: #{sample}")
 
     IO.puts(
       "N=#{n} #{lib.name} rolling (#{roll_batch} at a time) run #{run}: " <>

@@ -59,11 +59,47 @@ defmodule Bench.Scale.Agent do
 
   @doc "Starts `Cluster.Supervisor` with `topologies`, unlinked; returns the OS time (µs) just before."
   def start_topology(topologies) do
+    :ets.insert(@table, {:reductions0, reductions()})
     at = System.os_time(:microsecond)
     :ets.insert(@table, {:topology_started, at})
     {:ok, sup} = apply(Cluster.Supervisor, :start_link, [[topologies]])
     Process.unlink(sup)
     at
+  end
+
+  @doc """
+  Turns on call_time counting for every loaded module whose name starts with one of `prefixes`
+  (strings such as "Elixir.LibclusterRs."); profile_report/1 reads it. Every process already has
+  the call trace flag (init/1), so this costs only the counting.
+  """
+  def profile_on(prefixes) do
+    for {mod, _} <- :code.all_loaded(),
+        name = Atom.to_string(mod),
+        Enum.any?(prefixes, &String.starts_with?(name, &1)) do
+      :erlang.trace_pattern({mod, :_, :_}, true, [:call_time])
+    end
+
+    :ok
+  end
+
+  @doc "The `k` functions with the most call_time (µs, summed over processes), with their call counts."
+  def profile_report(k \\ 15) do
+    for {mod, _} <- :code.all_loaded(),
+        {f, a} <- safe_functions(mod),
+        {:call_time, [_ | _] = per_pid} <- [:erlang.trace_info({mod, f, a}, :call_time)] do
+      {calls, us} =
+        Enum.reduce(per_pid, {0, 0}, fn {_pid, c, s, u}, {cc, uu} -> {cc + c, uu + s * 1_000_000 + u} end)
+
+      {{mod, f, a}, calls, us}
+    end
+    |> Enum.sort_by(&(-elem(&1, 2)))
+    |> Enum.take(k)
+  end
+
+  defp safe_functions(mod) do
+    mod.module_info(:functions)
+  rescue
+    _ -> []
   end
 
   @doc "Loads every module of the code path directory `dir` (as a release does at boot)."
@@ -116,7 +152,43 @@ defmodule Bench.Scale.Agent do
         |> Enum.map(fn {_, {_, _, t}} -> t end)
     }
 
-    if opts[:events], do: Map.put(summary, :events, events), else: summary
+    summary = if opts[:events], do: Map.put(summary, :events, events), else: summary
+    if opts[:reductions], do: Map.put(summary, :reductions, reductions_since()), else: summary
+  end
+
+  # Reductions per process, keyed by what the process is (registered name, else initial call,
+  # else current function), so that the work since the topology start can be told by owner.
+  defp reductions do
+    for pid <- Process.list(),
+        info = Process.info(pid, [:registered_name, :dictionary, :initial_call, :reductions]),
+        info != nil,
+        reduce: %{} do
+      acc ->
+        key =
+          case info[:registered_name] do
+            name when is_atom(name) and name != [] ->
+              name
+
+            _ ->
+              case info[:dictionary][:"$initial_call"] do
+                {m, f, a} -> {m, f, a}
+                _ -> info[:initial_call]
+              end
+          end
+
+        Map.update(acc, {pid, key}, info[:reductions], &(&1 + info[:reductions]))
+    end
+  end
+
+  @doc false
+  # Work done since the topology start, by process kind: %{kind => reductions}. Processes that
+  # ended in between are not counted (a connect task's work is lost), so tasks are under-counted.
+  def reductions_since do
+    before = lookup(:reductions0) || %{}
+
+    reductions()
+    |> Enum.map(fn {{_pid, key} = k, r} -> {key, r - Map.get(before, k, 0)} end)
+    |> Enum.reduce(%{}, fn {key, r}, acc -> Map.update(acc, key, r, &(&1 + r)) end)
   end
 
   defp lookup(key) do
