@@ -97,7 +97,7 @@ defmodule LibclusterRs.Membership do
 
   At most `:pace` first dials hold a slot at once. The membership looks at the setup of each paced
   dial in `net_kernel`'s connection table 2 ms after it starts, then at twice the time since it
-  started (at most every 50 ms): one that has heard nothing yet from the peer's host (in its epmd
+  started (at most every 500 ms): one that has heard nothing yet from the peer's host (in its epmd
   lookup or its TCP connect, no reply waiting) frees its slot and goes on concurrently within
   `:connect_timeout`; one that is past that point keeps its slot until it ends, or for
   `:pace_hold` ms at most. So a dead peer holds back the next first dial for a few ms, and a
@@ -181,7 +181,7 @@ defmodule LibclusterRs.Membership do
             # nodes to keep connected: `known` minus pruned ones
             desired: MapSet.new(),
             # The per-node backoff state, the one place it lives (LibclusterRs.Membership.Peers):
-            # node => %{failures, next_at, last_error, last_dial_at, up_since}.
+            # node => %{failures, next_at, last_error, last_dial_at, up_since, lost}.
             peers: %{},
             # Every task of the topology, one table: task ref => {job, pid, deadline timer}, the job
             # being {:connect, node}, :list_nodes or {:disconnect, nodes}. Each has a deadline
@@ -221,7 +221,9 @@ defmodule LibclusterRs.Membership do
             # heal probe: the LibclusterRs.Membership.Probe pid, or nil (off), and its
             # {method, counters} (read by status without a call)
             probe: nil,
-            probe_counters: nil
+            probe_counters: nil,
+            # what the probe was last told to watch (told again only when it changes)
+            probe_watch: %{}
 
   ## API
 
@@ -452,7 +454,7 @@ defmodule LibclusterRs.Membership do
 
         case Pace.check(stage, now() - started, m.opts.pace_hold) do
           :release ->
-            {:noreply, start_attempts(%{m | pacing: Map.delete(m.pacing, ref)})}
+            {:noreply, %{m | pacing: Map.delete(m.pacing, ref)} |> start_attempts() |> schedule_retry()}
 
           {:keep, ms} ->
             timer = Process.send_after(self(), {:pace_check, ref}, ms)
@@ -656,8 +658,10 @@ defmodule LibclusterRs.Membership do
   defp start_queued(m) do
     free = max(m.opts.max_concurrency - length(connecting(m)), 0)
     paced_free = if m.opts.pace == :infinity, do: :infinity, else: max(m.opts.pace - map_size(m.pacing), 0)
-    listed = if inline_list?(m.list_nodes), do: list_inline(m), else: m.listed
-    {starts, skipped, queue} = Pace.take(m.queue, m.peers, listed, free, paced_free)
+    # With the default list_nodes the answer is fresh and kept: a node skipped here because it is
+    # connected is then not due (schedule_retry/1) until a refresh says otherwise.
+    m = if inline_list?(m.list_nodes), do: %{m | listed: list_inline(m), listed_at: now()}, else: m
+    {starts, skipped, queue} = Pace.take(m.queue, m.peers, m.listed, free, paced_free)
     m = %{m | queue: queue, busy: Enum.reduce(skipped, m.busy, &MapSet.delete(&2, &1))}
     Enum.reduce(starts, m, fn {node, paced?}, m -> start_attempt(m, node, paced?) end)
   end
@@ -682,7 +686,8 @@ defmodule LibclusterRs.Membership do
         queue: [],
         busy: MapSet.new(),
         retry_timer: nil,
-        sightings: %{}
+        sightings: %{},
+        probe_watch: %{}
     }
   end
 
@@ -778,7 +783,7 @@ defmodule LibclusterRs.Membership do
 
   defp schedule_retry(m) do
     if m.retry_timer, do: Process.cancel_timer(m.retry_timer)
-    sync_probe(m)
+    m = sync_probe(m)
     now = now()
 
     case Peers.next_due(m.peers, m.desired, m.listed, m.busy, now) do
@@ -806,10 +811,17 @@ defmodule LibclusterRs.Membership do
   # backoff state, with their failure counts: after a nodedown the first attempt may hang for
   # seconds in a partition, and the probe must watch that node already. Nodes only sighted (gossip)
   # are never probed: their names come from the network.
-  defp sync_probe(%{probe: nil}), do: :ok
+  defp sync_probe(%{probe: nil} = m), do: m
 
   defp sync_probe(m) do
-    LibclusterRs.Membership.Probe.watch(m.probe, Peers.backed_off(m.peers, m.desired, m.busy))
+    watch = Peers.backed_off(m.peers, m.desired, m.busy)
+
+    if watch == m.probe_watch do
+      m
+    else
+      LibclusterRs.Membership.Probe.watch(m.probe, watch)
+      %{m | probe_watch: watch}
+    end
   end
 
   # `nodes` are reachable again: their backoff ends now (never sooner than `:min_dial_interval`

@@ -26,10 +26,19 @@ defmodule LibclusterRs.Test.DeadPeers do
     net = Netns.setup(subnet, 2 + silent_count)
     [observer, live | silent_hosts] = net.hosts
 
-    for h <- [observer, live], do: Netns.exec!(h.ns, "epmd", ["-daemon"])
-
-    listeners = Enum.map(silent_hosts, &silent_listener(&1.ns))
-    for h <- silent_hosts, do: wait_listening(h.ip)
+    # A setup that fails half-way removes what it made: namespaces left behind hold the subnet's
+    # addresses, and every later setup of that subnet would fail on them.
+    listeners =
+      try do
+        for h <- [observer, live], do: Netns.exec!(h.ns, "epmd", ["-daemon"])
+        listeners = Enum.map(silent_hosts, &silent_listener(&1.ns))
+        for h <- silent_hosts, do: wait_listening(h.ip)
+        listeners
+      rescue
+        e ->
+          Netns.teardown(net)
+          reraise e, __STACKTRACE__
+      end
 
     %__MODULE__{
       net: net,

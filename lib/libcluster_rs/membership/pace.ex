@@ -29,7 +29,7 @@ defmodule LibclusterRs.Membership.Pace do
   # interval between two looks (ms).
   @auto_pace 8
   @first_check 2
-  @max_interval 50
+  @max_interval 500
 
   @doc "How many first dials hold a slot with `pace: :auto`."
   @spec auto_pace() :: pos_integer()

@@ -1,7 +1,8 @@
 defmodule LibclusterRs.Membership.Peers do
   @moduledoc false
   # The dialer's per-node backoff state, the one place it lives: a map
-  # `node => %{failures, next_at, last_error, last_dial_at, up_since}` (monotonic ms). Pure: the
+  # `node => %{failures, next_at, last_error, last_dial_at, up_since, lost}` (monotonic ms;
+  # `lost`: the node was up and went down, and has not been up since). Pure: the
   # clock (`now`) and the random draw (a float in [0, 1)) are arguments, so what the membership
   # does after a failure, a flap or a probe is tested without sleeps.
   #
@@ -20,13 +21,15 @@ defmodule LibclusterRs.Membership.Peers do
           next_at: integer(),
           last_error: term(),
           last_dial_at: integer() | nil,
-          up_since: integer() | nil
+          up_since: integer() | nil,
+          lost: boolean()
         }
   @type t :: %{node() => peer()}
 
   @doc "A node never dialled: due at `now`."
   @spec new(integer()) :: peer()
-  def new(now), do: %{failures: 0, next_at: now, last_error: nil, last_dial_at: nil, up_since: nil}
+  def new(now),
+    do: %{failures: 0, next_at: now, last_error: nil, last_dial_at: nil, up_since: nil, lost: false}
 
   @doc "Whether `node` may be dialled at `now` (a node without an entry always may)."
   @spec due?(t(), node(), integer()) :: boolean()
@@ -67,14 +70,14 @@ defmodule LibclusterRs.Membership.Peers do
   def connected(peers, node, now) do
     peer = Map.get(peers, node) || new(now)
     newly? = peer.up_since == nil or peer.up_since >= peer.last_dial_at
-    {Map.put(peers, node, %{peer | up_since: peer.up_since || now}), newly?}
+    {Map.put(peers, node, %{peer | up_since: peer.up_since || now, lost: false}), newly?}
   end
 
   @doc "A nodeup of `node`: up since `now` unless already up (its failures are kept until stable)."
   @spec up(t(), node(), integer()) :: t()
   def up(peers, node, now) do
     case Map.fetch(peers, node) do
-      {:ok, %{up_since: nil} = peer} -> Map.put(peers, node, %{peer | up_since: now})
+      {:ok, %{up_since: nil} = peer} -> Map.put(peers, node, %{peer | up_since: now, lost: false})
       _ -> peers
     end
   end
@@ -90,7 +93,7 @@ defmodule LibclusterRs.Membership.Peers do
 
       cond do
         listed? and peer.up_since == nil ->
-          {Map.put(acc, node, %{peer | up_since: now}), flapped}
+          {Map.put(acc, node, %{peer | up_since: now, lost: false}), flapped}
 
         not listed? and peer.up_since != nil and now - peer.up_since < opts.stable_after ->
           {acc, [node | flapped]}
@@ -103,6 +106,7 @@ defmodule LibclusterRs.Membership.Peers do
              | failures: 0,
                last_error: nil,
                up_since: nil,
+               lost: true,
                next_at: max(now, floor_at)
            }), flapped}
 
@@ -129,31 +133,44 @@ defmodule LibclusterRs.Membership.Peers do
   end
 
   @doc """
-  The backed-off set the heal probe watches: desired nodes that are down with failures or being
-  dialled (`busy`), with their failure counts; desired nodes being dialled without an entry count 0.
+  The set the heal probe watches: desired nodes that are down and either failed (with backoff), or
+  were lost (up, then down) and are being dialled again (`busy`), with their failure counts: the
+  first redial after a nodedown may hang for seconds in a partition, and the probe must watch it
+  already. A node on its way to its first connection (queued, or its first dial in flight) is not
+  watched: it is dialled anyway, and a dial that fails puts it in backoff, watched from then on.
+  Watching first dials made every node of a cluster that starts together ask every other host's
+  epmd twice a second while it formed: at 50 nodes that alone cost about a quarter of the
+  formation time (docs/scale.md).
   """
   @spec backed_off(t(), MapSet.t(), MapSet.t()) :: %{node() => non_neg_integer()}
   def backed_off(peers, desired, busy) do
-    watched =
-      for {node, peer} <- peers,
-          MapSet.member?(desired, node),
-          peer.up_since == nil,
-          peer.failures > 0 or MapSet.member?(busy, node),
-          into: %{},
-          do: {node, peer.failures}
-
-    dialling = for node <- busy, MapSet.member?(desired, node), into: %{}, do: {node, 0}
-    Map.merge(dialling, watched)
+    for {node, peer} <- peers,
+        MapSet.member?(desired, node),
+        peer.up_since == nil,
+        peer.failures > 0 or (peer.lost and MapSet.member?(busy, node)),
+        into: %{},
+        do: {node, peer.failures}
   end
 
   @doc "When the next desired node that is neither connected nor being dialled is due, or nil."
   @spec next_due(t(), Enumerable.t(), MapSet.t(), MapSet.t(), integer()) :: integer() | nil
   def next_due(peers, desired, listed, busy, now) do
-    # A node without a backoff entry is due now (monotonic time may be negative: never default to 0).
+    # Called after every attempt: the set differences are map operations, so that only the few
+    # nodes neither connected nor being dialled are walked. A node without a backoff entry is due
+    # now (monotonic time may be negative: never default to 0).
     desired
-    |> Enum.reject(&(MapSet.member?(listed, &1) or MapSet.member?(busy, &1)))
-    |> Enum.map(fn n -> peers |> Map.get(n, %{next_at: now}) |> Map.fetch!(:next_at) end)
-    |> Enum.min(fn -> nil end)
+    |> MapSet.new()
+    |> MapSet.difference(listed)
+    |> MapSet.difference(busy)
+    |> Enum.reduce(nil, fn n, min ->
+      at =
+        case peers do
+          %{^n => %{next_at: at}} -> at
+          _ -> now
+        end
+
+      if min == nil or at < min, do: at, else: min
+    end)
   end
 
   @doc "Beyond `cap` entries, drops those of nodes neither desired, up, backed off nor being dialled."

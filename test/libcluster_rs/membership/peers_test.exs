@@ -71,10 +71,21 @@ defmodule LibclusterRs.Membership.PeersTest do
     {peers, _, _} = Peers.fail(%{}, @n, false, 0, @opts, 0.5)
     {peers, true} = Peers.connected(peers, :up@h, 0)
     {peers, _, _} = Peers.fail(peers, :sighted@h, false, 0, @opts, 0.5)
-    desired = MapSet.new([@n, :up@h, :dialling@h])
+    peers = Peers.dialled(peers, :dialling@h, 0)
+    # up, then down: its entry is reset (0 failures) and it is being dialled again
+    {peers, true} = Peers.connected(peers, :lost@h, 0)
+    {peers, []} = Peers.observe(peers, MapSet.new([:up@h]), 60_000, @opts)
+    desired = MapSet.new([@n, :up@h, :dialling@h, :lost@h, :queued@h])
+    busy = MapSet.new([:dialling@h, :sighted@h, :lost@h, :queued@h])
 
-    assert Peers.backed_off(peers, desired, MapSet.new([:dialling@h, :sighted@h])) ==
-             %{@n => 1, :dialling@h => 0}
+    # :queued@h waits for its first dial, :dialling@h's first dial is in flight: not watched
+    assert Peers.backed_off(peers, desired, busy) == %{@n => 1, :lost@h => 0}
+
+    # once up again, a lost node is no longer lost
+    {peers, _} = Peers.connected(peers, :lost@h, 70_000)
+    {peers, []} = Peers.observe(peers, MapSet.new([:up@h]), 80_000, @opts)
+    {peers, true} = Peers.connected(peers, :lost@h, 90_000)
+    assert Peers.backed_off(peers, desired, busy) == %{@n => 1}
   end
 
   test "next_due: the earliest desired node not connected nor being dialled; a new one is due now" do

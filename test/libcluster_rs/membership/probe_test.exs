@@ -311,7 +311,7 @@ defmodule LibclusterRs.Membership.ProbeTest do
       assert %{failures: 1} = Membership.status(off).pending[node]
     end
 
-    test "discovered nodes are watched from their first attempt on, sighted ones never" do
+    test "discovered nodes are watched once a dial fails, not during their first dial; sighted ones never" do
       {m, _dist} = membership(backoff_min: 30_000, backoff_max: 30_000, probe: true)
       Membership.seen(m, [:"sighted@127.1.1.1"])
       assert_receive {:connect, :"sighted@127.1.1.1"}, 1_000
@@ -320,10 +320,34 @@ defmodule LibclusterRs.Membership.ProbeTest do
       assert_receive {:connect, :"hangs@127.1.1.3"}, 1_000
 
       probe = :sys.get_state(m).probe
-      expected = %{:"listed@127.1.1.2" => 1, :"hangs@127.1.1.3" => 0}
+      # listed@ failed its first dial (the fake distribution refuses it); hangs@'s first dial is
+      # still in flight: it is watched only if it fails
+      expected = %{:"listed@127.1.1.2" => 1}
 
       Peer.wait_until(
         fn -> :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) == expected end,
+        1_000
+      )
+    end
+
+    test "a node that was up and went down is watched from its first redial on" do
+      {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, stable_after: 50, probe: true)
+      node = :"lost@127.1.1.4"
+      FakeDist.reachable(dist, [node])
+      Membership.discovered(m, [node])
+      Peer.wait_until(fn -> node in FakeDist.up(dist) end, 1_000)
+      # connected for longer than stable_after: its drop is a loss, not a flap (no failure)
+      Process.sleep(100)
+
+      FakeDist.peer(dist, node, connect: :hang)
+      FakeDist.drop(dist, node)
+      send(m, {:nodedown, node})
+      probe = :sys.get_state(m).probe
+
+      Peer.wait_until(
+        fn ->
+          :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) == %{node => 0}
+        end,
         1_000
       )
     end
