@@ -111,7 +111,8 @@ defmodule LibclusterRs.Membership do
   After a partition, peers have backed off up to `:backoff_max`, and connects started during the
   partition hang in their TCP connect. So that the cluster does not wait for either once the network
   is back, a probe (`LibclusterRs.Membership.Probe`) asks the epmd of the unreachable peers' hosts
-  (being dialled or in backoff) every 500 ms which names are registered, through the NIF (no
+  (peers in backoff, and peers that were connected, went down and are being redialled; not nodes
+  on their way to a first connection) every 500 ms which names are registered, through the NIF (no
   scheduler and no `net_kernel` call waits for it). A peer whose name appears again is redialled at
   once, and so are peers whose hosts cannot be probed. A host is only asked when it is an IP literal
   or in the local hosts table: the probe never causes a DNS lookup. Failure counts are kept, so a
@@ -398,7 +399,7 @@ defmodule LibclusterRs.Membership do
   end
 
   def handle_info({:deadline, ref}, m) do
-    with {_job, pid, _timer} <- Map.get(m.tasks, ref), do: Process.exit(pid, :kill)
+    with {_job, pid, _timer} <- Map.get(m.tasks, ref), do: end_task(m, pid)
     {:noreply, m}
   end
 
@@ -994,11 +995,16 @@ defmodule LibclusterRs.Membership do
     for {ref, {_job, pid, timer}} <- killed do
       Process.demonitor(ref, [:flush])
       Process.cancel_timer(timer)
-      Process.exit(pid, :kill)
+      end_task(m, pid)
     end
 
     {killed, %{m | tasks: Map.new(kept)}}
   end
+
+  # Kills a task (its reason is :killed), through its supervisor: a task killed from outside
+  # makes the supervisor log a "child_terminated" error report, one per deadline, which at scale
+  # was thousands of error lines for what the membership already reports once per streak.
+  defp end_task(m, pid), do: Task.Supervisor.terminate_child(m.task_sup, pid)
 
   # The nodes with a connect attempt in flight.
   defp connecting(m), do: for({_ref, {{:connect, node}, _, _}} <- m.tasks, do: node)

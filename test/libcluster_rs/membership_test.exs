@@ -151,6 +151,31 @@ defmodule LibclusterRs.MembershipTest do
     assert %{failures: 1, last_error: :timeout, in_flight: false} = Membership.status(m).pending[:stubborn@h]
   end
 
+  defmodule ReportSink do
+    @moduledoc false
+    # A logger handler that forwards every event, whatever its level or domain (supervisor reports
+    # included, which Elixir's console drops by default but Erlang's default handler prints).
+    def log(event, %{config: %{pid: pid}}), do: send(pid, {:log_event, event})
+  end
+
+  @tag capture_log: true
+  test "a task ended at its deadline leaves no supervisor error report", %{t: t} do
+    :ok = :logger.add_handler(:membership_report_sink, ReportSink, %{level: :all, config: %{pid: self()}})
+    on_exit(fn -> :logger.remove_handler(:membership_report_sink) end)
+    net = dist(%{:hang@h => :hang})
+    m = start(t, net, connect_timeout: 100, backoff_min: 60_000, backoff_max: 60_000)
+    Membership.discovered(m, [:hang@h])
+
+    assert_receive {:telemetry, [:libcluster, :connect_node, :error], _, %{node: :hang@h, reason: :timeout}},
+                   2_000
+
+    # the membership's own error line for the streak arrives: supervisor reports would come before it
+    assert_receive {:log_event, %{msg: {:string, _}} = ours}, 2_000
+    assert IO.chardata_to_string(elem(ours.msg, 1)) =~ "did not return within 100 ms"
+    assert Membership.status(m).pending[:hang@h].failures == 1
+    refute_received {:log_event, %{msg: {:report, %{label: {:supervisor, _}}}}}
+  end
+
   @tag capture_log: true
   test "with :pace, at most that many first dials hold a slot; a slot frees when its dial ends", %{t: t} do
     nodes = for i <- 1..6, do: :"p#{i}@h"

@@ -1,13 +1,16 @@
 defmodule LibclusterRs.Membership.Probe do
   @moduledoc """
   Shortens the wait of peers that come back: while a membership has peers it cannot reach (in
-  backoff, or with an attempt that hangs), their hosts' epmd is asked which node names it has
+  backoff, or lost and being redialled), their hosts' epmd is asked which node names it has
   registered, and a peer whose name appears again is handed back to the membership to be redialled
   at once.
 
   A membership owns one probe (a process linked to it, started unless `probe: false`, see
-  `LibclusterRs.Membership`). After every change the membership tells the probe which nodes it is
-  dialling or has in backoff, with their failure counts (`watch/2`); the probe sends the membership
+  `LibclusterRs.Membership`). When that set changes the membership tells the probe which nodes
+  are in backoff or lost and being redialled, with their failure counts (`watch/2`;
+  `LibclusterRs.Membership.Peers.backed_off/3`: a node on its way to its first connection is not
+  watched, so a cluster that starts together does not have every node ask every other host's
+  epmd twice a second while it forms); the probe sends the membership
   `{:probe_reachable, nodes}`, and the membership makes those nodes due now. The probe never
   connects anything and never delays anything: it only ends waits early. Which nodes are
   connected, and whether, stays the membership's (and the connect MFA's) decision.
