@@ -15,7 +15,13 @@
 #   EPMD_TIMEOUT  the Epmd strategy's `timeout` config (default 5000: libcluster 3.5 redials every
 #             5 s; the same config goes to both libraries, as a drop-in user would have it)
 #   STRATEGY  epmd (default): Epmd listing all N; dns: DNSPoll (polling_interval = EPMD_TIMEOUT)
-#             of nodes.scale.test against a dnsmasq holding N A records (nodes named n@<ip>)
+#             of nodes.scale.test against a dnsmasq holding N A records (nodes named n@<ip>);
+#             gossip: Gossip on the bridge, group GOSSIP_GROUP (239.19.0.1) port GOSSIP_PORT
+#             (45899), multicast_if = the node's own address, multicast_ttl 1, libcluster's
+#             random 1..5 s heartbeat (GOSSIP_ROUTE=0 leaves out the namespaces' route for
+#             224.0.0.0/4); kubernetes: Kubernetes, mode :ip, :pods lookup of app=scale against
+#             the fake API server of bench/scale/kube.exs listing N pods (nodes named n@<ip>;
+#             polling_interval = EPMD_TIMEOUT; libcluster_rs watches by default, 3.5 polls)
 #   SCENARIOS formation (default), rolling, partition (comma-separated)
 #   IDLE      1 (default): idle CPU and RSS per node, measured once per N and library after run 1
 #   LOG_LEVEL the nodes' logger level (default warning); FORM_TIMEOUT ms (default 300000)
@@ -37,6 +43,7 @@
 Process.flag(:trap_exit, true)
 Code.require_file("bench/support/stats.exs")
 Code.require_file("bench/scale/cluster.exs")
+Code.require_file("bench/scale/kube.exs")
 [{agent_mod, agent_bin}] = Code.require_file("bench/scale/agent.exs")
 agent = {agent_mod, agent_bin}
 alias Bench.Scale.{Agent, Cluster}
@@ -58,8 +65,14 @@ scenarios = System.get_env("SCENARIOS", "formation") |> String.split(",", trim: 
 idle? = System.get_env("IDLE", "1") == "1"
 form_timeout = String.to_integer(System.get_env("FORM_TIMEOUT", "300000"))
 
-strategy = System.get_env("STRATEGY", "epmd") |> String.to_atom()
-true = strategy in [:epmd, :dns]
+strategy =
+  case System.get_env("STRATEGY", "epmd") do
+    s when s in ~w(epmd dns gossip kubernetes) -> String.to_atom(s)
+    other -> raise ArgumentError, "STRATEGY must be epmd, dns, gossip or kubernetes, got: #{inspect(other)}"
+  end
+
+gossip_group = System.get_env("GOSSIP_GROUP", "239.19.0.1")
+gossip_port = String.to_integer(System.get_env("GOSSIP_PORT", "45899"))
 
 epmd_timeout =
   case System.get_env("EPMD_TIMEOUT", "5000") do
@@ -135,7 +148,8 @@ lib_spec = fn
     %{
       name: "libcluster 3.5",
       paths: elixir_paths ++ [lc_ebin],
-      apps: [:logger],
+      # libcluster 3.5's Kubernetes strategy asks with :httpc (its application starts :inets, :ssl)
+      apps: if(strategy == :kubernetes, do: [:logger, :inets, :ssl], else: [:logger]),
       preload: lc_ebin,
       log_level: log_level,
       erl_args: erl_args,
@@ -154,21 +168,77 @@ fmt_ms = fn ms -> if ms >= 10_000, do: "#{Float.round(ms / 1000, 1)} s", else: "
 defmodule Bench.Scale.Run do
   alias Bench.Scale.{Agent, Cluster}
 
-  @doc "The topology every node starts; `membership` (libcluster_rs only) goes in as `membership:`."
-  def topologies(nodes, timeout, strategy, membership) do
-    [{name, spec}] = topology(nodes, timeout, strategy)
+  @doc """
+  The topology node `i` starts (the same for all nodes but Gossip's `multicast_if`); `membership`
+  (libcluster_rs only) goes in as `membership:`.
+  """
+  def topologies(nodes, timeout, strategy, membership, i) do
+    [{name, spec}] = topology(nodes, timeout, strategy, i)
     if membership == [], do: [{name, spec}], else: [{name, spec ++ [membership: membership]}]
   end
 
-  defp topology(nodes, timeout, :epmd) do
+  @doc "Starts every node's topology at once; returns the start times (OS µs), in node order."
+  def start_topologies(started, nodes, timeout, strategy, membership) do
+    started
+    |> Task.async_stream(
+      &Cluster.call(
+        &1,
+        Agent,
+        :start_topology,
+        [topologies(nodes, timeout, strategy, membership, &1.i)],
+        60_000
+      ),
+      max_concurrency: length(started) + 1,
+      timeout: 65_000
+    )
+    |> Enum.map(fn {:ok, at} -> at end)
+  end
+
+  defp topology(nodes, timeout, :epmd, _i) do
     [scale: [strategy: :"Elixir.Cluster.Strategy.Epmd", config: [hosts: nodes, timeout: timeout]]]
   end
 
-  defp topology(_nodes, interval, :dns) do
+  defp topology(_nodes, interval, :dns, _i) do
     [
       scale: [
         strategy: :"Elixir.Cluster.Strategy.DNSPoll",
         config: [query: Cluster.dns_query(), node_basename: "n", polling_interval: interval]
+      ]
+    ]
+  end
+
+  # libcluster 3.5's Gossip config (both libraries take it): the group and port, the node's own
+  # bridge-side address as the multicast interface, TTL 1; the socket bound to 0.0.0.0 (default).
+  defp topology(_nodes, _timeout, :gossip, i) do
+    [
+      scale: [
+        strategy: :"Elixir.Cluster.Strategy.Gossip",
+        config: [
+          port: String.to_integer(System.get_env("GOSSIP_PORT", "45899")),
+          multicast_addr: System.get_env("GOSSIP_GROUP", "239.19.0.1"),
+          multicast_if: Cluster.ip(i),
+          multicast_ttl: 1
+        ]
+      ]
+    ]
+  end
+
+  # libcluster 3.5's Kubernetes config (both libraries take it); the API server is
+  # bench/scale/kube.exs's (kubernetes.default.svc.cluster.local:443 in every namespace).
+  defp topology(_nodes, interval, :kubernetes, _i) do
+    [
+      scale: [
+        strategy: :"Elixir.Cluster.Strategy.Kubernetes",
+        config: [
+          mode: :ip,
+          kubernetes_node_basename: "n",
+          kubernetes_selector: "app=scale",
+          kubernetes_namespace: "default",
+          kubernetes_ip_lookup_mode: :pods,
+          kubernetes_master: Bench.Scale.Kube.master(),
+          kubernetes_service_account_path: Bench.Scale.Kube.sa_path(),
+          polling_interval: interval
+        ]
       ]
     ]
   end
@@ -294,10 +364,7 @@ formation = fn n, lib, run ->
   try do
     boot_s = (System.monotonic_time(:millisecond) - t_boot) / 1000
 
-    starts =
-      Cluster.call_all(started, Agent, :start_topology, [
-        Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
-      ])
+    starts = Run.start_topologies(started, nodes, epmd_timeout, strategy, lib.membership)
 
     last_start = Enum.max(starts)
     spread_ms = (last_start - Enum.min(starts)) / 1000
@@ -393,12 +460,11 @@ roll_timeout = String.to_integer(System.get_env("ROLL_TIMEOUT", "60000"))
 rolling = fn n, lib, run ->
   nodes = for i <- 1..n, do: Cluster.node_name(i, strategy)
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
-  topo = Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
   alive = :ets.new(:alive, [:set, :public])
   for s <- started, do: :ets.insert(alive, {s.i, s})
 
   try do
-    Cluster.call_all(started, Agent, :start_topology, [topo])
+    Run.start_topologies(started, nodes, epmd_timeout, strategy, lib.membership)
     {:ok, _} = Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout)
 
     {old_events, kills, last_start} =
@@ -410,7 +476,7 @@ rolling = fn n, lib, run ->
         Cluster.kill_nodes(batch)
         fresh = Cluster.start_nodes(Enum.map(batch, & &1.i), nodes, lib, agent)
         for s <- fresh, do: :ets.insert(alive, {s.i, s})
-        starts = Cluster.call_all(fresh, Agent, :start_topology, [topo])
+        starts = Run.start_topologies(fresh, nodes, epmd_timeout, strategy, lib.membership)
         {evs ++ olds, kills ++ Enum.map(batch, &{&1.node, killed_at}), Enum.max(starts)}
       end)
 
@@ -462,9 +528,7 @@ partition = fn n, lib, run ->
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
 
   try do
-    Cluster.call_all(started, Agent, :start_topology, [
-      Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
-    ])
+    Run.start_topologies(started, nodes, epmd_timeout, strategy, lib.membership)
 
     {:ok, _} = Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout)
     before = Cluster.call_all(started, Agent, :report, [])
@@ -502,7 +566,7 @@ end
 
 IO.puts(
   "bench/scale: N=#{Enum.join(ns_list, ",")}, #{runs} runs, libs #{Enum.join(libs, ",")}, " <>
-    "strategy #{strategy} (timeout/polling_interval #{inspect(epmd_timeout)}), libcluster_rs from #{rs_ebin}, " <>
+    "strategy #{strategy}#{if strategy == :gossip, do: " #{gossip_group}:#{gossip_port}"} (timeout/polling_interval #{inspect(epmd_timeout)}), libcluster_rs from #{rs_ebin}, " <>
     "membership #{inspect(membership)}#{if erl_args != [], do: ", erl args #{Enum.join(erl_args, " ")}"}; load #{loadavg.()}"
 )
 
@@ -527,6 +591,7 @@ results =
   try do
     for n <- ns_list do
       Cluster.setup(n, strategy)
+      kube = if strategy == :kubernetes, do: Bench.Scale.Kube.start(Enum.map(1..n, &Cluster.ip/1))
 
       try do
         per_lib =
@@ -541,12 +606,28 @@ results =
 
         {n, per_lib, loadavg.()}
       after
+        if kube, do: Bench.Scale.Kube.stop(kube)
         Cluster.cleanup()
       end
     end
   after
     Cluster.cleanup()
     File.rm(owner)
+  end
+
+strategy_title =
+  case strategy do
+    :epmd ->
+      "Epmd with all N hosts (timeout: #{inspect(epmd_timeout)})"
+
+    :dns ->
+      "DNSPoll of N A records (polling_interval #{inspect(epmd_timeout)})"
+
+    :gossip ->
+      "Gossip on the bridge (group #{gossip_group}:#{gossip_port}, heartbeats every 1..5 s)"
+
+    :kubernetes ->
+      "Kubernetes, :pods of a fake API server listing N pods (polling_interval #{inspect(epmd_timeout)})"
   end
 
 if "formation" in scenarios do
@@ -572,7 +653,7 @@ if "formation" in scenarios do
 
   IO.puts("""
 
-  Formation, #{if strategy == :dns, do: "DNSPoll of N A records (polling_interval", else: "Epmd with all N hosts (timeout:"} #{inspect(epmd_timeout)}), medians of #{runs} runs (min–max);
+  Formation, #{strategy_title}, medians of #{runs} runs (min–max);
   connect calls (failed) and global disconnects are medians of the per-run totals over all nodes.
 
   | N | libcluster_rs | connects (failed) | global disconnects | libcluster 3.5 | connects (failed) | global disconnects | rs / 3.5 | load avg |
