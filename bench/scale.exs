@@ -150,7 +150,16 @@ lib_spec = fn
       paths: elixir_paths ++ [lc_ebin],
       # libcluster 3.5's Kubernetes strategy asks with :httpc (its application starts :inets, :ssl)
       apps: if(strategy == :kubernetes, do: [:logger, :inets, :ssl], else: [:logger]),
-      preload: lc_ebin,
+      # with Kubernetes, also the OTP applications its :httpc requests run on, loaded at boot as in
+      # a release (otherwise its first list would load them, inside the measured time)
+      preload:
+        if(strategy == :kubernetes,
+          do: [
+            lc_ebin
+            | Enum.map(~w(inets ssl public_key asn1 crypto)a, &List.to_string(:code.lib_dir(&1, :ebin)))
+          ],
+          else: lc_ebin
+        ),
       log_level: log_level,
       erl_args: erl_args,
       strategy: strategy,
@@ -364,6 +373,8 @@ formation = fn n, lib, run ->
   try do
     boot_s = (System.monotonic_time(:millisecond) - t_boot) / 1000
 
+    kube = Bench.Scale.Kube.current()
+    if kube, do: Bench.Scale.Kube.clear_requests(kube)
     starts = Run.start_topologies(started, nodes, epmd_timeout, strategy, lib.membership)
 
     last_start = Enum.max(starts)
@@ -372,6 +383,8 @@ formation = fn n, lib, run ->
     result = Run.await_mesh(started, deadline)
     load = load1.()
     reports = Cluster.call_all(started, Agent, :report, [])
+    # API requests from the first topology start until the mesh was seen whole (2 s after)
+    api = if kube, do: Bench.Scale.Kube.requests(kube)
 
     ms =
       case result do
@@ -422,7 +435,11 @@ formation = fn n, lib, run ->
         "connect calls #{r.connects} (failed #{r.failed}, abandoned #{r.abandoned}; minimum #{div(n * (n - 1), 2)}); " <>
         "global disconnects #{r.gdisc} (+#{r.greq} requested); library disconnects #{r.libdisc}; " <>
         "nodedowns #{r.nodedowns}; error lines #{r.errors}, warnings #{r.warnings}; " <>
-        "boot #{Float.round(boot_s, 1)} s; load #{loadavg.()}"
+        "boot #{Float.round(boot_s, 1)} s; load #{loadavg.()}" <>
+        case api do
+          {lists, watches} -> "; API requests: #{lists} lists, #{watches} watches"
+          nil -> ""
+        end
     )
 
     if r.nodedowns > 0 or r.gconnfail > 0 do

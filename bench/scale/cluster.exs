@@ -225,7 +225,7 @@ defmodule Bench.Scale.Cluster do
 
   @doc """
   Starts node i in its namespace with the given code paths; loads the agent and preloads `preload`
-  (the library's ebin) into it. Returns `%{i, node, peer, os_pid}`.
+  (the library's ebin, or a list of ebin dirs) into it. Returns `%{i, node, peer, os_pid}`.
   """
   def start_node(i, nodes, lib, agent) do
     erl = System.find_executable("erl") |> to_charlist()
@@ -252,7 +252,7 @@ defmodule Bench.Scale.Cluster do
     :ok = :peer.call(peer, mod, :init, [nodes], 30_000)
     for app <- lib.apps, do: {:ok, _} = :peer.call(peer, :application, :ensure_all_started, [app], 60_000)
     :ok = :peer.call(peer, mod, :quiet, [], 30_000)
-    :ok = :peer.call(peer, mod, :preload, [lib.preload], 60_000)
+    for dir <- List.wrap(lib.preload), do: :ok = :peer.call(peer, mod, :preload, [dir], 60_000)
     os_pid = :peer.call(peer, :os, :getpid, [], 30_000) |> List.to_integer()
     %{i: i, node: node, peer: peer, os_pid: os_pid}
   end

@@ -45,10 +45,16 @@ defmodule Bench.Scale.Kube do
     File.rm_rf!(@sa)
     File.cp_r!(kube.sa_path, @sa)
     relay = start_relay(443, kube.port)
-    %{kube: kube, ca: ca, relay: relay}
+    handle = %{kube: kube, ca: ca, relay: relay}
+    :persistent_term.put({__MODULE__, :current}, handle)
+    handle
   end
 
+  @doc "The running server (started by start/1), or nil."
+  def current, do: :persistent_term.get({__MODULE__, :current}, nil)
+
   def stop(%{kube: kube, ca: ca, relay: relay}) do
+    :persistent_term.erase({__MODULE__, :current})
     Process.exit(relay, :kill)
     FakeKube.stop(kube)
     TestCA.remove(ca)
@@ -57,7 +63,7 @@ defmodule Bench.Scale.Kube do
     :ok
   end
 
-  @doc "GET requests the server has answered, split into lists and watches."
+  @doc "Requests the server has received since the last clear: {lists, watches}."
   def requests(%{kube: kube}) do
     reqs = FakeKube.requests(kube)
     {Enum.count(reqs, &(&1.verb == :list)), Enum.count(reqs, &(&1.verb == :watch))}
