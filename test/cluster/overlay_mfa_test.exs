@@ -214,11 +214,12 @@ defmodule Cluster.OverlayMfaTest do
     peers
   end
 
+  # (full names: test/mfa_guard_test.exs reads them from this source)
   defp overlay_mfas do
     spec = [
-      connect: {Overlay, :join, []},
-      disconnect: {Overlay, :leave, []},
-      list_nodes: {Overlay, :members, []}
+      connect: {Cluster.OverlayMfaTest.Overlay, :join, []},
+      disconnect: {Cluster.OverlayMfaTest.Overlay, :leave, []},
+      list_nodes: {Cluster.OverlayMfaTest.Overlay, :members, []}
     ]
 
     MFA.check_topology!(spec)
