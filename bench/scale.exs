@@ -592,7 +592,10 @@ partition = fn n, lib, run ->
   try do
     Run.start_topologies(started, nodes, epmd_timeout, strategy, lib.membership)
 
-    {:ok, _} = Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout)
+    # a mesh that never forms is reported, not a crash of the whole bench
+    with {:timeout, counts} <- Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout),
+         do: throw({:not_formed, counts})
+
     if tick_at == "split", do: set_tick.(started)
     before = Cluster.call_all(started, Agent, :report, [])
     split_at = System.monotonic_time(:millisecond)
@@ -625,6 +628,14 @@ partition = fn n, lib, run ->
     )
 
     %{ms: ms, left_out: left_out}
+  catch
+    {:not_formed, counts} ->
+      IO.puts(
+        "N=#{n} #{lib.name} partition run #{run}: NOT FORMED within #{form_timeout} ms, no split made " <>
+          "(connected counts #{inspect(Enum.frequencies(counts))}); load #{loadavg.()}"
+      )
+
+      %{ms: nil, left_out: nil}
   after
     Cluster.kill_nodes(started)
   end
