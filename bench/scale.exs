@@ -15,7 +15,13 @@
 #   EPMD_TIMEOUT  the Epmd strategy's `timeout` config (default 5000: libcluster 3.5 redials every
 #             5 s; the same config goes to both libraries, as a drop-in user would have it)
 #   STRATEGY  epmd (default): Epmd listing all N; dns: DNSPoll (polling_interval = EPMD_TIMEOUT)
-#             of nodes.scale.test against a dnsmasq holding N A records (nodes named n@<ip>)
+#             of nodes.scale.test against a dnsmasq holding N A records (nodes named n@<ip>);
+#             gossip: Gossip on the bridge, group GOSSIP_GROUP (239.19.0.1) port GOSSIP_PORT
+#             (45899), multicast_if = the node's own address, multicast_ttl 1, libcluster's
+#             random 1..5 s heartbeat (GOSSIP_ROUTE=0 leaves out the namespaces' route for
+#             224.0.0.0/4); kubernetes: Kubernetes, mode :ip, :pods lookup of app=scale against
+#             the fake API server of bench/scale/kube.exs listing N pods (nodes named n@<ip>;
+#             polling_interval = EPMD_TIMEOUT; libcluster_rs watches by default, 3.5 polls)
 #   SCENARIOS formation (default), rolling, partition (comma-separated)
 #   IDLE      1 (default): idle CPU and RSS per node, measured once per N and library after run 1
 #   LOG_LEVEL the nodes' logger level (default warning); FORM_TIMEOUT ms (default 300000)
@@ -37,6 +43,7 @@
 Process.flag(:trap_exit, true)
 Code.require_file("bench/support/stats.exs")
 Code.require_file("bench/scale/cluster.exs")
+Code.require_file("bench/scale/kube.exs")
 [{agent_mod, agent_bin}] = Code.require_file("bench/scale/agent.exs")
 agent = {agent_mod, agent_bin}
 alias Bench.Scale.{Agent, Cluster}
@@ -58,8 +65,14 @@ scenarios = System.get_env("SCENARIOS", "formation") |> String.split(",", trim: 
 idle? = System.get_env("IDLE", "1") == "1"
 form_timeout = String.to_integer(System.get_env("FORM_TIMEOUT", "300000"))
 
-strategy = System.get_env("STRATEGY", "epmd") |> String.to_atom()
-true = strategy in [:epmd, :dns]
+strategy =
+  case System.get_env("STRATEGY", "epmd") do
+    s when s in ~w(epmd dns gossip kubernetes) -> String.to_atom(s)
+    other -> raise ArgumentError, "STRATEGY must be epmd, dns, gossip or kubernetes, got: #{inspect(other)}"
+  end
+
+gossip_group = System.get_env("GOSSIP_GROUP", "239.19.0.1")
+gossip_port = String.to_integer(System.get_env("GOSSIP_PORT", "45899"))
 
 epmd_timeout =
   case System.get_env("EPMD_TIMEOUT", "5000") do
@@ -135,8 +148,18 @@ lib_spec = fn
     %{
       name: "libcluster 3.5",
       paths: elixir_paths ++ [lc_ebin],
-      apps: [:logger],
-      preload: lc_ebin,
+      # libcluster 3.5's Kubernetes strategy asks with :httpc (its application starts :inets, :ssl)
+      apps: if(strategy == :kubernetes, do: [:logger, :inets, :ssl], else: [:logger]),
+      # with Kubernetes, also the OTP applications its :httpc requests run on, loaded at boot as in
+      # a release (otherwise its first list would load them, inside the measured time)
+      preload:
+        if(strategy == :kubernetes,
+          do: [
+            lc_ebin
+            | Enum.map(~w(inets ssl public_key asn1 crypto)a, &List.to_string(:code.lib_dir(&1, :ebin)))
+          ],
+          else: lc_ebin
+        ),
       log_level: log_level,
       erl_args: erl_args,
       strategy: strategy,
@@ -154,21 +177,77 @@ fmt_ms = fn ms -> if ms >= 10_000, do: "#{Float.round(ms / 1000, 1)} s", else: "
 defmodule Bench.Scale.Run do
   alias Bench.Scale.{Agent, Cluster}
 
-  @doc "The topology every node starts; `membership` (libcluster_rs only) goes in as `membership:`."
-  def topologies(nodes, timeout, strategy, membership) do
-    [{name, spec}] = topology(nodes, timeout, strategy)
+  @doc """
+  The topology node `i` starts (the same for all nodes but Gossip's `multicast_if`); `membership`
+  (libcluster_rs only) goes in as `membership:`.
+  """
+  def topologies(nodes, timeout, strategy, membership, i) do
+    [{name, spec}] = topology(nodes, timeout, strategy, i)
     if membership == [], do: [{name, spec}], else: [{name, spec ++ [membership: membership]}]
   end
 
-  defp topology(nodes, timeout, :epmd) do
+  @doc "Starts every node's topology at once; returns the start times (OS µs), in node order."
+  def start_topologies(started, nodes, timeout, strategy, membership) do
+    started
+    |> Task.async_stream(
+      &Cluster.call(
+        &1,
+        Agent,
+        :start_topology,
+        [topologies(nodes, timeout, strategy, membership, &1.i)],
+        60_000
+      ),
+      max_concurrency: length(started) + 1,
+      timeout: 65_000
+    )
+    |> Enum.map(fn {:ok, at} -> at end)
+  end
+
+  defp topology(nodes, timeout, :epmd, _i) do
     [scale: [strategy: :"Elixir.Cluster.Strategy.Epmd", config: [hosts: nodes, timeout: timeout]]]
   end
 
-  defp topology(_nodes, interval, :dns) do
+  defp topology(_nodes, interval, :dns, _i) do
     [
       scale: [
         strategy: :"Elixir.Cluster.Strategy.DNSPoll",
         config: [query: Cluster.dns_query(), node_basename: "n", polling_interval: interval]
+      ]
+    ]
+  end
+
+  # libcluster 3.5's Gossip config (both libraries take it): the group and port, the node's own
+  # bridge-side address as the multicast interface, TTL 1; the socket bound to 0.0.0.0 (default).
+  defp topology(_nodes, _timeout, :gossip, i) do
+    [
+      scale: [
+        strategy: :"Elixir.Cluster.Strategy.Gossip",
+        config: [
+          port: String.to_integer(System.get_env("GOSSIP_PORT", "45899")),
+          multicast_addr: System.get_env("GOSSIP_GROUP", "239.19.0.1"),
+          multicast_if: Cluster.ip(i),
+          multicast_ttl: 1
+        ]
+      ]
+    ]
+  end
+
+  # libcluster 3.5's Kubernetes config (both libraries take it); the API server is
+  # bench/scale/kube.exs's (kubernetes.default.svc.cluster.local:443 in every namespace).
+  defp topology(_nodes, interval, :kubernetes, _i) do
+    [
+      scale: [
+        strategy: :"Elixir.Cluster.Strategy.Kubernetes",
+        config: [
+          mode: :ip,
+          kubernetes_node_basename: "n",
+          kubernetes_selector: "app=scale",
+          kubernetes_namespace: "default",
+          kubernetes_ip_lookup_mode: :pods,
+          kubernetes_master: Bench.Scale.Kube.master(),
+          kubernetes_service_account_path: Bench.Scale.Kube.sa_path(),
+          polling_interval: interval
+        ]
       ]
     ]
   end
@@ -361,12 +440,10 @@ formation = fn n, lib, run ->
     if profile?,
       do: Cluster.call_all(started, Agent, :profile_on, [["Elixir.LibclusterRs.", "Elixir.Cluster."]])
 
+    kube = Bench.Scale.Kube.current()
+    if kube, do: Bench.Scale.Kube.clear_requests(kube)
     cpu0 = Enum.map(started, &Cluster.cpu_ticks(&1.os_pid))
-
-    starts =
-      Cluster.call_all(started, Agent, :start_topology, [
-        Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
-      ])
+    starts = Run.start_topologies(started, nodes, epmd_timeout, strategy, lib.membership)
 
     last_start = Enum.max(starts)
     spread_ms = (last_start - Enum.min(starts)) / 1000
@@ -376,6 +453,8 @@ formation = fn n, lib, run ->
     # CPU the nodes used from just before their topologies started until formed (+ the 2 s hold)
     cpu_s = (Enum.sum(Enum.map(started, &Cluster.cpu_ticks(&1.os_pid))) - Enum.sum(cpu0)) / clk_tck
     reports = Cluster.call_all(started, Agent, :report, [[events: true, reductions: true]])
+    # API requests from the first topology start until the mesh was seen whole (2 s after)
+    api = if kube, do: Bench.Scale.Kube.requests(kube)
 
     # Where the nodes' work went (REDUCTIONS=1): reductions since the topology start, summed over
     # all nodes by process kind, the top 12 (processes that ended in between are not counted).
@@ -459,7 +538,11 @@ formation = fn n, lib, run ->
         "connect calls #{r.connects} (failed #{r.failed}, abandoned #{r.abandoned}; minimum #{div(n * (n - 1), 2)}); " <>
         "global disconnects #{r.gdisc} (+#{r.greq} requested); library disconnects #{r.libdisc}; " <>
         "nodedowns #{r.nodedowns}; error lines #{r.errors}, warnings #{r.warnings}; " <>
-        "boot #{Float.round(boot_s, 1)} s; CPU #{Float.round(cpu_s, 1)} s; load #{loadavg.()}"
+        "boot #{Float.round(boot_s, 1)} s; CPU #{Float.round(cpu_s, 1)} s; load #{loadavg.()}" <>
+        case api do
+          {lists, watches} -> "; API requests: #{lists} lists, #{watches} watches"
+          nil -> ""
+        end
     )
 
     if r.nodedowns > 0 or r.gconnfail > 0 do
@@ -497,12 +580,11 @@ roll_timeout = String.to_integer(System.get_env("ROLL_TIMEOUT", "60000"))
 rolling = fn n, lib, run ->
   nodes = for i <- 1..n, do: Cluster.node_name(i, strategy)
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
-  topo = Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
   alive = :ets.new(:alive, [:set, :public])
   for s <- started, do: :ets.insert(alive, {s.i, s})
 
   try do
-    Cluster.call_all(started, Agent, :start_topology, [topo])
+    Run.start_topologies(started, nodes, epmd_timeout, strategy, lib.membership)
     {:ok, _} = Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout)
 
     {old_events, kills, last_start} =
@@ -514,7 +596,7 @@ rolling = fn n, lib, run ->
         Cluster.kill_nodes(batch)
         fresh = Cluster.start_nodes(Enum.map(batch, & &1.i), nodes, lib, agent)
         for s <- fresh, do: :ets.insert(alive, {s.i, s})
-        starts = Cluster.call_all(fresh, Agent, :start_topology, [topo])
+        starts = Run.start_topologies(fresh, nodes, epmd_timeout, strategy, lib.membership)
         {evs ++ olds, kills ++ Enum.map(batch, &{&1.node, killed_at}), Enum.max(starts)}
       end)
 
@@ -558,23 +640,70 @@ rolling = fn n, lib, run ->
 end
 
 # Partition: form, then split hosts 1..N/2 from the rest with silent drops (neighbour entries to
-# an unused MAC), wait until every node sees only its own half, hold HOLD s, heal. Measured: time
-# from the heal to the full mesh. The nodes run with `-kernel net_ticktime TICKTIME` (default 4:
-# with the default 60 s a split of HOLD s breaks no connection).
-hold_s = String.to_integer(System.get_env("HOLD", "15"))
+# an unused MAC), wait until every node sees only its own half, hold until HOLD s (default 30, the
+# issue's "held 30 s") after the split, heal. Measured: the hold actually kept, time from the heal
+# to the full mesh, nodes left out (not seeing all others 120 s after the heal), and per phase
+# (split: from the split to the heal; heal: from the heal to the end) nodedowns by reason,
+# disconnects made by `global` and by the library, connect calls. The nodes' net_ticktime is
+# TICKTIME (default 4: with the default 60 s a split of HOLD s breaks no connection), set once the
+# mesh has formed (TICK_AT=split, the default: :net_kernel.set_net_ticktime(TICKTIME, 1) on every
+# node, then a wait until every node runs with it), or at boot with `-kernel net_ticktime`
+# (TICK_AT=boot; at N = 100 on this machine a 4 s tick during formation makes connections time out
+# faster than they are set up, and the mesh never forms).
+hold_s = String.to_integer(System.get_env("HOLD", "30"))
 ticktime = System.get_env("TICKTIME", "4")
 
+tick_at =
+  case System.get_env("TICK_AT", "split") do
+    t when t in ["split", "boot"] -> t
+    other -> raise ArgumentError, "TICK_AT must be split or boot, got: #{inspect(other)}"
+  end
+
+set_tick = fn started ->
+  t = String.to_integer(ticktime)
+  Cluster.call_all(started, :net_kernel, :set_net_ticktime, [t, 1])
+
+  Stream.repeatedly(fn ->
+    Process.sleep(250)
+    Cluster.call_all(started, :net_kernel, :get_net_ticktime, [])
+  end)
+  |> Enum.find(fn ticks -> Enum.all?(ticks, &(&1 == t)) end)
+end
+
 partition = fn n, lib, run ->
-  lib = %{lib | erl_args: lib.erl_args ++ [~c"-kernel", ~c"net_ticktime", to_charlist(ticktime)]}
+  lib =
+    if tick_at == "boot",
+      do: %{lib | erl_args: lib.erl_args ++ [~c"-kernel", ~c"net_ticktime", to_charlist(ticktime)]},
+      else: lib
+
   nodes = for i <- 1..n, do: Cluster.node_name(i, strategy)
   started = Cluster.start_nodes(1..n, nodes, lib, agent)
 
-  try do
-    Cluster.call_all(started, Agent, :start_topology, [
-      Run.topologies(nodes, epmd_timeout, strategy, lib.membership)
-    ])
+  reasons = fn reports ->
+    reports
+    |> Enum.map(& &1.nodedown_reasons)
+    |> Enum.reduce(%{}, &Map.merge(&1, &2, fn _, a, b -> a + b end))
+  end
 
-    {:ok, _} = Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout)
+  delta = fn later, earlier ->
+    r1 = reasons.(later)
+    r0 = reasons.(earlier)
+    by_reason = for {k, v} <- r1, v - Map.get(r0, k, 0) > 0, into: %{}, do: {k, v - Map.get(r0, k, 0)}
+    d = fn key -> Run.sum(later, key) - Run.sum(earlier, key) end
+
+    "nodedowns #{d.(:nodedowns)} #{inspect(by_reason)}; global disconnects #{d.(:global_disconnects)} " <>
+      "(+#{d.(:global_requests)} requested); library disconnects #{d.(:lib_disconnects)}; " <>
+      "connect calls #{d.(:connect_calls)} (failed #{d.(:connect_failed)}); error lines #{d.(:errors)}"
+  end
+
+  try do
+    Run.start_topologies(started, nodes, epmd_timeout, strategy, lib.membership)
+
+    # a mesh that never forms is reported, not a crash of the whole bench
+    with {:timeout, counts} <- Run.await_mesh(started, System.monotonic_time(:millisecond) + form_timeout),
+         do: throw({:not_formed, counts})
+
+    if tick_at == "split", do: set_tick.(started)
     before = Cluster.call_all(started, Agent, :report, [])
     split_at = System.monotonic_time(:millisecond)
     Cluster.split(n)
@@ -582,27 +711,38 @@ partition = fn n, lib, run ->
     noticed = Run.await_split(started, half, System.monotonic_time(:millisecond) + 120_000)
     noticed_s = (System.monotonic_time(:millisecond) - split_at) / 1000
     Process.sleep(max(hold_s * 1000 - (System.monotonic_time(:millisecond) - split_at), 0))
+    at_heal = Cluster.call_all(started, Agent, :report, [])
+    heal_start = System.monotonic_time(:millisecond)
     Cluster.heal(n)
+    held_s = (heal_start - split_at) / 1000
     healed_at = System.os_time(:microsecond)
     result = Run.await_mesh(started, System.monotonic_time(:millisecond) + 120_000)
     after_ = Cluster.call_all(started, Agent, :report, [])
-    d = fn key -> Run.sum(after_, key) - Run.sum(before, key) end
 
-    ms =
+    {ms, left_out} =
       case result do
-        {:ok, sinces} -> (Enum.max(sinces) - healed_at) / 1000
-        {:timeout, _} -> nil
+        {:ok, sinces} -> {(Enum.max(sinces) - healed_at) / 1000, 0}
+        {:timeout, counts} -> {nil, Enum.count(counts, &(&1 < n - 1))}
       end
 
     IO.puts(
-      "N=#{n} #{lib.name} partition #{half}|#{n - half} held #{hold_s} s run #{run}: " <>
+      "N=#{n} #{lib.name} partition #{half}|#{n - half} run #{run}: net_ticktime #{ticktime} (set at #{tick_at}); held #{held_s} s (HOLD #{hold_s}); " <>
         "split noticed everywhere after #{if noticed, do: "#{noticed_s} s", else: "NEVER"}; " <>
         if(ms, do: "full mesh #{fmt_ms.(ms)} after the heal", else: "NO full mesh within 120 s of the heal") <>
-        "; connect calls #{d.(:connect_calls)} (failed #{d.(:connect_failed)}); global disconnects #{d.(:global_disconnects)} (+#{d.(:global_requests)} requested); " <>
-        "library disconnects #{d.(:lib_disconnects)}; error lines #{d.(:errors)}; load #{loadavg.()}"
+        "; nodes left out #{left_out}; load #{loadavg.()}\n" <>
+        "    split phase: #{delta.(at_heal, before)}\n" <>
+        "    heal phase:  #{delta.(after_, at_heal)}"
     )
 
-    %{ms: ms}
+    %{ms: ms, left_out: left_out}
+  catch
+    {:not_formed, counts} ->
+      IO.puts(
+        "N=#{n} #{lib.name} partition run #{run}: NOT FORMED within #{form_timeout} ms, no split made " <>
+          "(connected counts #{inspect(Enum.frequencies(counts))}); load #{loadavg.()}"
+      )
+
+      %{ms: nil, left_out: nil}
   after
     Cluster.kill_nodes(started)
   end
@@ -610,7 +750,7 @@ end
 
 IO.puts(
   "bench/scale: N=#{Enum.join(ns_list, ",")}, #{runs} runs, libs #{Enum.join(libs, ",")}, " <>
-    "strategy #{strategy} (timeout/polling_interval #{inspect(epmd_timeout)}), libcluster_rs from #{rs_ebin}, " <>
+    "strategy #{strategy}#{if strategy == :gossip, do: " #{gossip_group}:#{gossip_port}"} (timeout/polling_interval #{inspect(epmd_timeout)}), libcluster_rs from #{rs_ebin}, " <>
     "membership #{inspect(membership)}#{if erl_args != [], do: ", erl args #{Enum.join(erl_args, " ")}"}; load #{loadavg.()}"
 )
 
@@ -635,6 +775,7 @@ results =
   try do
     for n <- ns_list do
       Cluster.setup(n, strategy)
+      kube = if strategy == :kubernetes, do: Bench.Scale.Kube.start(Enum.map(1..n, &Cluster.ip/1))
 
       try do
         per_lib =
@@ -649,12 +790,28 @@ results =
 
         {n, per_lib, loadavg.()}
       after
+        if kube, do: Bench.Scale.Kube.stop(kube)
         Cluster.cleanup()
       end
     end
   after
     Cluster.cleanup()
     File.rm(owner)
+  end
+
+strategy_title =
+  case strategy do
+    :epmd ->
+      "Epmd with all N hosts (timeout: #{inspect(epmd_timeout)})"
+
+    :dns ->
+      "DNSPoll of N A records (polling_interval #{inspect(epmd_timeout)})"
+
+    :gossip ->
+      "Gossip on the bridge (group #{gossip_group}:#{gossip_port}, heartbeats every 1..5 s)"
+
+    :kubernetes ->
+      "Kubernetes, :pods of a fake API server listing N pods (polling_interval #{inspect(epmd_timeout)})"
   end
 
 if "formation" in scenarios do
@@ -680,7 +837,7 @@ if "formation" in scenarios do
 
   IO.puts("""
 
-  Formation, #{if strategy == :dns, do: "DNSPoll of N A records (polling_interval", else: "Epmd with all N hosts (timeout:"} #{inspect(epmd_timeout)}), medians of #{runs} runs (min–max);
+  Formation, #{strategy_title}, medians of #{runs} runs (min–max);
   connect calls (failed) and global disconnects are medians of the per-run totals over all nodes.
 
   | N | libcluster_rs | connects (failed) | global disconnects | libcluster 3.5 | connects (failed) | global disconnects | rs / 3.5 | load avg |

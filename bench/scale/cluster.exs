@@ -10,10 +10,11 @@ defmodule Bench.Scale.Cluster do
   def ip(i), do: "198.19.1.#{i}"
   def mac(i), do: "02:19:00:00:01:" <> (i |> Integer.to_string(16) |> String.pad_leading(2, "0"))
   def node_name(i), do: :"n#{i}@#{ip(i)}"
-  # DNSPoll makes `<basename>@<ip>` of every address: all nodes share one basename.
-  def node_name(i, :dns), do: :"n@#{ip(i)}"
+  # DNSPoll and Kubernetes (mode :ip) make `<basename>@<ip>` of every address: all nodes share one
+  # basename.
+  def node_name(i, s) when s in [:dns, :kubernetes], do: :"n@#{ip(i)}"
   def node_name(i, _), do: node_name(i)
-  def short_name(_i, :dns), do: "n"
+  def short_name(_i, s) when s in [:dns, :kubernetes], do: "n"
   def short_name(i, _), do: "n#{i}"
   @dns_ip "198.19.0.2"
   def dns_query, do: "nodes.scale.test"
@@ -54,9 +55,26 @@ defmodule Bench.Scale.Cluster do
   @doc """
   Namespaces lcs1..lcsN on bridge lcsbr0 (which holds 198.19.0.1/16), host i at 198.19.1.i with the
   MAC mac(i), a permanent neighbour entry for every other host, and an epmd each.
+
+  `:gossip`: a route for 224.0.0.0/4 on eth0 in every namespace (a namespace has no default route,
+  and joining a group on "any interface" needs a route to it: without one the join fails with
+  ENODEV). `:kubernetes`: /etc/netns/lcs<i>/hosts maps the API server's in-cluster name to the
+  bridge's host address, and permanent neighbour entries both ways between the host (198.19.0.1)
+  and every namespace.
   """
   def setup(n, strategy \\ :epmd) do
     true = n <= 250
+
+    if strategy == :kubernetes do
+      for i <- 1..n do
+        File.mkdir_p!("/etc/netns/#{ns(i)}")
+
+        File.write!(
+          "/etc/netns/#{ns(i)}/hosts",
+          "127.0.0.1 localhost\n198.19.0.1 kubernetes.default.svc.cluster.local\n"
+        )
+      end
+    end
 
     # `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: both
     # libraries' DNSPoll then ask the bench's dnsmasq with their default resolver settings.
@@ -94,7 +112,7 @@ defmodule Bench.Scale.Cluster do
             "link set eth0 address #{mac(i)}",
             "addr add #{ip(i)}/16 dev eth0",
             "link set eth0 up"
-          ] ++ neigh_lines(i, n, &mac/1),
+          ] ++ neigh_lines(i, n, &mac/1) ++ extra_lines(strategy),
           ns(i)
         )
 
@@ -106,8 +124,25 @@ defmodule Bench.Scale.Cluster do
     |> Stream.run()
 
     if strategy == :dns, do: start_dnsmasq(n)
+
+    if strategy == :kubernetes do
+      batch!(for j <- 1..n, do: "neigh replace #{ip(j)} lladdr #{mac(j)} nud permanent dev #{@bridge}")
+    end
+
     :ok
   end
+
+  # GOSSIP_ROUTE=0 leaves the route out (to see what a namespace without one does)
+  defp extra_lines(:gossip) do
+    if System.get_env("GOSSIP_ROUTE", "1") == "1", do: ["route add 224.0.0.0/4 dev eth0"], else: []
+  end
+
+  defp extra_lines(:kubernetes) do
+    host_mac = File.read!("/sys/class/net/#{@bridge}/address") |> String.trim()
+    ["neigh replace 198.19.0.1 lladdr #{host_mac} nud permanent dev eth0"]
+  end
+
+  defp extra_lines(_), do: []
 
   # dnsmasq in namespace lcs0 (198.19.0.2) answering `nodes.scale.test` with the N node addresses
   # (A records) from a hosts file, nothing else. Permanent neighbour entries both ways.
@@ -190,7 +225,7 @@ defmodule Bench.Scale.Cluster do
 
   @doc """
   Starts node i in its namespace with the given code paths; loads the agent and preloads `preload`
-  (the library's ebin) into it. Returns `%{i, node, peer, os_pid}`.
+  (the library's ebin, or a list of ebin dirs) into it. Returns `%{i, node, peer, os_pid}`.
   """
   def start_node(i, nodes, lib, agent) do
     erl = System.find_executable("erl") |> to_charlist()
@@ -217,7 +252,7 @@ defmodule Bench.Scale.Cluster do
     :ok = :peer.call(peer, mod, :init, [nodes], 30_000)
     for app <- lib.apps, do: {:ok, _} = :peer.call(peer, :application, :ensure_all_started, [app], 60_000)
     :ok = :peer.call(peer, mod, :quiet, [], 30_000)
-    :ok = :peer.call(peer, mod, :preload, [lib.preload], 60_000)
+    for dir <- List.wrap(lib.preload), do: :ok = :peer.call(peer, mod, :preload, [dir], 60_000)
     os_pid = :peer.call(peer, :os, :getpid, [], 30_000) |> List.to_integer()
     %{i: i, node: node, peer: peer, os_pid: os_pid}
   end
