@@ -58,17 +58,17 @@ defmodule LibclusterRs.Membership do
       (default `10_000`)
     * `:max_concurrency` - connect attempts in flight at once (default `64`); more wait their turn,
       nodes never tried before first
-    * `:pace` - `:auto` (default), `:infinity` or a positive integer: how many first dials of newly
-      discovered nodes may hold a slot at once (within `:max_concurrency`). When N nodes start
-      together and each dials all others at once, their connection setups collide with each
-      other, with `global`'s own connects and with its partition prevention (from about 100 nodes,
-      a storm of disconnects). A slot is held while the dial is making progress and freed as soon
+    * `:pace` - `:auto` (default), `:infinity` or a positive integer: how many dials may hold a
+      slot at once (within `:max_concurrency`). When N nodes start together, or a partition heals,
+      and each dials all others at once, their connection setups collide with each other, with
+      `global`'s own connects and with its partition prevention (from about 100 nodes, a storm of
+      disconnects). A slot is held while the dial is making progress and freed as soon
       as its setup is seen waiting for a host that has not answered (a dead peer), so a live peer
       listed after dead ones is still dialled within milliseconds. `:auto` is 8 slots when the
       topology connects with `:net_kernel.connect_node/1` (whose setups can be seen), and no
       pacing with any other connect MFA; `:infinity` turns pacing off (see "Dialling order and
       pacing" below)
-    * `:pace_hold` - the longest, in ms, that a paced first dial holds its slot (default `5_000`);
+    * `:pace_hold` - the longest, in ms, that a paced dial holds its slot (default `5_000`);
       with a connect MFA other than the default, setups cannot be seen and every paced dial holds
       its slot this long unless it ends sooner
     * `:backoff_min` / `:backoff_max` - the retry delay after the first failure, doubling per
@@ -95,14 +95,15 @@ defmodule LibclusterRs.Membership do
   connected by the time its turn comes (it dialled us, or `global` connected it) is not dialled,
   as libcluster's `connect_nodes` skips listed nodes.
 
-  At most `:pace` first dials hold a slot at once. The membership looks at the setup of each paced
+  At most `:pace` dials hold a slot at once. The membership looks at the setup of each paced
   dial in `net_kernel`'s connection table 2 ms after it starts, then at twice the time since it
   started (at most every 500 ms): one that has heard nothing yet from the peer's host (in its epmd
   lookup or its TCP connect, no reply waiting) frees its slot and goes on concurrently within
   `:connect_timeout`; one that is past that point keeps its slot until it ends, or for
-  `:pace_hold` ms at most. So a dead peer holds back the next first dial for a few ms, and a
-  cluster of live peers that are slow to set up is dialled `:pace` at a time. Retries are never
-  paced (their backoff spaces them). What the MFAs receive, and which nodes end up connected, do not
+  `:pace_hold` ms at most. So a dead peer holds back the next dial for a few ms, and a cluster of
+  live peers that are slow to set up is dialled `:pace` at a time. Retries are paced too: backoff
+  spaces one peer's dials, but when a partition heals the probe makes every lost peer due at once.
+  What the MFAs receive, and which nodes end up connected, do not
   change, only when dials start. The decisions are `LibclusterRs.Membership.Pace`'s plain functions;
   the look at a setup is `LibclusterRs.Membership.Probe.setup_stage/1`.
 
@@ -189,7 +190,7 @@ defmodule LibclusterRs.Membership do
             # ({:deadline, ref} kills it) and ends in task_done/3, however it ended.
             tasks: %{},
             queue: [],
-            # first dials holding a pacing slot: task ref => {check timer, node, started at}
+            # dials holding a pacing slot: task ref => {check timer, node, started at}
             # (LibclusterRs.Membership.Pace)
             pacing: %{},
             # whether connection setups can be seen (the default connect MFA): see Pace.window/2
@@ -445,7 +446,7 @@ defmodule LibclusterRs.Membership do
 
   def handle_info({:probe_reachable, nodes}, m), do: {:noreply, probe_reachable(m, nodes)}
 
-  # A look at a paced first dial (LibclusterRs.Membership.Pace.check/3): its slot is freed when its
+  # A look at a paced dial (LibclusterRs.Membership.Pace.check/3): its slot is freed when its
   # setup waits for a peer's host that has not answered, or after `:pace_hold` ms; the next first
   # dial may then start (this one goes on within its deadline).
   def handle_info({:pace_check, ref}, m) do
@@ -662,7 +663,7 @@ defmodule LibclusterRs.Membership do
     # With the default list_nodes the answer is fresh and kept: a node skipped here because it is
     # connected is then not due (schedule_retry/1) until a refresh says otherwise.
     m = if inline_list?(m.list_nodes), do: %{m | listed: list_inline(m), listed_at: now()}, else: m
-    {starts, skipped, queue} = Pace.take(m.queue, m.peers, m.listed, free, paced_free)
+    {starts, skipped, queue} = Pace.take(m.queue, m.listed, free, paced_free)
     m = %{m | queue: queue, busy: Enum.reduce(skipped, m.busy, &MapSet.delete(&2, &1))}
     Enum.reduce(starts, m, fn {node, paced?}, m -> start_attempt(m, node, paced?) end)
   end

@@ -1,13 +1,13 @@
 defmodule LibclusterRs.Membership.Pace do
   @moduledoc false
-  # The pacing of first dials, pure: in what order a membership dials nodes it has never dialled,
-  # and which queued nodes start now.
+  # The pacing of dials, pure: in what order a membership dials nodes it has never dialled, and
+  # which queued nodes start now.
   #
   #   * first dials (a node without a backoff entry) go in ring order: the names sorted, starting
   #     with the first name after this node's own, so that N nodes starting together do not all
   #     dial the same peer first, and node i's first dials are not node i+1's (two nodes dialling
   #     each other at once collide in the distribution's simultaneous-connect arbitration)
-  #   * at most `pace` first dials hold a slot at once; a slot is freed when its dial ends, when
+  #   * at most `pace` dials hold a slot at once; a slot is freed when its dial ends, when
   #     its setup is seen waiting for a peer's host that has not answered (check/3: looked at
   #     first_check/0 ms after the dial starts, then at twice the time since it started, at most
   #     every @max_interval ms), or after `:pace_hold` ms: a dial that hangs on a dead peer holds
@@ -16,14 +16,15 @@ defmodule LibclusterRs.Membership.Pace do
   #   * `pace: :auto` (the default) is auto_pace/0 slots when the setups can be seen (the topology
   #     connects with `:net_kernel.connect_node/1`), else no pacing: without seeing them, a dead
   #     peer would hold its slot for all of `:pace_hold`
-  #   * retries (nodes with a backoff entry) are not paced: their backoff already spaces them
+  #   * retries are paced as first dials are: backoff spaces one peer's dials, but when a partition
+  #     heals the heal probe makes every lost peer due at once, and a node redialling its 50 lost
+  #     peers at once, on every node of a 100-node cluster, is the cold-start storm again. A retry
+  #     to a peer that is still unreachable waits on its host, which frees its slot at once
   #   * a queued node that is connected by the time its turn comes (the peer dialled us, or
   #     `global` connected it transitively) is not dialled: libcluster's connect_nodes skips
   #     listed nodes too
   #
   # `max_concurrency` still bounds all attempts in flight, paced or not.
-
-  alias LibclusterRs.Membership.Peers
 
   # Slots of `pace: :auto`; when a paced dial's setup is first looked at, and the longest
   # interval between two looks (ms).
@@ -73,24 +74,20 @@ defmodule LibclusterRs.Membership.Pace do
   end
 
   @doc """
-  Which queued nodes start now. `free` attempts may start in all, `paced_free` of them first
-  dials (`:infinity` when pacing is off); nodes in `listed` are dropped from the queue. Returns
+  Which queued nodes start now. `free` attempts may start in all, `paced_free` of them holding a
+  pacing slot (`:infinity` when pacing is off); nodes in `listed` are dropped from the queue. Returns
   `{starts, skipped, queue}`: `starts` are `{node, paced?}` in queue order, `skipped` the listed
   nodes dropped, `queue` what still waits, in its order.
   """
-  @spec take([node()], Peers.t(), MapSet.t(), non_neg_integer(), non_neg_integer() | :infinity) ::
+  @spec take([node()], MapSet.t(), non_neg_integer(), non_neg_integer() | :infinity) ::
           {[{node(), boolean()}], [node()], [node()]}
-  def take(queue, peers, listed, free, paced_free) do
+  def take(queue, listed, free, paced_free) do
     {starts, skipped, rest, _, _} =
       Enum.reduce(queue, {[], [], [], free, paced_free}, fn node, {starts, skipped, rest, free, paced} ->
-        first? = not Map.has_key?(peers, node)
-
         cond do
           MapSet.member?(listed, node) -> {starts, [node | skipped], rest, free, paced}
-          free == 0 -> {starts, skipped, [node | rest], free, paced}
-          first? and paced == 0 -> {starts, skipped, [node | rest], free, paced}
-          first? -> {[{node, paced != :infinity} | starts], skipped, rest, free - 1, dec(paced)}
-          true -> {[{node, false} | starts], skipped, rest, free - 1, paced}
+          free == 0 or paced == 0 -> {starts, skipped, [node | rest], free, paced}
+          true -> {[{node, paced != :infinity} | starts], skipped, rest, free - 1, dec(paced)}
         end
       end)
 

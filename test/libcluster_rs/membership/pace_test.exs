@@ -22,39 +22,29 @@ defmodule LibclusterRs.Membership.PaceTest do
   end
 
   describe "take/5" do
-    test "first dials start within the paced slots, the rest wait in order" do
+    test "dials start within the paced slots, the rest wait in order" do
       queue = [:a@h, :b@h, :c@h, :d@h]
 
-      assert Pace.take(queue, %{}, MapSet.new(), 64, 2) ==
+      assert Pace.take(queue, MapSet.new(), 64, 2) ==
                {[{:a@h, true}, {:b@h, true}], [], [:c@h, :d@h]}
     end
 
-    test "retries are not paced" do
-      peers = %{:r@h => %{failures: 2}}
-      queue = [:a@h, :b@h, :r@h]
+    test "max_concurrency bounds the starts too" do
+      assert Pace.take([:r@h, :a@h, :b@h], MapSet.new(), 2, 4) ==
+               {[{:r@h, true}, {:a@h, true}], [], [:b@h]}
 
-      assert Pace.take(queue, peers, MapSet.new(), 64, 1) ==
-               {[{:a@h, true}, {:r@h, false}], [], [:b@h]}
-    end
-
-    test "max_concurrency bounds paced and unpaced starts together" do
-      peers = %{:r@h => %{failures: 1}}
-
-      assert Pace.take([:r@h, :a@h, :b@h], peers, MapSet.new(), 2, 4) ==
-               {[{:r@h, false}, {:a@h, true}], [], [:b@h]}
-
-      assert Pace.take([:a@h], %{}, MapSet.new(), 0, 4) == {[], [], [:a@h]}
+      assert Pace.take([:a@h], MapSet.new(), 0, 4) == {[], [], [:a@h]}
     end
 
     test "nodes connected by now are dropped, not dialled, even when no slot is free" do
       listed = MapSet.new([:b@h, :d@h])
 
-      assert Pace.take([:a@h, :b@h, :c@h, :d@h], %{}, listed, 64, 1) ==
+      assert Pace.take([:a@h, :b@h, :c@h, :d@h], listed, 64, 1) ==
                {[{:a@h, true}], [:b@h, :d@h], [:c@h]}
     end
 
-    test "with pacing off every first dial starts, none holding a slot" do
-      assert Pace.take([:a@h, :b@h], %{}, MapSet.new(), 64, :infinity) ==
+    test "with pacing off every dial starts, none holding a slot" do
+      assert Pace.take([:a@h, :b@h], MapSet.new(), 64, :infinity) ==
                {[{:a@h, false}, {:b@h, false}], [], []}
     end
   end
