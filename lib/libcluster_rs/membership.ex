@@ -224,7 +224,7 @@ defmodule LibclusterRs.Membership do
             # {method, counters} (read by status without a call)
             probe: nil,
             probe_counters: nil,
-            # what the probe was last told to watch (told again only when it changes)
+            # what the probe was last told to watch (told again only when it changes; nil: tell it)
             probe_watch: %{}
 
   ## API
@@ -438,6 +438,11 @@ defmodule LibclusterRs.Membership do
       if Policy.undo_nodeup?(cancelled_at, now(), m.opts.connect_timeout, MapSet.member?(m.desired, node)),
         do: disconnect_async(m, [node]),
         else: m
+
+    # The probe forgets a node at its nodeup by itself: what it was last told no longer holds, so
+    # the next sync tells it again (else a node that comes up and goes down between two syncs
+    # would stay unprobed).
+    m = if is_map(m.probe_watch) and Map.has_key?(m.probe_watch, node), do: %{m | probe_watch: nil}, else: m
 
     # Up, maybe connected by someone else (e.g. the peer dialled us): its failures are forgotten
     # only once it has stayed connected for `:stable_after` (see observe/1).

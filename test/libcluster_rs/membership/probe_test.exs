@@ -352,6 +352,35 @@ defmodule LibclusterRs.Membership.ProbeTest do
       )
     end
 
+    test "a watched node that comes up and goes down again is watched again" do
+      {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, stable_after: 50, probe: true)
+      node = :"lost@127.1.1.4"
+      probe = :sys.get_state(m).probe
+      watched = fn -> :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) end
+      FakeDist.reachable(dist, [node])
+      Membership.discovered(m, [node])
+      Peer.wait_until(fn -> node in FakeDist.up(dist) end, 1_000)
+      Process.sleep(100)
+
+      # lost: its redial hangs, and the probe watches it
+      FakeDist.peer(dist, node, connect: :hang)
+      FakeDist.drop(dist, node)
+      send(m, {:nodedown, node})
+      Peer.wait_until(fn -> watched.() == %{node => 0} end, 1_000)
+
+      # it comes up (the peer dialled us): the probe forgets it on its own nodeup
+      FakeDist.bring_up(dist, [node])
+      send(probe, {:nodeup, node})
+      send(m, {:nodeup, node})
+      Peer.wait_until(fn -> watched.() == %{} end, 1_000)
+      Process.sleep(100)
+
+      # and is lost again, its first redial still hanging: the same watch set as before, told again
+      FakeDist.drop(dist, node)
+      send(m, {:nodedown, node})
+      Peer.wait_until(fn -> watched.() == %{node => 0} end, 1_000)
+    end
+
     test "probe is :auto (on for net_kernel's connect only), true or false" do
       assert_raise ArgumentError, ~r/:probe/, fn -> Membership.validate_opts!(:t, probe: :yes) end
       assert Membership.validate_opts!(:t, []).probe == :auto
