@@ -112,8 +112,9 @@ defmodule LibclusterRs.Membership do
   After a partition, peers have backed off up to `:backoff_max`, and connects started during the
   partition hang in their TCP connect. So that the cluster does not wait for either once the network
   is back, a probe (`LibclusterRs.Membership.Probe`) asks the epmd of the unreachable peers' hosts
-  (peers in backoff, and peers that were connected, went down and are being redialled; not nodes
-  on their way to a first connection) every 500 ms which names are registered, through the NIF (no
+  (peers in backoff, peers that were connected, went down and are being redialled, and peers whose
+  dial is seen waiting on a host that does not answer; not a first connection whose setup
+  progresses) every 500 ms which names are registered, through the NIF (no
   scheduler and no `net_kernel` call waits for it). A peer whose name appears again is redialled at
   once, and so are peers whose hosts cannot be probed. A host is only asked when it is an IP literal
   or in the local hosts table: the probe never causes a DNS lookup. Failure counts are kept, so a
@@ -225,7 +226,10 @@ defmodule LibclusterRs.Membership do
             probe: nil,
             probe_counters: nil,
             # what the probe was last told to watch (told again only when it changes; nil: tell it)
-            probe_watch: %{}
+            probe_watch: %{},
+            # nodes whose dial in flight was seen waiting for a host that does not answer
+            # (Probe.setup_stage/1 at a pacing look): the heal probe watches them
+            waiting: MapSet.new()
 
   ## API
 
@@ -461,7 +465,12 @@ defmodule LibclusterRs.Membership do
 
         case Pace.check(stage, now() - started, m.opts.pace_hold) do
           :release ->
-            {:noreply, %{m | pacing: Map.delete(m.pacing, ref)} |> start_attempts() |> schedule_retry()}
+            waiting = if stage == :waiting, do: MapSet.put(m.waiting, node), else: m.waiting
+
+            {:noreply,
+             %{m | pacing: Map.delete(m.pacing, ref), waiting: waiting}
+             |> start_attempts()
+             |> schedule_retry()}
 
           {:keep, ms} ->
             timer = Process.send_after(self(), {:pace_check, ref}, ms)
@@ -694,7 +703,8 @@ defmodule LibclusterRs.Membership do
         busy: MapSet.new(),
         retry_timer: nil,
         sightings: %{},
-        probe_watch: %{}
+        probe_watch: %{},
+        waiting: MapSet.new()
     }
   end
 
@@ -735,7 +745,13 @@ defmodule LibclusterRs.Membership do
   end
 
   defp attempt_done(m, ref, node, result) do
-    m = %{m | busy: MapSet.delete(m.busy, node), pacing: release(m.pacing, ref)}
+    m = %{
+      m
+      | busy: MapSet.delete(m.busy, node),
+        pacing: release(m.pacing, ref),
+        waiting: MapSet.delete(m.waiting, node)
+    }
+
     now = now()
 
     m =
@@ -821,7 +837,7 @@ defmodule LibclusterRs.Membership do
   defp sync_probe(%{probe: nil} = m), do: m
 
   defp sync_probe(m) do
-    watch = Peers.backed_off(m.peers, m.desired, m.busy)
+    watch = Peers.backed_off(m.peers, m.desired, m.busy, m.waiting)
 
     if watch == m.probe_watch do
       m

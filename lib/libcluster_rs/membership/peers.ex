@@ -73,12 +73,18 @@ defmodule LibclusterRs.Membership.Peers do
     {Map.put(peers, node, %{peer | up_since: peer.up_since || now, lost: false}), newly?}
   end
 
-  @doc "A nodeup of `node`: up since `now` unless already up (its failures are kept until stable)."
+  @doc """
+  A nodeup of `node`: up since `now` unless already up (its failures are kept until stable). A
+  node this one never dialled (it dialled us, or `global` connected it) gets an entry too: when
+  it is lost, it is then known as lost (and watched by the heal probe from its first redial), not
+  taken for a node never connected.
+  """
   @spec up(t(), node(), integer()) :: t()
   def up(peers, node, now) do
     case Map.fetch(peers, node) do
       {:ok, %{up_since: nil} = peer} -> Map.put(peers, node, %{peer | up_since: now, lost: false})
-      _ -> peers
+      {:ok, _up} -> peers
+      :error -> Map.put(peers, node, %{new(now) | up_since: now})
     end
   end
 
@@ -134,20 +140,20 @@ defmodule LibclusterRs.Membership.Peers do
 
   @doc """
   The set the heal probe watches: desired nodes that are down and either failed (with backoff), or
-  were lost (up, then down) and are being dialled again (`busy`), with their failure counts: the
-  first redial after a nodedown may hang for seconds in a partition, and the probe must watch it
-  already. A node on its way to its first connection (queued, or its first dial in flight) is not
-  watched: it is dialled anyway, and a dial that fails puts it in backoff, watched from then on.
-  Watching first dials made every node of a cluster that starts together ask every other host's
-  epmd twice a second while it formed: at 50 nodes that alone cost about a quarter of the
-  formation time (docs/scale.md).
+  are being dialled (`busy`) and were lost (up, then down: the first redial after a nodedown may
+  hang for seconds in a partition) or have a dial seen waiting for a host that does not answer
+  (`waiting`), with their failure counts. A node on its way to its first connection whose setup
+  progresses is not watched: watching every first dial made every node of a cluster that starts
+  together ask every other host's epmd twice a second while it formed (at 50 nodes about a
+  quarter of the formation time, docs/scale.md).
   """
-  @spec backed_off(t(), MapSet.t(), MapSet.t()) :: %{node() => non_neg_integer()}
-  def backed_off(peers, desired, busy) do
+  @spec backed_off(t(), MapSet.t(), MapSet.t(), MapSet.t()) :: %{node() => non_neg_integer()}
+  def backed_off(peers, desired, busy, waiting \\ MapSet.new()) do
     for {node, peer} <- peers,
         MapSet.member?(desired, node),
         peer.up_since == nil,
-        peer.failures > 0 or (peer.lost and MapSet.member?(busy, node)),
+        peer.failures > 0 or
+          (MapSet.member?(busy, node) and (peer.lost or MapSet.member?(waiting, node))),
         into: %{},
         do: {node, peer.failures}
   end

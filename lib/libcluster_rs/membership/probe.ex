@@ -1,13 +1,14 @@
 defmodule LibclusterRs.Membership.Probe do
   @moduledoc """
   Shortens the wait of peers that come back: while a membership has peers it cannot reach (in
-  backoff, or lost and being redialled), their hosts' epmd is asked which node names it has
+  backoff, lost and being redialled, or with a dial waiting on a silent host), their hosts' epmd is asked which node names it has
   registered, and a peer whose name appears again is handed back to the membership to be redialled
   at once.
 
   A membership owns one probe (a process linked to it, started unless `probe: false`, see
   `LibclusterRs.Membership`). When that set changes the membership tells the probe which nodes
-  are in backoff or lost and being redialled, with their failure counts (`watch/2`;
+  are in backoff, lost and being redialled, or have a dial seen waiting on a silent host, with
+  their failure counts (`watch/2`;
   `LibclusterRs.Membership.Peers.backed_off/3`: a node on its way to its first connection is not
   watched, so a cluster that starts together does not have every node ask every other host's
   epmd twice a second while it forms); the probe sends the membership

@@ -80,6 +80,9 @@ defmodule LibclusterRs.Membership.PeersTest do
 
     # :queued@h waits for its first dial, :dialling@h's first dial is in flight: not watched
     assert Peers.backed_off(peers, desired, busy) == %{@n => 1, :lost@h => 0}
+    # ... unless that dial was seen waiting for a host that does not answer
+    assert Peers.backed_off(peers, desired, busy, MapSet.new([:dialling@h])) ==
+             %{@n => 1, :lost@h => 0, :dialling@h => 0}
 
     # once up again, a lost node is no longer lost
     {peers, _} = Peers.connected(peers, :lost@h, 70_000)
