@@ -319,53 +319,43 @@ defmodule LibclusterRs.Membership.ProbeTest do
       assert_receive {:connect, :"listed@127.1.1.2"}, 1_000
       assert_receive {:connect, :"hangs@127.1.1.3"}, 1_000
 
-      probe = :sys.get_state(m).probe
       # listed@ failed its first dial (the fake distribution refuses it); hangs@'s first dial is
       # still in flight: it is watched only if it fails
-      expected = %{:"listed@127.1.1.2" => 1}
+      Peer.wait_until(fn -> watched(m) == %{:"listed@127.1.1.2" => 1} end, 1_000)
+    end
 
-      Peer.wait_until(
-        fn -> :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) == expected end,
-        1_000
-      )
+    # What the membership's probe watches: node => failure count.
+    defp watched(m) do
+      :sys.get_state(:sys.get_state(m).probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end)
+    end
+
+    # `node` connects and stays longer than stable_after (50 ms), so that its drop is a loss, not
+    # a flap (no failure); then it drops, and its redial hangs.
+    defp lose_with_hanging_redial(m, dist, node) do
+      FakeDist.reachable(dist, [node])
+      Membership.discovered(m, [node])
+      Peer.wait_until(fn -> node in FakeDist.up(dist) end, 1_000)
+      Process.sleep(100)
+      FakeDist.peer(dist, node, connect: :hang)
+      FakeDist.drop(dist, node)
+      send(m, {:nodedown, node})
     end
 
     test "a node that was up and went down is watched from its first redial on" do
       {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, stable_after: 50, probe: true)
       node = :"lost@127.1.1.4"
-      FakeDist.reachable(dist, [node])
-      Membership.discovered(m, [node])
-      Peer.wait_until(fn -> node in FakeDist.up(dist) end, 1_000)
-      # connected for longer than stable_after: its drop is a loss, not a flap (no failure)
-      Process.sleep(100)
-
-      FakeDist.peer(dist, node, connect: :hang)
-      FakeDist.drop(dist, node)
-      send(m, {:nodedown, node})
-      probe = :sys.get_state(m).probe
-
-      Peer.wait_until(
-        fn ->
-          :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) == %{node => 0}
-        end,
-        1_000
-      )
+      lose_with_hanging_redial(m, dist, node)
+      Peer.wait_until(fn -> watched(m) == %{node => 0} end, 1_000)
     end
 
     test "a watched node that comes up and goes down again is watched again" do
       {m, dist} = membership(backoff_min: 30_000, backoff_max: 30_000, stable_after: 50, probe: true)
       node = :"lost@127.1.1.4"
       probe = :sys.get_state(m).probe
-      watched = fn -> :sys.get_state(probe).core.watched |> Map.new(fn {n, e} -> {n, e.failures} end) end
-      FakeDist.reachable(dist, [node])
-      Membership.discovered(m, [node])
-      Peer.wait_until(fn -> node in FakeDist.up(dist) end, 1_000)
-      Process.sleep(100)
+      watched = fn -> watched(m) end
 
       # lost: its redial hangs, and the probe watches it
-      FakeDist.peer(dist, node, connect: :hang)
-      FakeDist.drop(dist, node)
-      send(m, {:nodedown, node})
+      lose_with_hanging_redial(m, dist, node)
       Peer.wait_until(fn -> watched.() == %{node => 0} end, 1_000)
 
       # it comes up (the peer dialled us): the probe forgets it on its own nodeup
